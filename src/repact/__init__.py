@@ -1,0 +1,39 @@
+"""repact: learnable, re-parameterizable activation functions for PyTorch."""
+
+from __future__ import annotations
+
+from . import activations, fuse, ops
+from .activations import Activation, NotDeployableError, PiecewiseQuadratic, RepAct
+from .official import load_official_state_dict
+from .registry import create_act, get_act_spec, list_acts, register_act
+from .reparam import (
+    VerifyResult,
+    randomize_activations_,
+    randomize_batchnorm_,
+    reparameterize,
+    verify,
+    verify_reparameterization,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "NotDeployableError",
+    "PiecewiseQuadratic",
+    "RepAct",
+    "VerifyResult",
+    "activations",
+    "create_act",
+    "fuse",
+    "get_act_spec",
+    "list_acts",
+    "load_official_state_dict",
+    "ops",
+    "randomize_activations_",
+    "randomize_batchnorm_",
+    "register_act",
+    "reparameterize",
+    "verify",
+    "verify_reparameterization",
+]

@@ -1,0 +1,7 @@
+"""``python -m repact ...`` (and ``torchrun -m repact train ...``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,283 @@
+"""The piecewise quadratic op: ``y = a0 + x * (a1 + a2 * x)`` with per-segment coefficients.
+
+Knots ``t`` (K of them, sorted) split the real line into S = K + 1 segments; segment ``s`` holds
+``t[s-1] <= x < t[s]``. ``coeffs`` has shape (Cc, S, 3) with Cc = 1 (one function for the whole
+tensor) or Cc = C (one per channel), and ``coeffs[c, s, j]`` multiplies ``x ** j``.
+
+The op is differentiable in ``x`` and ``coeffs`` and keeps only ``x`` for backward. It has two
+implementations that compute the same thing:
+
+* ``native``: repact's C kernels (float32/float64, CPU, dense tensors), one pass over memory;
+* ``torch``: plain tensor ops (any device and dtype); this is what TorchScript, ``torch.compile``,
+  tracing and ONNX export see, and what inductor fuses into one loop.
+
+``set_backend("auto" | "native" | "torch")`` or the ``backend(...)`` context manager choose;
+``auto`` uses native where it applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+
+from .. import _native
+
+__all__ = [
+    "piecewise_quadratic",
+    "piecewise_quadratic_torch",
+    "set_backend",
+    "get_backend",
+    "backend",
+    "native_available",
+]
+
+_BACKENDS = ("auto", "native", "torch")
+_backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Choose the implementation: ``auto`` (native where it applies), ``native`` or ``torch``."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(_BACKENDS)}")
+    if name == "native" and not native_available():
+        raise RuntimeError(f"the native backend is unavailable: {_native.build_error()}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def native_available() -> bool:
+    return _native.library() is not None
+
+
+def _coeff_view(c: torch.Tensor, ndim: int, channel_dim: int) -> torch.Tensor:
+    # c: (Cc,) -> broadcastable against an ndim tensor with channels on channel_dim
+    cc = c.shape[0]
+    if cc == 1 or ndim == 0:
+        return c.reshape([1] * ndim)
+    shape: List[int] = [1] * ndim
+    shape[channel_dim] = cc
+    return c.reshape(shape)
+
+
+def _select(
+    x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, channel_dim: int, need_a0: bool
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    nd = x.dim()
+    c = coeffs.to(dtype=x.dtype)
+    t = knots.to(dtype=x.dtype)
+    a0 = _coeff_view(c[:, 0, 0], nd, channel_dim)
+    a1 = _coeff_view(c[:, 0, 1], nd, channel_dim)
+    a2 = _coeff_view(c[:, 0, 2], nd, channel_dim)
+    for k in range(t.shape[0]):
+        m = x >= t[k]
+        if need_a0:
+            a0 = torch.where(m, _coeff_view(c[:, k + 1, 0], nd, channel_dim), a0)
+        a1 = torch.where(m, _coeff_view(c[:, k + 1, 1], nd, channel_dim), a1)
+        a2 = torch.where(m, _coeff_view(c[:, k + 1, 2], nd, channel_dim), a2)
+    return a0, a1, a2
+
+
+def piecewise_quadratic_torch(
+    x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, channel_dim: int = 1
+) -> torch.Tensor:
+    """Pure tensor-op form (scriptable, traceable, exportable, compiles to one fused loop)."""
+    if channel_dim < 0:
+        channel_dim = max(x.dim() + channel_dim, 0)
+    a0, a1, a2 = _select(x, knots, coeffs, channel_dim, True)
+    return a0 + x * (a1 + a2 * x)
+
+
+def _reduce_dims(ndim: int, channel_dim: int, per_channel: bool) -> List[int]:
+    return [d for d in range(ndim) if not (per_channel and d == channel_dim)]
+
+
+def _backward_torch(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    knots: torch.Tensor,
+    coeffs: torch.Tensor,
+    channel_dim: int,
+    need_x: bool,
+    need_c: bool,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    gx: Optional[torch.Tensor] = None
+    gc: Optional[torch.Tensor] = None
+    if need_x:
+        _, a1, a2 = _select(x, knots, coeffs, channel_dim, False)
+        gx = g * (a1 + 2 * a2 * x)
+    if need_c:
+        cc, s_count, _ = coeffs.shape
+        per_channel = cc > 1
+        dims = _reduce_dims(x.dim(), channel_dim, per_channel)
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xs = x.to(acc)
+        gs = g.to(acc)
+        seg = torch.zeros_like(x, dtype=torch.int64)
+        for k in range(knots.shape[0]):
+            seg = seg + (x >= knots[k].to(x.dtype)).long()
+        rows = []
+        for s in range(s_count):
+            gm = torch.where(seg == s, gs, torch.zeros((), dtype=acc, device=x.device))
+            m0 = gm.sum(dims)
+            gmx = gm * xs
+            m1 = gmx.sum(dims)
+            m2 = (gmx * xs).sum(dims)
+            rows.append(torch.stack([m0.reshape(-1), m1.reshape(-1), m2.reshape(-1)], dim=-1))
+        gc = torch.stack(rows, dim=1).reshape(cc, s_count, 3).to(coeffs.dtype)
+    return gx, gc
+
+
+def _native_layout(x: torch.Tensor, channel_dim: int, cc: int) -> Optional[Tuple[torch.Tensor, int, int, int]]:
+    """(tensor, outer, C, inner) for the C kernel, or None when it does not apply."""
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or type(x) is not torch.Tensor:
+        return None
+    if x.is_sparse or x.is_quantized or x.is_complex() or x.numel() == 0:
+        return None
+    nd = x.dim()
+    if cc == 1:
+        if x.is_contiguous() or (nd == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+            return x, 1, 1, x.numel()
+        x = x.contiguous()
+        return x, 1, 1, x.numel()
+    c = x.shape[channel_dim]
+    if c != cc:
+        return None
+    if channel_dim == nd - 1:
+        x = x.contiguous()
+        return x, x.numel() // c, c, 1
+    if channel_dim == 1:
+        if nd == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            n, _, h, w = x.shape
+            return x, n * h * w, c, 1
+        x = x.contiguous()
+        return x, x.shape[0], c, x.numel() // (x.shape[0] * c)
+    return None
+
+
+def _planar(coeffs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # (Cc, S, 3) -> contiguous (3, S, Cc)
+    return coeffs.detach().to(dtype=dtype).permute(2, 1, 0).contiguous()
+
+
+def _use_native(x: torch.Tensor) -> bool:
+    if _backend == "torch":
+        return False
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return _native.library() is not None
+
+
+def _native_forward(x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, channel_dim: int):
+    layout = _native_layout(x, channel_dim, coeffs.shape[0])
+    if layout is None:
+        return None
+    xd, outer, c, inner = layout
+    lib = _native.library()
+    y = torch.empty_like(xd)
+    t = knots.detach().to(dtype=xd.dtype).contiguous()
+    cf = _planar(coeffs, xd.dtype)
+    fn = lib.repact_pq_forward_f32 if xd.dtype == torch.float32 else lib.repact_pq_forward_f64
+    rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, t.numel(), t.data_ptr(), cf.data_ptr(),
+            coeffs.shape[0], torch.get_num_threads())
+    if rc != 0:
+        return None
+    return y
+
+
+def _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c):
+    layout = _native_layout(x, channel_dim, coeffs.shape[0])
+    if layout is None:
+        return None
+    xd, outer, c, inner = layout
+    if g.dtype != xd.dtype or g.device != xd.device or g.stride() != xd.stride() or type(g) is not torch.Tensor:
+        g = torch.empty_like(xd).copy_(g)
+    lib = _native.library()
+    t = knots.detach().to(dtype=xd.dtype).contiguous()
+    cf = _planar(coeffs, xd.dtype)
+    gx = torch.empty_like(xd) if need_x else None
+    acc = torch.empty((3, coeffs.shape[1], coeffs.shape[0]), dtype=torch.float64) if need_c else None
+    fn = lib.repact_pq_backward_f32 if xd.dtype == torch.float32 else lib.repact_pq_backward_f64
+    rc = fn(
+        xd.data_ptr(), g.data_ptr(), gx.data_ptr() if gx is not None else None,
+        acc.data_ptr() if acc is not None else None, outer, c, inner, t.numel(), t.data_ptr(),
+        cf.data_ptr(), coeffs.shape[0], torch.get_num_threads(),
+    )
+    if rc != 0:
+        return None
+    gc = acc.permute(2, 1, 0).to(dtype=coeffs.dtype, device=coeffs.device) if acc is not None else None
+    return gx, gc
+
+
+class _PiecewiseQuadraticFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, knots, coeffs, channel_dim):
+        ctx.channel_dim = channel_dim
+        ctx.save_for_backward(x, knots, coeffs)
+        y = None
+        if _use_native(x):
+            y = _native_forward(x, knots, coeffs, channel_dim)
+        if y is None:
+            y = piecewise_quadratic_torch(x, knots, coeffs, channel_dim)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, knots, coeffs = ctx.saved_tensors
+        need_x, _, need_c, _ = ctx.needs_input_grad
+        out = None
+        if _use_native(x):
+            out = _native_backward(g, x, knots, coeffs, ctx.channel_dim, need_x, need_c)
+        if out is None:
+            out = _backward_torch(g, x, knots, coeffs, ctx.channel_dim, need_x, need_c)
+        gx, gc = out
+        if gx is not None and gx.shape != x.shape:
+            gx = gx.reshape(x.shape)
+        return gx, None, gc, None
+
+
+def piecewise_quadratic(
+    x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, channel_dim: int = 1
+) -> torch.Tensor:
+    """Evaluate the piecewise quadratic; see the module docstring for the shapes.
+
+    ``channel_dim`` (1 or -1) says where the channels are when ``coeffs`` is per-channel.
+    """
+    if coeffs.dim() != 3 or coeffs.shape[2] != 3:
+        raise ValueError(f"coeffs must have shape (Cc, S, 3), got {tuple(coeffs.shape)}")
+    if knots.dim() != 1 or knots.shape[0] + 1 != coeffs.shape[1]:
+        raise ValueError(
+            f"{knots.numel()} knots need {knots.numel() + 1} segments, coeffs has {coeffs.shape[1]}"
+        )
+    if x.dim() == 0:
+        return piecewise_quadratic(x.reshape(1), knots, coeffs, 0).reshape(())
+    cd = channel_dim + x.dim() if channel_dim < 0 else channel_dim
+    if coeffs.shape[0] > 1 and (cd >= x.dim() or x.shape[cd] != coeffs.shape[0]):
+        raise ValueError(
+            f"per-channel coefficients for {coeffs.shape[0]} channels do not match input shape "
+            f"{tuple(x.shape)} with channels on dim {channel_dim}"
+        )
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return piecewise_quadratic_torch(x, knots, coeffs, cd)
+    if not (x.requires_grad or coeffs.requires_grad) or not torch.is_grad_enabled():
+        if _use_native(x):
+            y = _native_forward(x, knots, coeffs, cd)
+            if y is not None:
+                return y
+        return piecewise_quadratic_torch(x, knots, coeffs, cd)
+    return _PiecewiseQuadraticFn.apply(x, knots, coeffs, cd)

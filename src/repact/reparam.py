@@ -1,0 +1,256 @@
+"""Model-wide re-parameterization and equivalence checks.
+
+``reparameterize`` swaps every activation that has an exact single-branch form for that form.
+``verify`` compares two modules in eval mode; ``verify_reparameterization`` does the whole check
+the way RepVGG's verify does: randomize BatchNorm statistics (and activation parameters), convert
+a copy, compare on dense inputs that include the knots.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .activations.base import Activation, NotDeployableError
+
+__all__ = [
+    "reparameterize",
+    "deployable_modules",
+    "verify",
+    "verify_reparameterization",
+    "VerifyResult",
+    "dense_grid",
+    "randomize_batchnorm_",
+    "randomize_activations_",
+]
+
+
+def deployable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` of every module with a deploy form (the root included, path ``""``)."""
+    return [(n, m) for n, m in model.named_modules() if getattr(m, "deployable", False) and hasattr(m, "to_deploy")]
+
+
+def reparameterize(module: nn.Module, inplace: bool = True) -> nn.Module:
+    """Replace every module that has a deploy form by that form and return the result.
+
+    Accepts one activation (returns its deploy module) or a whole model (its submodules are
+    replaced; the model is returned). RepAct-III folds its BatchNorm with the running statistics.
+    A module reused at several places is converted once and stays shared. An activation whose
+    branch set has no exact form raises ``NotDeployableError`` naming its path.
+    With ``inplace=False`` a deep copy is converted and the input is left untouched.
+    """
+    if not inplace:
+        module = copy.deepcopy(module)
+    if getattr(module, "deployable", False) and hasattr(module, "to_deploy"):
+        return _convert(module, "")
+    done: dict[int, nn.Module] = {}
+    _replace_children(module, "", done)
+    return module
+
+
+def _convert(m: nn.Module, path: str) -> nn.Module:
+    try:
+        new = m.to_deploy()
+    except NotDeployableError as exc:
+        where = path or type(m).__name__
+        raise NotDeployableError(f"{where}: {exc}") from None
+    new.train(m.training)
+    return new
+
+
+def _replace_children(parent: nn.Module, prefix: str, done: dict[int, nn.Module]) -> None:
+    for name, child in list(parent.named_children()):
+        path = f"{prefix}.{name}" if prefix else name
+        if getattr(child, "deployable", False) and hasattr(child, "to_deploy"):
+            if id(child) not in done:
+                done[id(child)] = _convert(child, path)
+            setattr(parent, name, done[id(child)])
+        else:
+            _replace_children(child, path, done)
+
+
+# --------------------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyResult:
+    """Errors of ``candidate`` against ``reference``.
+
+    ``max_rel`` is ``max |c - r| / max |r|``: the largest error relative to the output's scale (an
+    elementwise ratio would blow up where the reference crosses zero).
+    """
+
+    max_abs: float
+    max_rel: float
+    ref_scale: float
+    numel: int
+    outputs: int
+
+    def ok(self, rtol: float = 1e-5, atol: float = 0.0) -> bool:
+        return self.max_abs <= atol or self.max_rel <= rtol
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"max abs error {self.max_abs:.3e}, max rel error {self.max_rel:.3e} (output scale {self.ref_scale:.3e})"
+
+
+def _knots_of(module: nn.Module) -> list[float]:
+    knots: set[float] = set()
+    for m in module.modules():
+        t = getattr(m, "_knots", None)
+        if t is None:
+            t = getattr(m, "knots", None)
+        if torch.is_tensor(t):
+            knots.update(float(v) for v in t.reshape(-1).tolist())
+    return sorted(knots)
+
+
+def dense_grid(
+    knots: Iterable[float] = (-3.0, 0.0, 3.0), lo: float = -10.0, hi: float = 10.0, steps: int = 20001,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A dense 1-D grid on [lo, hi] holding every knot exactly, with its float neighbours."""
+    pts = torch.linspace(lo, hi, steps, dtype=torch.float64)
+    extra = []
+    for k in knots:
+        kt = torch.tensor(float(k), dtype=dtype)
+        up = torch.nextafter(kt, torch.tensor(float("inf"), dtype=dtype))
+        down = torch.nextafter(kt, torch.tensor(-float("inf"), dtype=dtype))
+        extra += [kt, up, down]
+    grid = torch.cat([pts.to(dtype), torch.stack(extra)]) if extra else pts.to(dtype)
+    return torch.unique(grid)
+
+
+def _default_inputs(module: nn.Module) -> tuple[torch.Tensor, ...]:
+    if not isinstance(module, Activation):
+        raise ValueError(
+            "verify needs inputs= for a model (e.g. torch.randn(2, 3, 224, 224)); only activations get a "
+            "default dense grid"
+        )
+    knots = sorted({-3.0, 0.0, 3.0, *_knots_of(module)})
+    grid = dense_grid(knots)
+    channels = getattr(module, "channels", None) or 1
+    return (grid.unsqueeze(1).expand(-1, channels).contiguous(),)
+
+
+def _as_tuple(inputs: Any) -> tuple:
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs)
+    return (inputs,)
+
+
+def _flatten_outputs(out: Any) -> list[torch.Tensor]:
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _flatten_outputs(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _flatten_outputs(v)]
+    return []
+
+
+@torch.no_grad()
+def verify(
+    reference: nn.Module,
+    candidate: nn.Module,
+    inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+) -> VerifyResult:
+    """Compare ``candidate`` with ``reference`` in eval mode on ``inputs``.
+
+    ``inputs`` defaults, for an activation, to a dense grid on [-10, 10] holding -3, 0, 3 and every
+    knot of the module exactly (with their float neighbours), repeated over its channels.
+    Both modules are put in eval mode for the comparison and restored afterwards.
+    """
+    args = _default_inputs(reference) if inputs is None else _as_tuple(inputs)
+    modes = [(m, m.training) for m in (*reference.modules(), *candidate.modules())]
+    try:
+        reference.eval()
+        candidate.eval()
+        ref = _flatten_outputs(reference(*args))
+        cand = _flatten_outputs(candidate(*args))
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if len(ref) != len(cand) or not ref:
+        raise ValueError(f"reference gave {len(ref)} output tensors and candidate {len(cand)}")
+    max_abs = 0.0
+    scale = 0.0
+    numel = 0
+    for r, c in zip(ref, cand):
+        if r.shape != c.shape:
+            raise ValueError(f"output shapes differ: reference {tuple(r.shape)}, candidate {tuple(c.shape)}")
+        r64, c64 = r.detach().double(), c.detach().double()
+        if not (torch.isfinite(r64).all() and torch.isfinite(c64).all()):
+            same_nonfinite = torch.equal(~torch.isfinite(r64), ~torch.isfinite(c64))
+            if not same_nonfinite:
+                return VerifyResult(math.inf, math.inf, float("nan"), numel, len(ref))
+            keep = torch.isfinite(r64)
+            r64, c64 = r64[keep], c64[keep]
+        if r64.numel():
+            max_abs = max(max_abs, float((r64 - c64).abs().max()))
+            scale = max(scale, float(r64.abs().max()))
+        numel += r.numel()
+    rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    return VerifyResult(max_abs, rel, scale, numel, len(ref))
+
+
+@torch.no_grad()
+def randomize_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random running statistics and affine parameters (in place).
+
+    With the default statistics (mean 0, var 1) a fold check is nearly trivial, so checks call
+    this first, as RepVGG's verify does.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            if m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.25)
+            if m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 1.5 + 0.25)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+    return model
+
+
+@torch.no_grad()
+def randomize_activations_(model: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
+    """Randomize the learnable parameters of every repact activation (in place)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if not isinstance(m, Activation):
+            continue
+        for _, p in m.named_parameters(recurse=False):
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    return model
+
+
+def verify_reparameterization(
+    model: nn.Module,
+    inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    randomize_bn: bool = True,
+    randomize_acts: bool = False,
+    seed: int = 0,
+) -> tuple[VerifyResult, nn.Module]:
+    """Randomize BN statistics (optional), re-parameterize a copy, compare; returns (result, deployed).
+
+    The model itself is changed only by the randomization (use a copy if that matters).
+    """
+    if randomize_bn:
+        randomize_batchnorm_(model, seed)
+    if randomize_acts:
+        randomize_activations_(model, seed)
+    if inputs is None and isinstance(model, Activation) and not model._built:
+        raise ValueError("a lazy channel-wise activation needs inputs= (or channels=) before verification")
+    deployed = reparameterize(model, inplace=False)
+    return verify(model, deployed, inputs), deployed
