@@ -1,0 +1,285 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+A checkpoint ``NAME`` is two files side by side:
+
+* ``NAME.safetensors``: the model's state dict (keys ``model.*``) and any other tensors, e.g. the
+  optimizer state (keys ``optim.*``); its metadata holds ``{"repact": <JSON header>}``;
+* ``NAME.json``: the header again (human-readable): format version, the model config that
+  rebuilds the architecture (``create_model`` arguments), and JSON-able state (epoch, metrics,
+  scheduler, RNG states, ...).
+
+Nothing is unpickled on load. Each file is written to a temporary file in the same folder and
+moved into place with ``os.replace``, the tensors first, so an interrupted save never leaves a
+half-written checkpoint under the final name, and the previous checkpoint stays intact until the
+new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_paths",
+    "flatten_state",
+    "unflatten_state",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "build_model",
+]
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not match what it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    model_state: dict[str, torch.Tensor]
+    model_config: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def checkpoint_paths(name: str | Path) -> tuple[Path, Path]:
+    """(tensor file, JSON file) for a checkpoint name given with or without an extension."""
+    p = Path(name)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# nested state <-> (flat tensors, JSON skeleton)
+# ---------------------------------------------------------------------------------------------
+
+_TENSOR_TAG = "__tensor__"
+
+
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor of a nested dict/list structure into ``tensors`` (under ``prefix.path``)
+    and return a JSON-able skeleton that refers to them."""
+    if torch.is_tensor(obj):
+        key = prefix
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR_TAG: key}
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            out[str(k)] = flatten_state(v, f"{prefix}.{k}", tensors)
+        if any(not isinstance(k, str) for k in obj):
+            return {"__intkeys__": True, "items": out}
+        return out
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
+                "__tuple__": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} at {prefix!r} in a checkpoint")
+
+
+def unflatten_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(obj, dict):
+        if _TENSOR_TAG in obj and len(obj) == 1:
+            key = obj[_TENSOR_TAG]
+            if key not in tensors:
+                raise CheckpointError(f"the checkpoint's JSON refers to tensor {key!r} that its tensor file lacks")
+            return tensors[key]
+        if "__list__" in obj:
+            items = [unflatten_state(v, tensors) for v in obj["__list__"]]
+            return tuple(items) if obj.get("__tuple__") else items
+        if obj.get("__intkeys__"):
+            return {int(k) if k.lstrip("-").isdigit() else k: unflatten_state(v, tensors) for k, v in obj["items"].items()}
+        return {k: unflatten_state(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    name: str | Path,
+    model: nn.Module | Mapping[str, torch.Tensor],
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``NAME.safetensors`` and ``NAME.json`` atomically; returns both paths.
+
+    ``state`` may hold tensors at any depth (an optimizer's ``state_dict()``, RNG states): they go
+    to the tensor file under ``state.*`` and the JSON keeps references to them.
+    """
+    from safetensors.torch import save as st_save
+
+    tpath, jpath = checkpoint_paths(name)
+    sd = model.state_dict() if isinstance(model, nn.Module) else dict(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            raise TypeError(f"model state {k!r} is a {type(v).__name__}, not a tensor")
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+    skeleton = flatten_state(dict(state or {}), "state", tensors)
+    header = {
+        "format": "repact-checkpoint",
+        "version": FORMAT_VERSION,
+        "model_config": dict(model_config or {}),
+        "state": skeleton,
+    }
+    text = json.dumps(header, indent=2, sort_keys=True, default=_json_default)
+    # tensors that share storage must be cloned for safetensors
+    seen: dict[tuple[int, int], str] = {}
+    for k, v in list(tensors.items()):
+        key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else (id(v), 0)
+        if key in seen:
+            tensors[k] = v.clone()
+        seen[key] = k
+    atomic_write_bytes(tpath, st_save(tensors, metadata={"repact": text}))
+    atomic_write_text(jpath, text + "\n")
+    return tpath, jpath
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"cannot store a {type(o).__name__} in a checkpoint header")
+
+
+def load_checkpoint(name: str | Path) -> Checkpoint:
+    """Read a checkpoint without unpickling anything.
+
+    ``name`` may be the ``.safetensors`` file, the ``.json`` file or the common stem. The header
+    is read from the tensor file's metadata (the JSON file is a readable copy and may be absent).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    tpath, jpath = checkpoint_paths(name)
+    if not tpath.exists():
+        hint = f" (found {jpath.name} but not its tensors)" if jpath.exists() else ""
+        raise CheckpointError(f"no checkpoint at {Path(name)}: {tpath} does not exist{hint}")
+    data = tpath.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_text = _metadata(data).get("repact")
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"{tpath} is not a readable safetensors file: {exc}") from None
+    if header_text is None:
+        if jpath.exists():
+            header_text = jpath.read_text(encoding="utf-8")
+        else:
+            # a bare state dict saved by safetensors: all keys are model keys
+            return Checkpoint(model_state=dict(tensors), path=tpath)
+    try:
+        header = json.loads(header_text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{tpath} has a malformed repact header: {exc}") from None
+    if header.get("format") != "repact-checkpoint":
+        raise CheckpointError(f"{tpath} is not a repact checkpoint")
+    if int(header.get("version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{tpath} was written by a newer repact (format {header.get('version')}); this one reads up to {FORMAT_VERSION}"
+        )
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    others = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    state = unflatten_state(header.get("state", {}), others)
+    return Checkpoint(model_state=model_state, model_config=dict(header.get("model_config", {})), state=state,
+                      tensors=others, path=tpath)
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or n > len(data) - 8:
+        raise ValueError("bad header length")
+    head = json.loads(data[8 : 8 + n])
+    return dict(head.get("__metadata__", {}) or {})
+
+
+def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Module:
+    """Rebuild the model recorded in a checkpoint's ``model_config`` and load its weights.
+
+    ``model_config`` holds ``create_model`` arguments: ``name``, ``act``, ``num_classes`` and any
+    builder keywords (``kwargs``). A model saved after ``reparameterize`` records
+    ``"reparameterized": true`` and is rebuilt in its deploy form.
+    """
+    from .models import create_model
+    from .reparam import reparameterize
+
+    if not isinstance(ckpt, Checkpoint):
+        ckpt = load_checkpoint(ckpt)
+    cfg = dict(ckpt.model_config)
+    if "name" not in cfg:
+        raise CheckpointError(
+            f"{ckpt.path} records no model config (name, act, num_classes); load its state dict into a model you build"
+        )
+    model = create_model(cfg["name"], act=cfg.get("act"), num_classes=int(cfg.get("num_classes", 1000)),
+                         **dict(cfg.get("kwargs", {})))
+    _prime_lazy(model, cfg)
+    if cfg.get("reparameterized"):
+        model = reparameterize(model)
+    try:
+        model.load_state_dict(ckpt.model_state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{ckpt.path} does not match model {cfg['name']!r} with act {cfg.get('act')!r}: "
+            + " ".join(line.strip() for line in first[:4])
+        ) from None
+    return model
+
+
+def _prime_lazy(model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    """Run one dummy forward so lazy channel-wise activations create their parameters."""
+    from .activations.base import Activation
+
+    if not any(isinstance(m, Activation) and not m._built for m in model.modules()):
+        return
+    shape = cfg.get("input_shape")
+    if not shape:
+        raise CheckpointError("the model has lazy activations and the checkpoint records no input_shape to build them")
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros([1, *[int(s) for s in shape]]))
+    model.train(was)
