@@ -54,7 +54,9 @@ static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t
             a1 = m ? c1[k + 1] : a1;                                                             \
             a2 = m ? c2[k + 1] : a2;                                                             \
         }                                                                                        \
-        yp[i] = a0 + v * (a1 + a2 * v);                                                          \
+        T q = a2 * v;                                                                            \
+        q = (a2 == (T)0) ? (T)0 : q; /* keeps +-inf finite-slope segments at +-inf, not NaN */    \
+        yp[i] = a0 + v * (a1 + q);                                                               \
     }                                                                                            \
 }                                                                                                \
 static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C,                \
@@ -73,7 +75,9 @@ static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C
             a1 = m ? q1[(k + 1) * C + c] : a1;                                                   \
             a2 = m ? q2[(k + 1) * C + c] : a2;                                                   \
         }                                                                                        \
-        yp[c] = a0 + v * (a1 + a2 * v);                                                          \
+        T q = a2 * v;                                                                            \
+        q = (a2 == (T)0) ? (T)0 : q;                                                             \
+        yp[c] = a0 + v * (a1 + q);                                                               \
     }                                                                                            \
 }
 
@@ -156,7 +160,9 @@ static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T
                 a1 = m ? c1[k + 1] : a1;                                                         \
                 a2 = m ? c2[k + 1] : a2;                                                         \
             }                                                                                    \
-            gxp[i] = gp[i] * (a1 + (a2 + a2) * v);                                               \
+            T q = (a2 + a2) * v;                                                                 \
+            q = (a2 == (T)0) ? (T)0 : q;                                                         \
+            gxp[i] = gp[i] * (a1 + q);                                                           \
         }                                                                                        \
     }                                                                                            \
     if (acc) {                                                                                   \
@@ -212,7 +218,9 @@ static void bwd_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* 
                 a1 = m ? q1[(k + 1) * C + c] : a1;                                               \
                 a2 = m ? q2[(k + 1) * C + c] : a2;                                               \
             }                                                                                    \
-            gxp[c] = gp[c] * (a1 + (a2 + a2) * v);                                               \
+            T q = (a2 + a2) * v;                                                                 \
+            q = (a2 == (T)0) ? (T)0 : q;                                                         \
+            gxp[c] = gp[c] * (a1 + q);                                                           \
         }                                                                                        \
     }                                                                                            \
     if (acc) {                                                                                   \

@@ -100,7 +100,13 @@ def piecewise_quadratic_torch(
     if channel_dim < 0:
         channel_dim = max(x.dim() + channel_dim, 0)
     a0, a1, a2 = _select(x, knots, coeffs, channel_dim, True)
-    return a0 + x * (a1 + a2 * x)
+    return a0 + x * (a1 + _times_x(a2, x))
+
+
+def _times_x(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # a * x, but 0 where a == 0 so that linear segments stay +-inf (not NaN) at x = +-inf
+    ax = a * x
+    return torch.where(a == 0, torch.zeros_like(ax), ax)
 
 
 def _reduce_dims(ndim: int, channel_dim: int, per_channel: bool) -> List[int]:
@@ -120,7 +126,7 @@ def _backward_torch(
     gc: Optional[torch.Tensor] = None
     if need_x:
         _, a1, a2 = _select(x, knots, coeffs, channel_dim, False)
-        gx = g * (a1 + 2 * a2 * x)
+        gx = g * (a1 + _times_x(2 * a2, x))
     if need_c:
         cc, s_count, _ = coeffs.shape
         per_channel = cc > 1

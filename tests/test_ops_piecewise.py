@@ -1,0 +1,175 @@
+"""The piecewise-quadratic op: both implementations, every layout, gradients, and no input writes."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from repact import fuse
+from repact.ops import backend, native_available, piecewise_quadratic, piecewise_quadratic_torch, set_backend
+from repact.reparam import dense_grid
+
+BACKENDS = ["torch"] + (["native"] if native_available() else [])
+
+
+def _reference(x, knots, coeffs, channel_dim):
+    """Independent evaluation: per channel, index the table with the segment of each element."""
+    xd = x.double()
+    cd = channel_dim % x.dim() if x.dim() else 0
+    out = torch.empty_like(xd)
+    if coeffs.shape[0] == 1:
+        return fuse.evaluate_pieces(xd, knots.tolist(), coeffs.double())
+    for c in range(coeffs.shape[0]):
+        idx = [slice(None)] * x.dim()
+        idx[cd] = c
+        out[tuple(idx)] = fuse.evaluate_pieces(xd[tuple(idx)], knots.tolist(), coeffs[c : c + 1].double())
+    return out
+
+
+def _table(cc, k, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    knots = torch.sort(torch.randn(k, generator=g, dtype=torch.float64) * 3).values.to(dtype)
+    coeffs = torch.randn(cc, k + 1, 3, generator=g, dtype=torch.float64).to(dtype)
+    return knots, coeffs
+
+
+LAYOUTS = {
+    "nchw": lambda c: torch.randn(3, c, 5, 6) * 4,
+    "channels_last": lambda c: (torch.randn(3, c, 5, 6) * 4).to(memory_format=torch.channels_last),
+    "ncl": lambda c: torch.randn(2, c, 9) * 4,
+    "nc": lambda c: torch.randn(7, c) * 4,
+    "transposed": lambda c: (torch.randn(5, 6, c, 3) * 4).permute(0, 2, 3, 1).transpose(2, 3),
+}
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("cc", [1, 4])
+@pytest.mark.parametrize("k", [0, 1, 3, 8])
+def test_forward_matches_reference(impl, layout, cc, k):
+    x = LAYOUTS[layout](4)
+    knots, coeffs = _table(cc, k)
+    before = x.clone()
+    with backend(impl):
+        y = piecewise_quadratic(x, knots, coeffs, 1)
+    assert torch.equal(x, before), "the op must not write into its input"
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.double(), _reference(x, knots, coeffs, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_token_tensors_with_channels_last_dim(impl):
+    x = torch.randn(2, 7, 5) * 4
+    knots, coeffs = _table(5, 3)
+    with backend(impl):
+        y = piecewise_quadratic(x, knots, coeffs, -1)
+    torch.testing.assert_close(y.double(), _reference(x, knots, coeffs, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_knots_are_exact(impl):
+    # a continuous table: at each knot both neighbouring polynomials agree, so the value is unique
+    knots, coeffs = fuse.repact_coefficients(torch.tensor([0.3, -0.7, 1.1, 0.9]), torch.tensor([-0.4]))
+    kt = torch.tensor(knots)
+    x = dense_grid(knots, lo=-4, hi=4, steps=801)
+    with backend(impl):
+        y = piecewise_quadratic(x, kt, coeffs, 1)
+    torch.testing.assert_close(y.double(), _reference(x, kt, coeffs, 1), rtol=0, atol=2e-6)
+    for k in knots:
+        left = coeffs[0, knots.index(k)].double()
+        v = left[0] + left[1] * k + left[2] * k * k
+        got = y[x == k]
+        assert got.numel() == 1 and float(got) == pytest.approx(float(v), abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_dtypes(dtype):
+    x = (torch.randn(2, 3, 4, 4) * 3).to(dtype)
+    knots, coeffs = _table(3, 3)
+    y = piecewise_quadratic(x, knots.to(dtype), coeffs.to(dtype), 1)
+    assert y.dtype == dtype
+    tol = 1e-10 if dtype == torch.float64 else 0.05
+    torch.testing.assert_close(y.double(), _reference(x, knots, coeffs, 1), rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_nonfinite_inputs_propagate(impl):
+    knots, coeffs = fuse.repact_coefficients(torch.full((4,), 0.25), torch.tensor([0.25]))
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0])
+    with backend(impl):
+        y = piecewise_quadratic(x, torch.tensor(knots), coeffs, 1)
+    assert torch.isnan(y[0])
+    assert y[1] == float("inf") and y[2] == -float("inf")
+    assert y[3] == pytest.approx(0.875 + 1 / 24)
+
+
+def test_zero_dim_and_empty_inputs():
+    knots, coeffs = _table(1, 3)
+    y = piecewise_quadratic(torch.tensor(1.5), knots, coeffs)
+    assert y.dim() == 0
+    assert float(y) == pytest.approx(float(_reference(torch.tensor([1.5]), knots, coeffs, 0)), abs=1e-5)
+    assert piecewise_quadratic(torch.empty(0, 3), knots, coeffs).shape == (0, 3)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "nc", "transposed"])
+@pytest.mark.parametrize("cc", [1, 3])
+def test_gradcheck(impl, layout, cc):
+    x = LAYOUTS[layout](3).double().mul_(0.5).requires_grad_(True)
+    knots, coeffs = _table(cc, 3, torch.float64, seed=1)
+    coeffs.requires_grad_(True)
+    with backend(impl):
+        assert gradcheck(lambda a, c: piecewise_quadratic(a, knots, c, 1), (x, coeffs), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cc", [1, 6])
+def test_native_and_torch_gradients_agree(cc):
+    if not native_available():
+        pytest.skip("native kernels unavailable on this machine")
+    x = torch.randn(4, 6, 33, 17) * 4
+    g = torch.randn_like(x)
+    knots, coeffs = _table(cc, 3)
+    grads = {}
+    for impl in ("native", "torch"):
+        xi = x.clone().requires_grad_(True)
+        ci = coeffs.clone().requires_grad_(True)
+        with backend(impl):
+            piecewise_quadratic(xi, knots, ci, 1).backward(g)
+        grads[impl] = (xi.grad, ci.grad)
+    torch.testing.assert_close(grads["native"][0], grads["torch"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads["native"][1], grads["torch"][1], rtol=1e-4, atol=1e-3)
+
+
+def test_only_the_input_is_saved_for_backward():
+    x = torch.randn(8, 16, 32, 32, requires_grad=True)
+    knots, coeffs = _table(16, 3)
+    coeffs.requires_grad_(True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        piecewise_quadratic(x, knots, coeffs, 1)
+    big = [t for t in saved if t.numel() > 1000]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
+
+
+def test_argument_errors():
+    x = torch.randn(2, 3)
+    knots, coeffs = _table(3, 3)
+    with pytest.raises(ValueError, match="shape \\(Cc, S, 3\\)"):
+        piecewise_quadratic(x, knots, coeffs[..., :2])
+    with pytest.raises(ValueError, match="3 knots need 4 segments"):
+        piecewise_quadratic(x, knots, coeffs[:, :3])
+    with pytest.raises(ValueError, match="3 channels do not match"):
+        piecewise_quadratic(torch.randn(2, 5), knots, coeffs)
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+        set_backend("cuda")
+
+
+def test_torch_form_is_scriptable():
+    scripted = torch.jit.script(piecewise_quadratic_torch)
+    x = torch.randn(2, 3, 4)
+    knots, coeffs = _table(3, 3)
+    torch.testing.assert_close(scripted(x, knots, coeffs, 1), piecewise_quadratic_torch(x, knots, coeffs, 1))

@@ -1,0 +1,268 @@
+"""RepAct I/II/III: the fused training forward against the literal branch sum, gradients, BN, lazy channels."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import gradcheck
+
+import repact
+from repact import RepAct
+from repact.activations.base import NotDeployableError
+from repact.ops import backend, native_available
+
+BACKENDS = ["torch"] + (["native"] if native_available() else [])
+VARIANTS = ["origin", "softmax", "bn"]
+GRANULARITIES = ["layer", "channel"]
+C = 4
+
+
+def _make(variant, granularity, channels_last=False, seed=0, dtype=torch.float32):
+    m = RepAct(C if granularity == "channel" else None, variant=variant, granularity=granularity,
+               channels_last=channels_last).to(dtype)
+    repact.randomize_activations_(m, seed=seed)
+    repact.randomize_batchnorm_(m, seed=seed + 1)
+    return m
+
+
+def _inputs(shape_kind, channels_last, dtype=torch.float32, avoid_knots=False):
+    shapes = {
+        2: (6, C),
+        3: (3, C, 7) if not channels_last else (3, 7, C),
+        4: (2, C, 5, 3) if not channels_last else (2, 5, 3, C),
+    }
+    x = torch.randn(shapes[shape_kind], dtype=dtype) * 4
+    if avoid_knots:
+        for k in (-3.0, 0.0, 3.0):
+            x = torch.where((x - k).abs() < 0.05, x + 0.1, x)
+    else:
+        flat = x.view(-1)
+        flat[: 3] = torch.tensor([-3.0, 0.0, 3.0], dtype=dtype)
+    return x
+
+
+def test_registry_names_and_defaults():
+    assert isinstance(repact.create_act("repact"), RepAct)
+    assert repact.create_act("RepAct1").variant == "origin"
+    assert repact.create_act("repact-ii").variant == "softmax"
+    assert repact.create_act("repact3").variant == "bn"
+    m = repact.create_act("repact_bn", channels=8, granularity="channel", inplace=True)
+    assert m.branch_weight.shape == (8, 4) and m.prelu_weight.shape == (8,) and m.bn.num_features == 8
+    layer = repact.create_act("repact")
+    torch.testing.assert_close(layer.branch_weight.detach(), torch.full((4,), 0.25))
+    torch.testing.assert_close(layer.prelu_weight.detach(), torch.tensor([0.25]))
+    assert layer.branches == ("identity", "relu", "prelu", "hardswish")
+    assert sum(p.numel() for p in layer.parameters()) == 5
+    assert sum(p.numel() for p in repact.create_act("repact_bn").parameters()) == 7
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("variant,granularity,channels_last", list(itertools.product(VARIANTS, GRANULARITIES, [False, True])))
+@pytest.mark.parametrize("rank", [2, 3, 4])
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_is_the_branch_sum(impl, variant, granularity, channels_last, rank, training):
+    m = _make(variant, granularity, channels_last)
+    m.train(training)
+    x = _inputs(rank, channels_last)
+    before = x.clone()
+    with backend(impl):
+        y = m(x)
+    assert torch.equal(x, before)
+    ref = m.forward_branches(x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.detach().abs().max()))
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("variant,granularity", list(itertools.product(VARIANTS, GRANULARITIES)))
+def test_gradients_match_autograd_of_the_branch_sum(impl, variant, granularity):
+    m = _make(variant, granularity)
+    m.train()
+    x = _inputs(4, False, avoid_knots=True)
+    g = torch.randn_like(x)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with backend(impl):
+        m(x1).backward(g)
+    fused = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.forward_branches(x2).backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, rtol=1e-4, atol=1e-4, msg=f"gradient of {n}")
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("variant,granularity", list(itertools.product(VARIANTS, GRANULARITIES)))
+def test_gradcheck_float64(impl, variant, granularity):
+    m = _make(variant, granularity, dtype=torch.float64)
+    m.train()
+    x = _inputs(4, False, torch.float64, avoid_knots=True).requires_grad_(True)
+    params = list(m.parameters())
+    with backend(impl):
+        assert gradcheck(lambda a, *ps: m(a), (x, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_input_is_kept_for_backward(variant):
+    m = _make(variant, "channel")
+    m.train()
+    x = torch.randn(4, C, 64, 64, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = m(x)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), [tuple(t.shape) for t in saved]
+    y.sum().backward()
+    assert x.grad is not None
+
+
+def _bn_reference_stats(s, granularity):
+    if granularity == "layer":
+        flat = s.reshape(1, -1)
+        return flat.mean(), flat.var(unbiased=True)
+    dims = [0] + list(range(2, s.dim()))
+    return s.mean(dims), s.var(dims, unbiased=True)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_repact_bn_running_statistics_follow_batchnorm(granularity, momentum):
+    m = RepAct(C if granularity == "channel" else None, variant="bn", granularity=granularity, bn_momentum=momentum)
+    repact.randomize_activations_(m, seed=3)
+    m.train()
+    expected_mean = m.bn.running_mean.clone()
+    expected_var = m.bn.running_var.clone()
+    for step in range(1, 4):
+        x = torch.randn(5, C, 6, 6) * 3
+        with torch.no_grad():
+            w = m.branch_weights()
+            branches = [x, F.relu(x), F.prelu(x, m.prelu_weight.reshape(-1)) if m.prelu_weight.numel() == 1 else
+                        torch.where(x >= 0, x, m.prelu_weight.reshape(1, -1, 1, 1) * x), F.hardswish(x)]
+            s = sum((w[:, k].reshape(1, -1, 1, 1) if w.shape[0] > 1 else w[0, k]) * b for k, b in enumerate(branches))
+        m.train()
+        m(x)
+        mean, var = _bn_reference_stats(s, granularity)
+        f = momentum if momentum is not None else 1.0 / step
+        expected_mean = (1 - f) * expected_mean + f * mean.reshape(-1)
+        expected_var = (1 - f) * expected_var + f * var.reshape(-1)
+        torch.testing.assert_close(m.bn.running_mean, expected_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.bn.running_var, expected_var, rtol=1e-5, atol=1e-6)
+    assert int(m.bn.num_batches_tracked) == 3
+
+
+def test_repact_bn_trains_at_batch_size_one():
+    layer = RepAct(variant="bn").train()
+    y = layer(torch.randn(1, 8, 5, 5, requires_grad=True))
+    y.sum().backward()
+    assert torch.isfinite(y).all()
+    chan = RepAct(6, variant="bn", granularity="channel").train()
+    repact.randomize_batchnorm_(chan)
+    x = torch.randn(1, 6, requires_grad=True)
+    before = chan.bn.running_mean.clone()
+    y = chan(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    # one value per channel has no batch variance: running statistics are used and left alone
+    torch.testing.assert_close(chan.bn.running_mean, before)
+    torch.testing.assert_close(y, chan.eval()(x))
+
+
+def test_lazy_channels_build_on_first_forward_and_from_a_state_dict():
+    lazy = RepAct(variant="bn", granularity="channel")
+    assert not any(True for _ in lazy.parameters())
+    lazy(torch.randn(2, 7, 3, 3))
+    assert lazy.channels == 7 and lazy.branch_weight.shape == (7, 4)
+    repact.randomize_activations_(lazy, seed=5)
+    fresh = RepAct(variant="bn", granularity="channel")
+    fresh.load_state_dict(lazy.state_dict())
+    x = torch.randn(2, 7, 3, 3)
+    torch.testing.assert_close(fresh.eval()(x), lazy.eval()(x))
+    with pytest.raises(ValueError, match="built for 7 channels but got 5"):
+        lazy(torch.randn(2, 5, 3, 3))
+
+
+def test_lazy_channels_follow_the_input_device_and_dtype():
+    lazy = RepAct(granularity="channel")
+    lazy(torch.randn(2, 3, dtype=torch.float64))
+    assert lazy.branch_weight.dtype == torch.float64
+
+
+def test_token_tensors_with_channels_last():
+    m = RepAct(5, granularity="channel", channels_last=True)
+    repact.randomize_activations_(m)
+    x = torch.randn(2, 9, 5)
+    torch.testing.assert_close(m(x), m.forward_branches(x))
+    # the same per-channel function as channels-first on the transposed tensor
+    first = RepAct(5, granularity="channel")
+    first.load_state_dict(m.state_dict())
+    torch.testing.assert_close(first(x.transpose(1, 2)).transpose(1, 2), m(x))
+
+
+def test_custom_branch_sets():
+    m = RepAct(branches=("relu6", "prelu", "hardtanh"))
+    repact.randomize_activations_(m)
+    x = torch.linspace(-8, 8, 1001)
+    torch.testing.assert_close(m(x), m.forward_branches(x))
+    deployed = repact.reparameterize(m, inplace=False)
+    assert deployed.knots.tolist() == [-1.0, 0.0, 1.0, 6.0]
+    torch.testing.assert_close(deployed(x), m.forward_branches(x))
+
+
+def test_non_piecewise_branches_train_but_refuse_to_deploy():
+    m = RepAct(branches=("identity", "relu", "silu"))
+    m.train()
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    y = m(x)
+    torch.testing.assert_close(y, m.forward_branches(x))
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(NotDeployableError, match="'silu'.*no exact piecewise-polynomial form"):
+        repact.reparameterize(m)
+    model = nn.Sequential(nn.Linear(3, 3), m)
+    with pytest.raises(NotDeployableError, match="^1: "):
+        repact.reparameterize(model)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown RepAct variant 'mix'"):
+        RepAct(variant="mix")
+    with pytest.raises(ValueError, match="unknown granularity 'pixel'"):
+        RepAct(granularity="pixel")
+    with pytest.raises(ValueError, match="unknown RepAct branch 'swishy'"):
+        RepAct(branches=("identity", "swishy"))
+    with pytest.raises(ValueError, match="distinct"):
+        RepAct(branches=("relu", "relu"))
+    with pytest.raises(ValueError, match="channels must be a positive integer"):
+        RepAct(0, granularity="channel")
+
+
+def test_to_moves_the_fused_basis():
+    m = RepAct().to(torch.float64)
+    assert m._basis.dtype == torch.float64
+    y = m(torch.randn(3, 2, dtype=torch.float64))
+    assert y.dtype == torch.float64
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    m = _make("bn", "channel")
+    m.train()
+    x = _inputs(4, False, avoid_knots=True)
+    g = torch.randn_like(x)
+    compiled = torch.compile(m)
+    x1 = x.clone().requires_grad_(True)
+    compiled(x1).backward(g)
+    cg = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.bn.reset_running_stats()
+    x2 = x.clone().requires_grad_(True)
+    m(x2).backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(cg[n], p.grad, rtol=1e-4, atol=1e-4)
