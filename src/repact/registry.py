@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["ActSpec", "register_act", "create_act", "list_acts", "get_act_spec", "resolve_name"]
+__all__ = ["ActSpec", "register_act", "unregister_act", "create_act", "list_acts", "get_act_spec", "resolve_name"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,10 @@ def register_act(
             description=doc,
             defaults=dict(defaults),
         )
+        previous = _REGISTRY.get(canonical)
+        if previous is not None:  # overwrite: the old aliases go with the old entry
+            for alias in previous.aliases:
+                _ALIASES.pop(alias, None)
         _REGISTRY[canonical] = spec
         _ALIASES.pop(canonical, None)
         for alias in names[1:]:
@@ -89,6 +93,14 @@ def register_act(
     if factory is not None:
         return _register(factory)
     return _register
+
+
+def unregister_act(name: str) -> None:
+    """Remove a registered name and its aliases."""
+    canonical = resolve_name(name)
+    spec = _REGISTRY.pop(canonical)
+    for alias in spec.aliases:
+        _ALIASES.pop(alias, None)
 
 
 def resolve_name(name: str) -> str:
@@ -126,6 +138,11 @@ def list_acts(family: str | None = None, *, deployable: bool | None = None) -> l
 
 
 def _accepts(fn: Callable, param: str) -> bool:
+    if isinstance(fn, type):
+        init = fn.__init__
+        if init is nn.Module.__init__:  # takes **kwargs only to reject them
+            return False
+        fn = init
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):

@@ -64,7 +64,10 @@ def _convert(m: nn.Module, path: str) -> nn.Module:
 
 
 def _replace_children(parent: nn.Module, prefix: str, done: dict[int, nn.Module]) -> None:
-    for name, child in list(parent.named_children()):
+    # _modules, not named_children(): the latter skips a module's second call site
+    for name, child in list(parent._modules.items()):
+        if child is None:
+            continue
         path = f"{prefix}.{name}" if prefix else name
         if getattr(child, "deployable", False) and hasattr(child, "to_deploy"):
             if id(child) not in done:

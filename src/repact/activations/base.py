@@ -44,10 +44,11 @@ def broadcast_channel(t: torch.Tensor, x: torch.Tensor, channels_last: bool) -> 
 class Activation(nn.Module):
     """Base class: channel handling, lazy parameters, cost accounting and the deploy hook."""
 
-    deployable: bool = False
-    #: pointwise ops per element of the training form and of the deploy form
-    flops_train: float = 1.0
-    flops_deploy: float | None = None
+    # (class attributes carry no annotations: TorchScript would try to resolve them)
+    deployable = False
+    #: pointwise ops per element of the training form and of the deploy form (None: same as training)
+    flops_train = 1.0
+    flops_deploy = None
 
     def __init__(self, channels: int | None = None, *, channels_last: bool = False) -> None:
         super().__init__()

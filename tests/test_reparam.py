@@ -1,0 +1,238 @@
+"""Exact re-parameterization: deploy form vs the literal branch sum, whole models, verify, the deploy module."""
+
+import copy
+import io
+import itertools
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import repact
+from repact import PiecewiseQuadratic, RepAct
+from repact.models import create_model
+from repact.reparam import dense_grid
+
+VARIANTS = ["origin", "softmax", "bn"]
+GRANULARITIES = ["layer", "channel"]
+
+
+def _rel(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+
+
+def _dense_input(rank, channels, channels_last):
+    """Every channel sees the whole dense grid (which holds -3, 0, 3 exactly and their neighbours)."""
+    grid = dense_grid()  # (n,)
+    n = grid.numel()
+    if rank == 2:
+        return grid.unsqueeze(1).expand(n, channels).contiguous()
+    if rank == 3:
+        x = grid.reshape(1, 1, n).expand(2, channels, n)
+        return x.transpose(1, 2).contiguous() if channels_last else x.contiguous()
+    x = grid[: (n // 100) * 100].reshape(1, 1, 100, -1).expand(2, channels, 100, n // 100)
+    return x.permute(0, 2, 3, 1).contiguous() if channels_last else x.contiguous()
+
+
+@pytest.mark.parametrize("variant,granularity,channels_last", list(itertools.product(VARIANTS, GRANULARITIES, [False, True])))
+@pytest.mark.parametrize("rank", [2, 3, 4])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deploy_form_equals_branch_sum(variant, granularity, channels_last, rank, seed):
+    c = 3
+    m = RepAct(c if granularity == "channel" else None, variant=variant, granularity=granularity, channels_last=channels_last)
+    repact.randomize_activations_(m, seed=seed)
+    repact.randomize_batchnorm_(m, seed=seed + 10)
+    m.eval()
+    x = _dense_input(rank, c, channels_last)
+    deployed = repact.reparameterize(m, inplace=False)
+    assert isinstance(deployed, PiecewiseQuadratic)
+    ref = m.forward_branches(x)
+    assert _rel(deployed(x), ref) <= 1e-5
+    for k in (-3.0, 0.0, 3.0):  # the official fused code was wrong exactly here
+        at = x == k
+        assert at.any()
+        torch.testing.assert_close(deployed(x)[at], ref[at], rtol=1e-6, atol=1e-6)
+
+
+weights = st.lists(st.floats(-4, 4, allow_nan=False), min_size=4, max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights, st.floats(-2, 2), st.floats(-2, 2), st.floats(0.05, 4), st.floats(-3, 3), st.floats(-2, 2),
+       st.sampled_from(VARIANTS))
+def test_property_exact_for_any_parameters(w, slope, mean, var, gamma, beta, variant):
+    m = RepAct(variant=variant).eval()
+    with torch.no_grad():
+        m.branch_weight.copy_(torch.tensor(w))
+        m.prelu_weight.fill_(slope)
+        if variant == "bn":
+            m.bn.running_mean.fill_(mean)
+            m.bn.running_var.fill_(var)
+            m.bn.weight.fill_(gamma)
+            m.bn.bias.fill_(beta)
+    x = dense_grid()
+    ref = m.forward_branches(x)
+    got = repact.reparameterize(m, inplace=False)(x)
+    scale = float(ref.detach().abs().max())
+    assert float((got - ref).abs().max()) <= 1e-5 * max(scale, 1e-3)
+
+
+class _Literal(nn.Module):
+    """Runs a RepAct as its literal branch sum (the official-style training form)."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x):
+        return self.act.forward_branches(x)
+
+
+def _literal_copy(model):
+    ref = copy.deepcopy(model)
+    for name, mod in list(ref.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, RepAct):
+                setattr(mod, child_name, _Literal(child))
+    return ref
+
+
+@pytest.mark.parametrize("act,kw", [("repact", {}), ("repact_softmax", {}), ("repact_bn", {}),
+                                    ("repact_bn", {"granularity": "channel"}), ("repact", {"granularity": "channel"})])
+def test_whole_model_deploys_exactly(act, kw):
+    model = create_model("small_cnn", act=lambda channels=None: repact.create_act(act, channels=channels, **kw), num_classes=10)
+    repact.randomize_batchnorm_(model, seed=4)
+    repact.randomize_activations_(model, seed=4)
+    model.eval()
+    x = torch.randn(8, 1, 8, 8) * 2
+    reference = _literal_copy(model)
+    deployed = repact.reparameterize(model, inplace=False)
+    assert not any(isinstance(m, RepAct) for m in deployed.modules())
+    assert sum(isinstance(m, PiecewiseQuadratic) for m in deployed.modules()) == 3
+    result = repact.verify(reference, deployed, x)
+    assert result.max_rel <= 1e-5, str(result)
+    assert result.ok(1e-5)
+
+
+def test_verify_reparameterization_randomizes_bn_first():
+    model = create_model("small_cnn", act="repact_bn", num_classes=10)
+    before = model.features[1].running_var.clone()
+    result, deployed = repact.verify_reparameterization(model, torch.randn(4, 1, 8, 8))
+    assert not torch.equal(before, model.features[1].running_var)
+    assert result.max_rel <= 1e-5
+    assert isinstance(deployed.features[2], PiecewiseQuadratic)
+    assert isinstance(model.features[2], RepAct)  # the model itself keeps its training form
+
+
+def test_verify_detects_a_wrong_candidate_and_restores_modes():
+    a = RepAct()
+    b = RepAct()
+    with torch.no_grad():
+        b.branch_weight[3] += 0.01
+    a.train()
+    b.train()
+    r = repact.verify(a, b)
+    assert r.max_abs > 1e-3 and not r.ok(1e-5)
+    assert a.training and b.training
+    assert r.numel == dense_grid().numel()
+
+
+def test_verify_errors_are_clear():
+    with pytest.raises(ValueError, match="needs inputs="):
+        repact.verify(nn.Linear(2, 2), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="output shapes differ"):
+        repact.verify(nn.Linear(2, 2), nn.Linear(2, 3), torch.randn(1, 2))
+
+
+def test_reparameterize_in_place_shared_and_copy_semantics():
+    shared = RepAct()
+    model = nn.Sequential(nn.Linear(4, 4), shared, nn.Linear(4, 4), shared)
+    copy_ = repact.reparameterize(model, inplace=False)
+    assert isinstance(model[1], RepAct)
+    assert isinstance(copy_[1], PiecewiseQuadratic) and copy_[1] is copy_[3]
+    model.train()
+    same = repact.reparameterize(model)
+    assert same is model and isinstance(model[1], PiecewiseQuadratic) and model[1].training
+    assert repact.reparameterize(nn.Linear(2, 2)).__class__ is nn.Linear
+
+
+def test_unbuilt_lazy_activation_cannot_deploy():
+    with pytest.raises(repact.NotDeployableError, match="run one forward pass"):
+        repact.reparameterize(RepAct(granularity="channel"))
+
+
+# --- the deploy module ------------------------------------------------------------------------------
+
+
+def _deployed(channels=3, seed=0):
+    m = RepAct(channels, variant="bn", granularity="channel")
+    repact.randomize_activations_(m, seed=seed)
+    repact.randomize_batchnorm_(m, seed=seed)
+    return m.eval(), repact.reparameterize(m, inplace=False)
+
+
+def test_table_lives_in_buffers():
+    _, d = _deployed()
+    sd = d.state_dict()
+    assert set(sd) == {"knots", "coeffs"}
+    assert sd["coeffs"].shape == (3, 4, 3)
+    d64 = copy.deepcopy(d).to(torch.float64)
+    assert d64.coeffs.dtype == torch.float64 and d64.knots.dtype == torch.float64
+    # a placeholder deploy module takes its table (and shape) from a state dict
+    fresh = PiecewiseQuadratic([0.0], torch.zeros(1, 2, 3))
+    fresh.load_state_dict(sd)
+    x = torch.randn(4, 3, 5)
+    torch.testing.assert_close(fresh(x), d(x))
+    assert fresh.channels == 3
+
+
+def test_deploy_module_validates_its_table():
+    with pytest.raises(ValueError, match="shape \\(Cc, 3, 3\\)"):
+        PiecewiseQuadratic([0.0, 1.0], torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        PiecewiseQuadratic([1.0, 0.0], torch.zeros(1, 3, 3))
+    _, d = _deployed()
+    with pytest.raises(ValueError, match="built for 3 channels"):
+        d(torch.randn(2, 4))
+
+
+def test_torchscript_script_and_trace():
+    m, d = _deployed()
+    x = torch.randn(2, 3, 6, 6) * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(d)
+        traced = torch.jit.trace(d, x)
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf)
+        buf.seek(0)
+        loaded = torch.jit.load(buf)
+    ref = m.forward_branches(x)
+    for mod in (scripted, traced, loaded):
+        assert _rel(mod(x), ref) <= 1e-5
+    x2 = torch.randn(5, 3, 2, 2)
+    torch.testing.assert_close(traced(x2), d(x2))  # trace is not specialised to the example's shape
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    m, d = _deployed()
+    x = torch.randn(2, 3, 8, 8) * 4
+    path = tmp_path / "act.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(d, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    onnx.checker.check_model(onnx.load(str(path)))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        xb = torch.randn(batch, 3, 8, 8) * 4
+        xb[0, 0, 0, :3] = torch.tensor([-3.0, 0.0, 3.0])
+        (out,) = sess.run(None, {"x": xb.numpy()})
+        assert _rel(torch.from_numpy(out), m.forward_branches(xb)) <= 1e-5
