@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..ops.piecewise import piecewise_quadratic, piecewise_quadratic_torch
+from ..ops.piecewise import _use_native, native_forward_prepared, native_table, piecewise_quadratic, piecewise_quadratic_torch
 from .base import Activation
 
 __all__ = ["PiecewiseQuadratic"]
@@ -69,10 +69,26 @@ class PiecewiseQuadratic(Activation):
             return x.dim() - 1
         return 1
 
+    __jit_ignored_attributes__ = ["_table_cache"]
+
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_channels(x)
-        return piecewise_quadratic(x, self.knots, self.coeffs, self._channel_dim(x))
+        coeffs = self.coeffs
+        cc = coeffs.shape[0]
+        cd = x.dim() - 1 if (self.channels_last or x.dim() == 1) else 1
+        if cc > 1 and (x.dim() < 2 or x.shape[cd] != cc):
+            self.check_channels(x)
+        if not (x.requires_grad and torch.is_grad_enabled()) and _use_native(x):
+            # the kernel's table is cached and rebuilt when the buffers change (in place or moved)
+            key = (x.dtype, coeffs.data_ptr(), coeffs._version, self.knots.data_ptr(), self.knots._version)
+            cache = self.__dict__.get("_table_cache")
+            if cache is None or cache[0] != key:
+                cache = (key, native_table(self.knots, coeffs, x.dtype))
+                self.__dict__["_table_cache"] = cache
+            y = native_forward_prepared(x, cache[1], cc, cd)
+            if y is not None:
+                return y
+        return piecewise_quadratic(x, self.knots, coeffs, cd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():

@@ -31,6 +31,8 @@ __all__ = [
     "get_backend",
     "backend",
     "native_available",
+    "native_table",
+    "native_forward_prepared",
 ]
 
 _BACKENDS = ("auto", "native", "torch")
@@ -149,36 +151,39 @@ def _backward_torch(
     return gx, gc
 
 
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
 def _native_layout(x: torch.Tensor, channel_dim: int, cc: int) -> Optional[Tuple[torch.Tensor, int, int, int]]:
     """(tensor, outer, C, inner) for the C kernel, or None when it does not apply."""
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or type(x) is not torch.Tensor:
+    if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _NATIVE_DTYPES or x.layout != torch.strided:
         return None
-    if x.is_sparse or x.is_quantized or x.is_complex() or x.numel() == 0:
+    n = x.numel()
+    if n == 0:
         return None
     nd = x.dim()
     if cc == 1:
         if x.is_contiguous() or (nd == 4 and x.is_contiguous(memory_format=torch.channels_last)):
-            return x, 1, 1, x.numel()
-        x = x.contiguous()
-        return x, 1, 1, x.numel()
+            return x, 1, 1, n
+        return x.contiguous(), 1, 1, n
     c = x.shape[channel_dim]
     if c != cc:
         return None
     if channel_dim == nd - 1:
-        x = x.contiguous()
-        return x, x.numel() // c, c, 1
+        return x.contiguous(), n // c, c, 1
     if channel_dim == 1:
         if nd == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            n, _, h, w = x.shape
-            return x, n * h * w, c, 1
+            return x, n // c, c, 1
         x = x.contiguous()
-        return x, x.shape[0], c, x.numel() // (x.shape[0] * c)
+        return x, x.shape[0], c, n // (x.shape[0] * c)
     return None
 
 
-def _planar(coeffs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # (Cc, S, 3) -> contiguous (3, S, Cc)
-    return coeffs.detach().to(dtype=dtype).permute(2, 1, 0).contiguous()
+def native_table(knots: torch.Tensor, coeffs: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Knots and planar (3, S, Cc) coefficients, contiguous on the CPU, as the C kernels read them."""
+    t = knots.detach().to(device="cpu", dtype=dtype).contiguous()
+    planar = coeffs.detach().to(device="cpu", dtype=dtype).permute(2, 1, 0).contiguous()
+    return t, planar
 
 
 def _use_native(x: torch.Tensor) -> bool:
@@ -189,21 +194,29 @@ def _use_native(x: torch.Tensor) -> bool:
     return _native.library() is not None
 
 
-def _native_forward(x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, channel_dim: int):
-    layout = _native_layout(x, channel_dim, coeffs.shape[0])
+def native_forward_prepared(
+    x: torch.Tensor, table: Tuple[torch.Tensor, torch.Tensor], cc: int, channel_dim: int
+) -> Optional[torch.Tensor]:
+    """Forward with a table from :func:`native_table`; None when the kernel does not apply."""
+    layout = _native_layout(x, channel_dim, cc)
     if layout is None:
         return None
     xd, outer, c, inner = layout
+    t, cf = table
+    if cf.dtype != xd.dtype:
+        return None
     lib = _native.library()
     y = torch.empty_like(xd)
-    t = knots.detach().to(dtype=xd.dtype).contiguous()
-    cf = _planar(coeffs, xd.dtype)
     fn = lib.repact_pq_forward_f32 if xd.dtype == torch.float32 else lib.repact_pq_forward_f64
-    rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, t.numel(), t.data_ptr(), cf.data_ptr(),
-            coeffs.shape[0], torch.get_num_threads())
-    if rc != 0:
+    rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, t.shape[0], t.data_ptr(), cf.data_ptr(), cc,
+            torch.get_num_threads())
+    return y if rc == 0 else None
+
+
+def _native_forward(x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, channel_dim: int):
+    if x.dtype not in _NATIVE_DTYPES:
         return None
-    return y
+    return native_forward_prepared(x, native_table(knots, coeffs, x.dtype), coeffs.shape[0], channel_dim)
 
 
 def _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c):
@@ -214,8 +227,7 @@ def _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c):
     if g.dtype != xd.dtype or g.device != xd.device or g.stride() != xd.stride() or type(g) is not torch.Tensor:
         g = torch.empty_like(xd).copy_(g)
     lib = _native.library()
-    t = knots.detach().to(dtype=xd.dtype).contiguous()
-    cf = _planar(coeffs, xd.dtype)
+    t, cf = native_table(knots, coeffs, xd.dtype)
     gx = torch.empty_like(xd) if need_x else None
     acc = torch.empty((3, coeffs.shape[1], coeffs.shape[0]), dtype=torch.float64) if need_c else None
     fn = lib.repact_pq_backward_f32 if xd.dtype == torch.float32 else lib.repact_pq_backward_f64

@@ -1,0 +1,208 @@
+"""Per-op cost of every RepAct and ACON variant against HardSwish, ReLU and an official-style RepAct.
+
+For each shape (MobileNetV3-Small activation shapes by default) and each variant, this measures in
+one interleaved run (variant order shuffled every repetition, medians over repetitions):
+
+* forward time (no grad), and forward + backward time (input requires grad);
+* memory kept for backward: bytes of the distinct non-parameter tensors autograd saves, as a
+  multiple of the input's size;
+
+for the training form and the deploy form, eager and ``torch.compile``d. Times are reported as
+ratios to HardSwish in the same run. Prints a table and writes JSON.
+
+    python benchmarks/bench_ops.py                      # all shapes, eager + compiled
+    python benchmarks/bench_ops.py --quick              # one small shape, few repetitions
+    python benchmarks/bench_ops.py --no-compile --shapes 64,16,56,56
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import repact
+from repact.ops import native_available
+
+DEFAULT_SHAPES = [(64, 16, 56, 56), (64, 72, 28, 28), (64, 576, 7, 7), (128, 16, 112, 112)]
+ACON_NAMES = ["acon_a", "acon_b", "acon_c", "acon_c_layer", "meta_acon"]
+
+
+class OfficialStyleRepAct(nn.Module):
+    """RepAct-I written from the paper's formula in the official style: each branch on its own copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((4,), 0.25))
+        self.prelu = nn.PReLU()
+
+    def forward(self, x):
+        w = self.weight
+        return (w[0] * x.clone() + w[1] * F.relu(x.clone()) + w[2] * self.prelu(x.clone())
+                + w[3] * F.hardswish(x.clone()))
+
+
+def _variants(channels: int, with_compile: bool) -> dict[str, tuple[str, nn.Module]]:
+    """name -> (group, module). Groups: baseline, repact-train, repact-deploy, acon."""
+    out: dict[str, tuple[str, nn.Module]] = {
+        "hardswish": ("baseline", nn.Hardswish()),
+        "relu": ("baseline", nn.ReLU()),
+        "official-style RepAct-I": ("baseline", OfficialStyleRepAct()),
+    }
+    for name, label in (("repact", "RepAct-I"), ("repact_softmax", "RepAct-II"), ("repact_bn", "RepAct-III")):
+        for gran in ("layer", "channel"):
+            m = repact.create_act(name, channels=channels, granularity=gran)
+            repact.randomize_activations_(m)
+            tag = f"{label} {gran}"
+            out[f"{tag} train"] = ("repact-train", m)
+            out[f"{tag} deploy"] = ("repact-deploy", repact.reparameterize(m, inplace=False).eval())
+    for name in ACON_NAMES:
+        try:
+            out[name] = ("acon", repact.create_act(name, channels=channels))
+        except ValueError:
+            print(f"note: activation {name!r} is not registered; skipped", file=sys.stderr)
+    if with_compile:
+        for key in list(out):
+            group, m = out[key]
+            if key in ("relu", "official-style RepAct-I"):
+                continue
+            out[f"{key} [compiled]"] = (group, torch.compile(m, dynamic=False))
+    return out
+
+
+def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    params = {p.data_ptr() for p in module.parameters()} | {b.data_ptr() for b in module.buffers()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    xi = x.detach().clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(xi)
+    del y
+    return sum(seen.values())
+
+
+def _timer(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int) -> list[dict]:
+    torch.manual_seed(seed)
+    x = torch.randn(shape) * 3
+    g = torch.randn(shape)
+    variants = _variants(shape[1], with_compile)
+    rows = {k: {"variant": k, "group": grp, "fwd": [], "fwdbwd": []} for k, (grp, _) in variants.items()}
+    xg = x.clone().requires_grad_(True)
+
+    def fwd(m):
+        with torch.no_grad():
+            m(x)
+
+    def fwdbwd(m):
+        xg.grad = None
+        for p in m.parameters():
+            p.grad = None
+        m(xg).backward(g)
+
+    for key, (_, m) in variants.items():  # warm-up (and compile)
+        m.train(not key.endswith("deploy") and "deploy [compiled]" not in key)
+        for _ in range(warmup):
+            fwd(m)
+            fwdbwd(m)
+    order = list(variants)
+    rnd = random.Random(seed)
+    for _ in range(reps):
+        rnd.shuffle(order)
+        for key in order:
+            m = variants[key][1]
+            rows[key]["fwd"].append(_timer(lambda: fwd(m)))
+            rows[key]["fwdbwd"].append(_timer(lambda: fwdbwd(m)))
+    base = rows["hardswish"]
+    base_fwd = statistics.median(base["fwd"])
+    base_fb = statistics.median(base["fwdbwd"])
+    xbytes = x.numel() * x.element_size()
+    out = []
+    for key, r in rows.items():
+        m = variants[key][1]
+        compiled = key.endswith("[compiled]")
+        saved = None if compiled else _saved_bytes(m, x) / xbytes
+        f, fb = statistics.median(r["fwd"]), statistics.median(r["fwdbwd"])
+        out.append({
+            "shape": list(shape), "variant": key, "group": r["group"], "compiled": compiled,
+            "fwd_ms": f * 1e3, "fwdbwd_ms": fb * 1e3, "fwd_ratio": f / base_fwd, "fwdbwd_ratio": fb / base_fb,
+            "saved_x_input": saved,
+        })
+    # compiled rows compare against compiled HardSwish
+    comp = next((o for o in out if o["variant"] == "hardswish [compiled]"), None)
+    if comp:
+        for o in out:
+            if o["compiled"]:
+                o["fwd_ratio_vs_compiled_hardswish"] = o["fwd_ms"] / comp["fwd_ms"]
+                o["fwdbwd_ratio_vs_compiled_hardswish"] = o["fwdbwd_ms"] / comp["fwdbwd_ms"]
+    return out
+
+
+def _table(rows: list[dict]) -> str:
+    lines = []
+    for shape in sorted({tuple(r["shape"]) for r in rows}, key=lambda s: DEFAULT_SHAPES.index(s) if s in DEFAULT_SHAPES else 99):
+        lines.append(f"\nshape {shape}  (ratios: eager rows vs eager HardSwish, [compiled] rows vs compiled HardSwish)")
+        lines.append(f"{'variant':<36} {'fwd ms':>8} {'fwd x':>7} {'f+b ms':>8} {'f+b x':>7} {'saved':>6}")
+        for r in rows:
+            if tuple(r["shape"]) != shape:
+                continue
+            fr = r.get("fwd_ratio_vs_compiled_hardswish", r["fwd_ratio"])
+            br = r.get("fwdbwd_ratio_vs_compiled_hardswish", r["fwdbwd_ratio"])
+            saved = "-" if r["saved_x_input"] is None else f"{r['saved_x_input']:.2f}"
+            lines.append(f"{r['variant']:<36} {r['fwd_ms']:8.2f} {fr:7.2f} {r['fwdbwd_ms']:8.2f} {br:7.2f} {saved:>6}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", nargs="*", default=None, help="shapes as N,C,H,W (default: MobileNetV3-Small shapes)")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="one small shape, 5 repetitions, no compile")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="results/bench_ops.json")
+    args = ap.parse_args(argv)
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
+    reps, compile_ = args.reps, not args.no_compile
+    if args.quick:
+        shapes, reps, compile_ = [(8, 16, 28, 28)], 5, False
+    rows = []
+    for shape in shapes:
+        print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
+        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed)
+    print(_table(rows))
+    meta = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "processor": platform.processor(), "native_kernels": native_available(), "reps": reps,
+        "note": "medians of interleaved repetitions; ratios are to HardSwish (eager or compiled) in the same run",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
