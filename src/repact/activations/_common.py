@@ -97,7 +97,7 @@ class GranularActivation(Activation):
     """
 
     #: names of the (1,) / (C,) parameters, used to infer channels from a state dict
-    param_names: tuple[str, ...] = ()
+    param_names = ()
 
     def __init__(self, channels: int | None = None, *, granularity: str = "layer", channels_last: bool = False) -> None:
         check_choice("granularity", granularity, GRANULARITIES)

@@ -277,6 +277,7 @@ class MetaAconC(Activation):
             self.bn1 = BatchNorm2dSafe(hidden) if self.bn else nn.Identity()
             self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
             self.bn2 = BatchNorm2dSafe(channels) if self.bn else nn.Identity()
+            self.train(self.training)  # submodules built lazily follow the module's mode
 
     def _channels_from_state(self, state_dict, prefix):
         t = state_dict.get(prefix + "p1")

@@ -98,6 +98,7 @@ class DyReLUA(Activation):
         hidden = self.hidden_width(channels)
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, 2 * self.k)
+        self.train(self.training)  # submodules built lazily follow the module's mode
 
     def _channels_from_state(self, state_dict, prefix):
         w = state_dict.get(prefix + "fc1.weight")

@@ -79,6 +79,7 @@ class FReLU(_Funnel):
     def _build(self, channels):
         self.conv = self._dwconv(channels, 1, bias=False)
         self.bn = BatchNorm2dSafe(channels)
+        self.train(self.training)  # submodules built lazily follow the module's mode
 
     def forward(self, x):
         x4, back = self._prepare(x)
@@ -107,6 +108,7 @@ class AconFReLU(_Funnel):
         self.conv = self._dwconv(channels, self.stride, bias=True)
         self.bn1 = BatchNorm2dSafe(channels)
         self.bn2 = BatchNorm2dSafe(channels)
+        self.train(self.training)
 
     def forward(self, x):
         x4, back = self._prepare(x)
