@@ -166,8 +166,10 @@ class PDELU(GranularActivation):
         self.infer_channels(x)
         self.check_channels(x)
         k = 1.0 - self.t
-        base = (1 + k * x.clamp(max=0)).clamp(min=0)  # 1 for x > 0, never negative
-        return F.relu(x) + self.pview("alpha", x) * (base.pow(1.0 / k) - 1)
+        pos = F.relu(x)
+        base = (1 + k * (x - pos)).clamp(min=0)  # 1 for x > 0, never negative
+        # x - relu(x) has slope 1 at 0 (clamp's would be 0), so the slope at 0 is alpha, not 0
+        return pos + self.pview("alpha", x) * (base.pow(1.0 / k) - 1)
 
     def extra_repr(self) -> str:
         return f"t={self.t}, " + super().extra_repr()
@@ -210,8 +212,8 @@ class SRS(GranularActivation):
         self.check_channels(x)
         a = self.pview("alpha", x).abs().clamp_min(self.eps)
         b = self.pview("beta", x).abs().clamp_min(self.eps)
-        xp = F.relu(x)  # derivative 0 at x = 0, so the two halves do not both count there
-        xn = x.clamp(max=0)
+        xp = F.relu(x)  # slope 0 at x = 0 and xn's slope 1 there: the two halves count once
+        xn = x - xp
         pos = xp / (xp / a + torch.exp(-xp / b))
         en = xn * torch.exp(xn / b)
         neg = en / (en / a + 1).clamp_min(self.eps)
