@@ -1,0 +1,663 @@
+"""Activation surgery: swap a model's activation modules for another activation, one per call site.
+
+``swap_activations(model, act, ...)`` replaces every activation module of the target types (and
+whose path passes the ``include``/``exclude`` regex filters) by a fresh ``create_act(act, ...)``
+instance, in place, and returns a :class:`SwapReport`.
+
+* **Call sites.** A module registered at several paths gets one new instance per path. A module
+  called several times from its parent's ``forward`` (torchvision's ResNet blocks reuse one
+  ``self.relu``) is untied: the parent's forward is traced with ``torch.fx`` (its children kept as
+  leaves) and every call gets its own module (``relu``, ``relu_1``, ``relu_2``), so learnable
+  activations never share parameters by accident. The parent becomes a ``GraphModule`` with the
+  same children and state-dict keys (plus the new ones).
+* **Channels** come from one example forward (``example_input``: forward hooks record each call's
+  input shape) or, without it, from the layer just before the activation in a ``Sequential``
+  (BatchNorm, conv, linear). Unknown counts stay ``None``: repact activations then build their
+  parameters lazily on the first forward.
+* **Functional calls** (``F.relu(x)``, ``torch.relu``, ``x.relu()``, ``F.hardswish`` ... inside a
+  ``forward``) cannot be swapped; they are found during the example forward by a
+  ``TorchFunctionMode`` (``__torch_function__``) scan that knows which module's forward is
+  running, and listed in the report. This works on any model that runs, unlike ``torch.fx``
+  tracing, which fails on data-dependent control flow.
+* ``init="approximate"`` fits the new activation's parameters to the function it replaces on a grid
+  (least squares): exactly for RepAct-I/III (their output is linear in the branch weights, so
+  RepAct starting as HardSwish gets weights (0, 0, 0, 1)), by L-BFGS for any other activation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .activations.base import Activation
+from .registry import create_act
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "SwapRecord",
+    "FunctionalCall",
+    "SwapReport",
+    "swap_activations",
+    "fit_activation",
+    "untie_calls",
+]
+
+#: activation types replaced by default
+DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.PReLU,
+)
+
+#: functional names that compute each target type's function (for the functional-call scan)
+_FUNCTIONAL_NAMES: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.ReLU: ("relu", "relu_"),
+    nn.ReLU6: ("relu6",),
+    nn.Hardswish: ("hardswish", "hardswish_"),
+    nn.SiLU: ("silu", "silu_"),
+    nn.GELU: ("gelu",),
+    nn.LeakyReLU: ("leaky_relu", "leaky_relu_"),
+    nn.PReLU: ("prelu",),
+    nn.Sigmoid: ("sigmoid", "sigmoid_"),
+    nn.Tanh: ("tanh", "tanh_"),
+    nn.Mish: ("mish",),
+    nn.ELU: ("elu", "elu_"),
+    nn.Hardsigmoid: ("hardsigmoid",),
+    nn.Softplus: ("softplus",),
+}
+
+_INITS = ("default", "approximate")
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SwapRecord:
+    """One replaced call site."""
+
+    path: str
+    old_type: str
+    new_type: str
+    channels: int | None
+    channels_from: str  # "example forward", "neighbouring layer" or "unknown (lazy)"
+    untied_from: str | None = None  # the shared module's path when this site was untied
+    fit_error: float | None = None  # max abs error on the fit grid (init="approximate")
+
+
+@dataclass
+class FunctionalCall:
+    """An activation computed by a functional call that surgery cannot replace."""
+
+    op: str
+    module: str  # path of the module whose forward made the call ("" = the root)
+    module_type: str
+    count: int
+
+
+@dataclass
+class SwapReport:
+    """What ``swap_activations`` changed, and what it could not."""
+
+    act: str
+    init: str
+    swapped: list[SwapRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    functional: list[FunctionalCall] = field(default_factory=list)
+    functional_scan: str = ""
+    dry_run: bool = False
+
+    def __len__(self) -> int:
+        return len(self.swapped)
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.swapped]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        verb = "would swap" if self.dry_run else "swapped"
+        lines = [f"{verb} {len(self.swapped)} activation(s) for {self.act} (init={self.init})"]
+        if self.swapped:
+            rows = [("path", "old", "new", "channels", "note")]
+            for r in self.swapped:
+                notes = []
+                if r.untied_from is not None:
+                    notes.append(f"untied from {r.untied_from}")
+                if r.fit_error is not None:
+                    notes.append(f"fit max err {r.fit_error:.2e}")
+                ch = "lazy" if r.channels is None else str(r.channels)
+                rows.append((r.path or "<root>", r.old_type, r.new_type, ch, "; ".join(notes)))
+            widths = [max(len(row[i]) for row in rows) for i in range(4)]
+            for row in rows:
+                lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else ""))
+        for path, reason in self.skipped:
+            lines.append(f"  skipped {path or '<root>'}: {reason}")
+        if self.functional:
+            lines.append("functional activation calls that were NOT swapped (rewrite them as modules to swap them):")
+            for f in self.functional:
+                lines.append(f"  {f.op} in {f.module or '<root>'} ({f.module_type}) x{f.count}")
+        lines.append(f"functional-call scan: {self.functional_scan}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _compile_patterns(patterns: str | Iterable[str] | None, what: str) -> list[re.Pattern] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as exc:
+            raise ValueError(f"{what} pattern {p!r} is not a valid regular expression: {exc}") from None
+    return out
+
+
+def _resolve_targets(targets: Any) -> tuple[type[nn.Module], ...]:
+    if isinstance(targets, (type, str)):
+        targets = (targets,)
+    out = []
+    for t in targets:
+        if isinstance(t, str):
+            cls = getattr(nn, t, None)
+            if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+                raise ValueError(f"target {t!r} is not a torch.nn module class (e.g. 'ReLU', 'Hardswish')")
+            t = cls
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise ValueError(f"targets must be nn.Module classes or their torch.nn names, got {t!r}")
+        out.append(t)
+    if not out:
+        raise ValueError("targets is empty: name at least one activation type")
+    return tuple(out)
+
+
+def _act_label(act: Any) -> str:
+    if isinstance(act, str):
+        return act
+    return getattr(act, "__name__", None) or type(act).__name__
+
+
+def _parent_and_name(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    if "." in path:
+        parent_path, name = path.rsplit(".", 1)
+        return model.get_submodule(parent_path), name
+    return model, path
+
+
+def _channels_from_neighbour(model: nn.Module, path: str) -> int | None:
+    """Channel count from the layer just before ``path`` in a Sequential parent."""
+    if not path:
+        return None
+    parent, name = _parent_and_name(model, path)
+    if not isinstance(parent, nn.Sequential):
+        return None
+    names = [n for n, _ in parent.named_children()]
+    idx = names.index(name)
+    for prev_name in reversed(names[:idx]):
+        prev = getattr(parent, prev_name)
+        if isinstance(prev, nn.modules.batchnorm._NormBase):
+            return int(prev.num_features)
+        if isinstance(prev, nn.GroupNorm):
+            return int(prev.num_channels)
+        if isinstance(prev, nn.modules.conv._ConvNd):
+            return int(prev.out_channels)
+        if isinstance(prev, nn.Linear):
+            return int(prev.out_features)
+        if isinstance(prev, (nn.Dropout, nn.Identity)) or isinstance(prev, DEFAULT_TARGETS):
+            continue
+        return None
+    return None
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return None, None
+
+
+class _FunctionalScan(TorchFunctionMode):
+    """Records activation functions called outside activation modules during a forward."""
+
+    def __init__(self, names: set[str], stack: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        self.names = names
+        self.stack = stack
+        self.calls: dict[tuple[str, str], FunctionalCall] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.names:
+            path, mod = self.stack[-1] if self.stack else ("", None)
+            inside_act = mod is not None and (
+                isinstance(mod, Activation) or type(mod).__module__ == "torch.nn.modules.activation"
+            )
+            if not inside_act:
+                owner = getattr(func, "__module__", None) or "torch.Tensor"
+                op = f"{owner}.{name}" if owner != "torch._C._nn" else f"torch.nn.functional.{name}"
+                key = (op, path)
+                if key in self.calls:
+                    self.calls[key].count += 1
+                else:
+                    self.calls[key] = FunctionalCall(op, path, type(mod).__name__ if mod is not None else "?", 1)
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass
+class _Call:
+    module_id: int
+    parent: str  # path of the module whose forward was running
+    shape: tuple[int, ...]
+
+
+def _example_forward(model: nn.Module, example_input: Any, candidates: dict[int, nn.Module],
+                     functional_names: set[str]) -> tuple[list[_Call], list[FunctionalCall]]:
+    """One eval-mode forward recording each candidate call (parent, input shape) and functional calls."""
+    stack: list[tuple[str, nn.Module]] = []
+    calls: list[_Call] = []
+    handles = []
+    named = list(model.named_modules())
+
+    def pre(path, mod):
+        def hook(m, inputs):
+            if id(m) in candidates and inputs and torch.is_tensor(inputs[0]):
+                calls.append(_Call(id(m), stack[-1][0] if stack else "", tuple(inputs[0].shape)))
+            stack.append((path, m))
+        return hook
+
+    def post(m, inputs, output):
+        if stack:
+            stack.pop()
+
+    for path, mod in named:
+        handles.append(mod.register_forward_pre_hook(pre(path, mod)))
+        handles.append(mod.register_forward_hook(post))
+    modes = [(m, m.training) for m in model.modules()]
+    scan = _FunctionalScan(functional_names, stack)
+    try:
+        model.eval()
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+        with torch.no_grad(), scan:
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    return calls, list(scan.calls.values())
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """Traces only the root's own forward: every submodule stays a leaf call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _trace_parent(parent: nn.Module) -> torch.fx.GraphModule:
+    graph = _LeafTracer().trace(parent)
+    return torch.fx.GraphModule(parent, graph, class_name=type(parent).__name__ + "Untied")
+
+
+def _free_name(taken: set[str], base: str) -> str:
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+# --------------------------------------------------------------------------------------------------
+# approximate init
+# --------------------------------------------------------------------------------------------------
+
+
+def _grid_input(grid: torch.Tensor, channels: int | None, ndim: int) -> torch.Tensor:
+    c = channels or 1
+    x = grid.reshape(-1, 1).expand(-1, c)
+    if ndim >= 3:
+        x = x.reshape(x.shape[0], c, *([1] * (ndim - 2)))
+    return x.contiguous()
+
+
+def fit_activation(
+    new: nn.Module,
+    target: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    channels: int | None = None,
+    ndim: int = 4,
+    lo: float = -6.0,
+    hi: float = 6.0,
+    steps: int = 1201,
+    max_iter: int = 100,
+) -> float:
+    """Fit ``new``'s parameters so that ``new(x) ~ target(x)`` on a grid over [lo, hi]; returns max abs error.
+
+    RepAct-I and III (canonical or any piecewise branch set) are linear in their branch weights,
+    which are solved exactly by least squares (PReLU slope kept); every other activation is fitted by
+    L-BFGS on the mean squared error. The module is fitted in eval mode.
+    """
+    from .activations.repact import RepAct
+
+    was = new.training
+    new.eval()
+    grid = torch.linspace(lo, hi, steps, dtype=torch.float64)
+    x64 = _grid_input(grid, channels, ndim)
+    dev, dt = _model_device_dtype(new)
+    dt = dt or torch.float32
+    x = x64.to(device=dev, dtype=dt)
+    try:
+        with torch.no_grad():
+            y64 = _target_float64(target, x64.to(device=dev))
+            y = y64.to(dt) if y64 is not None else target(x.clone())
+            if isinstance(new, Activation):
+                new.infer_channels(x)
+        if isinstance(new, RepAct) and new.variant in ("origin", "bn"):
+            _fit_repact_linear(new, x64.to(device=dev), y64 if y64 is not None else y.double())
+        else:
+            _fit_lbfgs(new, x, y, max_iter)
+        with torch.no_grad():
+            err = float((new(x) - y).abs().max())
+    finally:
+        new.train(was)
+    return err
+
+
+def _target_float64(target: Callable, x64: torch.Tensor) -> torch.Tensor | None:
+    """The target function in float64 (exact fits stay exact), or None when it only runs in float32."""
+    fn = copy.deepcopy(target).double() if isinstance(target, nn.Module) else target
+    try:
+        y = fn(x64.clone())
+    except (RuntimeError, TypeError):
+        return None
+    return y.double() if torch.is_tensor(y) and y.shape == x64.shape else None
+
+
+@torch.no_grad()
+def _fit_repact_linear(new, x: torch.Tensor, y: torch.Tensor) -> None:
+    from .activations.repact import repact_branch_fn
+
+    xs = x.double()
+    ys = y.double()
+    slope = new.prelu_weight.double() if new.prelu_weight is not None else None
+    cd = new.channel_dim(xs)
+    if slope is not None and slope.numel() > 1:
+        slope = new._per_channel(slope, xs, cd)
+    elif slope is not None:
+        slope = slope.reshape([1] * xs.dim())
+    if new.variant == "bn":  # eval-mode BN: y = scale * s + shift, so fit s to (y - shift) / scale
+        scale, shift = (t.double() for t in new._bn_affine())
+        if scale.numel() > 1:
+            scale, shift = new._per_channel(scale, xs, cd), new._per_channel(shift, xs, cd)
+        ys = (ys - shift) / scale
+    feats = torch.stack([repact_branch_fn(b)(xs, slope) for b in new.branches], dim=-1)  # (..., nb)
+    if new.branch_weight.dim() == 1:  # one weight vector for the layer
+        sol = torch.linalg.lstsq(feats.reshape(-1, feats.shape[-1]), ys.reshape(-1, 1)).solution.reshape(-1)
+        new.branch_weight.copy_(sol.to(new.branch_weight.dtype))
+    else:  # one per channel
+        f = feats.movedim(cd, 0).reshape(feats.shape[cd], -1, feats.shape[-1])
+        t = ys.movedim(cd, 0).reshape(ys.shape[cd], -1, 1)
+        sol = torch.linalg.lstsq(f, t).solution.squeeze(-1)
+        new.branch_weight.copy_(sol.to(new.branch_weight.dtype))
+
+
+def _fit_lbfgs(new: nn.Module, x: torch.Tensor, y: torch.Tensor, max_iter: int) -> None:
+    params = [p for p in new.parameters() if p.requires_grad and p.is_floating_point()]
+    if not params:
+        return
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.mean((new(x) - y) ** 2)
+        loss.backward()
+        return loss
+
+    best = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        best_loss = float(torch.mean((new(x) - y) ** 2))
+    try:
+        opt.step(closure)
+    except RuntimeError:
+        pass
+    with torch.no_grad():
+        loss = float(torch.mean((new(x) - y) ** 2))
+        if not math.isfinite(loss) or loss > best_loss:  # never end worse than the default init
+            for p, b in zip(params, best):
+                p.copy_(b)
+    for p in params:
+        p.grad = None
+
+
+# --------------------------------------------------------------------------------------------------
+# the swap
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Site:
+    """A call site to replace: ``attr`` on ``parent_path`` (or a new attribute of a traced parent)."""
+
+    parent_path: str
+    attr: str
+    old: nn.Module
+    channels: int | None
+    channels_from: str
+    ndim: int
+    untied_from: str | None = None
+
+
+def swap_activations(
+    model: nn.Module,
+    act: Any,
+    *,
+    targets: Sequence[type[nn.Module] | str] | type[nn.Module] = DEFAULT_TARGETS,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    init: str = "default",
+    example_input: torch.Tensor | tuple | None = None,
+    dry_run: bool = False,
+) -> SwapReport:
+    """Replace the activation modules of ``model`` (in place) by ``act``; returns a :class:`SwapReport`.
+
+    Args:
+        act: what ``repact.create_act`` takes: a registered name (``"repact"``, ``"acon_c"``), a
+            class or a callable; one instance is built per call site with its channel count.
+        targets: activation types to replace (classes, or torch.nn names such as ``"ReLU"``).
+        include, exclude: regular expressions (or lists of them) searched in each module path; a
+            module is replaced when it matches some ``include`` (all when None) and no ``exclude``.
+        init: ``"default"`` (the activation's own init) or ``"approximate"`` (fit it to the
+            function it replaces on 1201 points over [-6, 6]).
+        example_input: an input for one eval-mode forward that finds channel counts, modules called
+            several times, and functional activation calls (recommended).
+        dry_run: plan and report without changing the model.
+    """
+    if init not in _INITS:
+        raise ValueError(f"init must be one of {', '.join(_INITS)}, got {init!r}")
+    if act is None or isinstance(act, nn.Module):
+        raise ValueError("act must be an activation name, class or factory (one instance is built per call site), "
+                         f"got {act!r}")
+    target_types = _resolve_targets(targets)
+    inc = _compile_patterns(include, "include")
+    exc = _compile_patterns(exclude, "exclude")
+    create_act(act)  # fails early (unknown name, bad keyword) before anything changes
+    report = SwapReport(act=_act_label(act), init=init, dry_run=dry_run)
+
+    # 1. candidate modules by path (a module registered at several paths appears at each)
+    by_id: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for path, mod in model.named_modules(remove_duplicate=False):
+        if not isinstance(mod, target_types):
+            continue
+        if inc is not None and not any(p.search(path) for p in inc):
+            report.skipped.append((path, "not matched by include"))
+            continue
+        if exc is not None and any(p.search(path) for p in exc):
+            report.skipped.append((path, "matched by exclude"))
+            continue
+        if not path:
+            report.skipped.append((path, "the model itself is an activation; build the activation you want instead"))
+            continue
+        by_id.setdefault(id(mod), []).append(path)
+        modules[id(mod)] = mod
+
+    # 2. the example forward: per-call parents and shapes, functional calls
+    calls: list[_Call] = []
+    if example_input is not None:
+        names = {n for t in target_types for base, ns in _FUNCTIONAL_NAMES.items() if issubclass(t, base) for n in ns}
+        calls, functional = _example_forward(model, example_input, modules, names)
+        report.functional = sorted(functional, key=lambda f: (f.module, f.op))
+        report.functional_scan = "TorchFunctionMode (__torch_function__) during the example forward"
+    else:
+        report.functional_scan = "not run (pass example_input= to find functional activation calls)"
+
+    # 3. plan one site per path, or per call for a module called several times from one parent
+    sites: list[_Site] = []
+    traced: dict[str, torch.fx.GraphModule] = {}
+    taken_names: dict[str, set[str]] = {}
+    for mid, paths in by_id.items():
+        mod = modules[mid]
+        mcalls = [c for c in calls if c.module_id == mid]
+        for path in paths:
+            parent_path, attr = path.rsplit(".", 1) if "." in path else ("", path)
+            here = [c for c in mcalls if c.parent == parent_path]
+            if len(here) <= 1:
+                if here:
+                    ch, src, nd = _channels_of(here[0].shape, mod), "example forward", len(here[0].shape)
+                else:
+                    ch = _channels_from_neighbour(model, path)
+                    src = "neighbouring layer" if ch is not None else "unknown (lazy)"
+                    nd = 4
+                sites.append(_Site(parent_path, attr, mod, ch, src, nd))
+                continue
+            # called len(here) times from the parent's forward: untie with torch.fx
+            if not parent_path:
+                report.skipped.append((path, f"called {len(here)} times from the root module's forward; untie it "
+                                             "first with model = repact.surgery.untie_calls(model, example_input)"))
+                continue
+            parent = model.get_submodule(parent_path)
+            try:
+                gm = traced.get(parent_path) or _trace_parent(parent)
+            except Exception as err:  # noqa: BLE001  (fx raises many types)
+                report.skipped.append((path, f"called {len(here)} times but torch.fx could not trace "
+                                             f"{parent_path} ({type(err).__name__}: {err}); left shared"))
+                continue
+            traced[parent_path] = gm
+            taken = taken_names.setdefault(parent_path, {n for n, _ in parent.named_children()})
+            nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target == attr]
+            if len(nodes) != len(here):
+                report.skipped.append((path, f"called {len(here)} times but the traced forward of {parent_path} "
+                                             f"has {len(nodes)} calls; left shared"))
+                continue
+            for i, (node, call) in enumerate(zip(nodes, here)):
+                name = attr if i == 0 else _free_name(taken, attr)
+                node.target = name
+                sites.append(_Site(parent_path, name, mod, _channels_of(call.shape, mod), "example forward",
+                                   len(call.shape), untied_from=path))
+
+    # 4. build every new module before changing anything
+    device, dtype = _model_device_dtype(model)
+    built: list[tuple[_Site, nn.Module, float | None]] = []
+    for s in sites:
+        new = create_act(act, channels=s.channels)
+        if device is not None:
+            new = new.to(device=device)
+            if dtype is not None and dtype != torch.float32:
+                new = new.to(dtype=dtype)
+        new.train(s.old.training)
+        err = None
+        if init == "approximate" and (isinstance(new, Activation) or any(True for _ in new.parameters())):
+            if getattr(new, "needs_channels", False) and s.channels is None:
+                raise ValueError(
+                    f"init='approximate' needs the channel count at {s.parent_path}.{s.attr} for the channel-wise "
+                    f"{type(new).__name__}; pass example_input="
+                )
+            ref = copy.deepcopy(s.old).eval()
+            # layer-wise activations share one function over channels: fit on one channel
+            per_channel = getattr(new, "needs_channels", True) or _channel_params(s.old)
+            err = fit_activation(new, ref, channels=s.channels if per_channel else 1, ndim=s.ndim)
+        built.append((s, new, err))
+
+    for s, new, err in built:
+        path = f"{s.parent_path}.{s.attr}" if s.parent_path else s.attr
+        report.swapped.append(SwapRecord(path, type(s.old).__name__, type(new).__name__, s.channels, s.channels_from,
+                                         s.untied_from, err))
+    if dry_run:
+        return report
+
+    # 5. apply: traced parents first (they carry the untied call sites), then every module
+    for parent_path, gm in traced.items():
+        gm.recompile()
+        grand, name = _parent_and_name(model, parent_path)
+        setattr(grand, name, gm)
+    for s, new, _ in built:
+        parent = model.get_submodule(s.parent_path) if s.parent_path else model
+        setattr(parent, s.attr, new)
+    return report
+
+
+def _channel_params(mod: nn.Module) -> bool:
+    """Whether the replaced module differs per channel (e.g. PReLU(num_parameters=C))."""
+    return any(p.numel() > 1 for p in mod.parameters())
+
+
+def _channels_of(shape: tuple[int, ...], mod: nn.Module) -> int | None:
+    if len(shape) < 2:
+        return None
+    return int(shape[1])
+
+
+def untie_calls(model: nn.Module, example_input: Any, *, targets: Sequence[type[nn.Module]] | None = None) -> nn.Module:
+    """Give every call of a module that the root's forward calls several times its own copy.
+
+    ``swap_activations`` unties calls inside submodules itself; for calls from the root's own
+    forward it cannot replace the root object, so this returns a ``torch.fx.GraphModule`` of the
+    root (same children and state-dict keys, plus ``name_1``, ``name_2`` ... copies). Modules that
+    are not reused at the root are left as they are, and ``model`` is returned unchanged when
+    nothing needs untying. ``targets`` limits untying to these types (default: every module type).
+    """
+    types = tuple(targets) if targets else (nn.Module,)
+    candidates = {id(m): m for _, m in model.named_children() if isinstance(m, types)}
+    calls, _ = _example_forward(model, example_input, candidates, set())
+    counts: dict[int, int] = {}
+    for c in calls:
+        if c.parent == "":
+            counts[c.module_id] = counts.get(c.module_id, 0) + 1
+    reused = {mid for mid, n in counts.items() if n > 1}
+    if not reused:
+        return model
+    gm = _trace_parent(model)
+    taken = {n for n, _ in gm.named_children()}
+    seen: dict[str, int] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        if id(mod) not in reused:
+            continue
+        k = seen.get(node.target, 0)
+        seen[node.target] = k + 1
+        if k:
+            name = _free_name(taken, node.target)
+            gm.add_submodule(name, copy.deepcopy(mod))
+            node.target = name
+    gm.recompile()
+    return gm
