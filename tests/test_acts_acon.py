@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import repact
-from repact.activations.acon import AconA, AconB, AconC, MetaAconC, _AconFn, acon
+from repact.activations.acon import AconA, AconB, AconC, MetaAconC, _AconFn, acon_forward
 
 sig = torch.sigmoid
 
@@ -38,6 +38,7 @@ def test_acon_a_is_swish_with_per_channel_beta():
 
 def test_acon_b_formula_and_init():
     m = repact.create_act("acon_b", channels=4)
+    assert isinstance(m, AconB) and m.p.shape == (4,)
     assert torch.all(m.p == 0.25) and torch.all(m.beta == 1)
     randomize_(m)
     x = torch.randn(3, 4, 5)
@@ -93,9 +94,9 @@ def test_acon_c_limits(p1, p2, xs):
     """beta -> inf gives max(p1 x, p2 x); beta = 0 gives the mean (p1 + p2) x / 2."""
     x = torch.tensor(xs, dtype=torch.float64)
     t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
-    big = acon(x, t(p1), t(p2), t(1e4))
+    big = acon_forward(x, t(p1), t(p2), t(1e4))
     assert torch.allclose(big, torch.maximum(p1 * x, p2 * x), atol=1e-3)
-    zero = acon(x, t(p1), t(p2), t(0.0))
+    zero = acon_forward(x, t(p1), t(p2), t(0.0))
     assert torch.allclose(zero, (p1 + p2) * x / 2, atol=1e-12)
 
 
@@ -117,7 +118,7 @@ def test_acon_gradients_match_plain_autograd():
     x = torch.randn(4, 5, 6, 6, dtype=torch.float64, requires_grad=True)
     params = [torch.randn(1, 5, 1, 1, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     g = torch.randn(4, 5, 6, 6, dtype=torch.float64)
-    ours = torch.autograd.grad(acon(x, *params), [x, *params], g)
+    ours = torch.autograd.grad(acon_forward(x, *params), [x, *params], g)
     ref = torch.autograd.grad(acon_c_ref(x, *params), [x, *params], g)
     for a, b in zip(ours, ref):
         assert torch.allclose(a, b, atol=1e-10)
@@ -150,7 +151,7 @@ def test_acon_c_training_form_keeps_only_the_input():
 def test_acon_rejects_parameters_that_do_not_broadcast():
     x = torch.randn(2, 3, 4)
     with pytest.raises(ValueError, match=r"p1 of shape \(3,\) must broadcast"):
-        acon(x, torch.randn(3))
+        acon_forward(x, torch.randn(3))
 
 
 def test_official_layout_loads_into_a_lazy_module():
@@ -278,3 +279,12 @@ def test_acon_flops():
     gen = 2 * c * h + h + 2 * h * c + c + c + 2 * h + 2 * c  # convs with bias, sigmoid, BNs
     assert activation_flops(MetaAconC(8), shape) == 6 * n + n + 2 * gen
     assert activation_flops(MetaAconC(8, generator="pixel"), shape) == 7 * n
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_traced_graph_has_no_python_op():
+    m = randomize_(AconC(4))
+    x = torch.randn(2, 4, 3, 3)
+    traced = torch.jit.trace(m, (x,))  # parameters require grad while tracing
+    assert "PythonOp" not in str(traced.graph)
+    assert torch.allclose(traced(x), m(x), atol=1e-6)

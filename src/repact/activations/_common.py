@@ -66,7 +66,9 @@ def per_sample_view(t: torch.Tensor, x: torch.Tensor, channels_last: bool) -> to
     return t.reshape(shape)
 
 
-def as_nchw(x: torch.Tensor, channels_last: bool, who: str) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+def as_nchw(
+    x: torch.Tensor, channels_last: bool, who: str
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """View ``x`` as (N, C, H, W) for a spatial (convolutional) activation, with the inverse map.
 
     (N, C) becomes (N, C, 1, 1) and (N, C, L) becomes (N, C, L, 1); with ``channels_last`` the

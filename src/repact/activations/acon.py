@@ -7,8 +7,8 @@
 
 The training form of all of them is one custom autograd function that keeps only the input and
 the small parameters for backward and recomputes the sigmoid there (the plain expression would
-keep about four input-sized tensors). Without gradients the same expression runs directly, so
-tracing and export see ordinary ops.
+keep about four input-sized tensors). Without gradients, and under tracing, ONNX export or
+torch.compile, the plain expression runs instead, so graphs hold only ordinary ops.
 
 Inits: ACON-C follows the official code (p1, p2 ~ N(0, 1), beta = 1, per channel). ACON-A and
 ACON-B have no official class; we use beta = 1 and, for ACON-B, p = 0.25 (PReLU's init).
@@ -26,7 +26,7 @@ from ..registry import register_act
 from ._common import BatchNorm2dSafe, GranularActivation, check_choice, per_sample_mean, per_sample_view
 from .base import Activation
 
-__all__ = ["acon", "AconA", "AconB", "AconC", "MetaAconC", "META_GENERATORS"]
+__all__ = ["acon_forward", "AconA", "AconB", "AconC", "MetaAconC", "META_GENERATORS"]
 
 META_GENERATORS = ("layer", "channel", "pixel")
 
@@ -96,13 +96,13 @@ def _as_operand(t: torch.Tensor | None, x: torch.Tensor, name: str) -> torch.Ten
         return t.reshape([1] * x.dim())
     if t.dim() != x.dim() or torch.broadcast_shapes(t.shape, x.shape) != x.shape:
         raise ValueError(
-            f"acon: {name} of shape {tuple(t.shape)} must broadcast to the input shape {tuple(x.shape)} "
+            f"acon_forward: {name} of shape {tuple(t.shape)} must broadcast to the input shape {tuple(x.shape)} "
             "with the same number of dims"
         )
     return t
 
 
-def acon(
+def acon_forward(
     x: torch.Tensor,
     p1: torch.Tensor | None = None,
     p2: torch.Tensor | None = None,
@@ -110,14 +110,20 @@ def acon(
 ) -> torch.Tensor:
     """(p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x, memory-lean under autograd.
 
-    ``p1`` defaults to 1, ``p2`` to 0 and ``beta`` to 1 (so ``acon(x, beta=b)`` is Swish). Each
+    ``p1`` defaults to 1, ``p2`` to 0 and ``beta`` to 1 (so ``acon_forward(x, beta=b)`` is Swish). Each
     given tensor has one element or the input's number of dims and broadcasts to the input.
     """
     p1, p2, beta = (_as_operand(t, x, n) for t, n in ((p1, "p1"), (p2, "p2"), (beta, "beta")))
     operands = [t for t in (x, p1, p2, beta) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in operands):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in operands) and not _tracing():
         return _AconFn.apply(x, p1, p2, beta)
     return _acon_eager(x, p1, p2, beta)
+
+
+def _tracing() -> bool:
+    # tracers and compilers see the plain expression (no Python op in the graph; the compiler
+    # chooses what to recompute itself)
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 class AconA(GranularActivation):
@@ -145,7 +151,7 @@ class AconA(GranularActivation):
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
-        return acon(x, beta=self.pview("beta", x))
+        return acon_forward(x, beta=self.pview("beta", x))
 
 
 class AconB(GranularActivation):
@@ -172,7 +178,7 @@ class AconB(GranularActivation):
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
-        return acon(x, p2=self.pview("p", x), beta=self.pview("beta", x))
+        return acon_forward(x, p2=self.pview("p", x), beta=self.pview("beta", x))
 
 
 class AconC(GranularActivation):
@@ -221,7 +227,7 @@ class AconC(GranularActivation):
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
-        return acon(x, self.pview("p1", x), self.pview("p2", x), self.pview("beta", x))
+        return acon_forward(x, self.pview("p1", x), self.pview("p2", x), self.pview("beta", x))
 
 
 class MetaAconC(Activation):
@@ -307,7 +313,7 @@ class MetaAconC(Activation):
         self.check_channels(x)
         p1 = self._flat_view(self.p1, x)
         p2 = self._flat_view(self.p2, x)
-        return acon(x, p1, p2, self.beta(x))
+        return acon_forward(x, p1, p2, self.beta(x))
 
     def _flat_view(self, t, x):
         shape = [1] * x.dim()

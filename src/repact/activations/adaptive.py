@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_act
-from ._common import GranularActivation, per_sample_mean, per_sample_view
+from ._common import GranularActivation, per_sample_mean
 from .base import Activation
 
 __all__ = ["AReLU", "DyReLUA", "PDELU", "SRS"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..registry import register_act
 from ._common import GranularActivation
-from .acon import acon
+from .acon import acon_forward
 from .base import Activation
 
 __all__ = ["PReLU", "Swish", "Elliott", "LiSHT", "ABReLU"]
@@ -59,7 +59,8 @@ class Swish(GranularActivation):
     """Swish: x sigmoid(beta x) with a learnable beta (0.25 as in the RepAct tables).
 
     Unlike ``silu`` (beta fixed at 1), beta trains. One beta per layer by default,
-    ``granularity="channel"`` for one per channel. Memory-lean backward (see :func:`acon`).
+    ``granularity="channel"`` for one per channel. Memory-lean backward, as ACON's
+    (:func:`~repact.activations.acon.acon_forward`).
     """
 
     param_names = ("beta",)
@@ -76,7 +77,7 @@ class Swish(GranularActivation):
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
-        return acon(x, beta=self.pview("beta", x))
+        return acon_forward(x, beta=self.pview("beta", x))
 
 
 class _Pointwise(Activation):
