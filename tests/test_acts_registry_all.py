@@ -112,3 +112,10 @@ def test_aliases_build_the_same_thing(name):
 def test_unknown_names_suggest_close_matches(bad, hint):
     with pytest.raises(ValueError, match=rf"unknown activation '{bad}'\. Did you mean: .*\b{hint}\b"):
         repact.create_act(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channelwise_flag_matches_the_default_build(name):
+    """``channelwise`` in the registry means: per-channel state by default (so channels matter)."""
+    m = repact.create_act(name)
+    assert get_act_spec(name).channelwise == bool(getattr(m, "needs_channels", False))

@@ -138,7 +138,7 @@ register_act(
     "leaky_relu", nn.LeakyReLU, aliases=("lrelu", "leakyrelu"), description="max(x, 0.01 x)", **_FAMILY
 )
 register_act(
-    "prelu", PReLU, learnable=True, channelwise=True,
+    "prelu", PReLU, learnable=True,
     description="PReLU, one learnable slope per layer (init 0.25); granularity='channel' for one per channel",
     **_FAMILY,
 )
@@ -151,7 +151,7 @@ register_act(
 )
 register_act("silu", nn.SiLU, description="x * sigmoid(x) (fixed Swish-1)", **_FAMILY)
 register_act(
-    "swish", Swish, learnable=True, channelwise=True,
+    "swish", Swish, learnable=True,
     description="x * sigmoid(beta x), learnable beta (init 0.25), as in the RepAct tables", **_FAMILY,
 )
 register_act("mish", nn.Mish, description="x * tanh(softplus(x))", **_FAMILY)
