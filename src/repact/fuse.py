@@ -145,14 +145,16 @@ def apply_basis(
 ) -> torch.Tensor:
     """``sum_k w[c, k] * (base[k] + slope[c] * slope_part[k])`` -> (Cc, S, 3); differentiable."""
     w = weights.reshape(1, -1) if weights.dim() == 1 else weights
-    if w.shape[-1] != base.shape[0]:
-        raise ValueError(f"{base.shape[0]} branches need {base.shape[0]} weights, got shape {tuple(weights.shape)}")
-    b = base.to(dtype=w.dtype, device=w.device)
-    out = torch.einsum("ck,ksj->csj", w, b)
-    if slope is not None:
-        p = slope_part.to(dtype=w.dtype, device=w.device)
-        out = out + slope.reshape(-1, 1, 1).to(w.dtype) * torch.einsum("ck,ksj->csj", w, p)
-    return out
+    nb, segs = base.shape[0], base.shape[1]
+    if w.shape[-1] != nb:
+        raise ValueError(f"{nb} branches need {nb} weights, got shape {tuple(weights.shape)}")
+    b = base.reshape(nb, segs * 3).to(dtype=w.dtype, device=w.device)
+    if slope is None:
+        out = w @ b
+    else:
+        p = slope_part.reshape(nb, segs * 3).to(dtype=w.dtype, device=w.device)
+        out = torch.addmm(w @ b, w * slope.reshape(-1, 1).to(w.dtype), p)
+    return out.reshape(w.shape[0], segs, 3)
 
 
 def combine_branches(

@@ -25,6 +25,7 @@ __all__ = ["library", "build_error", "cache_dir"]
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("piecewise.c")
+ABI_VERSION = 2
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -102,8 +103,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         fwd.argtypes = [vp, vp, i64, i64, i64, i64, vp, vp, i64, cint]
         fwd.restype = cint
         bwd = getattr(lib, f"repact_pq_backward_{suffix}")
-        bwd.argtypes = [vp, vp, vp, vp, i64, i64, i64, i64, vp, vp, i64, cint]
+        bwd.argtypes = [vp, vp, vp, vp, vp, i64, i64, i64, i64, vp, vp, i64, cint]
         bwd.restype = cint
+        stats = getattr(lib, f"repact_pq_stats_{suffix}")
+        stats.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64, cint, vp]
+        stats.restype = cint
     lib.repact_native_abi_version.restype = cint
 
 
@@ -130,7 +134,7 @@ def library() -> ctypes.CDLL | None:
             path = _build(cc)
             lib = ctypes.CDLL(str(path))
             _declare(lib)
-            if lib.repact_native_abi_version() != 1:
+            if lib.repact_native_abi_version() != ABI_VERSION:
                 raise RuntimeError("native kernel ABI mismatch")
             _LIB = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:

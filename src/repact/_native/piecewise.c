@@ -1,14 +1,20 @@
 /*
- * repact native CPU kernels for the piecewise quadratic y = a0 + x * (a1 + a2 * x), where the
- * coefficients (a0, a1, a2) are those of the segment that x falls in: segment s holds
- * knots[s-1] <= x < knots[s] (knots sorted, K of them, S = K + 1 segments).
+ * repact native CPU kernels for the piecewise quadratic s(x) = a0 + x * (a1 + a2 * x), where
+ * (a0, a1, a2) are the coefficients of the segment x falls in: segment s holds
+ * knots[s-1] <= x < knots[s] (K sorted knots, S = K + 1 segments; NaN falls in segment 0).
  *
- * Layout. The tensor is seen as (outer, C, inner) in memory order. Coefficients are "planar":
- * coef[(j * S + s) * Cc + c] is the x^j coefficient of segment s for channel c, Cc in {1, C}.
- * With Cc == 1 the caller passes outer = 1, C = 1, inner = numel (the whole tensor is one block).
+ * Layout. A tensor is seen as (outer, C, inner) in memory order. Coefficients are "planar":
+ * coef[(j * S + s) * Cc + c] multiplies x^j on segment s for channel c, Cc in {1, C}. With
+ * Cc == 1 the caller passes outer = 1, C = 1, inner = numel (the tensor is one block). Blocks
+ * (inner > 1) are processed with SIMD along the block; rows (inner == 1, channels last) with
+ * SIMD along the channels.
  *
- * Every kernel reads its inputs only and writes fresh outputs. Moment sums (the gradient of the
- * coefficients) are accumulated in double.
+ * Kernels (each reads its inputs only and writes fresh outputs; sums are kept in double):
+ *   forward   y = s(x)
+ *   stats     per channel: sum s(x), sum s(x)^2                       (RepAct-III batch statistics)
+ *   backward  h = g                   (aff == NULL)
+ *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
+ *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
  *
  * Built by repact/_native/__init__.py with -O3 (and -march=native where the compiler takes it)
  * and OpenMP; the library shares the OpenMP runtime that PyTorch has already loaded.
@@ -19,8 +25,21 @@
 #include <omp.h>
 
 #define MAXK 8
-#define LANES 16
-#define FLUSH 4096
+#define CHUNK 2048
+
+/* Portable SIMD through GCC/Clang vector extensions: 64-byte vectors with AVX-512, 32 with AVX,
+ * 16 otherwise. Casting between same-size vector types reinterprets the bits. */
+#if defined(__AVX512F__)
+#define VBYTES 64
+#elif defined(__AVX__)
+#define VBYTES 32
+#else
+#define VBYTES 16
+#endif
+typedef float vf32 __attribute__((vector_size(VBYTES)));
+typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
+typedef double vf64 __attribute__((vector_size(VBYTES)));
+typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
 
 static int pick_threads(int64_t work, int nthreads) {
     int64_t grain = 32768;
@@ -30,11 +49,15 @@ static int pick_threads(int64_t work, int nthreads) {
     return (int)nt;
 }
 
+/* select per lane: m ? a : b (m is all-ones or all-zeros per lane) */
+#define VSEL(VT, VI, m, a, b) ((VT)((((VI)(a)) & (m)) | (((VI)(b)) & ~(m))))
+
 /* ------------------------------------------------------------------------------------------ */
-/* Forward                                                                                     */
+/* Kernels for one knot count K (a compile-time constant so loops unroll and vectorize)        */
 /* ------------------------------------------------------------------------------------------ */
 
-#define DEFINE_FWD_BLOCK(T, SUF, K)                                                              \
+#define DEFINE_KERNELS(T, SUF, K, VT, VI)                                                        \
+                                                                                                 \
 static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t n,              \
                                    const T* restrict t, const T* restrict coef, int64_t S,       \
                                    int64_t Cc, int64_t c) {                                      \
@@ -55,10 +78,11 @@ static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t
             a2 = m ? c2[k + 1] : a2;                                                             \
         }                                                                                        \
         T q = a2 * v;                                                                            \
-        q = (a2 == (T)0) ? (T)0 : q; /* keeps +-inf finite-slope segments at +-inf, not NaN */    \
+        q = (a2 == (T)0) ? (T)0 : q; /* linear segments stay +-inf at +-inf, not NaN */          \
         yp[i] = a0 + v * (a1 + q);                                                               \
     }                                                                                            \
 }                                                                                                \
+                                                                                                 \
 static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C,                \
                                  const T* restrict t, const T* restrict coef, int64_t S) {       \
     T tk[K + 1];                                                                                 \
@@ -79,189 +103,309 @@ static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C
         q = (a2 == (T)0) ? (T)0 : q;                                                             \
         yp[c] = a0 + v * (a1 + q);                                                               \
     }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* sum s and sum s^2 of one block into out[0], out[1] */                                         \
+static void stats_block_##SUF##_k##K(const T* restrict xp, int64_t n, const T* restrict t,       \
+                                     const T* restrict coef, int64_t S, int64_t Cc, int64_t c,   \
+                                     double* restrict out) {                                     \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const VT zero = {0};                                                                         \
+    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
+    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                            \
+    for (int s = 0; s <= K; ++s) {                                                               \
+        c0[s] = coef[(0 * S + s) * Cc + c];                                                      \
+        c1[s] = coef[(1 * S + s) * Cc + c];                                                      \
+        c2[s] = coef[(2 * S + s) * Cc + c];                                                      \
+        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                     \
+    }                                                                                            \
+    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                           \
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                  \
+        const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                     \
+        const T* restrict xc = xp + i0;                                                          \
+        VT s1 = zero, s2 = zero;                                                                 \
+        int64_t i = 0;                                                                           \
+        for (; i + L <= m; i += L) {                                                             \
+            VT v;                                                                                \
+            memcpy(&v, xc + i, sizeof v);                                                        \
+            VT a0 = c0v[0], a1 = c1v[0], a2 = c2v[0];                                            \
+            for (int k = 0; k < K; ++k) {                                                        \
+                VI mk = v >= tv[k];                                                              \
+                a0 = VSEL(VT, VI, mk, c0v[k + 1], a0);                                           \
+                a1 = VSEL(VT, VI, mk, c1v[k + 1], a1);                                           \
+                a2 = VSEL(VT, VI, mk, c2v[k + 1], a2);                                           \
+            }                                                                                    \
+            VT q = (VT)((VI)(a2 * v) & (a2 != zero));                                            \
+            VT s = a0 + v * (a1 + q);                                                            \
+            s1 += s;                                                                             \
+            s2 += s * s;                                                                         \
+        }                                                                                        \
+        double d1 = 0.0, d2 = 0.0;                                                               \
+        for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                \
+        for (; i < m; ++i) {                                                                     \
+            T v = xc[i];                                                                         \
+            int seg = 0;                                                                         \
+            for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                     \
+            T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                        \
+            double s = (double)(c0[seg] + v * (c1[seg] + q));                                    \
+            d1 += s;                                                                             \
+            d2 += s * s;                                                                         \
+        }                                                                                        \
+        out[0] += d1;                                                                            \
+        out[Cc] += d2;                                                                           \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+static void stats_row_##SUF##_k##K(const T* restrict xp, int64_t C, const T* restrict t,         \
+                                   const T* restrict coef, int64_t S, double* restrict out) {    \
+    T tk[K + 1];                                                                                 \
+    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
+    const T* restrict q0 = coef;                                                                 \
+    const T* restrict q1 = coef + S * C;                                                         \
+    const T* restrict q2 = coef + 2 * S * C;                                                     \
+    for (int64_t c = 0; c < C; ++c) {                                                            \
+        T v = xp[c];                                                                             \
+        T a0 = q0[c], a1 = q1[c], a2 = q2[c];                                                    \
+        for (int k = 0; k < K; ++k) {                                                            \
+            int m = v >= tk[k];                                                                  \
+            a0 = m ? q0[(k + 1) * C + c] : a0;                                                   \
+            a1 = m ? q1[(k + 1) * C + c] : a1;                                                   \
+            a2 = m ? q2[(k + 1) * C + c] : a2;                                                   \
+        }                                                                                        \
+        T q = (a2 == (T)0) ? (T)0 : a2 * v;                                                      \
+        double s = (double)(a0 + v * (a1 + q));                                                  \
+        out[c] += s;                                                                             \
+        out[C + c] += s * s;                                                                     \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* One pass per chunk: h (g, or the affine of g and s), gx = h s'(x), and the moment sums of   \
+ * h, h x, h x^2 over all elements and over each {x >= t[k]}; a segment's sums are differences  \
+ * of those (segment s = {x >= t[s-1]} minus {x >= t[s]}), so one compare per knot suffices. */ \
+static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* restrict gxp,  \
+                                   double* restrict acc, const double* restrict aff, int64_t n,  \
+                                   const T* restrict t, const T* restrict coef, int64_t S,       \
+                                   int64_t Cc, int64_t c) {                                      \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const VT zero = {0};                                                                         \
+    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
+    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                            \
+    for (int s = 0; s <= K; ++s) {                                                               \
+        c0[s] = coef[(0 * S + s) * Cc + c];                                                      \
+        c1[s] = coef[(1 * S + s) * Cc + c];                                                      \
+        c2[s] = coef[(2 * S + s) * Cc + c];                                                      \
+        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                     \
+    }                                                                                            \
+    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                           \
+    const T al = aff ? (T)aff[c] : (T)1, be = aff ? (T)aff[Cc + c] : (T)0;                       \
+    const T de = aff ? (T)aff[2 * Cc + c] : (T)0;                                                \
+    const VT alv = zero + al, bev = zero + be, dev = zero + de;                                  \
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                  \
+        const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                     \
+        const T* restrict xc = xp + i0;                                                          \
+        const T* restrict gc = gp + i0;                                                          \
+        VT all0 = zero, all1 = zero, all2 = zero;                                                \
+        VT ge0[K + 1], ge1[K + 1], ge2[K + 1];                                                   \
+        for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }            \
+        int64_t i = 0;                                                                           \
+        for (; i + L <= m; i += L) {                                                             \
+            VT v, g;                                                                             \
+            memcpy(&v, xc + i, sizeof v);                                                        \
+            memcpy(&g, gc + i, sizeof g);                                                        \
+            VI mk[K + 1];                                                                        \
+            for (int k = 0; k < K; ++k) mk[k] = v >= tv[k];                                      \
+            VT a1 = c1v[0], a2 = c2v[0];                                                         \
+            for (int k = 0; k < K; ++k) {                                                        \
+                a1 = VSEL(VT, VI, mk[k], c1v[k + 1], a1);                                        \
+                a2 = VSEL(VT, VI, mk[k], c2v[k + 1], a2);                                        \
+            }                                                                                    \
+            const VI nz = a2 != zero;                                                            \
+            if (aff) {                                                                           \
+                VT a0 = c0v[0];                                                                  \
+                for (int k = 0; k < K; ++k) a0 = VSEL(VT, VI, mk[k], c0v[k + 1], a0);            \
+                VT s = a0 + v * (a1 + (VT)((VI)(a2 * v) & nz));                                  \
+                g = alv * g + bev * s + dev;                                                     \
+            }                                                                                    \
+            if (gxp) {                                                                           \
+                VT q = (VT)((VI)((a2 + a2) * v) & nz);                                           \
+                VT out = g * (a1 + q);                                                           \
+                memcpy(gxp + i0 + i, &out, sizeof out);                                          \
+            }                                                                                    \
+            if (acc) {                                                                           \
+                VT g1 = g * v, g2 = g1 * v;                                                      \
+                all0 += g; all1 += g1; all2 += g2;                                               \
+                for (int k = 0; k < K; ++k) {                                                    \
+                    ge0[k] += (VT)((VI)g & mk[k]);                                               \
+                    ge1[k] += (VT)((VI)g1 & mk[k]);                                              \
+                    ge2[k] += (VT)((VI)g2 & mk[k]);                                              \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        double sa[3] = {0, 0, 0}, sg[K + 1][3];                                                  \
+        for (int k = 0; k <= K; ++k) sg[k][0] = sg[k][1] = sg[k][2] = 0.0;                       \
+        if (acc) {                                                                               \
+            for (int l = 0; l < L; ++l) {                                                        \
+                sa[0] += all0[l]; sa[1] += all1[l]; sa[2] += all2[l];                            \
+                for (int k = 0; k < K; ++k) {                                                    \
+                    sg[k][0] += ge0[k][l]; sg[k][1] += ge1[k][l]; sg[k][2] += ge2[k][l];         \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        for (; i < m; ++i) {                                                                     \
+            T v = xc[i], g = gc[i];                                                              \
+            int seg = 0;                                                                         \
+            for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                     \
+            if (aff) {                                                                           \
+                T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                    \
+                g = al * g + be * (c0[seg] + v * (c1[seg] + q)) + de;                            \
+            }                                                                                    \
+            if (gxp) {                                                                           \
+                T q = (c2[seg] == (T)0) ? (T)0 : (c2[seg] + c2[seg]) * v;                        \
+                gxp[i0 + i] = g * (c1[seg] + q);                                                 \
+            }                                                                                    \
+            if (acc) {                                                                           \
+                double dv = (double)v, dg = (double)g;                                           \
+                sa[0] += dg; sa[1] += dg * dv; sa[2] += dg * dv * dv;                            \
+                for (int k = 0; k < seg; ++k) {                                                  \
+                    sg[k][0] += dg; sg[k][1] += dg * dv; sg[k][2] += dg * dv * dv;               \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        if (acc) {                                                                               \
+            for (int s = 0; s <= K; ++s)                                                         \
+                for (int j = 0; j < 3; ++j) {                                                    \
+                    double above = (s == 0) ? sa[j] : sg[s - 1][j];                              \
+                    double beyond = (s == K) ? 0.0 : sg[s][j];                                   \
+                    acc[(j * S + s) * Cc + c] += above - beyond;                                 \
+                }                                                                                \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+static void bwd_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* restrict gxp,    \
+                                 double* restrict acc, const double* restrict aff, int64_t C,    \
+                                 const T* restrict t, const T* restrict coef, int64_t S) {       \
+    T tk[K + 1];                                                                                 \
+    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
+    const T* restrict q0 = coef;                                                                 \
+    const T* restrict q1 = coef + S * C;                                                         \
+    const T* restrict q2 = coef + 2 * S * C;                                                     \
+    for (int64_t c = 0; c < C; ++c) {                                                            \
+        T v = xp[c], g = gp[c];                                                                  \
+        int seg = 0;                                                                             \
+        for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                         \
+        T a0 = q0[seg * C + c], a1 = q1[seg * C + c], a2 = q2[seg * C + c];                      \
+        if (aff) {                                                                               \
+            T q = (a2 == (T)0) ? (T)0 : a2 * v;                                                  \
+            g = (T)aff[c] * g + (T)aff[C + c] * (a0 + v * (a1 + q)) + (T)aff[2 * C + c];         \
+        }                                                                                        \
+        if (gxp) {                                                                               \
+            T q = (a2 == (T)0) ? (T)0 : (a2 + a2) * v;                                           \
+            gxp[c] = g * (a1 + q);                                                               \
+        }                                                                                        \
+        if (acc) {                                                                               \
+            double dv = (double)v, dg = (double)g;                                               \
+            acc[(0 * S + seg) * C + c] += dg;                                                    \
+            acc[(1 * S + seg) * C + c] += dg * dv;                                               \
+            acc[(2 * S + seg) * C + c] += dg * dv * dv;                                          \
+        }                                                                                        \
+    }                                                                                            \
 }
 
-#define DEFINE_FWD_ALL_K(T, SUF)                                                                 \
-DEFINE_FWD_BLOCK(T, SUF, 0) DEFINE_FWD_BLOCK(T, SUF, 1) DEFINE_FWD_BLOCK(T, SUF, 2)              \
-DEFINE_FWD_BLOCK(T, SUF, 3) DEFINE_FWD_BLOCK(T, SUF, 4) DEFINE_FWD_BLOCK(T, SUF, 5)              \
-DEFINE_FWD_BLOCK(T, SUF, 6) DEFINE_FWD_BLOCK(T, SUF, 7) DEFINE_FWD_BLOCK(T, SUF, 8)
+#define DEFINE_ALL_K(T, SUF, VT, VI)                                                             \
+DEFINE_KERNELS(T, SUF, 0, VT, VI) DEFINE_KERNELS(T, SUF, 1, VT, VI)                              \
+DEFINE_KERNELS(T, SUF, 2, VT, VI) DEFINE_KERNELS(T, SUF, 3, VT, VI)                              \
+DEFINE_KERNELS(T, SUF, 4, VT, VI) DEFINE_KERNELS(T, SUF, 5, VT, VI)                              \
+DEFINE_KERNELS(T, SUF, 6, VT, VI) DEFINE_KERNELS(T, SUF, 7, VT, VI)                              \
+DEFINE_KERNELS(T, SUF, 8, VT, VI)
 
-#define FWD_SWITCH(SUF, KIND, ...)                                                               \
+DEFINE_ALL_K(float, f32, vf32, vi32)
+DEFINE_ALL_K(double, f64, vf64, vi64)
+
+#define KSWITCH(NAME, SUF, ...)                                                                  \
     switch (K) {                                                                                 \
-        case 0: fwd_##KIND##_##SUF##_k0(__VA_ARGS__); break;                                     \
-        case 1: fwd_##KIND##_##SUF##_k1(__VA_ARGS__); break;                                     \
-        case 2: fwd_##KIND##_##SUF##_k2(__VA_ARGS__); break;                                     \
-        case 3: fwd_##KIND##_##SUF##_k3(__VA_ARGS__); break;                                     \
-        case 4: fwd_##KIND##_##SUF##_k4(__VA_ARGS__); break;                                     \
-        case 5: fwd_##KIND##_##SUF##_k5(__VA_ARGS__); break;                                     \
-        case 6: fwd_##KIND##_##SUF##_k6(__VA_ARGS__); break;                                     \
-        case 7: fwd_##KIND##_##SUF##_k7(__VA_ARGS__); break;                                     \
-        default: fwd_##KIND##_##SUF##_k8(__VA_ARGS__); break;                                    \
+        case 0: NAME##_##SUF##_k0(__VA_ARGS__); break;                                           \
+        case 1: NAME##_##SUF##_k1(__VA_ARGS__); break;                                           \
+        case 2: NAME##_##SUF##_k2(__VA_ARGS__); break;                                           \
+        case 3: NAME##_##SUF##_k3(__VA_ARGS__); break;                                           \
+        case 4: NAME##_##SUF##_k4(__VA_ARGS__); break;                                           \
+        case 5: NAME##_##SUF##_k5(__VA_ARGS__); break;                                           \
+        case 6: NAME##_##SUF##_k6(__VA_ARGS__); break;                                           \
+        case 7: NAME##_##SUF##_k7(__VA_ARGS__); break;                                           \
+        default: NAME##_##SUF##_k8(__VA_ARGS__); break;                                          \
     }
 
-#define DEFINE_FWD_ENTRY(T, SUF)                                                                 \
+/* Split the work over threads: rows (inner == 1, channels last) by row ranges, otherwise the
+ * flat element range cut at block boundaries; ROW(o) and BLOCK(i, len, c) are the bodies. */
+#define FOR_THREAD_SHARE(ROW, BLOCK)                                                             \
+    {                                                                                            \
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();                             \
+        if (inner == 1 && C > 1) {                                                               \
+            int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                        \
+            for (int64_t o = o0; o < o1; ++o) { ROW }                                            \
+        } else {                                                                                 \
+            int64_t start = total * tid / nth, end = total * (tid + 1) / nth;                    \
+            int64_t i = start;                                                                   \
+            while (i < end) {                                                                    \
+                int64_t blk = i / inner, off = i - blk * inner;                                  \
+                int64_t c = (Cc == 1) ? 0 : blk % C;                                             \
+                int64_t len = inner - off;                                                       \
+                if (len > end - i) len = end - i;                                                \
+                { BLOCK }                                                                        \
+                i += len;                                                                        \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Entry points                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+#define DEFINE_ENTRIES(T, SUF)                                                                   \
 int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,           \
                             int64_t K, const T* t, const T* coef, int64_t Cc, int nthreads) {    \
     if (K < 0 || K > MAXK) return 1;                                                             \
     const int64_t S = K + 1;                                                                     \
     const int64_t total = outer * C * inner;                                                     \
     if (total == 0) return 0;                                                                    \
-    if (inner == 1 && C > 1) {                                                                   \
-        int nt = pick_threads(total, nthreads);                                                  \
-        _Pragma("omp parallel for num_threads(nt) schedule(static)")                             \
-        for (int64_t o = 0; o < outer; ++o) {                                                    \
-            FWD_SWITCH(SUF, row, x + o * C, y + o * C, C, t, coef, S)                            \
-        }                                                                                        \
-        return 0;                                                                                \
-    }                                                                                            \
     int nt = pick_threads(total, nthreads);                                                      \
     _Pragma("omp parallel num_threads(nt)")                                                      \
-    {                                                                                            \
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();                             \
-        int64_t start = total * tid / nth, end = total * (tid + 1) / nth;                        \
-        int64_t i = start;                                                                       \
-        while (i < end) {                                                                        \
-            int64_t blk = i / inner, off = i - blk * inner;                                      \
-            int64_t c = (Cc == 1) ? 0 : blk % C;                                                 \
-            int64_t len = inner - off;                                                           \
-            if (len > end - i) len = end - i;                                                    \
-            FWD_SWITCH(SUF, block, x + i, y + i, len, t, coef, S, Cc, c)                         \
-            i += len;                                                                            \
-        }                                                                                        \
-    }                                                                                            \
+    FOR_THREAD_SHARE(                                                                            \
+        KSWITCH(fwd_row, SUF, x + o * C, y + o * C, C, t, coef, S),                              \
+        KSWITCH(fwd_block, SUF, x + i, y + i, len, t, coef, S, Cc, c))                           \
     return 0;                                                                                    \
-}
-
-DEFINE_FWD_ALL_K(float, f32)
-DEFINE_FWD_ALL_K(double, f64)
-DEFINE_FWD_ENTRY(float, f32)
-DEFINE_FWD_ENTRY(double, f64)
-
-/* ------------------------------------------------------------------------------------------ */
-/* Backward: gx = g * (a1 + 2 a2 x); gcoef[j][s][c] += sum over segment s of g * x^j          */
-/* ------------------------------------------------------------------------------------------ */
-
-#define DEFINE_BWD_BLOCK(T, SUF, K)                                                              \
-static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* restrict gxp,  \
-                                   double* restrict acc, int64_t n, const T* restrict t,         \
-                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c) {   \
-    T c1[K + 1], c2[K + 1], tk[K + 1];                                                           \
-    for (int s = 0; s <= K; ++s) {                                                               \
-        c1[s] = coef[(1 * S + s) * Cc + c];                                                      \
-        c2[s] = coef[(2 * S + s) * Cc + c];                                                      \
-    }                                                                                            \
-    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
-    if (gxp) {                                                                                   \
-        for (int64_t i = 0; i < n; ++i) {                                                        \
-            T v = xp[i];                                                                         \
-            T a1 = c1[0], a2 = c2[0];                                                            \
-            for (int k = 0; k < K; ++k) {                                                        \
-                int m = v >= tk[k];                                                              \
-                a1 = m ? c1[k + 1] : a1;                                                         \
-                a2 = m ? c2[k + 1] : a2;                                                         \
-            }                                                                                    \
-            T q = (a2 + a2) * v;                                                                 \
-            q = (a2 == (T)0) ? (T)0 : q;                                                         \
-            gxp[i] = gp[i] * (a1 + q);                                                           \
-        }                                                                                        \
-    }                                                                                            \
-    if (acc) {                                                                                   \
-        T lane[3 * (K + 1)][LANES];                                                              \
-        int64_t i = 0;                                                                           \
-        while (i < n) {                                                                          \
-            int64_t stop = i + FLUSH; if (stop > n) stop = n;                                    \
-            memset(lane, 0, sizeof(lane));                                                       \
-            int64_t vend = i + ((stop - i) / LANES) * LANES;                                     \
-            for (; i < vend; i += LANES) {                                                       \
-                for (int l = 0; l < LANES; ++l) {                                                \
-                    T v = xp[i + l], gv = gp[i + l];                                             \
-                    int seg = 0;                                                                 \
-                    for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                             \
-                    T gx1 = gv * v, gx2 = gx1 * v;                                               \
-                    for (int s = 0; s <= K; ++s) {                                               \
-                        int on = (seg == s);                                                     \
-                        lane[s][l] += on ? gv : (T)0;                                            \
-                        lane[(K + 1) + s][l] += on ? gx1 : (T)0;                                 \
-                        lane[2 * (K + 1) + s][l] += on ? gx2 : (T)0;                             \
-                    }                                                                            \
-                }                                                                                \
-            }                                                                                    \
-            for (int j = 0; j < 3 * (K + 1); ++j) {                                              \
-                double sum = 0.0;                                                                \
-                for (int l = 0; l < LANES; ++l) sum += (double)lane[j][l];                       \
-                acc[(j / (K + 1) * S + j % (K + 1)) * Cc + c] += sum;                            \
-            }                                                                                    \
-            for (; i < stop; ++i) {                                                              \
-                double v = (double)xp[i], gv = (double)gp[i];                                    \
-                int seg = 0;                                                                     \
-                for (int k = 0; k < K; ++k) seg += (xp[i] >= tk[k]);                             \
-                acc[(0 * S + seg) * Cc + c] += gv;                                               \
-                acc[(1 * S + seg) * Cc + c] += gv * v;                                           \
-                acc[(2 * S + seg) * Cc + c] += gv * v * v;                                       \
-            }                                                                                    \
-        }                                                                                        \
-    }                                                                                            \
 }                                                                                                \
-static void bwd_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* restrict gxp,    \
-                                 double* restrict acc, int64_t C, const T* restrict t,           \
-                                 const T* restrict coef, int64_t S) {                            \
-    T tk[K + 1];                                                                                 \
-    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
-    const T* restrict q1 = coef + S * C;                                                         \
-    const T* restrict q2 = coef + 2 * S * C;                                                     \
-    if (gxp) {                                                                                   \
-        for (int64_t c = 0; c < C; ++c) {                                                        \
-            T v = xp[c];                                                                         \
-            T a1 = q1[c], a2 = q2[c];                                                            \
-            for (int k = 0; k < K; ++k) {                                                        \
-                int m = v >= tk[k];                                                              \
-                a1 = m ? q1[(k + 1) * C + c] : a1;                                               \
-                a2 = m ? q2[(k + 1) * C + c] : a2;                                               \
-            }                                                                                    \
-            T q = (a2 + a2) * v;                                                                 \
-            q = (a2 == (T)0) ? (T)0 : q;                                                         \
-            gxp[c] = gp[c] * (a1 + q);                                                           \
+                                                                                                 \
+int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, int64_t K,        \
+                          const T* t, const T* coef, int64_t Cc, int nthreads, double* out) {    \
+    if (K < 0 || K > MAXK) return 1;                                                             \
+    const int64_t S = K + 1;                                                                     \
+    const int64_t total = outer * C * inner;                                                     \
+    memset(out, 0, sizeof(double) * 2 * Cc);                                                     \
+    if (total == 0) return 0;                                                                    \
+    int nt = pick_threads(total, nthreads);                                                      \
+    int failed = 0;                                                                              \
+    _Pragma("omp parallel num_threads(nt)")                                                      \
+    {                                                                                            \
+        double* local = (double*)calloc((size_t)(2 * Cc), sizeof(double));                       \
+        if (!local) {                                                                            \
+            _Pragma("omp atomic write")                                                          \
+            failed = 1;                                                                          \
+        } else {                                                                                 \
+            FOR_THREAD_SHARE(                                                                    \
+                KSWITCH(stats_row, SUF, x + o * C, C, t, coef, S, local),                        \
+                KSWITCH(stats_block, SUF, x + i, len, t, coef, S, Cc, c, local + c))             \
+            _Pragma("omp critical(repact_pq_reduce)")                                            \
+            for (int64_t j = 0; j < 2 * Cc; ++j) out[j] += local[j];                             \
+            free(local);                                                                         \
         }                                                                                        \
     }                                                                                            \
-    if (acc) {                                                                                   \
-        for (int64_t c = 0; c < C; ++c) {                                                        \
-            double v = (double)xp[c], gv = (double)gp[c];                                        \
-            double gx1 = gv * v, gx2 = gx1 * v;                                                  \
-            T xv = xp[c];                                                                        \
-            for (int s = 0; s <= K; ++s) {                                                       \
-                int on = 1;                                                                      \
-                if (s > 0) on = on && (xv >= tk[s - 1]);                                         \
-                if (s < K) on = on && !(xv >= tk[s]);                                            \
-                acc[(0 * S + s) * C + c] += on ? gv : 0.0;                                       \
-                acc[(1 * S + s) * C + c] += on ? gx1 : 0.0;                                      \
-                acc[(2 * S + s) * C + c] += on ? gx2 : 0.0;                                      \
-            }                                                                                    \
-        }                                                                                        \
-    }                                                                                            \
-}
-
-#define DEFINE_BWD_ALL_K(T, SUF)                                                                 \
-DEFINE_BWD_BLOCK(T, SUF, 0) DEFINE_BWD_BLOCK(T, SUF, 1) DEFINE_BWD_BLOCK(T, SUF, 2)              \
-DEFINE_BWD_BLOCK(T, SUF, 3) DEFINE_BWD_BLOCK(T, SUF, 4) DEFINE_BWD_BLOCK(T, SUF, 5)              \
-DEFINE_BWD_BLOCK(T, SUF, 6) DEFINE_BWD_BLOCK(T, SUF, 7) DEFINE_BWD_BLOCK(T, SUF, 8)
-
-#define BWD_SWITCH(SUF, KIND, ...)                                                               \
-    switch (K) {                                                                                 \
-        case 0: bwd_##KIND##_##SUF##_k0(__VA_ARGS__); break;                                     \
-        case 1: bwd_##KIND##_##SUF##_k1(__VA_ARGS__); break;                                     \
-        case 2: bwd_##KIND##_##SUF##_k2(__VA_ARGS__); break;                                     \
-        case 3: bwd_##KIND##_##SUF##_k3(__VA_ARGS__); break;                                     \
-        case 4: bwd_##KIND##_##SUF##_k4(__VA_ARGS__); break;                                     \
-        case 5: bwd_##KIND##_##SUF##_k5(__VA_ARGS__); break;                                     \
-        case 6: bwd_##KIND##_##SUF##_k6(__VA_ARGS__); break;                                     \
-        case 7: bwd_##KIND##_##SUF##_k7(__VA_ARGS__); break;                                     \
-        default: bwd_##KIND##_##SUF##_k8(__VA_ARGS__); break;                                    \
-    }
-
-#define DEFINE_BWD_ENTRY(T, SUF)                                                                 \
-int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, int64_t outer,        \
-                             int64_t C, int64_t inner, int64_t K, const T* t, const T* coef,     \
-                             int64_t Cc, int nthreads) {                                         \
+    return failed ? 2 : 0;                                                                       \
+}                                                                                                \
+                                                                                                 \
+int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const double* aff,    \
+                             int64_t outer, int64_t C, int64_t inner, int64_t K, const T* t,     \
+                             const T* coef, int64_t Cc, int nthreads) {                          \
     if (K < 0 || K > MAXK) return 1;                                                             \
     const int64_t S = K + 1;                                                                     \
     const int64_t total = outer * C * inner;                                                     \
@@ -272,48 +416,27 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, int64
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
-        double* local = NULL;                                                                    \
-        if (gcoef) {                                                                             \
-            local = (double*)calloc((size_t)nacc, sizeof(double));                               \
-            if (!local) {                                                                        \
-                _Pragma("omp atomic write")                                                      \
-                failed = 1;                                                                      \
+        double* local = gcoef ? (double*)calloc((size_t)nacc, sizeof(double)) : NULL;            \
+        if (gcoef && !local) {                                                                   \
+            _Pragma("omp atomic write")                                                          \
+            failed = 1;                                                                          \
+        } else {                                                                                 \
+            FOR_THREAD_SHARE(                                                                    \
+                KSWITCH(bwd_row, SUF, x + o * C, g + o * C, gx ? gx + o * C : NULL, local, aff,  \
+                        C, t, coef, S),                                                          \
+                KSWITCH(bwd_block, SUF, x + i, g + i, gx ? gx + i : NULL, local, aff, len, t,    \
+                        coef, S, Cc, c))                                                         \
+            if (local) {                                                                         \
+                _Pragma("omp critical(repact_pq_reduce)")                                        \
+                for (int64_t j = 0; j < nacc; ++j) gcoef[j] += local[j];                         \
+                free(local);                                                                     \
             }                                                                                    \
-        }                                                                                        \
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();                             \
-        if (!(gcoef && !local)) {                                                                \
-            if (inner == 1 && C > 1) {                                                           \
-                int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                    \
-                for (int64_t o = o0; o < o1; ++o) {                                              \
-                    BWD_SWITCH(SUF, row, x + o * C, g + o * C, gx ? gx + o * C : NULL, local,    \
-                               C, t, coef, S)                                                    \
-                }                                                                                \
-            } else {                                                                             \
-                int64_t start = total * tid / nth, end = total * (tid + 1) / nth;                \
-                int64_t i = start;                                                               \
-                while (i < end) {                                                                \
-                    int64_t blk = i / inner, off = i - blk * inner;                              \
-                    int64_t c = (Cc == 1) ? 0 : blk % C;                                         \
-                    int64_t len = inner - off;                                                   \
-                    if (len > end - i) len = end - i;                                            \
-                    BWD_SWITCH(SUF, block, x + i, g + i, gx ? gx + i : NULL, local, len, t,      \
-                               coef, S, Cc, c)                                                   \
-                    i += len;                                                                    \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
-        if (local) {                                                                             \
-            _Pragma("omp critical(repact_pq_reduce)")                                            \
-            for (int64_t j = 0; j < nacc; ++j) gcoef[j] += local[j];                             \
-            free(local);                                                                         \
         }                                                                                        \
     }                                                                                            \
     return failed ? 2 : 0;                                                                       \
 }
 
-DEFINE_BWD_ALL_K(float, f32)
-DEFINE_BWD_ALL_K(double, f64)
-DEFINE_BWD_ENTRY(float, f32)
-DEFINE_BWD_ENTRY(double, f64)
+DEFINE_ENTRIES(float, f32)
+DEFINE_ENTRIES(double, f64)
 
-int repact_native_abi_version(void) { return 1; }
+int repact_native_abi_version(void) { return 2; }

@@ -26,7 +26,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import fuse
-from ..ops.piecewise import _backward_torch, _native_backward, _use_native, piecewise_quadratic
+from ..ops.piecewise import (
+    _NATIVE_DTYPES,
+    _backward_torch,
+    _native_backward,
+    _native_forward,
+    _use_native,
+    native_stats,
+    piecewise_quadratic,
+)
 from .base import Activation, NotDeployableError
 from .piecewise import PiecewiseQuadratic
 
@@ -109,6 +117,102 @@ class _BatchNormFoldFn(torch.autograd.Function):
             if gx is not None and gx.shape != x.shape:
                 gx = gx.reshape(x.shape)
         return gx, None, gc, ggamma.reshape(gamma.shape), gbeta.reshape(gamma.shape), None, None, None
+
+
+def _table_from_params(w_raw, slope, base, part, softmax):
+    """(effective weights (Cc, nb), flat table (Cc, S*3)) without autograd."""
+    w = w_raw.reshape(1, -1) if w_raw.dim() == 1 else w_raw
+    if softmax:
+        w = torch.softmax(w, dim=-1)
+    table = w @ base
+    if slope is not None:
+        table = torch.addmm(table, w * slope.reshape(-1, 1), part)
+    return w, table
+
+
+def _table_vjp(grad_table, w_raw, w, slope, base, part, softmax):
+    """Gradients of the raw branch weights and the slope from the gradient of the flat table."""
+    gw = grad_table @ base.t()
+    g_slope = None
+    if slope is not None:
+        gp = grad_table @ part.t()
+        gw = gw + gp * slope.reshape(-1, 1)
+        g_slope = (gp * w).sum(-1).reshape(slope.shape)
+    if softmax:
+        gw = w * (gw - (gw * w).sum(-1, keepdim=True))
+    return gw.reshape(w_raw.shape), g_slope
+
+
+class _FusedRepActFn(torch.autograd.Function):
+    """RepAct's training op on the native kernels, parameters in, output out.
+
+    Forward: table from the parameters, one pass (I/II) or a statistics pass plus one pass with the
+    BatchNorm folded in (III, batch statistics). Backward: one pass (I/II) or two (III). Only the
+    input and a few tiny tensors are kept.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_raw, slope, gamma, beta, mod, cd):
+        base, part, knots = mod._basis_flat(), mod._slope_basis_flat(), mod._knots
+        softmax = mod.variant == "softmax"
+        w, table = _table_from_params(w_raw, slope, base, part, softmax)
+        cc = table.shape[0]
+        coeffs = table.reshape(cc, -1, 3)
+        ctx.mod, ctx.cd, ctx.softmax = mod, cd, softmax
+        if gamma is None:
+            y = _native_forward(x, knots, coeffs, cd)
+            ctx.save_for_backward(x, w_raw, w, slope, coeffs)
+            ctx.bn = False
+            return y
+        stats = native_stats(x, knots, coeffs, cd)
+        n = x.numel() // cc
+        mean = stats[0] / n
+        var = (stats[1] / n - mean * mean).clamp_min(0.0)
+        invstd = torch.rsqrt(var + mod.bn.eps)
+        scale = gamma.detach().double() * invstd
+        shift = beta.detach().double() - mean * scale
+        folded = fuse.fold_affine(coeffs.double(), scale, shift).to(coeffs.dtype)
+        y = _native_forward(x, knots, folded, cd)
+        mod._update_running(mean, var, n)
+        ctx.save_for_backward(x, w_raw, w, slope, coeffs, gamma, mean, invstd)
+        ctx.bn = True
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        mod, cd = ctx.mod, ctx.cd
+        knots = mod._knots
+        need_x = ctx.needs_input_grad[0]
+        need_table = any(ctx.needs_input_grad[1:3])
+        if not ctx.bn:
+            x, w_raw, w, slope, coeffs = ctx.saved_tensors
+            gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, need_table)
+            ggamma = gbeta = None
+        else:
+            x, w_raw, w, slope, coeffs, gamma, mean, invstd = ctx.saved_tensors
+            cc = coeffs.shape[0]
+            n = x.numel() // cc
+            _, moments = _native_backward(g, x, knots, coeffs, cd, False, True)
+            m = moments.double()  # (Cc, S, 3): sums of g x^j per segment
+            sum_g = m[:, :, 0].sum(1)
+            sum_gs = (coeffs.double() * m).sum((1, 2))  # sum of g * s(x)
+            sum_gshat = invstd * (sum_gs - mean * sum_g)
+            gam = gamma.detach().double()
+            alpha = gam * invstd
+            beta_ = -gam * invstd * invstd * sum_gshat / n
+            delta = -alpha * sum_g / n - beta_ * mean
+            affine = torch.stack([alpha, beta_, delta])
+            gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, need_table, affine)
+            ggamma = sum_gshat.to(gamma.dtype).reshape(gamma.shape)
+            gbeta = sum_g.to(gamma.dtype).reshape(gamma.shape)
+        gw = gslope = None
+        if need_table:
+            grad_table = gc.reshape(gc.shape[0], -1).to(w.dtype)
+            gw, gslope = _table_vjp(grad_table, w_raw, w, slope, mod._basis_flat(), mod._slope_basis_flat(),
+                                    ctx.softmax)
+        if gx is not None and gx.shape != x.shape:
+            gx = gx.reshape(x.shape)
+        return gx, gw, gslope, ggamma, gbeta, None, None
 
 
 class RepAct(Activation):
@@ -242,6 +346,19 @@ class RepAct(Activation):
             bn.running_mean.mul_(1 - factor).add_(mean.reshape(-1).to(bn.running_mean.dtype), alpha=factor)
             bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
 
+    def _basis_flat(self) -> torch.Tensor:
+        return self._basis.reshape(self._basis.shape[0], -1)
+
+    def _slope_basis_flat(self) -> torch.Tensor:
+        return self._slope_basis.reshape(self._slope_basis.shape[0], -1)
+
+    def _fused_applies(self, x: torch.Tensor) -> bool:
+        if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _NATIVE_DTYPES or x.numel() == 0:
+            return False
+        if self.branch_weight.dtype != x.dtype or not _use_native(x):
+            return False
+        return self.variant != "bn" or (self._use_batch_stats(x) and self.bn.weight is not None)
+
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.infer_channels(x)
@@ -249,6 +366,11 @@ class RepAct(Activation):
         if not self.piecewise:
             return self._forward_generic(x)
         cd = self.channel_dim(x)
+        if self._fused_applies(x):
+            if self.variant == "bn":
+                return _FusedRepActFn.apply(x, self.branch_weight, self.prelu_weight, self.bn.weight, self.bn.bias,
+                                            self, cd)
+            return _FusedRepActFn.apply(x, self.branch_weight, self.prelu_weight, None, None, self, cd)
         knots, coeffs = self.piece_table()
         if self.variant != "bn":
             return piecewise_quadratic(x, knots, coeffs, cd)

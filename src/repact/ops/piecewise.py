@@ -219,27 +219,49 @@ def _native_forward(x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, 
     return native_forward_prepared(x, native_table(knots, coeffs, x.dtype), coeffs.shape[0], channel_dim)
 
 
-def _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c):
+def _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c, affine=None):
+    """gx and the (Cc, S, 3) coefficient gradient from the C kernel; None when it does not apply.
+
+    ``affine`` (3, Cc) float64 replaces the incoming gradient g by alpha g + beta s(x) + delta.
+    """
     layout = _native_layout(x, channel_dim, coeffs.shape[0])
     if layout is None:
         return None
     xd, outer, c, inner = layout
-    if g.dtype != xd.dtype or g.device != xd.device or g.stride() != xd.stride() or type(g) is not torch.Tensor:
+    if g.dtype != xd.dtype or not g.is_cpu or g.stride() != xd.stride() or type(g) is not torch.Tensor:
         g = torch.empty_like(xd).copy_(g)
     lib = _native.library()
     t, cf = native_table(knots, coeffs, xd.dtype)
     gx = torch.empty_like(xd) if need_x else None
     acc = torch.empty((3, coeffs.shape[1], coeffs.shape[0]), dtype=torch.float64) if need_c else None
+    aff = None
+    if affine is not None:
+        aff = affine.detach().to(device="cpu", dtype=torch.float64).contiguous()
     fn = lib.repact_pq_backward_f32 if xd.dtype == torch.float32 else lib.repact_pq_backward_f64
     rc = fn(
         xd.data_ptr(), g.data_ptr(), gx.data_ptr() if gx is not None else None,
-        acc.data_ptr() if acc is not None else None, outer, c, inner, t.numel(), t.data_ptr(),
-        cf.data_ptr(), coeffs.shape[0], torch.get_num_threads(),
+        acc.data_ptr() if acc is not None else None, aff.data_ptr() if aff is not None else None,
+        outer, c, inner, t.numel(), t.data_ptr(), cf.data_ptr(), coeffs.shape[0], torch.get_num_threads(),
     )
     if rc != 0:
         return None
     gc = acc.permute(2, 1, 0).to(dtype=coeffs.dtype, device=coeffs.device) if acc is not None else None
     return gx, gc
+
+
+def native_stats(x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, channel_dim: int):
+    """Per table row (Cc): sum of s(x) and sum of s(x)^2 as a (2, Cc) float64 tensor; None if n/a."""
+    layout = _native_layout(x, channel_dim, coeffs.shape[0])
+    if layout is None:
+        return None
+    xd, outer, c, inner = layout
+    lib = _native.library()
+    t, cf = native_table(knots, coeffs, xd.dtype)
+    out = torch.empty((2, coeffs.shape[0]), dtype=torch.float64)
+    fn = lib.repact_pq_stats_f32 if xd.dtype == torch.float32 else lib.repact_pq_stats_f64
+    rc = fn(xd.data_ptr(), outer, c, inner, t.numel(), t.data_ptr(), cf.data_ptr(), coeffs.shape[0],
+            torch.get_num_threads(), out.data_ptr())
+    return out if rc == 0 else None
 
 
 class _PiecewiseQuadraticFn(torch.autograd.Function):
