@@ -266,3 +266,10 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
     for n, p in m.named_parameters():
         torch.testing.assert_close(cg[n], p.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_lazy_build_follows_mode_and_input_dtype():
+    m = RepAct(variant="bn", granularity="channel").eval()
+    m(torch.randn(2, 3, 4, 4, dtype=torch.bfloat16))
+    assert not m.bn.training
+    assert m.branch_weight.dtype == torch.bfloat16

@@ -88,6 +88,7 @@ class Activation(nn.Module):
             return
         self.channels = int(channels)
         self._build(self.channels)
+        self.train(self.training)  # submodules created now follow the module's mode
         self._built = True
 
     def infer_channels(self, x: torch.Tensor) -> None:
@@ -102,7 +103,10 @@ class Activation(nn.Module):
         channels = x.shape[-1] if self.channels_last else x.shape[1]
         self.channels = int(channels)
         self._build(self.channels)
-        dtype = x.dtype if x.dtype == torch.float64 else None
+        self.train(self.training)  # submodules created now follow the module's mode
+        # parameters follow the input's device, and its dtype unless autocast manages precision
+        autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
+        dtype = x.dtype if (x.is_floating_point() and not autocast) else None
         self.to(device=x.device, dtype=dtype)
         self._built = True
 
