@@ -1,5 +1,7 @@
 """The piecewise-quadratic op: both implementations, every layout, gradients, and no input writes."""
 
+import warnings
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -169,7 +171,9 @@ def test_argument_errors():
 
 
 def test_torch_form_is_scriptable():
-    scripted = torch.jit.script(piecewise_quadratic_torch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated upstream
+        scripted = torch.jit.script(piecewise_quadratic_torch)
     x = torch.randn(2, 3, 4)
     knots, coeffs = _table(3, 3)
     torch.testing.assert_close(scripted(x, knots, coeffs, 1), piecewise_quadratic_torch(x, knots, coeffs, 1))

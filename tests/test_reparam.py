@@ -206,6 +206,7 @@ def test_torchscript_script_and_trace():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks fold to constants
         scripted = torch.jit.script(d)
         traced = torch.jit.trace(d, x)
         buf = io.BytesIO()
