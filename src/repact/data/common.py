@@ -1,0 +1,72 @@
+"""Shared pieces of the dataset builders: the error type, the dataset description, an in-memory dataset."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["DataError", "DataInfo", "TensorImageDataset", "require_dir"]
+
+
+class DataError(ValueError):
+    """A data folder is missing or malformed, or a dataset name/option is unknown."""
+
+
+@dataclass
+class DataInfo:
+    """What a model and the engine need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    img_size: int
+    classes: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    train_size: int = 0
+    val_size: int = 0
+    root: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as a uint8 tensor (N, C, H, W) with integer labels; ``transform`` gets
+    one (C, H, W) uint8 tensor and returns the model input."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int],
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        self.images = images
+        self.targets = torch.as_tensor(labels, dtype=torch.long)
+        if len(self.targets) != len(images):
+            raise ValueError(f"{len(images)} images but {len(self.targets)} labels")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.targets[i])
+
+
+def require_dir(path: Path, what: str, layout: str) -> Path:
+    """``path`` if it is a folder; a :class:`DataError` naming it and the expected layout otherwise."""
+    if not path.exists():
+        raise DataError(f"{what}: {path} does not exist. Expected layout: {layout}")
+    if not path.is_dir():
+        raise DataError(f"{what}: {path} is not a folder. Expected layout: {layout}")
+    return path

@@ -1,0 +1,229 @@
+"""Training configuration: defaults < ``--recipe`` < YAML ``--config`` < command-line flags.
+
+The resolved config is saved with every run (``config.yaml``) and inside its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["TrainConfig", "ConfigError", "RECIPES", "OPTIMIZERS", "SCHEDULES", "resolve_config",
+           "load_config_file", "validate_config", "RESUME_MAY_CHANGE"]
+
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("cosine", "linear", "step", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, out of range, or impossible together with another."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (see ``docs/training.md``)."""
+
+    model: str = "small_cnn"
+    act: str = "repact"
+    model_kwargs: dict = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    img_size: int | None = None
+    augment: str = "auto"
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 30
+    gamma: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 0
+    limit_batches: int | None = None
+    limit_val_batches: int | None = None
+    sync_bn: bool = False
+    out: str | None = None
+    recipe: str | None = None
+    quiet: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def run_name(self) -> str:
+        act = str(self.act).replace("/", "_")
+        return f"{self.dataset}-{self.model}-{act}-s{self.seed}"
+
+
+#: presets applied before the YAML file and the flags
+RECIPES: dict[str, dict[str, Any]] = {
+    # RepAct's official train.py (papers digest 1.4), except that weight decay skips activation
+    # parameters, biases and norms here (ACON's rule) while the official code decays everything
+    "repact-paper": dict(epochs=150, batch_size=32, optimizer="sgd", momentum=0.9, lr=0.01, min_lr=1e-6,
+                         schedule="cosine", weight_decay=4e-4, label_smoothing=0.1, augment="repact-paper",
+                         img_size=224, seed=0),
+}
+
+#: keys a resumed run may change; every other key must match the checkpoint's config
+RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
+                               "data_dir", "download"})
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _key(k: str) -> str:
+    return str(k).strip().replace("-", "_")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of TrainConfig keys (hyphens or underscores)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist (give a YAML file of training options)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of options, not a {type(data).__name__}")
+    out = {}
+    for k, v in data.items():
+        key = _key(k)
+        if key not in _FIELDS:
+            raise ConfigError(f"config file {p}: unknown option {k!r}; accepted: {', '.join(sorted(_FIELDS))}")
+        out[key] = v
+    return out
+
+
+def resolve_config(file_values: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+                   ) -> TrainConfig:
+    """Defaults, then the recipe named by the flags or the file, then the file, then the flags."""
+    file_values = {_key(k): v for k, v in (file_values or {}).items()}
+    overrides = {_key(k): v for k, v in (overrides or {}).items()}
+    for k in (*file_values, *overrides):
+        if k not in _FIELDS:
+            raise ConfigError(f"unknown training option {k!r}; accepted: {', '.join(sorted(_FIELDS))}")
+    values: dict[str, Any] = {}
+    recipe = overrides.get("recipe", file_values.get("recipe"))
+    if recipe not in (None, "", "none"):
+        name = str(recipe).strip().lower().replace("_", "-")
+        if name not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; accepted: {', '.join(RECIPES)}")
+        values.update(RECIPES[name])
+        values["recipe"] = name
+    values.update({k: v for k, v in file_values.items() if k != "recipe"})
+    values.update({k: v for k, v in overrides.items() if k != "recipe"})
+    if recipe in ("", "none"):
+        values["recipe"] = None
+    cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    validate_config(cfg)
+    return cfg
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert YAML/flag values to the field's type, with a clear error."""
+    if value is None:
+        return None
+    default = _FIELDS[key].default
+    kind = type(default) if default is not dataclasses.MISSING and default is not None else None
+    typ = str(_FIELDS[key].type)
+    try:
+        if kind is bool or typ == "bool":
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind is int or typ.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind is float or typ.startswith("float"):
+            return float(value)
+        if typ.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {key!r} got {value!r}, which is not a valid {typ}") from None
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise :class:`ConfigError` naming the first bad value and what is accepted."""
+    from ..data import normalize_name
+    from ..models import get_model_spec
+    from ..registry import resolve_name
+
+    def bad(msg: str) -> None:
+        raise ConfigError(msg)
+
+    try:
+        cfg.dataset = normalize_name(cfg.dataset)
+        get_model_spec(cfg.model)
+        if cfg.act not in (None, "", "default"):
+            resolve_name(cfg.act)
+    except ValueError as exc:
+        bad(str(exc))
+    if cfg.optimizer.lower() not in OPTIMIZERS:
+        bad(f"unknown optimizer {cfg.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+    cfg.optimizer = cfg.optimizer.lower()
+    if cfg.schedule.lower() not in SCHEDULES:
+        bad(f"unknown schedule {cfg.schedule!r}; accepted: {', '.join(SCHEDULES)}")
+    cfg.schedule = cfg.schedule.lower()
+    if cfg.device.split(":")[0] not in DEVICES:
+        bad(f"unknown device {cfg.device!r}; accepted: auto, cpu, cuda, cuda:N")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("eval_batch_size", "limit_batches", "limit_val_batches", "img_size", "step_size"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            bad(f"{name} must be a positive integer (or unset), got {v}")
+    if cfg.workers < 0:
+        bad(f"workers must be 0 or more, got {cfg.workers}")
+    for name in ("lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "gamma"):
+        v = getattr(cfg, name)
+        if not math.isfinite(v) or v < 0:
+            bad(f"{name} must be a finite number >= 0, got {v}")
+    if cfg.lr <= 0:
+        bad(f"lr must be > 0, got {cfg.lr}")
+    if cfg.min_lr > cfg.lr:
+        bad(f"min_lr ({cfg.min_lr}) must not exceed lr ({cfg.lr})")
+    if not 0 <= cfg.label_smoothing < 1:
+        bad(f"label_smoothing must lie in [0, 1), got {cfg.label_smoothing}")
+    if cfg.warmup_epochs > cfg.epochs:
+        bad(f"warmup_epochs ({cfg.warmup_epochs}) must not exceed epochs ({cfg.epochs})")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        bad(f"grad_clip must be > 0 (or unset), got {cfg.grad_clip}")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):
+        bad("nesterov needs --optimizer sgd with a momentum > 0")
+    if cfg.amp and cfg.device == "cpu":
+        bad("--amp runs on CUDA only; it cannot be combined with --device cpu")
+    from ..data import AUGMENTS
+
+    if str(cfg.augment).lower().replace("_", "-") not in AUGMENTS:
+        bad(f"unknown augmentation {cfg.augment!r}; accepted: {', '.join(AUGMENTS)}")
+    cfg.augment = str(cfg.augment).lower().replace("_", "-")

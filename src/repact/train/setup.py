@@ -1,0 +1,112 @@
+"""Building a run's pieces from its config: device, datasets and loaders, model and its config record."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..data import build_datasets, dataset_channels
+from ..models import create_model, get_model_spec
+from .config import ConfigError, TrainConfig
+from .dist import DistEnv, ShardSampler
+
+__all__ = ["pick_device", "model_act", "build_data", "build_model_for", "prime_lazy", "make_loaders", "seed_worker"]
+
+
+def pick_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
+    """The run's device: ``auto`` is CUDA when available (one GPU per DDP rank), else CPU."""
+    want = cfg.device
+    has_cuda = torch.cuda.is_available()
+    if want == "auto":
+        want = "cuda" if has_cuda else "cpu"
+    if want.startswith("cuda") and not has_cuda:
+        raise ConfigError(f"device {cfg.device!r} was asked for but torch sees no CUDA device here; use --device cpu")
+    if cfg.amp and not want.startswith("cuda"):
+        raise ConfigError("--amp runs on CUDA only and this run is on the CPU; drop --amp")
+    if want == "cuda" and env.enabled:
+        return torch.device("cuda", env.local_rank)
+    return torch.device(want)
+
+
+def model_act(cfg: TrainConfig) -> Any:
+    """The ``act`` argument for ``create_model`` (None keeps the architecture's own activations)."""
+    return None if cfg.act in (None, "", "default") else cfg.act
+
+
+def _builder_params(name: str) -> set[str]:
+    return set(inspect.signature(get_model_spec(name).builder).parameters)
+
+
+def build_data(cfg: TrainConfig):
+    """(train set, val set, DataInfo), gray images repeated to 3 channels for models without ``in_channels``."""
+    params = _builder_params(cfg.model)
+    takes_channels = "in_channels" in params or "in_channels" in cfg.model_kwargs
+    channels = None if takes_channels else 3
+    if not takes_channels and dataset_channels(cfg.dataset) == 3:
+        channels = None
+    return build_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment=cfg.augment,
+                          download=cfg.download, channels=channels)
+
+
+def build_model_for(cfg: TrainConfig, info) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, model_config) where model_config rebuilds it with ``repact.checkpoint.build_model``."""
+    params = _builder_params(cfg.model)
+    kwargs = dict(cfg.model_kwargs)
+    if "in_channels" in params and "in_channels" not in kwargs:
+        kwargs["in_channels"] = info.in_channels
+    if "small_input" in params and "small_input" not in kwargs and info.img_size <= 64:
+        kwargs["small_input"] = True
+    act = model_act(cfg)
+    try:
+        model = create_model(cfg.model, act=act, num_classes=info.num_classes, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model {cfg.model!r} rejected its options {kwargs}: {exc}") from None
+    input_shape = [info.in_channels, info.img_size, info.img_size]
+    prime_lazy(model, input_shape)
+    config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": kwargs,
+              "input_shape": input_shape}
+    return model, config
+
+
+@torch.no_grad()
+def prime_lazy(model: nn.Module, input_shape: list[int]) -> None:
+    """One eval-mode forward on zeros so lazily built activations create their parameters."""
+    from ..activations.base import Activation
+
+    if not any(isinstance(m, Activation) and not m._built for m in model.modules()):
+        return
+    was = model.training
+    model.eval()
+    model(torch.zeros([2, *input_shape]))
+    model.train(was)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and python in a loader worker from the seed torch gave it."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: torch.device):
+    """(train loader, its sampler, its generator, val loader). The train order depends only on
+    (seed, epoch): call ``sampler.set_epoch(e)`` and reseed the generator each epoch."""
+    sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=False)
+    gen = torch.Generator()
+    pin = device.type == "cuda"
+    per_rank = len(sampler)
+    drop_last = per_rank > cfg.batch_size  # no 1-sample last batch for BatchNorm
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                              pin_memory=pin, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
+                              persistent_workers=False)
+    val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+                            sampler=ShardSampler(val_set, env.rank, env.world), num_workers=cfg.workers,
+                            pin_memory=pin, worker_init_fn=seed_worker)
+    return train_loader, sampler, gen, val_loader
