@@ -62,3 +62,44 @@ def evaluate(
     if n == 0:
         raise ValueError("evaluation saw no samples (empty validation split or --limit-val-batches 0)")
     return {"loss": loss / n, "acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n, "n": int(n)}
+
+
+@torch.no_grad()
+def evaluate_pair(
+    reference: nn.Module,
+    candidate: nn.Module,
+    loader: Iterable,
+    device: torch.device | str = "cpu",
+    *,
+    limit: int | None = None,
+) -> dict[str, object]:
+    """Both models on the same batches: their metrics, the largest logit difference and how many
+    top-1 predictions differ (for checking a re-parameterized model against its training form)."""
+    device = torch.device(device)
+    modes = [(m, m.training) for m in (reference, candidate)]
+    reference.eval()
+    candidate.eval()
+    sums = torch.zeros(2, 4, dtype=torch.float64)
+    max_err, flips = 0.0, 0
+    try:
+        for i, (x, y) in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            x, y = x.to(device), y.to(device)
+            outs = [reference(x).float(), candidate(x).float()]
+            for j, logits in enumerate(outs):
+                c1, c5 = topk_correct(logits, y)
+                sums[j] += torch.tensor([float(F.cross_entropy(logits, y, reduction="sum")), float(c1), float(c5),
+                                         float(len(y))], dtype=torch.float64)
+            max_err = max(max_err, float((outs[0] - outs[1]).abs().max()))
+            flips += int((outs[0].argmax(1) != outs[1].argmax(1)).sum())
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+    res = []
+    for j in range(2):
+        loss, c1, c5, n = sums[j].tolist()
+        if n == 0:
+            raise ValueError("evaluation saw no samples")
+        res.append({"loss": loss / n, "acc1": 100.0 * c1 / n, "acc5": 100.0 * c5 / n, "n": int(n)})
+    return {"reference": res[0], "candidate": res[1], "max_abs_logit_error": max_err, "top1_flips": flips}

@@ -1,0 +1,128 @@
+"""``repact eval CHECKPOINT``: top-1 / top-5 / loss of a checkpoint, optionally re-parameterized."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+__all__ = ["add_parser", "run", "MAX_ACC_CHANGE"]
+
+#: largest top-1 change (in points) that re-parameterization may cause before eval reports a failure
+MAX_ACC_CHANGE = 0.01
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint (top-1, top-5, loss)",
+        description="Evaluate a checkpoint on a dataset's val split (or train split). CHECKPOINT is a run folder "
+                    "(its best checkpoint, else last) or a checkpoint file. With --reparameterize the deploy form is "
+                    "evaluated too, and the command fails (exit 1) if top-1 moves by more than 0.01 points.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--dataset", default=None, help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="which split (default val)")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--limit-batches", type=int, default=None, help="evaluate only this many batches")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--reparameterize", action="store_true", help="also evaluate the re-parameterized model")
+    p.add_argument("--save-reparameterized", default=None, metavar="PATH",
+                   help="write the re-parameterized model as a checkpoint (implies --reparameterize)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def _checkpoint_path(text: str) -> Path:
+    from ..checkpoint import checkpoint_paths
+    from . import CLIError
+
+    p = Path(text)
+    if p.is_dir():
+        for name in ("best", "last"):
+            if checkpoint_paths(p / name)[0].exists():
+                return p / name
+        raise CLIError(f"{p} holds no best or last checkpoint (expected best.safetensors or last.safetensors in a "
+                       "run folder written by repact train)")
+    return p
+
+
+def run(args) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..checkpoint import build_model, load_checkpoint, save_checkpoint
+    from ..data import build_datasets, dataset_channels
+    from ..reparam import reparameterize
+    from ..train.evaluate import evaluate, evaluate_pair
+    from . import CLIError
+
+    for name in ("batch_size", "limit_batches", "img_size"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device} was asked for but torch sees no CUDA device; use --device cpu")
+    ckpt = load_checkpoint(_checkpoint_path(args.checkpoint))
+    model = build_model(ckpt)
+    cfg = dict(ckpt.state.get("config", {}))
+    mc = ckpt.model_config
+    dataset = args.dataset or cfg.get("dataset")
+    if not dataset:
+        raise CLIError(f"{ckpt.path} records no dataset; pass --dataset (digits, mnist, fashion_mnist, cifar10, "
+                       "cifar100, imagefolder, imagenet100)")
+    shape = mc.get("input_shape") or [None, None, None]
+    img_size = args.img_size or (shape[1] if shape[1] else cfg.get("img_size"))
+    in_ch = shape[0]
+    channels = 3 if (in_ch == 3 and dataset_channels(dataset) == 1) else None
+    if in_ch == 1 and dataset_channels(dataset) == 3:
+        raise CLIError(f"{ckpt.path} takes 1-channel images but {dataset} has 3 channels")
+    data_dir = args.data_dir if args.data_dir is not None else (cfg.get("data_dir") if dataset == cfg.get("dataset")
+                                                                else None)
+    train_set, val_set, info = build_datasets(dataset, data_dir, img_size=img_size,
+                                              augment=cfg.get("augment", "auto") if dataset == cfg.get("dataset")
+                                              else "auto", channels=channels)
+    if info.num_classes != int(mc.get("num_classes", info.num_classes)):
+        raise CLIError(f"{ckpt.path} has {mc.get('num_classes')} output classes but {dataset} has "
+                       f"{info.num_classes}; evaluate it on the dataset it was trained for")
+    ds = val_set if args.split == "val" else train_set
+    if args.split == "train":
+        ds.transform = val_set.transform  # no augmentation when measuring
+    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+    device = torch.device(args.device)
+    model.to(device)
+    rows = []
+    label = f"{mc.get('name')} act={mc.get('act')}" + (" (reparameterized)" if mc.get("reparameterized") else "")
+    if args.reparameterize or args.save_reparameterized:
+        deployed = reparameterize(copy.deepcopy(model))
+        res = evaluate_pair(model, deployed, loader, device, limit=args.limit_batches)
+        rows = [(label, res["reference"]), (label + " reparameterized", res["candidate"])]
+        change = abs(res["candidate"]["acc1"] - res["reference"]["acc1"])
+        extra = {"max_abs_logit_error": res["max_abs_logit_error"], "top1_flips": res["top1_flips"],
+                 "acc1_change": change}
+        if args.save_reparameterized:
+            mc2 = {**mc, "reparameterized": True}
+            save_checkpoint(args.save_reparameterized, deployed.cpu(), model_config=mc2,
+                            state={"config": cfg, "source": str(ckpt.path)})
+    else:
+        rows = [(label, evaluate(model, loader, device, limit=args.limit_batches))]
+        extra = {}
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt.path), "dataset": dataset, "split": args.split,
+                          "results": [{"model": r[0], **r[1]} for r in rows], **extra}, indent=2))
+    else:
+        print(f"{ckpt.path} on {dataset} ({args.split}, {rows[0][1]['n']} images)")
+        print(f"{'model':<48} {'top-1 %':>9} {'top-5 %':>9} {'loss':>8}")
+        for name, r in rows:
+            print(f"{name:<48} {r['acc1']:>9.2f} {r['acc5']:>9.2f} {r['loss']:>8.4f}")
+        if extra:
+            print(f"re-parameterization: top-1 change {extra['acc1_change']:.4f} points, "
+                  f"{extra['top1_flips']} changed predictions, max |logit error| {extra['max_abs_logit_error']:.3e}")
+        if args.save_reparameterized:
+            print(f"wrote {args.save_reparameterized}")
+    if extra and extra["acc1_change"] > MAX_ACC_CHANGE:
+        print(f"repact eval: re-parameterization changed top-1 by {extra['acc1_change']:.4f} points "
+              f"(more than {MAX_ACC_CHANGE})", file=__import__("sys").stderr)
+        return 1
+    return 0

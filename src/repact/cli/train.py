@@ -1,0 +1,124 @@
+"""``repact train``: train one model (also under ``torchrun --nproc_per_node N -m repact train``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "add_train_options", "explicit_options", "run"]
+
+S = argparse.SUPPRESS
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as a YAML scalar (``width=16``, ``small_input=true``)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError:
+        return k.strip(), v
+
+
+def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None:
+    """The training options shared by ``train`` and ``compare`` (defaults live in TrainConfig;
+    only flags given on the command line override the YAML file and the recipe)."""
+    g = p.add_argument_group("what to train" if not grid else "training options for every run")
+    if not grid:
+        g.add_argument("--model", default=S, help="model name (repact.models.list_models(); default small_cnn)")
+        g.add_argument("--act", default=S, help="activation name (repact acts; default repact = RepAct-I; "
+                       "'default' keeps the model's own)")
+        g.add_argument("--dataset", default=S, help="digits (default), mnist, fashion_mnist, cifar10, cifar100, "
+                       "imagefolder, imagenet100")
+        g.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
+        g.add_argument("--out", default=S, help="run folder (default runs/<dataset>-<model>-<act>-s<seed>)")
+    g.add_argument("--model-kw", dest="model_kwargs", action="append", type=_kv, default=S, metavar="KEY=VALUE",
+                   help="extra model builder argument (repeatable), e.g. width=16")
+    g.add_argument("--data-dir", default=S, help="dataset folder (default ./data; not used by digits)")
+    g.add_argument("--download", action="store_true", default=S, help="download mnist/fashion_mnist/cifar (online)")
+    g.add_argument("--img-size", type=int, default=S, help="input size (default: the dataset's own)")
+    g.add_argument("--augment", default=S, help="auto (default), none, crop-flip, imagenet, repact-paper")
+    h = p.add_argument_group("optimization")
+    h.add_argument("--recipe", default=S, help="preset: repact-paper (150 epochs, batch 32, SGD 0.01 cosine, "
+                   "wd 4e-4, label smoothing 0.1, 224 px paper augmentation)")
+    h.add_argument("--epochs", type=int, default=S, help="epochs (default 10)")
+    h.add_argument("--batch-size", type=int, default=S, help="batch size per process (default 64)")
+    h.add_argument("--eval-batch-size", type=int, default=S, help="validation batch size (default 2x batch size)")
+    h.add_argument("--optimizer", default=S, help="sgd (default), adamw, adam")
+    h.add_argument("--lr", type=float, default=S, help="peak learning rate (default 0.05)")
+    h.add_argument("--min-lr", type=float, default=S, help="final learning rate of cosine/linear (default 0)")
+    h.add_argument("--momentum", type=float, default=S, help="SGD momentum (default 0.9)")
+    h.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
+    h.add_argument("--schedule", default=S, help="cosine (default), linear, step, constant; evaluated per step")
+    h.add_argument("--warmup-epochs", type=float, default=S, help="linear warmup length in epochs (default 0)")
+    h.add_argument("--step-size", type=int, default=S, help="epochs between decays of the step schedule (30)")
+    h.add_argument("--gamma", type=float, default=S, help="decay factor of the step schedule (0.1)")
+    h.add_argument("--weight-decay", type=float, default=S, help="weight decay of conv/linear weights (default "
+                   "5e-4); never applied to activation parameters, biases or norms")
+    h.add_argument("--label-smoothing", type=float, default=S, help="label smoothing (default 0)")
+    h.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
+    r = p.add_argument_group("running")
+    r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")
+    r.add_argument("--amp", action="store_true", default=S, help="mixed precision (CUDA only)")
+    r.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")
+    r.add_argument("--deterministic", action="store_true", default=S, help="deterministic algorithms (slower)")
+    r.add_argument("--workers", type=int, default=S, help="data loader worker processes (default 0)")
+    r.add_argument("--limit-batches", type=int, default=S, help="at most this many train (and val) batches per epoch")
+    r.add_argument("--limit-val-batches", type=int, default=S, help="at most this many val batches per epoch")
+    r.add_argument("--sync-bn", action="store_true", default=S, help="synchronized BatchNorm under DDP")
+    r.add_argument("--quiet", action="store_true", default=S, help="no progress bar; one line per epoch")
+
+
+_NOT_CONFIG = {"command", "func", "config", "resume", "overwrite", "acts", "models", "datasets", "seeds", "baseline",
+               "metric", "grid", "json"}
+
+
+def explicit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig keys given on the command line (flags left out are absent from the namespace)."""
+    out = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if "model_kwargs" in out:
+        out["model_kwargs"] = dict(out["model_kwargs"])
+    return out
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model (any activation x model x dataset)",
+        description="Train a classifier. Options come from defaults, then --recipe, then --config FILE, then flags. "
+                    "The run folder gets config.yaml, metrics.csv/jsonl, act_params.jsonl, last/best checkpoints and "
+                    "summary.json. Under torchrun it trains with DDP (batch size per process).")
+    add_train_options(p)
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="continue a run from its last checkpoint (a run folder or checkpoint; alone: --out's folder)")
+    p.add_argument("--overwrite", action="store_true", help="train into a --out folder that already holds a run")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..train import TrainingDiverged, config_for_resume, load_config_file, resolve_config, train
+    from . import CLIError
+
+    overrides = explicit_options(args)
+    file_values = load_config_file(args.config) if args.config else {}
+    if args.resume is not None and args.overwrite:
+        raise CLIError("--resume continues a run and --overwrite starts one afresh; give one of them")
+    try:
+        if args.resume is not None:
+            cfg = config_for_resume(args.resume, {**file_values, **overrides}, out=overrides.get("out"))
+            result = train(cfg, resume=args.resume, keep_model=False)
+        else:
+            cfg = resolve_config(file_values, overrides)
+            result = train(cfg, overwrite=args.overwrite, keep_model=False)
+    except TrainingDiverged as exc:
+        print(f"repact train: stopped: {exc}", file=sys.stderr)
+        return 1
+    s = result.summary
+    if s:
+        print(f"best epoch {s['best_epoch']}: top-1 {s['best_acc1']:.2f}%  |  last epoch {s['last_epoch']}: "
+              f"top-1 {s['last_acc1']:.2f}% (top-5 {s['last_acc5']:.2f}%)")
+        print(f"run folder: {result.run_dir} (summary.json, metrics.csv, act_params.jsonl, last/best checkpoints)")
+    return 0
