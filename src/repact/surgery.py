@@ -27,6 +27,7 @@ instance, in place, and returns a :class:`SwapReport`.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -409,13 +410,39 @@ def _fit_repact_linear(new, x: torch.Tensor, y: torch.Tensor) -> None:
         ys = (ys - shift) / scale
     feats = torch.stack([repact_branch_fn(b)(xs, slope) for b in new.branches], dim=-1)  # (..., nb)
     if new.branch_weight.dim() == 1:  # one weight vector for the layer
-        sol = torch.linalg.lstsq(feats.reshape(-1, feats.shape[-1]), ys.reshape(-1, 1)).solution.reshape(-1)
-        new.branch_weight.copy_(sol.to(new.branch_weight.dtype))
+        sol = _sparsest_lstsq(feats.reshape(1, -1, feats.shape[-1]), ys.reshape(1, -1, 1)).reshape(-1)
     else:  # one per channel
         f = feats.movedim(cd, 0).reshape(feats.shape[cd], -1, feats.shape[-1])
         t = ys.movedim(cd, 0).reshape(ys.shape[cd], -1, 1)
-        sol = torch.linalg.lstsq(f, t).solution.squeeze(-1)
-        new.branch_weight.copy_(sol.to(new.branch_weight.dtype))
+        sol = _sparsest_lstsq(f, t)
+    new.branch_weight.copy_(sol.to(new.branch_weight.dtype))
+
+
+def _sparsest_lstsq(f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Least-squares weights (C, nb) of ``f`` (C, N, nb) for ``t`` (C, N, 1), preferring the fewest branches.
+
+    The canonical branches are linearly dependent (prelu = a x + (1 - a) relu), so a target that
+    some subset fits exactly (HardSwish, ReLU, identity, a PReLU slope) gets that subset, e.g.
+    (0, 0, 0, 1) for HardSwish; anything else gets the minimum-norm least-squares solution.
+    """
+    c, _, nb = f.shape
+    sol = torch.linalg.lstsq(f, t).solution.squeeze(-1)  # (C, nb)
+    scale = t.abs().amax(dim=(1, 2)).clamp_min(1.0)
+    done = torch.zeros(c, dtype=torch.bool)
+    for k in range(1, nb):
+        for cols in itertools.combinations(range(nb), k):
+            idx = list(cols)
+            sub = f[..., idx]
+            w = torch.linalg.lstsq(sub, t).solution  # (C, k, 1)
+            exact = ((sub @ w - t).abs().amax(dim=(1, 2)) <= 1e-9 * scale) & ~done
+            if bool(exact.any()):
+                full = torch.zeros(c, nb, dtype=sol.dtype)
+                full[:, idx] = w.squeeze(-1)
+                sol = torch.where(exact.unsqueeze(1), full, sol)
+                done |= exact
+        if bool(done.all()):
+            break
+    return sol
 
 
 def _fit_lbfgs(new: nn.Module, x: torch.Tensor, y: torch.Tensor, max_iter: int) -> None:
@@ -539,6 +566,23 @@ def swap_activations(
         for path in paths:
             parent_path, attr = path.rsplit(".", 1) if "." in path else ("", path)
             here = [c for c in mcalls if c.parent == parent_path]
+            siblings = [p for p in paths if (p.rsplit(".", 1)[0] if "." in p else "") == parent_path]
+            if len(siblings) > 1 and here:
+                # one object under several names of one parent (e.g. a Sequential): one call per name
+                if len(here) != len(siblings):
+                    report.skipped.append((path, f"registered {len(siblings)} times in {parent_path or 'the root'} "
+                                                 f"but called {len(here)} times from it; left shared"))
+                    continue
+                chans = {_channels_of(c.shape, mod) for c in here}
+                if len(chans) == 1:
+                    ch = chans.pop()
+                elif isinstance(model.get_submodule(parent_path) if parent_path else model, nn.Sequential):
+                    ch = _channels_of(here[siblings.index(path)].shape, mod)  # a Sequential calls in order
+                else:
+                    ch = None
+                src = "example forward" if ch is not None else "unknown (lazy)"
+                sites.append(_Site(parent_path, attr, mod, ch, src, len(here[0].shape)))
+                continue
             if len(here) <= 1:
                 if here:
                     ch, src, nd = _channels_of(here[0].shape, mod), "example forward", len(here[0].shape)
