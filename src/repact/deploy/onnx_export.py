@@ -99,6 +99,9 @@ def export_onnx(
                                   external_data=False, verbose=False)
         if check:
             check_onnx(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -120,8 +123,12 @@ def check_onnx(path: str | os.PathLike):
     return model
 
 
-def ort_session(path: str | os.PathLike, *, threads: int | None = None, optimization: str = "all"):
-    """An onnxruntime CPU session; ``threads`` defaults to ``torch.get_num_threads()``."""
+def ort_session(path: str | os.PathLike, *, threads: int | None = None, optimization: str = "all",
+                spinning: bool = True):
+    """An onnxruntime CPU session; ``threads`` defaults to ``torch.get_num_threads()``.
+
+    ``spinning=False`` stops idle worker threads from busy-waiting (steadier timings on a shared machine).
+    """
     import onnxruntime as ort
 
     levels = {
@@ -137,6 +144,8 @@ def ort_session(path: str | os.PathLike, *, threads: int | None = None, optimiza
     so.intra_op_num_threads = int(threads or torch.get_num_threads())
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

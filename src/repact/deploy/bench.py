@@ -1,0 +1,204 @@
+"""The model-level cost report: baseline vs training form vs deploy form.
+
+``cost_report("mobilenet_v3_small", act="repact")`` builds three models of one architecture (random
+weights; no download):
+
+* ``baseline``: the same architecture and convention with ``baseline_act`` (default HardSwish),
+* ``train``: with ``act`` (parameters randomized, so the tables are generic),
+* ``deploy``: ``reparameterize`` of a copy of ``train`` (absent when ``act`` has no deploy form),
+
+and reports parameters, FLOPs (activations included, see :mod:`repact.deploy.cost`) and latency
+per engine (``eager``, ``compile``, ``onnxruntime``) and batch size, with every variant timed in
+the same interleaved rounds and the ratio to the baseline taken per round.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..reparam import randomize_activations_, reparameterize
+from .cost import count_flops, count_params
+from .latency import time_interleaved
+
+__all__ = ["ENGINES", "CostReport", "build_variants", "cost_report"]
+
+ENGINES = ("eager", "compile", "onnxruntime")
+
+
+@dataclass
+class CostReport:
+    model: str
+    act: str
+    baseline_act: str
+    input_shape: list[int]
+    static: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> params/flops
+    latency: list[dict[str, Any]] = field(default_factory=list)  # one row per engine x batch x variant
+    notes: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "act": self.act, "baseline_act": self.baseline_act, "input_shape": self.input_shape,
+            "static": self.static, "latency": self.latency, "notes": self.notes, "environment": self.environment,
+        }
+
+    def table(self) -> str:
+        lines = [f"{self.model}: baseline={self.baseline_act}, act={self.act}, input {tuple(self.input_shape)}"]
+        lines.append(f"{'variant':<9} {'params':>12} {'MFLOPs':>10} {'act MFLOPs':>11}")
+        for v, s in self.static.items():
+            lines.append(f"{v:<9} {s['params']:>12,} {s['flops'] / 1e6:>10.2f} {s['activation_flops'] / 1e6:>11.2f}")
+        if self.latency:
+            lines.append("")
+            lines.append(f"{'engine':<12} {'batch':>5} {'variant':<9} {'median ms':>10} {'p25-p75 ms':>17} {'x baseline':>10}")
+            for r in self.latency:
+                band = f"{r['p25_ms']:.2f}-{r['p75_ms']:.2f}"
+                ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
+                lines.append(f"{r['engine']:<12} {r['batch']:>5} {r['variant']:<9} {r['median_ms']:>10.2f} {band:>17} {ratio:>10}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        return "\n".join(lines)
+
+
+def build_variants(name: str, act: Any, baseline_act: Any, *, num_classes: int = 1000, seed: int = 0,
+                   model_kwargs: dict[str, Any] | None = None, example_input: torch.Tensor | None = None,
+                   ) -> tuple[dict[str, nn.Module], list[str]]:
+    """``{"baseline", "train", "deploy"}`` models in eval mode (``deploy`` missing when act has no deploy form)."""
+    from ..activations.base import NotDeployableError
+    from ..models import create_model
+
+    kw = dict(model_kwargs or {})
+    notes: list[str] = []
+    torch.manual_seed(seed)
+    baseline = create_model(name, act=baseline_act, num_classes=num_classes, **kw).eval()
+    torch.manual_seed(seed)
+    train = create_model(name, act=act, num_classes=num_classes, **kw).eval()
+    if example_input is not None:
+        with torch.no_grad():
+            train(example_input[:1])  # builds lazy activations
+    randomize_activations_(train, seed=seed, scale=0.1)
+    variants = {"baseline": baseline, "train": train}
+    try:
+        variants["deploy"] = reparameterize(copy.deepcopy(train)).eval()
+    except NotDeployableError as exc:
+        notes.append(f"no deploy form: {exc}")
+    return variants, notes
+
+
+def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, workdir: Path,
+                    threads: int, onnx_form: str, ort_spinning: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
+    """Callables for one engine, and the setup seconds (compile or export) per variant."""
+    setup: dict[str, float] = {}
+    runners: dict[str, Any] = {}
+    if engine == "eager":
+        for k, m in models.items():
+            runners[k] = (lambda m=m: m(x))
+    elif engine == "compile":
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            cm = torch.compile(m, dynamic=False)
+            with torch.inference_mode():
+                cm(x)
+            setup[k] = time.perf_counter() - t0
+            runners[k] = (lambda cm=cm: cm(x))
+    elif engine == "onnxruntime":
+        from .onnx_export import export_onnx, ort_session
+
+        feed = x.detach().numpy()
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            path = export_onnx(m, x, workdir / f"{k}.onnx", form=onnx_form)
+            sess = ort_session(path, threads=threads, spinning=ort_spinning)
+            name = sess.get_inputs()[0].name
+            setup[k] = time.perf_counter() - t0
+            runners[k] = (lambda sess=sess, name=name: sess.run(None, {name: feed}))
+    else:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    return runners, setup
+
+
+def cost_report(
+    name: str,
+    act: Any = "repact",
+    *,
+    baseline_act: Any = "hardswish",
+    input_shape: Sequence[int] = (3, 224, 224),
+    batch_sizes: Sequence[int] = (1, 32),
+    engines: Sequence[str] = ENGINES,
+    warmup: int = 3,
+    rounds: int = 20,
+    num_classes: int = 1000,
+    threads: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    onnx_form: str = "auto",
+    seed: int = 0,
+    workdir: str | Path | None = None,
+    variants: dict[str, nn.Module] | None = None,
+    ort_spinning: bool = True,
+) -> CostReport:
+    """Params, FLOPs and latency of the baseline, training-form and deploy-form models; see the module docstring.
+
+    ``variants`` replaces the built models (a dict name -> model; the first is the baseline).
+    ``ort_spinning=False`` keeps onnxruntime's idle threads from busy-waiting (steadier on a shared machine).
+    """
+    for e in engines:
+        if e not in ENGINES:
+            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    shape = [int(s) for s in input_shape]
+    threads = int(threads or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    probe = torch.randn(1, *shape, generator=gen)
+    notes: list[str] = []
+    if variants is None:
+        variants, notes = build_variants(name, act, baseline_act, num_classes=num_classes, seed=seed,
+                                         model_kwargs=model_kwargs, example_input=probe)
+    report = CostReport(name, str(act), str(baseline_act), shape, notes=notes)
+    report.environment = {
+        "torch": torch.__version__, "threads": threads, "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+        "ort_spinning": ort_spinning, "warmup": warmup, "rounds": rounds, "onnx_form": onnx_form,
+    }
+    try:
+        import onnxruntime
+
+        report.environment["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    for k, m in variants.items():
+        f = count_flops(m, probe)
+        report.static[k] = {"params": count_params(m), "flops": f.total, "activation_flops": f.activation,
+                            "activation_sites": f.sites, "flops_deploy_form": f.total_deploy}
+    baseline = next(iter(variants))
+    tmp = tempfile.TemporaryDirectory(prefix="repact-bench-") if workdir is None else None
+    wd = Path(tmp.name if tmp is not None else workdir)
+    wd.mkdir(parents=True, exist_ok=True)
+    try:
+        for engine in engines:
+            for b in batch_sizes:
+                x = torch.randn(int(b), *shape, generator=gen)
+                runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning)
+                with torch.inference_mode():
+                    timings = time_interleaved(runners, baseline=baseline, warmup=warmup, rounds=rounds)
+                for k, t in timings.items():
+                    row = {"engine": engine, "batch": int(b), "variant": k, **t.as_dict()}
+                    if k in setup:
+                        row["setup_s"] = setup[k]
+                    report.latency.append(row)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if "onnxruntime" in engines and "train" in variants:
+        report.notes.append("onnxruntime 'train' exports the training form as the op's where-chain; "
+                            f"'deploy' uses export form {onnx_form!r}")
+    return report

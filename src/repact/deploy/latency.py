@@ -1,0 +1,88 @@
+"""Latency measurement: warm-up, interleaved rounds, medians and paired ratios.
+
+Every candidate runs once per round, in an order that rotates from round to round, so slow
+drifts of a shared machine hit all candidates alike; the ratio to the baseline is the median of
+the per-round ratios (paired), which cancels most of that drift.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+__all__ = ["Timing", "time_interleaved"]
+
+
+@dataclass
+class Timing:
+    """Per-call wall time of one candidate (milliseconds)."""
+
+    name: str
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    rounds: int
+    ratio: float | None = None  # median of per-round ratios to the baseline
+    ratio_p25: float | None = None
+    ratio_p75: float | None = None
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self, samples: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not samples:
+            d.pop("samples_ms")
+        return d
+
+
+def _quantiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+def time_interleaved(
+    runners: dict[str, Callable[[], Any]],
+    *,
+    baseline: str | None = None,
+    warmup: int = 3,
+    rounds: int = 20,
+    inner: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:
+    """Time each runner ``rounds`` times (``inner`` calls per sample), interleaved; returns per-runner timings.
+
+    ``baseline`` names the runner the ratios are taken against (default: the first).
+    """
+    if not runners:
+        raise ValueError("nothing to time: runners is empty")
+    if rounds < 1 or inner < 1 or warmup < 0:
+        raise ValueError(f"rounds and inner must be >= 1 and warmup >= 0, got {rounds}, {inner}, {warmup}")
+    names = list(runners)
+    baseline = baseline or names[0]
+    if baseline not in runners:
+        raise ValueError(f"baseline {baseline!r} is not one of {', '.join(names)}")
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn = runners[name]
+            t0 = clock()
+            for _ in range(inner):
+                fn()
+            samples[name].append((clock() - t0) * 1e3 / inner)
+    out: dict[str, Timing] = {}
+    base = samples[baseline]
+    for name in names:
+        s = samples[name]
+        p25, med, p75 = _quantiles(s)
+        ratios = [a / b for a, b in zip(s, base) if b > 0]
+        r25, rmed, r75 = _quantiles(ratios) if ratios else (None, None, None)
+        out[name] = Timing(name, med, p25, p75, min(s), rounds, rmed, r25, r75, s)
+    return out

@@ -1,0 +1,201 @@
+"""The deploy pipeline: reparameterize, verify, export ONNX, check it, compare with onnxruntime, save.
+
+``deploy_model(model, out_dir, ...)`` writes, only after every check has passed:
+
+* ``NAME.onnx``: the deploy model (opset >= 17 by default, dynamic batch), checked by
+  ``onnx.checker`` and run by onnxruntime against PyTorch;
+* ``NAME_deploy.safetensors`` + ``NAME_deploy.json``: the deploy weights as a repact checkpoint
+  whose ``model_config`` records ``"reparameterized": true`` (``repact.checkpoint.build_model``
+  rebuilds the deploy architecture and loads them; nothing is unpickled);
+* ``NAME_deploy_report.json``: what was checked, with the numbers.
+
+Files are first written to a staging folder inside ``out_dir`` and moved into place at the end,
+so a failed check leaves ``out_dir`` as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_text, build_model, save_checkpoint
+from ..reparam import deployable_modules, randomize_batchnorm_, reparameterize, verify
+from .cost import count_flops, count_params
+from .onnx_export import export_onnx, last_export_forms, onnx_parity
+
+__all__ = ["DeployError", "DeployResult", "deploy_model"]
+
+
+class DeployError(ValueError):
+    """A deploy check failed (the deploy form differs from the model, or onnxruntime differs)."""
+
+
+@dataclass
+class DeployResult:
+    out_dir: Path
+    onnx_path: Path
+    weights_path: Path
+    config_path: Path
+    report_path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verify(self) -> dict[str, Any]:
+        return self.report["verify"]
+
+    @property
+    def onnx_parity(self) -> float:
+        return self.report["onnx"]["parity_max_abs"]
+
+
+def _prime(model: nn.Module, x: torch.Tensor) -> None:
+    """One eval forward so lazy activations build their parameters."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(x[:1])
+    model.train(was)
+
+
+def _json_ready(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: str(o)))
+
+
+def deploy_model(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    input_shape: Sequence[int] = (3, 224, 224),
+    model_config: dict[str, Any] | None = None,
+    name: str = "model",
+    rtol: float = 1e-5,
+    parity_tol: float = 1e-4,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    onnx_form: str = "auto",
+    randomize_bn: bool = False,
+    batch: int = 2,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> DeployResult:
+    """Reparameterize ``model``, check it, export and save it under ``out_dir``; see the module docstring.
+
+    Args:
+        input_shape: one sample's shape (C, H, W) for the checks and the export.
+        model_config: ``create_model`` arguments (``name``, ``act``, ``num_classes``, ``kwargs``)
+            recorded with the deploy weights so ``build_model`` can rebuild the deploy model.
+        rtol: largest accepted ``max |deploy - model| / max |model|`` of the logits.
+        parity_tol: largest accepted max abs difference between PyTorch and onnxruntime.
+        randomize_bn: also verify a copy whose BatchNorm statistics are randomized (a stricter
+            check of the fold; the saved model keeps its own statistics).
+        batch: batch size of the random check inputs (onnxruntime also runs batch 1 and batch+1).
+        log: called with one line per step (e.g. ``print``).
+    """
+    say = log or (lambda s: None)
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"name must be a plain file stem, got {name!r}")
+    shape = [int(s) for s in input_shape]
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be positive sizes such as 3 224 224, got {list(input_shape)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=gen)
+    model = model.eval()
+    _prime(model, x)
+
+    already = not deployable_modules(model)
+    deployed = model if already else reparameterize(model, inplace=False).eval()
+    res = verify(model, deployed, x)
+    say(f"verify: {res}")
+    checks: dict[str, Any] = {"logits": res.as_dict()}
+    if not res.ok(rtol):
+        raise DeployError(f"the deploy form differs from the model: {res}, above the tolerance rtol={rtol:g}; "
+                          "nothing was written")
+    if randomize_bn:
+        probe = randomize_batchnorm_(copy.deepcopy(model), seed)
+        rb = verify(probe, reparameterize(probe, inplace=False), x)
+        say(f"verify with randomized BatchNorm statistics: {rb}")
+        checks["logits_random_bn"] = rb.as_dict()
+        if not rb.ok(rtol):
+            raise DeployError(f"with randomized BatchNorm statistics the deploy form differs: {rb}, above rtol={rtol:g}; "
+                              "nothing was written")
+
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".repact-deploy-", dir=out))
+    try:
+        onnx_tmp = export_onnx(deployed, x, stage / f"{name}.onnx", opset=opset, dynamic_batch=dynamic_batch,
+                               form=onnx_form)
+        forms = last_export_forms()
+        say(f"onnx: exported opset {opset}, checked by onnx.checker ({(forms.counts() if forms else {})})")
+        batches = [x, torch.randn(1, *shape, generator=gen), torch.randn(batch + 1, *shape, generator=gen)]
+        parity = onnx_parity(deployed, onnx_tmp, batches if dynamic_batch else [x])
+        say(f"onnxruntime parity: max abs diff {parity:.3e} (batches {[b.shape[0] for b in batches] if dynamic_batch else [batch]})")
+        if not parity <= parity_tol:
+            raise DeployError(f"onnxruntime differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
+                              "nothing was written")
+        cfg = dict(model_config or {})
+        cfg["reparameterized"] = True
+        cfg["input_shape"] = shape
+        tpath, jpath = save_checkpoint(stage / f"{name}_deploy", deployed, model_config=cfg)
+        reload_err = None
+        if "name" in cfg:
+            rebuilt = build_model(tpath).eval()
+            with torch.no_grad():
+                reload_err = float((rebuilt(x) - deployed(x)).abs().max())
+            say(f"reload: build_model({tpath.name}) matches the deploy model (max abs diff {reload_err:.1e})")
+            if reload_err != 0.0:
+                raise DeployError(f"the saved deploy weights do not rebuild the deploy model (max abs diff {reload_err:.3e})")
+        fl_model = count_flops(model, x[:1])
+        fl_dep = count_flops(deployed, x[:1])
+        report = {
+            "format": "repact-deploy-report",
+            "version": 1,
+            "model_config": cfg,
+            "already_reparameterized": already,
+            "tolerances": {"rtol": rtol, "parity_tol": parity_tol},
+            "verify": checks,
+            "onnx": {"file": f"{name}.onnx", "opset": int(opset), "dynamic_batch": dynamic_batch,
+                     "export_forms": forms.counts() if forms else {}, "checker": "passed",
+                     "parity_max_abs": parity, "parity_batches": [int(b.shape[0]) for b in batches] if dynamic_batch
+                     else [batch]},
+            "weights": {"file": tpath.name, "header": jpath.name, "reload_max_abs": reload_err},
+            "cost": {"params_train": count_params(model), "params_deploy": count_params(deployed),
+                     "flops_train": fl_model.total, "flops_deploy": fl_dep.total,
+                     "activation_flops_train": fl_model.activation, "activation_flops_deploy": fl_dep.activation},
+            "versions": _versions(),
+        }
+        rpath = stage / f"{name}_deploy_report.json"
+        atomic_write_text(rpath, json.dumps(_json_ready(report), indent=2, sort_keys=True) + "\n")
+        final = {}
+        for p in (onnx_tmp, tpath, jpath, rpath):
+            dest = out / p.name
+            os.replace(p, dest)
+            final[p.name] = dest
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    say(f"wrote {', '.join(str(p) for p in final.values())}")
+    return DeployResult(out, final[f"{name}.onnx"], final[f"{name}_deploy.safetensors"],
+                        final[f"{name}_deploy.json"], final[f"{name}_deploy_report.json"], report)
+
+
+def _versions() -> dict[str, str]:
+    from .. import __version__
+
+    out = {"repact": __version__, "torch": torch.__version__}
+    for mod in ("onnx", "onnxruntime"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return out
