@@ -109,6 +109,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, overwrite: bool
 
 
 def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) -> RunResult:
+    barrier(env)  # every rank has checked the run folder before rank 0 writes into it
     device = pick_device(cfg, env)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
