@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline", default=None, help="activation the others are compared with (default: the first)")
     p.add_argument("--metric", default=None, choices=("last", "best"),
                    help="val top-1 of the last epoch (default) or of the best epoch")
-    p.add_argument("--out", default="compare_out", help="output folder (default ./compare_out)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default ./runs/compare)")
     add_train_options(p, grid=True)
     p.set_defaults(func=run)
 

@@ -67,6 +67,7 @@ def load_digits_arrays(val_fraction: float = 0.2) -> Arrays:
 # MNIST / Fashion-MNIST
 # ---------------------------------------------------------------------------------------------
 
+_DOWNLOAD_HINT = "pass --download on a machine with internet access to fetch it"
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                 "t10k-labels-idx1-ubyte")
 
@@ -93,7 +94,7 @@ def load_mnist_arrays(data_dir: Path, fashion: bool, download: bool) -> Arrays:
     raw = root / folder / "raw"
     layout = f"<data-dir>/{folder}/raw/ holding {', '.join(_MNIST_FILES)} (uncompressed IDX files)"
     if not download:
-        require_dir(raw, f"{name} data folder", layout)
+        require_dir(raw, f"{name} data folder", layout, _DOWNLOAD_HINT)
         missing = [f for f in _MNIST_FILES if not (raw / f).is_file()]
         if missing:
             raise DataError(f"{name}: {raw} lacks {', '.join(missing)}. Expected layout: {layout}; "
@@ -185,7 +186,7 @@ def load_cifar_arrays(name: str, data_dir: Path, download: bool) -> Arrays:
     base = root / folder
     files = [*spec["train"], *spec["test"], spec["meta"]]
     layout = f"<data-dir>/{folder}/ holding {', '.join(files)} (torchvision's python pickles)"
-    require_dir(base, f"{name} data folder", layout)
+    require_dir(base, f"{name} data folder", layout, _DOWNLOAD_HINT)
     missing = [f for f in files if not (base / f).is_file()]
     if missing:
         raise DataError(f"{name}: {base} lacks {', '.join(missing)}. Expected layout: {layout}; pass --download "

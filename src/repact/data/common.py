@@ -63,10 +63,11 @@ class TensorImageDataset(Dataset):
         return x, int(self.targets[i])
 
 
-def require_dir(path: Path, what: str, layout: str) -> Path:
+def require_dir(path: Path, what: str, layout: str, hint: str = "") -> Path:
     """``path`` if it is a folder; a :class:`DataError` naming it and the expected layout otherwise."""
+    hint = f"; {hint}" if hint else ""
     if not path.exists():
-        raise DataError(f"{what}: {path} does not exist. Expected layout: {layout}")
+        raise DataError(f"{what}: {path} does not exist. Expected layout: {layout}{hint}")
     if not path.is_dir():
-        raise DataError(f"{what}: {path} is not a folder. Expected layout: {layout}")
+        raise DataError(f"{what}: {path} is not a folder. Expected layout: {layout}{hint}")
     return path

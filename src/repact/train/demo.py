@@ -117,10 +117,10 @@ def run_demo(out: str | Path = "demo_out", *, epochs: int = 12, seed: int = 0, q
     report = {"epochs": epochs, "seed": seed, "val_images": int(len(y_all)), "rows": rows,
               "verify": check.as_dict(), "top1_flips_after_reparameterize": pair["top1_flips"], "files": files}
     table = format_table(rows)
-    atomic_write_text(out / "demo.md", "# repact demo\n\n" + table + "\n")
-    atomic_write_text(out / _MARKER, json.dumps(report, indent=2) + "\n")
     files["report"] = str(out / "demo.md")
     files["json"] = str(out / _MARKER)
+    atomic_write_text(out / "demo.md", "# repact demo\n\n" + table + "\n")
+    atomic_write_text(out / _MARKER, json.dumps(report, indent=2) + "\n")
     report["table"] = table
     return report
 
