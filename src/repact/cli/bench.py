@@ -1,0 +1,61 @@
+"""``repact bench MODEL``: params, FLOPs and latency of the baseline, training-form and deploy-form models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import CLIError
+from ._model_arg import parse_model_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime)",
+        description="Build MODEL with a baseline activation (default hardswish), with --act (training form) and its "
+                    "reparameterized copy (deploy form); count params and FLOPs (pointwise activation work included) "
+                    "and time them interleaved (warm-up, medians, per-round ratios to the baseline) in each engine "
+                    "and batch size. Prints a table and writes JSON. Random weights; nothing is downloaded.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a registered model name, e.g. mobilenet_v3_small")
+    p.add_argument("--act", default="repact", help="activation of the training/deploy forms (default repact)")
+    p.add_argument("--baseline-act", default="hardswish", help="activation of the baseline model (default hardswish)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="builder keyword (repeatable)")
+    p.add_argument("--image-size", type=int, default=224, help="square RGB input size (default 224)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="default: 1 32")
+    p.add_argument("--engines", nargs="+", default=["eager", "compile", "onnxruntime"],
+                   choices=("eager", "compile", "onnxruntime"), help="default: all three")
+    p.add_argument("--rounds", type=int, default=20, help="timed rounds per engine and batch size (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls per model first (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--onnx-form", choices=("auto", "basis", "where"), default="auto")
+    p.add_argument("--no-ort-spinning", action="store_true", help="stop onnxruntime's idle threads busy-waiting")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, metavar="PATH", help="JSON output (default: bench-MODEL-ACT.json)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..checkpoint import atomic_write_text
+    from ..deploy import cost_report
+    from ..models import get_model_spec
+
+    get_model_spec(args.model)  # unknown names: a clear error listing the choices
+    if args.image_size < 1 or args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_sizes):
+        raise CLIError("--image-size, --rounds and --batch-sizes must be positive and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise CLIError(f"--threads must be a positive integer, got {args.threads}")
+    out = Path(args.json or f"bench-{args.model}-{args.act}.json")
+    if out.exists() and out.is_dir():
+        raise CLIError(f"--json {out} is a folder; give a file name")
+    report = cost_report(
+        args.model, args.act, baseline_act=args.baseline_act, input_shape=(3, args.image_size, args.image_size),
+        batch_sizes=args.batch_sizes, engines=args.engines, warmup=args.warmup, rounds=args.rounds,
+        num_classes=args.num_classes, threads=args.threads, model_kwargs=parse_model_args(args.model_arg),
+        onnx_form=args.onnx_form, seed=args.seed, ort_spinning=not args.no_ort_spinning,
+    )
+    print(report.table())
+    atomic_write_text(out, json.dumps(report.as_dict(), indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
