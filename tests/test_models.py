@@ -152,3 +152,15 @@ def test_whole_model_reparameterization_is_exact(name):
     assert res.max_rel <= 1e-5, res
     assert res.ref_scale > 1e-3  # randomized statistics: a non-trivial output
     assert _count(deployed) == 0 and _count(deployed, PiecewiseQuadratic) == _count(model)
+
+
+def test_timm_builder_swaps_every_call_site():
+    pytest.importorskip("timm")
+    model = create_model("timm", act="repact", num_classes=10, model_name="mobilenetv3_small_100", input_size=32).eval()
+    report = model.repact_swap_report
+    assert _count(model) == len(report) > 20 and report.functional == []
+    repact.randomize_batchnorm_(model)
+    res, _ = repact.verify_reparameterization(model, torch.randn(2, 3, 32, 32), randomize_bn=False)
+    assert res.max_rel <= 1e-5
+    with pytest.raises(ValueError, match="needs model_name="):
+        create_model("timm")
