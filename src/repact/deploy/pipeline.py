@@ -99,6 +99,8 @@ def deploy_model(
             check of the fold; the saved model keeps its own statistics).
         batch: batch size of the random check inputs (onnxruntime also runs batch 1 and batch+1).
         log: called with one line per step (e.g. ``print``).
+
+    The model's train/eval mode is restored afterwards; its weights are not changed.
     """
     say = log or (lambda s: None)
     if not name or any(c in name for c in "/\\") or name.startswith("."):
@@ -109,9 +111,20 @@ def deploy_model(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
+                       randomize_bn, batch, seed, say)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form, randomize_bn,
+            batch, seed, say) -> DeployResult:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=gen)
-    model = model.eval()
+    model.eval()
     _prime(model, x)
 
     already = not deployable_modules(model)
