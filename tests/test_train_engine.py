@@ -183,3 +183,11 @@ def test_mobilenet_v3_small_on_an_image_folder(tmp_path):
     assert res.summary["epochs_done"] == 1
     model = build_model(tmp_path / "run" / "last")
     assert sum(isinstance(m, repact.RepAct) for m in model.modules()) == 23
+
+
+def test_overwrite_starts_clean_logs(tmp_path):
+    train(_tiny(tmp_path, epochs=2, limit_batches=2))
+    res = train(_tiny(tmp_path, epochs=1, limit_batches=2, act="relu"), overwrite=True)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1]
+    assert res.summary["act"] == "relu" and load_checkpoint(tmp_path / "run" / "best").state["config"]["act"] == "relu"

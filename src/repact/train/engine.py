@@ -158,6 +158,7 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
         import yaml
 
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+        logger.truncate_after(0)  # --overwrite: no records of an earlier run stay in the logs
         logger.log_init_acts(activation_snapshot(model))
     logger.open_tensorboard(start)
 
