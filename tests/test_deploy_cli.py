@@ -16,6 +16,15 @@ from repact.deploy import DeployError, deploy_model, ort_session
 from repact.models import create_model, list_models, register_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these small models gain nothing from more, and a shared CPU makes more stall."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _run(capsys, *argv):
     rc = main(list(argv))
     out, err = capsys.readouterr()
@@ -44,10 +53,10 @@ def test_deploy_model_name_end_to_end(tmp_path, capsys):
 
 
 def test_deploy_training_checkpoint_and_verify_it(tmp_path, capsys):
-    model = create_model("mobilenet_v3_small", act="repact_bn", num_classes=7, small_input=True).eval()
+    model = create_model("mobilenet_v3_small", act="repact_bn", num_classes=7, convention="standard").eval()
     repact.randomize_batchnorm_(model)
     repact.randomize_activations_(model)
-    cfg = {"name": "mobilenet_v3_small", "act": "repact_bn", "num_classes": 7, "kwargs": {"small_input": True},
+    cfg = {"name": "mobilenet_v3_small", "act": "repact_bn", "num_classes": 7, "kwargs": {"convention": "standard"},
            "input_shape": [3, 32, 32]}
     save_checkpoint(tmp_path / "trained", model, model_config=cfg)
     rc, out, err = _run(capsys, "verify", str(tmp_path / "trained.safetensors"))

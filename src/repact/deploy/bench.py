@@ -155,8 +155,18 @@ def cost_report(
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     shape = [int(s) for s in input_shape]
-    threads = int(threads or torch.get_num_threads())
+    previous_threads = torch.get_num_threads()
+    threads = int(threads or previous_threads)
     torch.set_num_threads(threads)
+    try:
+        return _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes,
+                            threads, model_kwargs, onnx_form, seed, workdir, variants, ort_spinning)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes, threads,
+                 model_kwargs, onnx_form, seed, workdir, variants, ort_spinning) -> CostReport:
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randn(1, *shape, generator=gen)
     notes: list[str] = []
