@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--steps", type=int, default=2, help="training steps per timed sample")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--rss-steps", type=int, default=3)
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS measurement (CPU)")
     p.add_argument("--device", default="auto")
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/bench_train.json")
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes, args.batch, args.rounds, args.steps, args.warmup, args.rss_steps = "32", 8, 3, 1, 1, 2
+        args.sizes, args.batch, args.rounds, args.steps, args.warmup, args.rss_steps = "32", 8, 4, 1, 2, 2
     args.acts = [a.strip() for a in args.acts.split(",") if a.strip()]
     if args.model not in list_models():
         p.error(f"model {args.model!r} is not registered (have: {', '.join(list_models())})")
