@@ -20,6 +20,16 @@ def shared_data(sub: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """One intra-op thread: the models here are small, and on a shared 2-core CPU a second thread
+    mostly waits at OpenMP barriers (tests that need several threads set them themselves)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

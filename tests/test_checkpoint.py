@@ -78,3 +78,13 @@ def test_reparameterized_models_rebuild_in_deploy_form(tmp_path):
     assert any(isinstance(mod, repact.PiecewiseQuadratic) for mod in rebuilt.modules())
     x = torch.randn(3, 1, 8, 8)
     torch.testing.assert_close(rebuilt(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    m, _ = _trained_model()
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in save_checkpoint(tmp_path / "ck", m, model_config=CFG):
+        assert (p.stat().st_mode & 0o777) == (0o666 & ~mask)

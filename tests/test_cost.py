@@ -12,15 +12,6 @@ from repact.deploy.cost import activation_modules
 from repact.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models gain nothing from more, and a shared CPU makes more stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CONV = 2 * (8 * 8 * 8) * (3 * 9)  # Conv2d(3, 8, 3, padding=1) on 8x8: 2 FLOPs per multiply-add
 FC = 2 * 8 * 10
 

@@ -16,15 +16,6 @@ from repact.deploy import DeployError, deploy_model, ort_session
 from repact.models import create_model, list_models, register_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models gain nothing from more, and a shared CPU makes more stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _run(capsys, *argv):
     rc = main(list(argv))
     out, err = capsys.readouterr()

@@ -23,15 +23,6 @@ from repact.models import create_model
 from repact.reparam import dense_grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models gain nothing from more, and a shared CPU makes more stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _deployed(name="mobilenet_v3_small", act="repact", seed=0):
     model = create_model(name, act=act, num_classes=10).eval()
     repact.randomize_batchnorm_(model, seed)

@@ -12,15 +12,6 @@ from repact.models import create_model, list_models
 from repact.models.tfnet import FunnelAct
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models gain nothing from more, and a shared CPU makes more stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TORCHVISION = ["mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
                "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "mobilenet_v2", "resnet18", "resnet50"]
 TFNETS = ["tfnet_0_5", "tfnet_1_0", "tfnet_1_5", "tfnet_2_0"]

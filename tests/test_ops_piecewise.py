@@ -177,3 +177,51 @@ def test_torch_form_is_scriptable():
     x = torch.randn(2, 3, 4)
     knots, coeffs = _table(3, 3)
     torch.testing.assert_close(scripted(x, knots, coeffs, 1), piecewise_quadratic_torch(x, knots, coeffs, 1))
+
+
+@pytest.mark.parametrize("cc", [1, 8])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_native_kernels_split_work_over_threads(cc, layout):
+    """Large inputs run on several OpenMP threads; per-thread sums must merge exactly once."""
+    if not native_available():
+        pytest.skip("native kernels unavailable on this machine")
+    x = torch.randn(4, 8, 96, 96) * 4
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    knots, coeffs = _table(cc, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = {}
+        for impl in ("native", "torch"):
+            xi = x.clone().requires_grad_(True)
+            ci = coeffs.clone().requires_grad_(True)
+            with backend(impl):
+                y = piecewise_quadratic(xi, knots, ci, 1)
+                y.backward(g)
+            results[impl] = (y.detach(), xi.grad, ci.grad)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(results["native"], results["torch"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("cc", [1, 8])
+def test_native_batch_statistics_over_threads(cc):
+    if not native_available():
+        pytest.skip("native kernels unavailable on this machine")
+    from repact.ops.piecewise import native_stats
+
+    x = torch.randn(4, 8, 96, 96) * 4
+    knots, coeffs = _table(cc, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stats = native_stats(x, knots, coeffs, 1)
+    finally:
+        torch.set_num_threads(threads)
+    s = _reference(x, knots, coeffs, 1)
+    dims = (0, 1, 2, 3) if cc == 1 else (0, 2, 3)
+    torch.testing.assert_close(stats[0], s.sum(dims).reshape(-1), rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(stats[1], (s * s).sum(dims).reshape(-1), rtol=1e-6, atol=1e-3)

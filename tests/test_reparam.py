@@ -237,3 +237,13 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
         xb[0, 0, 0, :3] = torch.tensor([-3.0, 0.0, 3.0])
         (out,) = sess.run(None, {"x": xb.numpy()})
         assert _rel(torch.from_numpy(out), m.forward_branches(xb)) <= 1e-5
+
+
+def test_deploy_module_built_under_inference_mode():
+    _, d = _deployed()
+    with torch.inference_mode():
+        fresh = PiecewiseQuadratic(d.knots, d.coeffs)
+        y = fresh(torch.randn(2, 3, 4))
+    assert y.shape == (2, 3, 4)
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(fresh(x), d(x))

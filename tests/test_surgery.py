@@ -14,15 +14,6 @@ from repact import RepAct
 from repact.surgery import DEFAULT_TARGETS, fit_activation, swap_activations, untie_calls
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small models gain nothing from more, and a shared CPU makes more stall."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _x(n=2, size=32):
     return torch.randn(n, 3, size, size)
 

@@ -6,6 +6,7 @@ from . import activations, fuse, ops
 from .activations import Activation, NotDeployableError, PiecewiseQuadratic, RepAct
 from .official import load_official_state_dict
 from .registry import create_act, get_act_spec, list_acts, register_act
+from .surgery import SwapReport, swap_activations
 from .reparam import (
     VerifyResult,
     randomize_activations_,
@@ -22,6 +23,7 @@ __all__ = [
     "NotDeployableError",
     "PiecewiseQuadratic",
     "RepAct",
+    "SwapReport",
     "VerifyResult",
     "activations",
     "create_act",
@@ -34,6 +36,7 @@ __all__ = [
     "randomize_batchnorm_",
     "register_act",
     "reparameterize",
+    "swap_activations",
     "verify",
     "verify_reparameterization",
 ]

@@ -12,6 +12,12 @@ from .base import Activation
 __all__ = ["PiecewiseQuadratic"]
 
 
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter; inference tensors have none (and cannot be modified in place
+    outside inference mode), so -1 stands for them and the cache is keyed on their storage only."""
+    return -1 if t.is_inference() else t._version
+
+
 class PiecewiseQuadratic(Activation):
     """``y = c0 + c1 x + c2 x^2`` on each segment between sorted ``knots``.
 
@@ -80,7 +86,7 @@ class PiecewiseQuadratic(Activation):
             self.check_channels(x)
         if not (x.requires_grad and torch.is_grad_enabled()) and _use_native(x):
             # the kernel's table is cached and rebuilt when the buffers change (in place or moved)
-            key = (x.dtype, coeffs.data_ptr(), coeffs._version, self.knots.data_ptr(), self.knots._version)
+            key = (x.dtype, coeffs.data_ptr(), _version(coeffs), self.knots.data_ptr(), _version(self.knots))
             cache = self.__dict__.get("_table_cache")
             if cache is None or cache[0] != key:
                 cache = (key, native_table(self.knots, coeffs, x.dtype))

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..checkpoint import current_umask
 from .onnx_forms import ExportFormSummary, prepare_for_export
 
 __all__ = ["MIN_OPSET", "EXPORTERS", "export_onnx", "check_onnx", "ort_session", "onnx_parity", "last_export_forms"]
@@ -99,9 +100,7 @@ def export_onnx(
                                   external_data=False, verbose=False)
         if check:
             check_onnx(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
