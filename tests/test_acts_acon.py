@@ -288,3 +288,18 @@ def test_traced_graph_has_no_python_op():
     traced = torch.jit.trace(m, (x,))  # parameters require grad while tracing
     assert "PythonOp" not in str(traced.graph)
     assert torch.allclose(traced(x), m(x), atol=1e-6)
+
+
+def test_acon_c_compiles_for_training():
+    import repact
+
+    m = repact.create_act("acon_c", channels=4)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    g = torch.randn(2, 4, 5, 5)
+    m(x).backward(g)
+    eager = (x.grad.clone(), m.p1.grad.clone())
+    x.grad = None
+    m.zero_grad()
+    torch.compile(m, backend="aot_eager")(x).backward(g)
+    torch.testing.assert_close(x.grad, eager[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.p1.grad, eager[1], rtol=1e-5, atol=1e-6)

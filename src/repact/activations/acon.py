@@ -40,10 +40,15 @@ def _diff(p1: torch.Tensor | None, p2: torch.Tensor | None) -> torch.Tensor | No
     return (1 - p2) if p1 is None else (p1 - p2)
 
 
-def _acon_eager(x, p1, p2, beta):
+def _acon_eager(x, p1, p2, beta, inplace=True):
+    """The plain expression; ``inplace`` reuses the sigmoid's buffer (only where autograd does not
+    need it, i.e. without grad or inside ``_AconFn``)."""
     d = _diff(p1, p2)
     u = x if d is None else x * d
     z = u if beta is None else u * beta
+    if not inplace:
+        y = torch.sigmoid(z) * u
+        return y if p2 is None else y + x * p2
     y = torch.sigmoid(z).mul_(u)  # a fresh tensor whose dtype already covers p2's (d holds p2)
     return y if p2 is None else y.addcmul_(x, p2)
 
@@ -115,9 +120,10 @@ def acon_forward(
     """
     p1, p2, beta = (_as_operand(t, x, n) for t, n in ((p1, "p1"), (p2, "p2"), (beta, "beta")))
     operands = [t for t in (x, p1, p2, beta) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in operands) and not _tracing():
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
+    if needs_grad and not _tracing():
         return _AconFn.apply(x, p1, p2, beta)
-    return _acon_eager(x, p1, p2, beta)
+    return _acon_eager(x, p1, p2, beta, inplace=not needs_grad)
 
 
 def _tracing() -> bool:
