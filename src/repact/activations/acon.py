@@ -121,9 +121,11 @@ def acon_forward(
     p1, p2, beta = (_as_operand(t, x, n) for t, n in ((p1, "p1"), (p2, "p2"), (beta, "beta")))
     operands = [t for t in (x, p1, p2, beta) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
-    if needs_grad and not _tracing():
+    tracing = _tracing()
+    if needs_grad and not tracing:
         return _AconFn.apply(x, p1, p2, beta)
-    return _acon_eager(x, p1, p2, beta, inplace=not needs_grad)
+    # tracers see one graph whatever the grad mode: the out-of-place expression
+    return _acon_eager(x, p1, p2, beta, inplace=not (needs_grad or tracing))
 
 
 def _tracing() -> bool:
