@@ -18,7 +18,7 @@ computes the literal branch sum, for checks and as the reference.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,14 @@ from torch.utils.checkpoint import checkpoint
 from .. import fuse
 from ..ops.piecewise import (
     _NATIVE_DTYPES,
-    _backward_torch,
     _native_backward,
     _native_forward,
     _use_native,
+    get_backend,
+    native_available,
     native_stats,
     piecewise_quadratic,
+    piecewise_quadratic_backward,
 )
 from .base import Activation, NotDeployableError
 from .piecewise import PiecewiseQuadratic
@@ -82,7 +84,8 @@ class _BatchNormFoldFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, knots, coeffs, gamma, beta, eps, channel_dim, dims):
-        s = piecewise_quadratic(x, knots, coeffs, channel_dim)
+        with torch.no_grad():  # (a compiler tracing this may not have switched grad off itself)
+            s = piecewise_quadratic(x, knots, coeffs, channel_dim)
         var, mean = torch.var_mean(s, dim=dims, unbiased=False, keepdim=True)
         invstd = torch.rsqrt(var + eps)
         g = gamma.reshape(mean.shape) if gamma.numel() > 1 else gamma.reshape([1] * x.dim())
@@ -106,16 +109,8 @@ class _BatchNormFoldFn(torch.autograd.Function):
             ggamma = (gy * shat).sum(dim=dims, keepdim=True)
             g = gamma.reshape(mean.shape) if gamma.numel() > 1 else gamma.reshape([1] * x.dim())
             gs = shat.mul_(ggamma / n).neg_().add_(gy).sub_(gbeta / n).mul_(invstd * g)
-            need_x = ctx.needs_input_grad[0]
-            need_c = ctx.needs_input_grad[2]
-            out = None
-            if _use_native(x):
-                out = _native_backward(gs, x, knots, coeffs, ctx.channel_dim, need_x, need_c)
-            if out is None:
-                out = _backward_torch(gs, x, knots, coeffs, ctx.channel_dim, need_x, need_c)
-            gx, gc = out
-            if gx is not None and gx.shape != x.shape:
-                gx = gx.reshape(x.shape)
+            gx, gc = piecewise_quadratic_backward(gs, x, knots, coeffs, ctx.channel_dim, ctx.needs_input_grad[0],
+                                                  ctx.needs_input_grad[2])
         return gx, None, gc, ggamma.reshape(gamma.shape), gbeta.reshape(gamma.shape), None, None, None
 
 
@@ -143,76 +138,137 @@ def _table_vjp(grad_table, w_raw, w, slope, base, part, softmax):
     return gw.reshape(w_raw.shape), g_slope
 
 
-class _FusedRepActFn(torch.autograd.Function):
-    """RepAct's training op on the native kernels, parameters in, output out.
+def _fused_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax: bool, eps: float, cd: int):
+    """RepAct's training forward on the native kernels: ``(y, mean, var)``, mean/var empty for I/II.
 
-    Forward: table from the parameters, one pass (I/II) or a statistics pass plus one pass with the
-    BatchNorm folded in (III, batch statistics). Backward: one pass (I/II) or two (III). Only the
-    input and a few tiny tensors are kept.
+    One pass (I/II), or a statistics pass and one pass with the BatchNorm folded in (III with batch
+    statistics; mean/var (Cc,) float64 are then its batch statistics).
     """
+    _, table = _table_from_params(w_raw, slope, base, part, softmax)
+    cc = table.shape[0]
+    coeffs = table.reshape(cc, -1, 3)
+    if gamma is None:
+        empty = x.new_empty(0, dtype=torch.float64)
+        return _native_forward(x, knots, coeffs, cd).reshape(x.shape), empty, empty.clone()
+    st = native_stats(x, knots, coeffs, cd)
+    n = x.numel() // cc
+    mean = st[0] / n
+    var = (st[1] / n - mean * mean).clamp_min(0.0)
+    scale = gamma.detach().double() * torch.rsqrt(var + eps)
+    shift = beta.detach().double() - mean * scale
+    folded = fuse.fold_affine(coeffs.double(), scale, shift).to(coeffs.dtype)
+    return _native_forward(x, knots, folded, cd).reshape(x.shape), mean, var
 
-    @staticmethod
-    def forward(ctx, x, w_raw, slope, gamma, beta, mod, cd):
-        base, part, knots = mod._basis_flat(), mod._slope_basis_flat(), mod._knots
-        softmax = mod.variant == "softmax"
-        w, table = _table_from_params(w_raw, slope, base, part, softmax)
-        cc = table.shape[0]
-        coeffs = table.reshape(cc, -1, 3)
-        ctx.mod, ctx.cd, ctx.softmax = mod, cd, softmax
-        if gamma is None:
-            y = _native_forward(x, knots, coeffs, cd)
-            ctx.save_for_backward(x, w_raw, w, slope, coeffs)
-            ctx.bn = False
-            return y
-        stats = native_stats(x, knots, coeffs, cd)
+
+def _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, need_x, need_table):
+    """Gradients ``(gx, g_w_raw, g_slope, g_gamma, g_beta)`` (None where not needed or not present)."""
+    w, table = _table_from_params(w_raw, slope, base, part, softmax)
+    cc = table.shape[0]
+    coeffs = table.reshape(cc, -1, 3)
+    ggamma = gbeta = None
+    if gamma is None:
+        gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, True)
+    else:
         n = x.numel() // cc
-        mean = stats[0] / n
-        var = (stats[1] / n - mean * mean).clamp_min(0.0)
-        invstd = torch.rsqrt(var + mod.bn.eps)
-        scale = gamma.detach().double() * invstd
-        shift = beta.detach().double() - mean * scale
-        folded = fuse.fold_affine(coeffs.double(), scale, shift).to(coeffs.dtype)
-        y = _native_forward(x, knots, folded, cd)
-        mod._update_running(mean, var, n)
-        ctx.save_for_backward(x, w_raw, w, slope, coeffs, gamma, mean, invstd)
-        ctx.bn = True
-        return y
+        invstd = torch.rsqrt(var + eps)
+        _, moments = _native_backward(g, x, knots, coeffs, cd, False, True)
+        m = moments.double()  # (Cc, S, 3): sums of g x^j per segment
+        sum_g = m[:, :, 0].sum(1)
+        sum_gs = (coeffs.double() * m).sum((1, 2))  # sum of g * s(x)
+        sum_gshat = invstd * (sum_gs - mean * sum_g)
+        gam = gamma.detach().double()
+        alpha = gam * invstd
+        beta_ = -gam * invstd * invstd * sum_gshat / n
+        delta = -alpha * sum_g / n - beta_ * mean
+        gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, True, torch.stack([alpha, beta_, delta]))
+        ggamma = sum_gshat.to(gamma.dtype).reshape(gamma.shape)
+        gbeta = sum_g.to(gamma.dtype).reshape(gamma.shape)
+    gw = gslope = None
+    if need_table:
+        gw, gslope = _table_vjp(gc.reshape(cc, -1).to(w.dtype), w_raw, w, slope, base, part, softmax)
+    if gx is not None and gx.shape != x.shape:
+        gx = gx.reshape(x.shape)
+    return gx, gw, gslope, ggamma, gbeta
+
+
+class _FusedRepActFn(torch.autograd.Function):
+    """Eager autograd wrapper of the fused op (no dispatcher overhead); keeps the input and the
+    tiny parameters only."""
 
     @staticmethod
-    def backward(ctx, g):
-        mod, cd = ctx.mod, ctx.cd
-        knots = mod._knots
-        need_x = ctx.needs_input_grad[0]
-        need_table = any(ctx.needs_input_grad[1:3])
-        if not ctx.bn:
-            x, w_raw, w, slope, coeffs = ctx.saved_tensors
-            gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, need_table)
-            ggamma = gbeta = None
-        else:
-            x, w_raw, w, slope, coeffs, gamma, mean, invstd = ctx.saved_tensors
-            cc = coeffs.shape[0]
-            n = x.numel() // cc
-            _, moments = _native_backward(g, x, knots, coeffs, cd, False, True)
-            m = moments.double()  # (Cc, S, 3): sums of g x^j per segment
-            sum_g = m[:, :, 0].sum(1)
-            sum_gs = (coeffs.double() * m).sum((1, 2))  # sum of g * s(x)
-            sum_gshat = invstd * (sum_gs - mean * sum_g)
-            gam = gamma.detach().double()
-            alpha = gam * invstd
-            beta_ = -gam * invstd * invstd * sum_gshat / n
-            delta = -alpha * sum_g / n - beta_ * mean
-            affine = torch.stack([alpha, beta_, delta])
-            gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, need_table, affine)
-            ggamma = sum_gshat.to(gamma.dtype).reshape(gamma.shape)
-            gbeta = sum_g.to(gamma.dtype).reshape(gamma.shape)
-        gw = gslope = None
-        if need_table:
-            grad_table = gc.reshape(gc.shape[0], -1).to(w.dtype)
-            gw, gslope = _table_vjp(grad_table, w_raw, w, slope, mod._basis_flat(), mod._slope_basis_flat(),
-                                    ctx.softmax)
-        if gx is not None and gx.shape != x.shape:
-            gx = gx.reshape(x.shape)
-        return gx, gw, gslope, ggamma, gbeta, None, None
+    def forward(ctx, x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd):
+        with torch.no_grad():
+            y, mean, var = _fused_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd)
+        ctx.save_for_backward(x, w_raw, slope, gamma, mean, var, knots, base, part)
+        ctx.conf = (softmax, eps, cd)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, g, _gmean, _gvar):
+        x, w_raw, slope, gamma, mean, var, knots, base, part = ctx.saved_tensors
+        softmax, eps, cd = ctx.conf
+        with torch.no_grad():
+            grads = _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd,
+                                    ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:3]))
+        return (*grads, None, None, None, None, None, None)
+
+
+# The same op as a PyTorch custom op, for torch.compile (which cannot trace a ctypes call but keeps
+# a custom op as one opaque node).
+@torch.library.custom_op("repact::repact_train", mutates_args=())
+def _repact_train_op(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor],
+                     gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], knots: torch.Tensor,
+                     base: torch.Tensor, part: torch.Tensor, softmax: bool, eps: float,
+                     cd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fused_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd)
+
+
+@_repact_train_op.register_fake
+def _(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd):
+    n = 0 if gamma is None else gamma.numel()
+    return torch.empty_like(x), x.new_empty(n, dtype=torch.float64), x.new_empty(n, dtype=torch.float64)
+
+
+@torch.library.custom_op("repact::repact_train_backward", mutates_args=())
+def _repact_train_backward_op(g: torch.Tensor, x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor],
+                              gamma: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
+                              knots: torch.Tensor, base: torch.Tensor, part: torch.Tensor, softmax: bool,
+                              eps: float, cd: int) -> list[torch.Tensor]:
+    grads = _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, True, True)
+    return [t if t is not None else x.new_empty(0) for t in grads]
+
+
+@_repact_train_backward_op.register_fake
+def _(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd):
+    empty = x.new_empty(0)
+    return [torch.empty_like(x), torch.empty_like(w_raw), torch.empty_like(slope) if slope is not None else empty,
+            torch.empty_like(gamma) if gamma is not None else empty,
+            torch.empty_like(gamma) if gamma is not None else empty]
+
+
+def _setup(ctx, inputs, output):
+    x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd = inputs
+    _, mean, var = output
+    ctx.save_for_backward(x, w_raw, slope, gamma, mean, var, knots, base, part)
+    ctx.conf = (softmax, eps, cd, slope is not None, gamma is not None)
+
+
+def _backward(ctx, g, _gmean, _gvar):
+    x, w_raw, slope, gamma, mean, var, knots, base, part = ctx.saved_tensors
+    softmax, eps, cd, has_slope, has_bn = ctx.conf
+    gx, gw, gslope, ggamma, gbeta = _repact_train_backward_op(g, x, w_raw, slope, gamma, mean, var, knots, base,
+                                                              part, softmax, eps, cd)
+    return (gx, gw, gslope if has_slope else None, ggamma if has_bn else None, gbeta if has_bn else None,
+            None, None, None, None, None, None)
+
+
+_repact_train_op.register_autograd(_backward, setup_context=_setup)
+
+
+@torch._dynamo.assume_constant_result
+def _native_ok() -> bool:
+    return get_backend() != "torch" and native_available()
 
 
 class RepAct(Activation):
@@ -353,9 +409,13 @@ class RepAct(Activation):
         return self._slope_basis.reshape(self._slope_basis.shape[0], -1)
 
     def _fused_applies(self, x: torch.Tensor) -> bool:
-        if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in _NATIVE_DTYPES or x.numel() == 0:
+        """Whether the native training op runs this call (eagerly, or as custom ops when compiled)."""
+        if not x.is_cpu or x.dtype not in _NATIVE_DTYPES or self.branch_weight.dtype != x.dtype:
             return False
-        if self.branch_weight.dtype != x.dtype or not _use_native(x):
+        if torch.compiler.is_compiling():
+            if not _native_ok():
+                return False
+        elif type(x) is not torch.Tensor or x.numel() == 0 or not _use_native(x):
             return False
         return self.variant != "bn" or (self._use_batch_stats(x) and self.bn.weight is not None)
 
@@ -367,20 +427,45 @@ class RepAct(Activation):
             return self._forward_generic(x)
         cd = self.channel_dim(x)
         if self._fused_applies(x):
-            if self.variant == "bn":
-                return _FusedRepActFn.apply(x, self.branch_weight, self.prelu_weight, self.bn.weight, self.bn.bias,
-                                            self, cd)
-            return _FusedRepActFn.apply(x, self.branch_weight, self.prelu_weight, None, None, self, cd)
+            bn = self.variant == "bn"
+            fn = _repact_train_op if torch.compiler.is_compiling() else _FusedRepActFn.apply
+            y, mean, var = fn(
+                x, self.branch_weight, self.prelu_weight, self.bn.weight if bn else None,
+                self.bn.bias if bn else None, self._knots, self._basis_flat(), self._slope_basis_flat(),
+                self.variant == "softmax", self.bn.eps if bn else 0.0, cd,
+            )
+            if bn:
+                self._update_running(mean, var, x.numel() // mean.numel())
+            return y
         knots, coeffs = self.piece_table()
         if self.variant != "bn":
             return piecewise_quadratic(x, knots, coeffs, cd)
         if not self._use_batch_stats(x):
             scale, shift = self._bn_affine()
             return piecewise_quadratic(x, knots, fuse.fold_affine(coeffs, scale, shift), cd)
+        if torch.compiler.is_compiling():
+            # plain ops, recomputed from x in backward (left to itself, the compiler's partitioner
+            # keeps one boolean mask per knot instead, which costs memory and is slow to store)
+            y, mean, var = checkpoint(self._pq_batchnorm, x, knots, coeffs, cd, use_reentrant=False)
+            self._update_running(mean, var, x.numel() // mean.numel())
+            return y
         dims = self._reduce_dims(x)
         y, mean, var = _BatchNormFoldFn.apply(x, knots, coeffs, self.bn.weight, self.bn.bias, self.bn.eps, cd, dims)
         self._update_running(mean, var, x.numel() // mean.numel())
         return y
+
+    def _pq_batchnorm(self, x, knots, coeffs, cd):
+        """Training-mode BatchNorm over the piecewise quadratic in plain ops; returns (y, mean, var)."""
+        s = piecewise_quadratic(x, knots, coeffs, cd)
+        dims = self._reduce_dims(x)
+        # two plain reductions: the compiler vectorizes sums far better than a Welford var_mean
+        mean = s.mean(dim=dims, keepdim=True)
+        var = (s - mean).square().mean(dim=dims, keepdim=True)
+        gamma, beta = self.bn.weight, self.bn.bias
+        if gamma.numel() > 1:
+            gamma, beta = self._per_channel(gamma, x, cd), self._per_channel(beta, x, cd)
+        y = (s - mean) * torch.rsqrt(var + self.bn.eps) * gamma + beta
+        return y, mean.detach(), var.detach()
 
     def _branch_sum(self, x: torch.Tensor) -> torch.Tensor:
         w = self.branch_weights()

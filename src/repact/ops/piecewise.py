@@ -136,17 +136,18 @@ def _backward_torch(
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         xs = x.to(acc)
         gs = g.to(acc)
-        seg = torch.zeros_like(x, dtype=torch.int64)
+        # sums of g x^j over all elements and over each {x >= t[k]}; segment s is the difference
+        # {x >= t[s-1]} minus {x >= t[s]} (one compare per knot, as in the C kernel)
+        g1 = gs * xs
+        g2 = g1 * xs
+        zero = torch.zeros((), dtype=acc, device=x.device)
+        cum = [torch.stack([gs.sum(dims).reshape(-1), g1.sum(dims).reshape(-1), g2.sum(dims).reshape(-1)], -1)]
         for k in range(knots.shape[0]):
-            seg = seg + (x >= knots[k].to(x.dtype)).long()
-        rows = []
-        for s in range(s_count):
-            gm = torch.where(seg == s, gs, torch.zeros((), dtype=acc, device=x.device))
-            m0 = gm.sum(dims)
-            gmx = gm * xs
-            m1 = gmx.sum(dims)
-            m2 = (gmx * xs).sum(dims)
-            rows.append(torch.stack([m0.reshape(-1), m1.reshape(-1), m2.reshape(-1)], dim=-1))
+            m = x >= knots[k].to(x.dtype)
+            cum.append(torch.stack([torch.where(m, gs, zero).sum(dims).reshape(-1),
+                                    torch.where(m, g1, zero).sum(dims).reshape(-1),
+                                    torch.where(m, g2, zero).sum(dims).reshape(-1)], -1))
+        rows = [cum[s] - cum[s + 1] if s + 1 < s_count else cum[s] for s in range(s_count)]
         gc = torch.stack(rows, dim=1).reshape(cc, s_count, 3).to(coeffs.dtype)
     return gx, gc
 
@@ -280,15 +281,21 @@ class _PiecewiseQuadraticFn(torch.autograd.Function):
     def backward(ctx, g):
         x, knots, coeffs = ctx.saved_tensors
         need_x, _, need_c, _ = ctx.needs_input_grad
-        out = None
-        if _use_native(x):
-            out = _native_backward(g, x, knots, coeffs, ctx.channel_dim, need_x, need_c)
-        if out is None:
-            out = _backward_torch(g, x, knots, coeffs, ctx.channel_dim, need_x, need_c)
-        gx, gc = out
-        if gx is not None and gx.shape != x.shape:
-            gx = gx.reshape(x.shape)
+        gx, gc = piecewise_quadratic_backward(g, x, knots, coeffs, ctx.channel_dim, need_x, need_c)
         return gx, None, gc, None
+
+
+def piecewise_quadratic_backward(g, x, knots, coeffs, channel_dim, need_x, need_c):
+    """(gx, gcoeffs) of the op for an incoming gradient ``g``, native where it applies."""
+    out = None
+    if _use_native(x):
+        out = _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c)
+    if out is None:
+        out = _backward_torch(g, x, knots, coeffs, channel_dim, need_x, need_c)
+    gx, gc = out
+    if gx is not None and gx.shape != x.shape:
+        gx = gx.reshape(x.shape)
+    return gx, gc
 
 
 def piecewise_quadratic(
@@ -312,9 +319,16 @@ def piecewise_quadratic(
             f"per-channel coefficients for {coeffs.shape[0]} channels do not match input shape "
             f"{tuple(x.shape)} with channels on dim {channel_dim}"
         )
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or coeffs.requires_grad)
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return piecewise_quadratic_torch(x, knots, coeffs, cd)
-    if not (x.requires_grad or coeffs.requires_grad) or not torch.is_grad_enabled():
+    if torch.compiler.is_compiling():
+        # under autograd the compiler would keep one mask per knot for backward (and store them
+        # slowly); the Function keeps only x and recomputes, in tensor ops the compiler fuses
+        if needs_grad:
+            return _PiecewiseQuadraticFn.apply(x, knots, coeffs, cd)
+        return piecewise_quadratic_torch(x, knots, coeffs, cd)
+    if not needs_grad:
         if _use_native(x):
             y = _native_forward(x, knots, coeffs, cd)
             if y is not None:

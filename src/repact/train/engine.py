@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, save_checkpoint
