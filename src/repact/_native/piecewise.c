@@ -58,9 +58,9 @@ static int pick_threads(int64_t work, int nthreads) {
 
 #define DEFINE_KERNELS(T, SUF, K, VT, VI)                                                        \
                                                                                                  \
-static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t n,              \
-                                   const T* restrict t, const T* restrict coef, int64_t S,       \
-                                   int64_t Cc, int64_t c) {                                      \
+static void fwd_block_##SUF##_k##K(const T* restrict xb, T* restrict yb, int64_t nblk,           \
+                                   int64_t bs, int64_t n, const T* restrict t,                   \
+                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c) {   \
     T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
     for (int s = 0; s <= K; ++s) {                                                               \
         c0[s] = coef[(0 * S + s) * Cc + c];                                                      \
@@ -68,6 +68,9 @@ static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t
         c2[s] = coef[(2 * S + s) * Cc + c];                                                      \
     }                                                                                            \
     for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
+    for (int64_t b = 0; b < nblk; ++b) {                                                         \
+    const T* restrict xp = xb + b * bs;                                                          \
+    T* restrict yp = yb + b * bs;                                                                \
     for (int64_t i = 0; i < n; ++i) {                                                            \
         T v = xp[i];                                                                             \
         T a0 = c0[0], a1 = c1[0], a2 = c2[0];                                                    \
@@ -80,6 +83,7 @@ static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t
         T q = a2 * v;                                                                            \
         q = (a2 == (T)0) ? (T)0 : q; /* linear segments stay +-inf at +-inf, not NaN */          \
         yp[i] = a0 + v * (a1 + q);                                                               \
+    }                                                                                            \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
@@ -105,10 +109,10 @@ static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-/* sum s and sum s^2 of one block into out[0], out[1] */                                         \
-static void stats_block_##SUF##_k##K(const T* restrict xp, int64_t n, const T* restrict t,       \
-                                     const T* restrict coef, int64_t S, int64_t Cc, int64_t c,   \
-                                     double* restrict out) {                                     \
+/* sum s and sum s^2 of nblk blocks (n elements each, bs apart) into out[0], out[Cc] */          \
+static void stats_block_##SUF##_k##K(const T* restrict xb, int64_t nblk, int64_t bs, int64_t n,  \
+                                     const T* restrict t, const T* restrict coef, int64_t S,     \
+                                     int64_t Cc, int64_t c, double* restrict out) {              \
     enum { L = VBYTES / sizeof(T) };                                                             \
     const VT zero = {0};                                                                         \
     T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
@@ -120,10 +124,13 @@ static void stats_block_##SUF##_k##K(const T* restrict xp, int64_t n, const T* r
         c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                     \
     }                                                                                            \
     for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                           \
+    VT s1 = zero, s2 = zero;                                                                     \
+    double d1 = 0.0, d2 = 0.0;                                                                   \
+    int64_t since = 0;                                                                           \
+    for (int64_t b = 0; b < nblk; ++b)                                                           \
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                  \
         const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                     \
-        const T* restrict xc = xp + i0;                                                          \
-        VT s1 = zero, s2 = zero;                                                                 \
+        const T* restrict xc = xb + b * bs + i0;                                                 \
         int64_t i = 0;                                                                           \
         for (; i + L <= m; i += L) {                                                             \
             VT v;                                                                                \
@@ -140,8 +147,6 @@ static void stats_block_##SUF##_k##K(const T* restrict xp, int64_t n, const T* r
             s1 += s;                                                                             \
             s2 += s * s;                                                                         \
         }                                                                                        \
-        double d1 = 0.0, d2 = 0.0;                                                               \
-        for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                \
         for (; i < m; ++i) {                                                                     \
             T v = xc[i];                                                                         \
             int seg = 0;                                                                         \
@@ -151,9 +156,15 @@ static void stats_block_##SUF##_k##K(const T* restrict xp, int64_t n, const T* r
             d1 += s;                                                                             \
             d2 += s * s;                                                                         \
         }                                                                                        \
-        out[0] += d1;                                                                            \
-        out[Cc] += d2;                                                                           \
+        since += m;                                                                              \
+        if (since >= CHUNK) { /* keep float partial sums short */                                \
+            for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                            \
+            s1 = zero; s2 = zero; since = 0;                                                     \
+        }                                                                                        \
     }                                                                                            \
+    for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                    \
+    out[0] += d1;                                                                                \
+    out[Cc] += d2;                                                                               \
 }                                                                                                \
                                                                                                  \
 static void stats_row_##SUF##_k##K(const T* restrict xp, int64_t C, const T* restrict t,         \
@@ -182,10 +193,10 @@ static void stats_row_##SUF##_k##K(const T* restrict xp, int64_t C, const T* res
 /* One pass per chunk: h (g, or the affine of g and s), gx = h s'(x), and the moment sums of   \
  * h, h x, h x^2 over all elements and over each {x >= t[k]}; a segment's sums are differences  \
  * of those (segment s = {x >= t[s-1]} minus {x >= t[s]}), so one compare per knot suffices. */ \
-static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* restrict gxp,  \
-                                   double* restrict acc, const double* restrict aff, int64_t n,  \
-                                   const T* restrict t, const T* restrict coef, int64_t S,       \
-                                   int64_t Cc, int64_t c) {                                      \
+static void bwd_block_##SUF##_k##K(const T* restrict xb, const T* restrict gb, T* restrict gxb,  \
+                                   double* restrict acc, const double* restrict aff,             \
+                                   int64_t nblk, int64_t bs, int64_t n, const T* restrict t,     \
+                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c) {   \
     enum { L = VBYTES / sizeof(T) };                                                             \
     const VT zero = {0};                                                                         \
     T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
@@ -200,13 +211,18 @@ static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T
     const T al = aff ? (T)aff[c] : (T)1, be = aff ? (T)aff[Cc + c] : (T)0;                       \
     const T de = aff ? (T)aff[2 * Cc + c] : (T)0;                                                \
     const VT alv = zero + al, bev = zero + be, dev = zero + de;                                  \
+    VT all0 = zero, all1 = zero, all2 = zero;                                                    \
+    VT ge0[K + 1], ge1[K + 1], ge2[K + 1];                                                       \
+    for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }                \
+    double sa[3] = {0, 0, 0}, sg[K + 1][3];                                                      \
+    for (int k = 0; k <= K; ++k) sg[k][0] = sg[k][1] = sg[k][2] = 0.0;                           \
+    int64_t since = 0;                                                                           \
+    for (int64_t b = 0; b < nblk; ++b)                                                           \
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                  \
         const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                     \
-        const T* restrict xc = xp + i0;                                                          \
-        const T* restrict gc = gp + i0;                                                          \
-        VT all0 = zero, all1 = zero, all2 = zero;                                                \
-        VT ge0[K + 1], ge1[K + 1], ge2[K + 1];                                                   \
-        for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }            \
+        const T* restrict xc = xb + b * bs + i0;                                                 \
+        const T* restrict gc = gb + b * bs + i0;                                                 \
+        T* restrict gxc = gxb ? gxb + b * bs + i0 : NULL;                                        \
         int64_t i = 0;                                                                           \
         for (; i + L <= m; i += L) {                                                             \
             VT v, g;                                                                             \
@@ -226,10 +242,10 @@ static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T
                 VT s = a0 + v * (a1 + (VT)((VI)(a2 * v) & nz));                                  \
                 g = alv * g + bev * s + dev;                                                     \
             }                                                                                    \
-            if (gxp) {                                                                           \
+            if (gxc) {                                                                           \
                 VT q = (VT)((VI)((a2 + a2) * v) & nz);                                           \
                 VT out = g * (a1 + q);                                                           \
-                memcpy(gxp + i0 + i, &out, sizeof out);                                          \
+                memcpy(gxc + i, &out, sizeof out);                                               \
             }                                                                                    \
             if (acc) {                                                                           \
                 VT g1 = g * v, g2 = g1 * v;                                                      \
@@ -241,16 +257,6 @@ static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
-        double sa[3] = {0, 0, 0}, sg[K + 1][3];                                                  \
-        for (int k = 0; k <= K; ++k) sg[k][0] = sg[k][1] = sg[k][2] = 0.0;                       \
-        if (acc) {                                                                               \
-            for (int l = 0; l < L; ++l) {                                                        \
-                sa[0] += all0[l]; sa[1] += all1[l]; sa[2] += all2[l];                            \
-                for (int k = 0; k < K; ++k) {                                                    \
-                    sg[k][0] += ge0[k][l]; sg[k][1] += ge1[k][l]; sg[k][2] += ge2[k][l];         \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
         for (; i < m; ++i) {                                                                     \
             T v = xc[i], g = gc[i];                                                              \
             int seg = 0;                                                                         \
@@ -259,9 +265,9 @@ static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T
                 T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                    \
                 g = al * g + be * (c0[seg] + v * (c1[seg] + q)) + de;                            \
             }                                                                                    \
-            if (gxp) {                                                                           \
+            if (gxc) {                                                                           \
                 T q = (c2[seg] == (T)0) ? (T)0 : (c2[seg] + c2[seg]) * v;                        \
-                gxp[i0 + i] = g * (c1[seg] + q);                                                 \
+                gxc[i] = g * (c1[seg] + q);                                                      \
             }                                                                                    \
             if (acc) {                                                                           \
                 double dv = (double)v, dg = (double)g;                                           \
@@ -271,14 +277,27 @@ static void bwd_block_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
-        if (acc) {                                                                               \
-            for (int s = 0; s <= K; ++s)                                                         \
-                for (int j = 0; j < 3; ++j) {                                                    \
-                    double above = (s == 0) ? sa[j] : sg[s - 1][j];                              \
-                    double beyond = (s == K) ? 0.0 : sg[s][j];                                   \
-                    acc[(j * S + s) * Cc + c] += above - beyond;                                 \
+        since += m;                                                                              \
+        if (acc && (since >= CHUNK || (b == nblk - 1 && i0 + m >= n))) {                         \
+            /* flush the float lanes into double sums (keeps float partial sums short) */        \
+            for (int l = 0; l < L; ++l) {                                                        \
+                sa[0] += all0[l]; sa[1] += all1[l]; sa[2] += all2[l];                            \
+                for (int k = 0; k < K; ++k) {                                                    \
+                    sg[k][0] += ge0[k][l]; sg[k][1] += ge1[k][l]; sg[k][2] += ge2[k][l];         \
                 }                                                                                \
+            }                                                                                    \
+            all0 = zero; all1 = zero; all2 = zero;                                               \
+            for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }        \
+            since = 0;                                                                           \
         }                                                                                        \
+    }                                                                                            \
+    if (acc) {                                                                                   \
+        for (int s = 0; s <= K; ++s)                                                             \
+            for (int j = 0; j < 3; ++j) {                                                        \
+                double above = (s == 0) ? sa[j] : sg[s - 1][j];                                  \
+                double beyond = (s == K) ? 0.0 : sg[s][j];                                       \
+                acc[(j * S + s) * Cc + c] += above - beyond;                                     \
+            }                                                                                    \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
@@ -343,17 +362,18 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
         if (inner == 1 && C > 1) {                                                               \
             int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                        \
             for (int64_t o = o0; o < o1; ++o) { ROW }                                            \
-        } else {                                                                                 \
-            int64_t start = total * tid / nth, end = total * (tid + 1) / nth;                    \
-            int64_t i = start;                                                                   \
-            while (i < end) {                                                                    \
-                int64_t blk = i / inner, off = i - blk * inner;                                  \
-                int64_t c = (Cc == 1) ? 0 : blk % C;                                             \
-                int64_t len = inner - off;                                                       \
-                if (len > end - i) len = end - i;                                                \
+        } else if (Cc > 1) {                                                                     \
+            /* per-channel tables: each thread takes whole channels, all their blocks at once */ \
+            int64_t c0 = C * tid / nth, c1 = C * (tid + 1) / nth;                                \
+            for (int64_t c = c0; c < c1; ++c) {                                                  \
+                const int64_t i = c * inner, nblk = outer, bs = C * inner, len = inner;          \
                 { BLOCK }                                                                        \
-                i += len;                                                                        \
             }                                                                                    \
+        } else {                                                                                 \
+            /* one table (Cc == 1): the flat range, one contiguous piece per thread */           \
+            int64_t start = total * tid / nth, end = total * (tid + 1) / nth;                    \
+            const int64_t i = start, nblk = 1, bs = 0, len = end - start, c = 0;                 \
+            if (len > 0) { BLOCK }                                                               \
         }                                                                                        \
     }
 
@@ -372,7 +392,7 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
     _Pragma("omp parallel num_threads(nt)")                                                      \
     FOR_THREAD_SHARE(                                                                            \
         KSWITCH(fwd_row, SUF, x + o * C, y + o * C, C, t, coef, S),                              \
-        KSWITCH(fwd_block, SUF, x + i, y + i, len, t, coef, S, Cc, c))                           \
+        KSWITCH(fwd_block, SUF, x + i, y + i, nblk, bs, len, t, coef, S, Cc, c))                           \
     return 0;                                                                                    \
 }                                                                                                \
                                                                                                  \
@@ -394,7 +414,7 @@ int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, i
         } else {                                                                                 \
             FOR_THREAD_SHARE(                                                                    \
                 KSWITCH(stats_row, SUF, x + o * C, C, t, coef, S, local),                        \
-                KSWITCH(stats_block, SUF, x + i, len, t, coef, S, Cc, c, local + c))             \
+                KSWITCH(stats_block, SUF, x + i, nblk, bs, len, t, coef, S, Cc, c, local + c))             \
             _Pragma("omp critical(repact_pq_reduce)")                                            \
             for (int64_t j = 0; j < 2 * Cc; ++j) out[j] += local[j];                             \
             free(local);                                                                         \
@@ -424,8 +444,8 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
             FOR_THREAD_SHARE(                                                                    \
                 KSWITCH(bwd_row, SUF, x + o * C, g + o * C, gx ? gx + o * C : NULL, local, aff,  \
                         C, t, coef, S),                                                          \
-                KSWITCH(bwd_block, SUF, x + i, g + i, gx ? gx + i : NULL, local, aff, len, t,    \
-                        coef, S, Cc, c))                                                         \
+                KSWITCH(bwd_block, SUF, x + i, g + i, gx ? gx + i : NULL, local, aff, nblk, bs,   \
+                        len, t, coef, S, Cc, c))                                                         \
             if (local) {                                                                         \
                 _Pragma("omp critical(repact_pq_reduce)")                                        \
                 for (int64_t j = 0; j < nacc; ++j) gcoef[j] += local[j];                         \
@@ -439,4 +459,4 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
 DEFINE_ENTRIES(float, f32)
 DEFINE_ENTRIES(double, f64)
 
-int repact_native_abi_version(void) { return 2; }
+int repact_native_abi_version(void) { return 3; }
