@@ -356,13 +356,16 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
 
 /* Split the work over threads: rows (inner == 1, channels last) by row ranges, otherwise the
  * flat element range cut at block boundaries; ROW(o) and BLOCK(i, len, c) are the bodies. */
-#define FOR_THREAD_SHARE(ROW, BLOCK)                                                             \
+#define FOR_THREAD_SHARE(ROW, BLOCK) FOR_THREAD_SHARE_IMPL(ROW, BLOCK, 1)
+/* the forward walks memory in order (no per-channel sums to keep), which prefetches better */
+#define FOR_THREAD_SHARE_IN_ORDER(ROW, BLOCK) FOR_THREAD_SHARE_IMPL(ROW, BLOCK, 0)
+#define FOR_THREAD_SHARE_IMPL(ROW, BLOCK, CHANNEL_MAJOR)                                         \
     {                                                                                            \
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();                             \
         if (inner == 1 && C > 1) {                                                               \
             int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                        \
             for (int64_t o = o0; o < o1; ++o) { ROW }                                            \
-        } else if (Cc > 1) {                                                                     \
+        } else if (Cc > 1 && CHANNEL_MAJOR) {                                                    \
             /* per-channel tables: each thread takes whole channels, all their blocks at once */ \
             int64_t c0 = C * tid / nth, c1 = C * (tid + 1) / nth;                                \
             for (int64_t c = c0; c < c1; ++c) {                                                  \
@@ -370,10 +373,18 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
                 { BLOCK }                                                                        \
             }                                                                                    \
         } else {                                                                                 \
-            /* one table (Cc == 1): the flat range, one contiguous piece per thread */           \
+            /* the flat range in memory order, one contiguous piece per thread, cut at block     \
+             * boundaries where the table changes per channel */                                 \
             int64_t start = total * tid / nth, end = total * (tid + 1) / nth;                    \
-            const int64_t i = start, nblk = 1, bs = 0, len = end - start, c = 0;                 \
-            if (len > 0) { BLOCK }                                                               \
+            int64_t pos = start;                                                                 \
+            while (pos < end) {                                                                  \
+                int64_t blk = (Cc == 1) ? 0 : pos / inner;                                       \
+                int64_t len = (Cc == 1) ? end - pos : inner - (pos - blk * inner);               \
+                if (len > end - pos) len = end - pos;                                            \
+                const int64_t i = pos, nblk = 1, bs = 0, c = (Cc == 1) ? 0 : blk % C;            \
+                { BLOCK }                                                                        \
+                pos += len;                                                                      \
+            }                                                                                    \
         }                                                                                        \
     }
 
@@ -390,7 +401,7 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
     if (total == 0) return 0;                                                                    \
     int nt = pick_threads(total, nthreads);                                                      \
     _Pragma("omp parallel num_threads(nt)")                                                      \
-    FOR_THREAD_SHARE(                                                                            \
+    FOR_THREAD_SHARE_IN_ORDER(                                                                   \
         KSWITCH(fwd_row, SUF, x + o * C, y + o * C, C, t, coef, S),                              \
         KSWITCH(fwd_block, SUF, x + i, y + i, nblk, bs, len, t, coef, S, Cc, c))                           \
     return 0;                                                                                    \
