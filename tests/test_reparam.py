@@ -247,3 +247,22 @@ def test_deploy_module_built_under_inference_mode():
     assert y.shape == (2, 3, 4)
     x = torch.randn(2, 3, 4)
     torch.testing.assert_close(fresh(x), d(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_compiled_deploy_module_uses_the_hardswish_form_exactly(granularity):
+    m, d = _deployed() if granularity == "channel" else (None, None)
+    if d is None:
+        m = RepAct(variant="bn")
+        repact.randomize_activations_(m, seed=3)
+        repact.randomize_batchnorm_(m, seed=3)
+        m.eval()
+        d = repact.reparameterize(m, inplace=False)
+    assert d.hardswish_form
+    x = torch.randn(2, 3, 8, 8) * 4
+    x[0, 0, 0, :3] = torch.tensor([-3.0, 0.0, 3.0])
+    compiled = torch.compile(d, dynamic=False)
+    assert _rel(compiled(x), m.forward_branches(x)) <= 1e-5
+    other = PiecewiseQuadratic([-1.0, 2.0], torch.randn(1, 3, 3))
+    assert not other.hardswish_form

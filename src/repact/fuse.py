@@ -35,6 +35,9 @@ __all__ = [
     "batchnorm_affine",
     "fold_affine",
     "evaluate_pieces",
+    "HARDSWISH_KNOTS",
+    "BasisCoefficients",
+    "basis_coefficients",
 ]
 
 CANONICAL_BRANCHES: tuple[str, ...] = ("identity", "relu", "prelu", "hardswish")
@@ -216,3 +219,51 @@ def evaluate_pieces(x: torch.Tensor, knots: Sequence[float], coeffs: torch.Tenso
         seg = seg + (x >= k).long()
     a = c.to(x.dtype)[seg]
     return a[..., 0] + a[..., 1] * x + a[..., 2] * x * x
+
+
+#: the knots of the canonical RepAct table
+HARDSWISH_KNOTS = (-3.0, 0.0, 3.0)
+
+
+@dataclass
+class BasisCoefficients:
+    """``f = E + A x + B relu(x) + D hardswish(x)``, each of shape (Cc,)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    D: torch.Tensor
+    E: torch.Tensor
+    max_error: float  # max |table - table rebuilt from A, B, D, E| (coefficient units)
+
+
+def basis_coefficients(knots: torch.Tensor, coeffs: torch.Tensor, rtol: float = 1e-6) -> BasisCoefficients | None:
+    """Read (A, B, D, E) off a piece table, or None when the table is not in the basis' span.
+
+    The table may use any subset of the knots (-3, 0, 3); it is re-expressed on all three first.
+    ``rtol`` bounds the rebuilt table's error relative to the table's largest coefficient.
+    """
+    ks = [float(k) for k in knots.reshape(-1).tolist()]
+    if not set(ks) <= set(HARDSWISH_KNOTS) or len(set(ks)) != len(ks):
+        return None
+    c = coeffs.detach().double()
+    if c.dim() == 2:
+        c = c.unsqueeze(0)
+    c = restrict_to_knots(ks, c, HARDSWISH_KNOTS)  # (Cc, 4, 3)
+    E = c[:, 0, 0]
+    A = c[:, 0, 1]
+    D = 6.0 * c[:, 1, 2]
+    B = c[:, 2, 1] - c[:, 1, 1]
+    rebuilt = torch.stack(
+        [
+            torch.stack([E, A, torch.zeros_like(A)], -1),
+            torch.stack([E, A + D / 2, D / 6], -1),
+            torch.stack([E, A + B + D / 2, D / 6], -1),
+            torch.stack([E, A + B + D, torch.zeros_like(A)], -1),
+        ],
+        dim=1,
+    )
+    err = float((rebuilt - c).abs().max()) if c.numel() else 0.0
+    scale = float(c.abs().max()) if c.numel() else 0.0
+    if err > rtol * max(scale, 1e-30):
+        return None
+    return BasisCoefficients(A, B, D, E, err)

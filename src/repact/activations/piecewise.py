@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
+from .. import fuse
 from ..ops.piecewise import _use_native, native_forward_prepared, native_table, piecewise_quadratic, piecewise_quadratic_torch
 from .base import Activation
 
@@ -50,6 +52,7 @@ class PiecewiseQuadratic(Activation):
         super().__init__(channels, channels_last=channels_last)
         self.register_buffer("knots", knots_t)
         self.register_buffer("coeffs", coeffs)
+        self._refresh_form()
         self.flops_train = 4.0 + knots_t.numel()
         self.flops_deploy = self.flops_train
         self._built = True
@@ -65,6 +68,17 @@ class PiecewiseQuadratic(Activation):
         if torch.is_tensor(coeffs):
             self.channels = coeffs.shape[0] if coeffs.shape[0] > 1 else None
             self.flops_train = self.flops_deploy = 4.0 + coeffs.shape[1] - 1
+            knots = state_dict.get(prefix + "knots", self.knots)
+            self._refresh_form(knots, coeffs)
+
+    def _refresh_form(self, knots: torch.Tensor | None = None, coeffs: torch.Tensor | None = None) -> None:
+        """Whether the table is a canonical RepAct one, E + A x + B relu(x) + D hardswish(x) on the
+        knots (-3, 0, 3); torch.compile then uses that cheaper form (call after editing the
+        buffers in place)."""
+        knots = self.knots if knots is None else knots
+        coeffs = self.coeffs if coeffs is None else coeffs
+        exact_knots = tuple(float(k) for k in knots.reshape(-1).tolist()) == fuse.HARDSWISH_KNOTS
+        self.hardswish_form = bool(exact_knots and fuse.basis_coefficients(knots, coeffs) is not None)
 
     @property
     def needs_channels(self) -> bool:
@@ -75,7 +89,7 @@ class PiecewiseQuadratic(Activation):
             return x.dim() - 1
         return 1
 
-    __jit_ignored_attributes__ = ["_table_cache"]
+    __jit_ignored_attributes__ = ["_table_cache", "hardswish_form"]
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +108,21 @@ class PiecewiseQuadratic(Activation):
             y = native_forward_prepared(x, cache[1], cc, cd)
             if y is not None:
                 return y
+        if self.hardswish_form and torch.compiler.is_compiling():
+            return self._hardswish_basis(x, cd)
         return piecewise_quadratic(x, self.knots, coeffs, cd)
+
+    def _hardswish_basis(self, x: torch.Tensor, cd: int) -> torch.Tensor:
+        # E + A x + B relu(x) + D hardswish(x), read off the table in the graph: fewer ops than the
+        # where-chain for the compiler to fuse (same function; rounding differs at the 1e-7 level)
+        c = self.coeffs.to(x.dtype)
+        shape = [1] * x.dim()
+        if c.shape[0] > 1:
+            shape[cd] = c.shape[0]
+        e, a = c[:, 0, 0].reshape(shape), c[:, 0, 1].reshape(shape)
+        d = (6.0 * c[:, 1, 2]).reshape(shape)
+        b = (c[:, 2, 1] - c[:, 1, 1]).reshape(shape)
+        return e + a * x + b * torch.relu(x) + d * F.hardswish(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():

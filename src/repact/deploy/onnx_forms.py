@@ -38,7 +38,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .. import fuse
+
+from ..fuse import BasisCoefficients, basis_coefficients
 from ..activations.piecewise import PiecewiseQuadratic
 
 __all__ = [
@@ -54,51 +55,7 @@ __all__ = [
 #: ``auto``: the fastest exact form per activation; ``basis``: the plain basis formula where the
 #: table allows; ``where``: the op's own where-chain
 ONNX_FORMS = ("auto", "basis", "where")
-_KNOTS = (-3.0, 0.0, 3.0)
 
-
-@dataclass
-class BasisCoefficients:
-    """``f = E + A x + B relu(x) + D hardswish(x)``, each of shape (Cc,)."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-    D: torch.Tensor
-    E: torch.Tensor
-    max_error: float  # max |table - table rebuilt from A, B, D, E| (coefficient units)
-
-
-def basis_coefficients(knots: torch.Tensor, coeffs: torch.Tensor, rtol: float = 1e-6) -> BasisCoefficients | None:
-    """Read (A, B, D, E) off a piece table, or None when the table is not in the basis' span.
-
-    The table may use any subset of the knots (-3, 0, 3); it is re-expressed on all three first.
-    ``rtol`` bounds the rebuilt table's error relative to the table's largest coefficient.
-    """
-    ks = [float(k) for k in knots.reshape(-1).tolist()]
-    if not set(ks) <= set(_KNOTS) or len(set(ks)) != len(ks):
-        return None
-    c = coeffs.detach().double()
-    if c.dim() == 2:
-        c = c.unsqueeze(0)
-    c = fuse.restrict_to_knots(ks, c, _KNOTS)  # (Cc, 4, 3)
-    E = c[:, 0, 0]
-    A = c[:, 0, 1]
-    D = 6.0 * c[:, 1, 2]
-    B = c[:, 2, 1] - c[:, 1, 1]
-    rebuilt = torch.stack(
-        [
-            torch.stack([E, A, torch.zeros_like(A)], -1),
-            torch.stack([E, A + D / 2, D / 6], -1),
-            torch.stack([E, A + B + D / 2, D / 6], -1),
-            torch.stack([E, A + B + D, torch.zeros_like(A)], -1),
-        ],
-        dim=1,
-    )
-    err = float((rebuilt - c).abs().max()) if c.numel() else 0.0
-    scale = float(c.abs().max()) if c.numel() else 0.0
-    if err > rtol * max(scale, 1e-30):
-        return None
-    return BasisCoefficients(A, B, D, E, err)
 
 
 def _affine(channels: int, scale: torch.Tensor, shift: torch.Tensor | float = 0.0) -> nn.BatchNorm2d:
