@@ -103,7 +103,21 @@ def _timer(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def _configure_compile() -> None:
+    """Every compiled variant shares its class's ``forward`` code object, and each one compiles
+    twice (grad on and off): dynamo's default limit of 8 entries per code object would make the
+    later variants fall back to eager silently and report eager times as compiled ones. Raise the
+    limit and fail loudly if it is still reached."""
+    cfg = torch._dynamo.config
+    cfg.recompile_limit = 256
+    cfg.accumulated_recompile_limit = 4096
+    cfg.fail_on_recompile_limit_hit = True
+
+
 def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int) -> list[dict]:
+    if with_compile:
+        torch._dynamo.reset()
+        _configure_compile()
     torch.manual_seed(seed)
     x = torch.randn(shape) * 3
     g = torch.randn(shape)
@@ -182,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one small shape, 5 repetitions, no compile")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="results/bench_ops.json")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_ops.json"))
     args = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
     reps, compile_ = args.reps, not args.no_compile

@@ -108,3 +108,18 @@ def test_cost_report_table_and_json(tmp_path):
     assert json.loads(json.dumps(report.as_dict()))["model"] == "small_cnn"
     with pytest.raises(ValueError, match="unknown engine 'tvm'"):
         cost_report("small_cnn", engines=("tvm",))
+
+
+def test_compile_engine_makes_room_for_every_variant_and_fails_instead_of_falling_back():
+    # variants of one architecture share a forward code object; past dynamo's limit they would be
+    # timed eagerly under the "compile" label
+    from repact.deploy.bench import _compile_limits
+
+    cfg = torch._dynamo.config
+    before = (cfg.recompile_limit, cfg.fail_on_recompile_limit_hit)
+    with _compile_limits("compile", 4 * 5):
+        assert cfg.recompile_limit >= 2 * 4 * 5
+        assert cfg.fail_on_recompile_limit_hit is True
+    assert (cfg.recompile_limit, cfg.fail_on_recompile_limit_hit) == before
+    with _compile_limits("eager", 100):
+        assert cfg.recompile_limit == before[0]

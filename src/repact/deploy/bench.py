@@ -14,6 +14,7 @@ the same interleaved rounds and the ratio to the baseline taken per round.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import platform
 import tempfile
@@ -125,6 +126,18 @@ def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, 
     return runners, setup
 
 
+def _compile_limits(engine: str, compiles: int):
+    """For the compile engine: room for one dynamo cache entry per variant and batch size.
+
+    Variants of one architecture share their ``forward`` code object, so past dynamo's default
+    recompile limit (8) the later ones would silently run eagerly and be timed as compiled. Raise
+    the limit for the run and fail instead of falling back."""
+    if engine != "compile":
+        return contextlib.nullcontext()
+    limit = max(int(torch._dynamo.config.recompile_limit), 2 * compiles + 8)
+    return torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True)
+
+
 def cost_report(
     name: str,
     act: Any = "repact",
@@ -197,9 +210,10 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
         for engine in engines:
             for b in batch_sizes:
                 x = torch.randn(int(b), *shape, generator=gen)
-                runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning)
-                with torch.inference_mode():
-                    timings = time_interleaved(runners, baseline=baseline, warmup=warmup, rounds=rounds)
+                with _compile_limits(engine, len(variants) * len(batch_sizes)):
+                    runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning)
+                    with torch.inference_mode():
+                        timings = time_interleaved(runners, baseline=baseline, warmup=warmup, rounds=rounds)
                 for k, t in timings.items():
                     row = {"engine": engine, "batch": int(b), "variant": k, **t.as_dict()}
                     if k in setup:
