@@ -17,6 +17,10 @@ Targets from the issue (reported, never asserted): RepAct-I throughput >= 0.77x 
     python benchmarks/bench_train.py                       # 32 and 224 px, batch 64
     python benchmarks/bench_train.py --quick               # smoke run: 32 px, batch 8, few rounds
     python benchmarks/bench_train.py --sizes 32 --rounds 20 --out results/train32.json
+    python benchmarks/bench_train.py --compile             # the same steps with torch.compile'd models
+
+With ``--compile`` the forward (and with it the backward) of every variant is ``torch.compile``d
+before the timed rounds; the saved-for-backward bytes are still those of the eager model.
 """
 
 from __future__ import annotations
@@ -94,7 +98,8 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-def rss_child(model_name: str, act: str, size: int, batch: int, num_classes: int, steps: int) -> int:
+def rss_child(model_name: str, act: str, size: int, batch: int, num_classes: int, steps: int,
+              compiled: bool = False) -> int:
     """Peak RSS growth (bytes) over ``steps`` training steps, measured in a fresh process."""
     code = (
         "import sys, json, resource, torch\n"
@@ -102,15 +107,16 @@ def rss_child(model_name: str, act: str, size: int, batch: int, num_classes: int
         "import bench_train as b\n"
         "dev = torch.device('cpu')\n"
         "m, o = b.build(%r, %r, %d, %d, dev)\n"
+        "mc = torch.compile(m) if %r else m\n"
         "g = torch.Generator().manual_seed(0)\n"
         "x = torch.randn(%d, 3, %d, %d, generator=g); y = torch.randint(0, %d, (%d,), generator=g)\n"
         "base = b._rss_bytes()\n"
-        "step = b.make_step(m, o, x, y, dev)\n"
+        "step = b.make_step(mc, o, x, y, dev)\n"
         "for _ in range(%d): step()\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
         "print(json.dumps(max(0, peak - base)))\n"
-    ) % (str(Path(__file__).resolve().parent), model_name, act, size, num_classes, batch, size, size, num_classes,
-         batch, steps)
+    ) % (str(Path(__file__).resolve().parent), model_name, act, size, num_classes, compiled, batch, size, size,
+         num_classes, batch, steps)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
@@ -122,7 +128,12 @@ def bench_size(args, size: int, device: torch.device) -> dict:
     x = torch.randn(args.batch, 3, size, size, generator=g).to(device)
     y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
     models = {act: build(args.model, act, size, args.classes, device) for act in args.acts}
-    runners = {act: make_step(m, o, x, y, device) for act, (m, o) in models.items()}
+    if args.compile:
+        # one cache entry per variant (they share MobileNetV3.forward); fail rather than run eagerly
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(models) + 8)
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
+    runners = {act: make_step(torch.compile(m) if args.compile else m, o, x, y, device)
+               for act, (m, o) in models.items()}
     timings = time_interleaved(runners, baseline=args.acts[0], warmup=args.warmup, rounds=args.rounds,
                                inner=args.steps)
     rows = {}
@@ -140,7 +151,8 @@ def bench_size(args, size: int, device: torch.device) -> dict:
             row["peak_bytes"] = cuda_peak_bytes(runners[act], device)
             row["peak_kind"] = "cuda max_memory_allocated during one step"
         elif not args.no_rss:
-            row["peak_bytes"] = rss_child(args.model, act, size, args.batch, args.classes, args.rss_steps)
+            row["peak_bytes"] = rss_child(args.model, act, size, args.batch, args.classes, args.rss_steps,
+                                          args.compile)
             row["peak_kind"] = f"CPU peak RSS growth over {args.rss_steps} steps (fresh process)"
         rows[act] = row
     base = rows[args.acts[0]]
@@ -156,7 +168,8 @@ def bench_size(args, size: int, device: torch.device) -> dict:
 
 
 def print_table(results: dict, args) -> None:
-    print(f"\n{args.model}, batch {args.batch}, {args.rounds} interleaved rounds x {args.steps} steps "
+    mode = "torch.compile" if args.compile else "eager"
+    print(f"\n{args.model} ({mode}), batch {args.batch}, {args.rounds} interleaved rounds x {args.steps} steps "
           f"(ratios vs {args.acts[0]})")
     head = (f"{'size':>5} {'act':<10} {'step ms':>9} {'img/s':>8} {'time x':>7} {'thru x':>7} "
             f"{'saved MB':>9} {'saved x':>8} {'peak MB':>8} {'peak x':>7}  targets")
@@ -188,6 +201,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS measurement (CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile every model before timing")
     p.add_argument("--quick", action="store_true", help="smoke run: 32 px, batch 8, 3 rounds of 1 step")
     p.add_argument("--out", default="benchmarks/results/bench_train.json")
     args = p.parse_args(argv)
