@@ -230,7 +230,8 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, criterion, autoc
     net.train()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-               disable=cfg.quiet or not env.is_main, file=sys.stderr)
+               # None: tqdm shows the bar on a terminal only, so logs get the per-epoch lines alone
+               disable=True if (cfg.quiet or not env.is_main) else None, file=sys.stderr)
     t0 = time.perf_counter()
     check_every = 1 if device.type == "cpu" else 10
     for i, (x, y) in enumerate(loader):
