@@ -18,6 +18,7 @@ ratios to HardSwish in the same run. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import repact
+from repact.deploy import compile_cache_room
 from repact.ops import native_available
 
 DEFAULT_SHAPES = [(64, 16, 56, 56), (64, 72, 28, 28), (64, 576, 7, 7), (128, 16, 112, 112)]
@@ -103,21 +105,9 @@ def _timer(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def _configure_compile() -> None:
-    """Every compiled variant shares its class's ``forward`` code object, and each one compiles
-    twice (grad on and off): dynamo's default limit of 8 entries per code object would make the
-    later variants fall back to eager silently and report eager times as compiled ones. Raise the
-    limit and fail loudly if it is still reached."""
-    cfg = torch._dynamo.config
-    cfg.recompile_limit = 256
-    cfg.accumulated_recompile_limit = 4096
-    cfg.fail_on_recompile_limit_hit = True
-
-
 def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int) -> list[dict]:
     if with_compile:
-        torch._dynamo.reset()
-        _configure_compile()
+        torch._dynamo.reset()  # the previous shape's modules are gone; so may their cache entries
     torch.manual_seed(seed)
     x = torch.randn(shape) * 3
     g = torch.randn(shape)
@@ -135,19 +125,21 @@ def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int) ->
             p.grad = None
         m(xg).backward(g)
 
-    for key, (_, m) in variants.items():  # warm-up (and compile)
-        m.train(not key.endswith("deploy") and "deploy [compiled]" not in key)
-        for _ in range(warmup):
-            fwd(m)
-            fwdbwd(m)
-    order = list(variants)
-    rnd = random.Random(seed)
-    for _ in range(reps):
-        rnd.shuffle(order)
-        for key in order:
-            m = variants[key][1]
-            rows[key]["fwd"].append(_timer(lambda: fwd(m)))
-            rows[key]["fwdbwd"].append(_timer(lambda: fwdbwd(m)))
+    # each compiled module compiles with grad on and off
+    with compile_cache_room(2 * len(variants)) if with_compile else contextlib.nullcontext():
+        for key, (_, m) in variants.items():  # warm-up (and compile)
+            m.train(not key.endswith("deploy") and "deploy [compiled]" not in key)
+            for _ in range(warmup):
+                fwd(m)
+                fwdbwd(m)
+        order = list(variants)
+        rnd = random.Random(seed)
+        for _ in range(reps):
+            rnd.shuffle(order)
+            for key in order:
+                m = variants[key][1]
+                rows[key]["fwd"].append(_timer(lambda: fwd(m)))
+                rows[key]["fwdbwd"].append(_timer(lambda: fwdbwd(m)))
     base = rows["hardswish"]
     base_fwd = statistics.median(base["fwd"])
     base_fb = statistics.median(base["fwdbwd"])

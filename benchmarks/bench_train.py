@@ -26,6 +26,7 @@ before the timed rounds; the saved-for-backward bytes are still those of the eag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import repact
-from repact.deploy import time_interleaved
+from repact.deploy import compile_cache_room, time_interleaved
 from repact.models import create_model, list_models
 from repact.train import TrainConfig
 from repact.train.optim import build_optimizer
@@ -128,14 +129,12 @@ def bench_size(args, size: int, device: torch.device) -> dict:
     x = torch.randn(args.batch, 3, size, size, generator=g).to(device)
     y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
     models = {act: build(args.model, act, size, args.classes, device) for act in args.acts}
-    if args.compile:
-        # one cache entry per variant (they share MobileNetV3.forward); fail rather than run eagerly
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(models) + 8)
-        torch._dynamo.config.fail_on_recompile_limit_hit = True
     runners = {act: make_step(torch.compile(m) if args.compile else m, o, x, y, device)
                for act, (m, o) in models.items()}
-    timings = time_interleaved(runners, baseline=args.acts[0], warmup=args.warmup, rounds=args.rounds,
-                               inner=args.steps)
+    # the variants share MobileNetV3.forward: one cache entry each, or a loud failure, never eager
+    with compile_cache_room(2 * len(models)) if args.compile else contextlib.nullcontext():
+        timings = time_interleaved(runners, baseline=args.acts[0], warmup=args.warmup, rounds=args.rounds,
+                                   inner=args.steps)
     rows = {}
     for act, (m, o) in models.items():
         t = timings[act]

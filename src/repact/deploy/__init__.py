@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .bench import ENGINES, CostReport, build_variants, cost_report
+from .bench import ENGINES, CostReport, build_variants, compile_cache_room, cost_report
 from .cost import FlopsReport, activation_modules, count_flops, count_params
 from .latency import Timing, time_interleaved
 from .onnx_export import EXPORTERS, MIN_OPSET, check_onnx, export_onnx, last_export_forms, onnx_parity, ort_session
@@ -25,6 +25,7 @@ __all__ = [
     "basis_coefficients",
     "build_variants",
     "check_onnx",
+    "compile_cache_room",
     "cost_report",
     "count_flops",
     "count_params",

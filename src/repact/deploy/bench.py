@@ -126,16 +126,20 @@ def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, 
     return runners, setup
 
 
-def _compile_limits(engine: str, compiles: int):
-    """For the compile engine: room for one dynamo cache entry per variant and batch size.
+def compile_cache_room(entries: int):
+    """A context in which dynamo keeps up to ``entries`` compiled entries per code object and
+    fails instead of falling back to eager when that is not enough.
 
-    Variants of one architecture share their ``forward`` code object, so past dynamo's default
-    recompile limit (8) the later ones would silently run eagerly and be timed as compiled. Raise
-    the limit for the run and fail instead of falling back."""
-    if engine != "compile":
-        return contextlib.nullcontext()
-    limit = max(int(torch._dynamo.config.recompile_limit), 2 * compiles + 8)
+    Compiled variants of one class share their ``forward`` code object (one entry per instance,
+    input shape and grad mode), so past dynamo's default recompile limit (8) the later ones would
+    silently run eagerly, and a benchmark would time them as compiled."""
+    limit = max(int(torch._dynamo.config.recompile_limit), int(entries) + 8)
     return torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True)
+
+
+def _compile_limits(engine: str, compiles: int):
+    """Room for every variant and batch size under the compile engine; nothing for the others."""
+    return compile_cache_room(2 * compiles) if engine == "compile" else contextlib.nullcontext()
 
 
 def cost_report(
