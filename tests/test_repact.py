@@ -11,7 +11,7 @@ from torch.autograd import gradcheck
 import repact
 from repact import RepAct
 from repact.activations.base import NotDeployableError
-from repact.ops import backend, native_available
+from repact.ops import backend, native_available, piecewise_quadratic
 
 BACKENDS = ["torch"] + (["native"] if native_available() else [])
 VARIANTS = ["origin", "softmax", "bn"]
@@ -273,3 +273,77 @@ def test_lazy_build_follows_mode_and_input_dtype():
     m(torch.randn(2, 3, 4, 4, dtype=torch.bfloat16))
     assert not m.bn.training
     assert m.branch_weight.dtype == torch.bfloat16
+
+
+def _table_reference(w_raw, slope, base, part, softmax):
+    w = w_raw.reshape(1, -1) if w_raw.dim() == 1 else w_raw
+    w = torch.softmax(w, -1) if softmax else w
+    table = w @ base
+    if slope is not None:
+        table = table + (w * slope.reshape(-1, 1)) @ part
+    return table.reshape(w.shape[0], -1, 3)
+
+
+@pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
+@pytest.mark.parametrize("branches", [("identity", "relu", "prelu", "hardswish"), ("relu", "hardswish"),
+                                      ("prelu", "relu6", "abs", "square")])
+@pytest.mark.parametrize("softmax,bn", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("per_channel,layout", [(False, "nchw"), (True, "nchw"), (True, "channels_last"),
+                                                (True, "tokens"), (False, "tokens")])
+def test_native_train_op_matches_autograd_reference(branches, softmax, bn, per_channel, layout):
+    """The one-call C training op (table, BN statistics and fold, pass, table VJP) against the same
+    math in tensor ops under autograd, in float64, on inputs that hit every knot."""
+    from repact.fuse import linear_basis
+    from repact.ops.piecewise import native_train_backward, native_train_forward
+
+    gen = torch.Generator().manual_seed(len(branches) + 2 * softmax + 4 * bn + 8 * per_channel)
+    dt = torch.float64
+    knots_t, base, part = linear_basis(branches, dtype=dt)
+    knots = torch.tensor(knots_t, dtype=dt)
+    nb, c = len(branches), 5
+    cc = c if per_channel else 1
+    x = torch.randn(3, c, 4, 6, generator=gen, dtype=dt) * 4
+    x.view(-1)[: 2 * len(knots_t)] = knots.repeat(2)
+    cd = 1
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "tokens":
+        x, cd = x.permute(0, 2, 3, 1).contiguous(), 3
+    g = torch.randn(x.shape, generator=gen, dtype=dt)
+    w_raw = torch.randn((cc, nb) if per_channel else (nb,), generator=gen, dtype=dt).requires_grad_(True)
+    slope = (torch.rand(cc, generator=gen, dtype=dt) * 0.5).requires_grad_(True) if "prelu" in branches else None
+    gamma = (1 + torch.rand(cc, generator=gen, dtype=dt)).requires_grad_(True) if bn else None
+    beta = torch.randn(cc, generator=gen, dtype=dt).requires_grad_(True) if bn else None
+    flat_b, flat_p = base.reshape(nb, -1), part.reshape(nb, -1)
+
+    y, mean, var = native_train_forward(x, w_raw, slope, gamma, beta, knots, flat_b, flat_p, softmax, 1e-5, cd)
+    grads = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, flat_b, flat_p, softmax, 1e-5,
+                                  cd, True, True)
+
+    xr = x.detach().clone().requires_grad_(True)
+    coeffs = _table_reference(w_raw, slope, flat_b, flat_p, softmax)
+    with backend("torch"):
+        s = piecewise_quadratic(xr, knots, coeffs, cd)
+    if bn:
+        dims = [d for d in range(x.dim()) if not (per_channel and d == cd)]
+        shape = [1] * x.dim()
+        if per_channel:
+            shape[cd] = c
+        var_r, mean_r = torch.var_mean(s, dim=dims, unbiased=False, keepdim=True)
+        ref = (s - mean_r) * torch.rsqrt(var_r + 1e-5) * gamma.reshape(shape) + beta.reshape(shape)
+        torch.testing.assert_close(mean, mean_r.detach().reshape(-1), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(var, var_r.detach().reshape(-1), rtol=1e-10, atol=1e-10)
+    else:
+        ref = s
+        assert mean.numel() == 0 and var.numel() == 0
+    torch.testing.assert_close(y, ref.detach(), rtol=1e-10, atol=1e-10)
+    inputs = [xr, w_raw] + [t for t in (slope, gamma, beta) if t is not None]
+    ref_grads = torch.autograd.grad(ref, inputs, g)
+    ours = [grads[0], grads[1]] + [t for t, p in zip(grads[2:], (slope, gamma, beta)) if p is not None]
+    assert [t is None for t in grads[2:]] == [p is None for p in (slope, gamma, beta)]
+    for name, a, b in zip(["x", "w_raw", "slope", "gamma", "beta"], ours, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
+    # only what is asked for
+    gx, gw, gsl, ggm, gbt = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, flat_b, flat_p,
+                                                  softmax, 1e-5, cd, False, False)
+    assert gx is None and gw is None and gsl is None and (ggm is not None) == bn

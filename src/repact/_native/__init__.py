@@ -25,7 +25,7 @@ __all__ = ["library", "build_error", "cache_dir"]
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("piecewise.c")
-ABI_VERSION = 3
+ABI_VERSION = 4
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -86,7 +86,7 @@ def _build(cc: str) -> Path:
     for flags in _flag_sets():
         fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
         os.close(fd)
-        cmd = [cc, *flags, str(_SOURCE), "-o", tmp]
+        cmd = [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode == 0:
             os.replace(tmp, target)
@@ -97,7 +97,7 @@ def _build(cc: str) -> Path:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    vp, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    vp, i64, cint, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
     for suffix in ("f32", "f64"):
         fwd = getattr(lib, f"repact_pq_forward_{suffix}")
         fwd.argtypes = [vp, vp, i64, i64, i64, i64, vp, vp, i64, cint]
@@ -108,6 +108,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         stats = getattr(lib, f"repact_pq_stats_{suffix}")
         stats.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64, cint, vp]
         stats.restype = cint
+        tf = getattr(lib, f"repact_train_forward_{suffix}")
+        tf.argtypes = [vp, vp, i64, i64, i64, i64, vp, vp, vp, vp, vp, i64, cint, i64, vp, vp, dbl, vp, vp, cint]
+        tf.restype = cint
+        tb = getattr(lib, f"repact_train_backward_{suffix}")
+        tb.argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, vp, vp, vp, vp, i64, cint, i64, vp, vp, vp, dbl,
+                       vp, vp, vp, vp, cint]
+        tb.restype = cint
     lib.repact_native_abi_version.restype = cint
 
 

@@ -15,6 +15,8 @@
  *   backward  h = g                   (aff == NULL)
  *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
  *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
+ *   train_forward / train_backward   RepAct's whole training op (table from the branch weights,
+ *             BatchNorm statistics and fold, the passes above, the table's VJP), see below
  *
  * Built by repact/_native/__init__.py with -O3 (and -march=native where the compiler takes it)
  * and OpenMP; the library shares the OpenMP runtime that PyTorch has already loaded.
@@ -22,6 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <omp.h>
 
 #define MAXK 8
@@ -470,4 +473,155 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
 DEFINE_ENTRIES(float, f32)
 DEFINE_ENTRIES(double, f64)
 
-int repact_native_abi_version(void) { return 3; }
+/* ------------------------------------------------------------------------------------------ */
+/* RepAct training steps: the whole op in one call each way                                     */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * Parameters: raw branch weights w_raw (Cc, nb), the PReLU slope (Cc) or NULL, and the fused table
+ * as a linear map of them, base and part (nb, S, 3) row-major:
+ *     table[c] = sum_b w[c, b] * (base[b] + slope[c] * part[b]),   w = softmax(w_raw) for RepAct-II.
+ * gamma/beta (Cc) switch on RepAct-III's training BatchNorm (batch statistics over each table row).
+ *
+ * forward:  y = s(x) (I/II), or gamma (s(x) - mean) / sqrt(var + eps) + beta with the batch mean
+ *           and (biased) variance of s(x), written to mean/var (Cc, double) (III).
+ * backward: gx, and the gradients of w_raw, slope, gamma, beta (each output may be NULL).
+ * Table math runs in double; the kernels see the table rounded to T, and so do the sums that use it.
+ */
+#define DEFINE_TRAIN(T, SUF)                                                                     \
+static void train_table_##SUF(const T* w_raw, const T* slope, const T* base, const T* part,       \
+                              int64_t nb, int64_t S, int64_t Cc, int softmax, double* w,         \
+                              double* table, T* coef) {                                          \
+    const int64_t S3 = 3 * S;                                                                    \
+    for (int64_t c = 0; c < Cc; ++c) {                                                           \
+        double* wc = w + c * nb;                                                                 \
+        for (int64_t b = 0; b < nb; ++b) wc[b] = (double)w_raw[c * nb + b];                      \
+        if (softmax) {                                                                           \
+            double mx = wc[0], sum = 0.0;                                                        \
+            for (int64_t b = 1; b < nb; ++b) mx = wc[b] > mx ? wc[b] : mx;                       \
+            for (int64_t b = 0; b < nb; ++b) { wc[b] = exp(wc[b] - mx); sum += wc[b]; }          \
+            for (int64_t b = 0; b < nb; ++b) wc[b] /= sum;                                       \
+        }                                                                                        \
+        const double sl = slope ? (double)slope[c] : 0.0;                                        \
+        for (int64_t sj = 0; sj < S3; ++sj) {                                                    \
+            double v = 0.0;                                                                      \
+            for (int64_t b = 0; b < nb; ++b) {                                                   \
+                double e = (double)base[b * S3 + sj];                                            \
+                if (slope) e += sl * (double)part[b * S3 + sj];                                  \
+                v += wc[b] * e;                                                                  \
+            }                                                                                    \
+            table[c * S3 + sj] = v;                                                              \
+            coef[((sj % 3) * S + sj / 3) * Cc + c] = (T)v;                                       \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+int repact_train_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,        \
+                               int64_t K, const T* t, const T* w_raw, const T* slope,            \
+                               const T* base, const T* part, int64_t nb, int softmax,            \
+                               int64_t Cc, const T* gamma, const T* beta, double eps,            \
+                               double* mean, double* var, int nthreads) {                        \
+    if (K < 0 || K > MAXK || nb < 1) return 1;                                                   \
+    const int64_t S = K + 1, total = outer * C * inner;                                          \
+    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + Cc * 3 * S + 2 * Cc));       \
+    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * 3 * S));                                      \
+    int rc = (w && coef) ? 0 : 2;                                                                \
+    if (rc == 0) {                                                                               \
+        double* table = w + Cc * nb;                                                             \
+        double* st = table + Cc * 3 * S;                                                         \
+        train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
+        if (gamma) {                                                                             \
+            rc = repact_pq_stats_##SUF(x, outer, C, inner, K, t, coef, Cc, nthreads, st);        \
+            const double n = (double)(total / Cc);                                               \
+            for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
+                const double m = st[c] / n;                                                      \
+                double v = st[Cc + c] / n - m * m;                                               \
+                v = v > 0.0 ? v : 0.0;                                                           \
+                mean[c] = m;                                                                     \
+                var[c] = v;                                                                      \
+                const double scale = (double)gamma[c] / sqrt(v + eps);                           \
+                const double shift = (double)beta[c] - m * scale;                                \
+                for (int64_t js = 0; js < 3 * S; ++js) {                                         \
+                    T* q = coef + js * Cc + c;                                                   \
+                    *q = (T)((double)*q * scale + (js < S ? shift : 0.0));                       \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        if (rc == 0) rc = repact_pq_forward_##SUF(x, y, outer, C, inner, K, t, coef, Cc, nthreads); \
+    }                                                                                            \
+    free(w);                                                                                     \
+    free(coef);                                                                                  \
+    return rc;                                                                                   \
+}                                                                                                \
+                                                                                                 \
+int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int64_t C,         \
+                                int64_t inner, int64_t K, const T* t, const T* w_raw,            \
+                                const T* slope, const T* base, const T* part, int64_t nb,        \
+                                int softmax, int64_t Cc, const T* gamma, const double* mean,     \
+                                const double* var, double eps, T* g_w, T* g_slope, T* g_gamma,   \
+                                T* g_beta, int nthreads) {                                       \
+    if (K < 0 || K > MAXK || nb < 1) return 1;                                                   \
+    const int64_t S = K + 1, S3 = 3 * S, total = outer * C * inner;                              \
+    const int need_table = g_w != NULL || g_slope != NULL;                                       \
+    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + 2 * Cc * S3 + 3 * Cc + nb)); \
+    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                         \
+    int rc = (w && coef) ? 0 : 2;                                                                \
+    if (rc == 0) {                                                                               \
+        double* table = w + Cc * nb;                                                             \
+        double* gc = table + Cc * S3;       /* planar (3, S, Cc) sums from the kernel */         \
+        double* aff = gc + Cc * S3;         /* (3, Cc): alpha, beta, delta */                    \
+        double* gwb = aff + 3 * Cc;         /* (nb) scratch */                                   \
+        train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
+        if (gamma) {                                                                             \
+            /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
+            rc = repact_pq_backward_##SUF(x, g, NULL, gc, NULL, outer, C, inner, K, t, coef,     \
+                                         Cc, nthreads);                                          \
+            const double n = (double)(total / Cc);                                               \
+            for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
+                double sum_g = 0.0, sum_gs = 0.0;                                                \
+                for (int64_t s = 0; s < S; ++s) sum_g += gc[s * Cc + c];                         \
+                for (int64_t js = 0; js < S3; ++js) sum_gs += (double)coef[js * Cc + c] * gc[js * Cc + c]; \
+                const double invstd = 1.0 / sqrt(var[c] + eps);                                  \
+                const double sum_gshat = invstd * (sum_gs - mean[c] * sum_g);                    \
+                const double gam = (double)gamma[c];                                             \
+                const double alpha = gam * invstd;                                               \
+                const double be = -gam * invstd * invstd * sum_gshat / n;                        \
+                aff[c] = alpha;                                                                  \
+                aff[Cc + c] = be;                                                                \
+                aff[2 * Cc + c] = -alpha * sum_g / n - be * mean[c];                             \
+                if (g_gamma) g_gamma[c] = (T)sum_gshat;                                          \
+                if (g_beta) g_beta[c] = (T)sum_g;                                                \
+            }                                                                                    \
+        }                                                                                        \
+        if (rc == 0 && (gx || need_table))                                                       \
+            rc = repact_pq_backward_##SUF(x, g, gx, need_table ? gc : NULL, gamma ? aff : NULL,  \
+                                         outer, C, inner, K, t, coef, Cc, nthreads);             \
+        for (int64_t c = 0; rc == 0 && need_table && c < Cc; ++c) {                              \
+            /* the table's VJP: d table[c] / d w[c, b] = base[b] + slope[c] part[b] */           \
+            const double* wc = w + c * nb;                                                       \
+            const double sl = slope ? (double)slope[c] : 0.0;                                    \
+            double gsl = 0.0, dot = 0.0;                                                         \
+            for (int64_t b = 0; b < nb; ++b) {                                                   \
+                double gb = 0.0, gp = 0.0;                                                       \
+                for (int64_t sj = 0; sj < S3; ++sj) {                                            \
+                    const double gt = gc[((sj % 3) * S + sj / 3) * Cc + c];                      \
+                    gb += gt * (double)base[b * S3 + sj];                                        \
+                    if (slope) gp += gt * (double)part[b * S3 + sj];                             \
+                }                                                                                \
+                gwb[b] = gb + sl * gp;                                                           \
+                gsl += wc[b] * gp;                                                               \
+                dot += gwb[b] * wc[b];                                                           \
+            }                                                                                    \
+            for (int64_t b = 0; g_w && b < nb; ++b)                                              \
+                g_w[c * nb + b] = (T)(softmax ? wc[b] * (gwb[b] - dot) : gwb[b]);                \
+            if (g_slope && slope) g_slope[c] = (T)gsl;                                           \
+        }                                                                                        \
+    }                                                                                            \
+    free(w);                                                                                     \
+    free(coef);                                                                                  \
+    return rc;                                                                                   \
+}
+
+DEFINE_TRAIN(float, f32)
+DEFINE_TRAIN(double, f64)
+
+int repact_native_abi_version(void) { return 4; }

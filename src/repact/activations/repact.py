@@ -28,12 +28,11 @@ from torch.utils.checkpoint import checkpoint
 from .. import fuse
 from ..ops.piecewise import (
     _NATIVE_DTYPES,
-    _native_backward,
-    _native_forward,
     _use_native,
     get_backend,
     native_available,
-    native_stats,
+    native_train_backward,
+    native_train_forward,
     piecewise_quadratic,
     piecewise_quadratic_backward,
 )
@@ -114,81 +113,28 @@ class _BatchNormFoldFn(torch.autograd.Function):
         return gx, None, gc, ggamma.reshape(gamma.shape), gbeta.reshape(gamma.shape), None, None, None
 
 
-def _table_from_params(w_raw, slope, base, part, softmax):
-    """(effective weights (Cc, nb), flat table (Cc, S*3)) without autograd."""
-    w = w_raw.reshape(1, -1) if w_raw.dim() == 1 else w_raw
-    if softmax:
-        w = torch.softmax(w, dim=-1)
-    table = w @ base
-    if slope is not None:
-        table = torch.addmm(table, w * slope.reshape(-1, 1), part)
-    return w, table
-
-
-def _table_vjp(grad_table, w_raw, w, slope, base, part, softmax):
-    """Gradients of the raw branch weights and the slope from the gradient of the flat table."""
-    gw = grad_table @ base.t()
-    g_slope = None
-    if slope is not None:
-        gp = grad_table @ part.t()
-        gw = gw + gp * slope.reshape(-1, 1)
-        g_slope = (gp * w).sum(-1).reshape(slope.shape)
-    if softmax:
-        gw = w * (gw - (gw * w).sum(-1, keepdim=True))
-    return gw.reshape(w_raw.shape), g_slope
-
-
 def _fused_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax: bool, eps: float, cd: int):
-    """RepAct's training forward on the native kernels: ``(y, mean, var)``, mean/var empty for I/II.
+    """RepAct's training forward in one native call: ``(y, mean, var)``, mean/var empty for I/II.
 
-    One pass (I/II), or a statistics pass and one pass with the BatchNorm folded in (III with batch
-    statistics; mean/var (Cc,) float64 are then its batch statistics).
+    The C entry point builds the table from the branch weights, and for RepAct-III with batch
+    statistics makes a statistics pass and folds the BatchNorm into the table before its one pass
+    over the input (mean/var (Cc,) float64 are then the batch statistics).
     """
-    _, table = _table_from_params(w_raw, slope, base, part, softmax)
-    cc = table.shape[0]
-    coeffs = table.reshape(cc, -1, 3)
-    if gamma is None:
-        empty = x.new_empty(0, dtype=torch.float64)
-        return _native_forward(x, knots, coeffs, cd).reshape(x.shape), empty, empty.clone()
-    st = native_stats(x, knots, coeffs, cd)
-    n = x.numel() // cc
-    mean = st[0] / n
-    var = (st[1] / n - mean * mean).clamp_min(0.0)
-    scale = gamma.detach().double() * torch.rsqrt(var + eps)
-    shift = beta.detach().double() - mean * scale
-    folded = fuse.fold_affine(coeffs.double(), scale, shift).to(coeffs.dtype)
-    return _native_forward(x, knots, folded, cd).reshape(x.shape), mean, var
+    out = native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd)
+    if out is None:
+        raise RuntimeError(f"the native RepAct kernel does not apply to this input ({x.dtype}, shape "
+                           f"{tuple(x.shape)}, channels on dim {cd})")
+    return out
 
 
 def _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, need_x, need_table):
     """Gradients ``(gx, g_w_raw, g_slope, g_gamma, g_beta)`` (None where not needed or not present)."""
-    w, table = _table_from_params(w_raw, slope, base, part, softmax)
-    cc = table.shape[0]
-    coeffs = table.reshape(cc, -1, 3)
-    ggamma = gbeta = None
-    if gamma is None:
-        gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, True)
-    else:
-        n = x.numel() // cc
-        invstd = torch.rsqrt(var + eps)
-        _, moments = _native_backward(g, x, knots, coeffs, cd, False, True)
-        m = moments.double()  # (Cc, S, 3): sums of g x^j per segment
-        sum_g = m[:, :, 0].sum(1)
-        sum_gs = (coeffs.double() * m).sum((1, 2))  # sum of g * s(x)
-        sum_gshat = invstd * (sum_gs - mean * sum_g)
-        gam = gamma.detach().double()
-        alpha = gam * invstd
-        beta_ = -gam * invstd * invstd * sum_gshat / n
-        delta = -alpha * sum_g / n - beta_ * mean
-        gx, gc = _native_backward(g, x, knots, coeffs, cd, need_x, True, torch.stack([alpha, beta_, delta]))
-        ggamma = sum_gshat.to(gamma.dtype).reshape(gamma.shape)
-        gbeta = sum_g.to(gamma.dtype).reshape(gamma.shape)
-    gw = gslope = None
-    if need_table:
-        gw, gslope = _table_vjp(gc.reshape(cc, -1).to(w.dtype), w_raw, w, slope, base, part, softmax)
-    if gx is not None and gx.shape != x.shape:
-        gx = gx.reshape(x.shape)
-    return gx, gw, gslope, ggamma, gbeta
+    out = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd,
+                                need_x, need_table)
+    if out is None:
+        raise RuntimeError(f"the native RepAct kernel does not apply to this gradient ({g.dtype}, shape "
+                           f"{tuple(g.shape)})")
+    return out
 
 
 class _FusedRepActFn(torch.autograd.Function):
@@ -417,7 +363,9 @@ class RepAct(Activation):
                 return False
         elif type(x) is not torch.Tensor or x.numel() == 0 or not _use_native(x):
             return False
-        return self.variant != "bn" or (self._use_batch_stats(x) and self.bn.weight is not None)
+        if self.variant != "bn":
+            return True
+        return self._use_batch_stats(x) and self.bn.weight is not None and self.bn.weight.dtype == x.dtype
 
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

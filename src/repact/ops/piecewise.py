@@ -33,6 +33,8 @@ __all__ = [
     "native_available",
     "native_table",
     "native_forward_prepared",
+    "native_train_forward",
+    "native_train_backward",
 ]
 
 _BACKENDS = ("auto", "native", "torch")
@@ -263,6 +265,89 @@ def native_stats(x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, cha
     rc = fn(xd.data_ptr(), outer, c, inner, t.numel(), t.data_ptr(), cf.data_ptr(), coeffs.shape[0],
             torch.get_num_threads(), out.data_ptr())
     return out if rc == 0 else None
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _param(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    # a parameter as the C entry points read it: detached, CPU, dtype, contiguous (no copy if it is)
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype != dtype or not t.is_cpu:
+        t = t.to(device="cpu", dtype=dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax: bool, eps: float,
+                         channel_dim: int):
+    """RepAct's whole training forward in one native call: ``(y, mean, var)`` or None if n/a.
+
+    ``w_raw`` (nb,) or (Cc, nb), ``slope`` (Cc,) or None, ``base``/``part`` (nb, S*3): the table is
+    ``w @ base + (w * slope) @ part`` with ``w = softmax(w_raw)`` when ``softmax``. With ``gamma``
+    and ``beta`` (Cc,), the output is the training BatchNorm of the table's function with batch
+    statistics, and mean/var (Cc,) float64 are those statistics; otherwise both are empty.
+    """
+    cc = w_raw.shape[0] if w_raw.dim() == 2 else 1
+    layout = _native_layout(x, channel_dim, cc)
+    if layout is None:
+        return None
+    xd, outer, c, inner = layout
+    dt = xd.dtype
+    lib = _native.library()
+    t = _param(knots, dt)
+    w, sl, bs, pt = _param(w_raw, dt), _param(slope, dt), _param(base, dt), _param(part, dt)
+    gm, bt = _param(gamma, dt), _param(beta, dt)
+    y = torch.empty_like(xd)
+    nstat = cc if gm is not None else 0
+    mean = torch.empty(nstat, dtype=torch.float64)
+    var = torch.empty(nstat, dtype=torch.float64)
+    fn = lib.repact_train_forward_f32 if dt == torch.float32 else lib.repact_train_forward_f64
+    rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, t.shape[0], t.data_ptr(), w.data_ptr(), _ptr(sl),
+            bs.data_ptr(), pt.data_ptr(), w.shape[-1], int(softmax), cc, _ptr(gm), _ptr(bt), float(eps),
+            _ptr(mean) if nstat else None, _ptr(var) if nstat else None, torch.get_num_threads())
+    if rc != 0:
+        return None
+    return y, mean, var
+
+
+def native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax: bool, eps: float,
+                          channel_dim: int, need_x: bool, need_params: bool):
+    """Gradients ``(gx, g_w_raw, g_slope, g_gamma, g_beta)`` of :func:`native_train_forward`.
+
+    Entries are None where not needed or not present; the whole result is None if n/a.
+    """
+    cc = w_raw.shape[0] if w_raw.dim() == 2 else 1
+    layout = _native_layout(x, channel_dim, cc)
+    if layout is None:
+        return None
+    xd, outer, c, inner = layout
+    dt = xd.dtype
+    if g.dtype != dt or not g.is_cpu or g.stride() != xd.stride() or type(g) is not torch.Tensor:
+        g = torch.empty_like(xd).copy_(g)
+    lib = _native.library()
+    t = _param(knots, dt)
+    w, sl, bs, pt, gm = _param(w_raw, dt), _param(slope, dt), _param(base, dt), _param(part, dt), _param(gamma, dt)
+    gx = torch.empty_like(xd) if need_x else None
+    gw = torch.empty(w_raw.shape, dtype=dt) if need_params else None
+    gsl = torch.empty(slope.shape, dtype=dt) if need_params and slope is not None else None
+    ggm = torch.empty(gamma.shape, dtype=dt) if gm is not None else None
+    gbt = torch.empty(gamma.shape, dtype=dt) if gm is not None else None
+    if gm is not None:
+        mean = mean.to(dtype=torch.float64).contiguous()
+        var = var.to(dtype=torch.float64).contiguous()
+    fn = lib.repact_train_backward_f32 if dt == torch.float32 else lib.repact_train_backward_f64
+    rc = fn(xd.data_ptr(), g.data_ptr(), _ptr(gx), outer, c, inner, t.shape[0], t.data_ptr(), w.data_ptr(),
+            _ptr(sl), bs.data_ptr(), pt.data_ptr(), w.shape[-1], int(softmax), cc, _ptr(gm),
+            _ptr(mean) if gm is not None else None, _ptr(var) if gm is not None else None, float(eps),
+            _ptr(gw), _ptr(gsl), _ptr(ggm), _ptr(gbt), torch.get_num_threads())
+    if rc != 0:
+        return None
+    if gx is not None and gx.shape != x.shape:
+        gx = gx.reshape(x.shape)
+    return gx, gw, gsl, ggm, gbt
 
 
 class _PiecewiseQuadraticFn(torch.autograd.Function):
