@@ -28,7 +28,8 @@
 #include <omp.h>
 
 #define MAXK 8
-#define CHUNK 2048
+/* elements between flushes of float partial sums into double: 128 per float lane */
+#define CHUNK (128 * (VBYTES / 4))
 
 /* Portable SIMD through GCC/Clang vector extensions: 64-byte vectors with AVX-512, 32 with AVX,
  * 16 otherwise. Casting between same-size vector types reinterprets the bits. */
@@ -275,8 +276,10 @@ static void bwd_block_##SUF##_k##K(const T* restrict xb, const T* restrict gb, T
             if (acc) {                                                                           \
                 double dv = (double)v, dg = (double)g;                                           \
                 sa[0] += dg; sa[1] += dg * dv; sa[2] += dg * dv * dv;                            \
-                for (int k = 0; k < seg; ++k) {                                                  \
-                    sg[k][0] += dg; sg[k][1] += dg * dv; sg[k][2] += dg * dv * dv;               \
+                const double dg1 = dg * dv, dg2 = dg1 * dv;                                      \
+                for (int k = 0; k < K; ++k) { /* branch-free: seg is data-dependent */           \
+                    const double on = (double)(v >= tk[k]);                                      \
+                    sg[k][0] += on * dg; sg[k][1] += on * dg1; sg[k][2] += on * dg2;             \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
