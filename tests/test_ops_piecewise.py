@@ -225,3 +225,38 @@ def test_native_batch_statistics_over_threads(cc):
     dims = (0, 1, 2, 3) if cc == 1 else (0, 2, 3)
     torch.testing.assert_close(stats[0], s.sum(dims).reshape(-1), rtol=1e-6, atol=1e-3)
     torch.testing.assert_close(stats[1], (s * s).sum(dims).reshape(-1), rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("spatial", [(7, 7), (15, 17), (16, 16), (33, 65)])
+@pytest.mark.parametrize("with_affine", [False, True])
+def test_native_per_channel_sums_over_both_walks(spatial, with_affine):
+    """Per-channel sums take one channel at a time over small maps and walk image by image (the
+    running sums parked between blocks) over large ones; both must give the float64 reference."""
+    if not native_available():
+        pytest.skip("native kernels unavailable on this machine")
+    from repact.ops.piecewise import _native_backward, native_stats
+
+    c = 6
+    x = torch.randn(5, c, *spatial, dtype=torch.float64) * 4
+    x.view(-1)[:6] = torch.tensor([-3.0, 0.0, 3.0, -3.0, 0.0, 3.0], dtype=torch.float64)
+    g = torch.randn_like(x)
+    knots, coeffs = _table(c, 3, torch.float64)
+    aff = torch.randn(3, c, dtype=torch.float64) if with_affine else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stats = native_stats(x.float(), knots.float(), coeffs.float(), 1)
+        gx, gc = _native_backward(g, x, knots, coeffs, 1, True, True, aff)
+    finally:
+        torch.set_num_threads(threads)
+    s = _reference(x, knots, coeffs, 1)
+    torch.testing.assert_close(stats[0], s.sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(stats[1], (s * s).sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
+    shape = (1, c, 1, 1)
+    h = g if aff is None else aff[0].reshape(shape) * g + aff[1].reshape(shape) * s + aff[2].reshape(shape)
+    xr = x.clone().requires_grad_(True)
+    cr = coeffs.clone().requires_grad_(True)
+    with backend("torch"):
+        ref_gx, ref_gc = torch.autograd.grad(piecewise_quadratic(xr, knots, cr, 1), (xr, cr), h)
+    torch.testing.assert_close(gx, ref_gx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gc, ref_gc, rtol=1e-10, atol=1e-9)

@@ -60,6 +60,213 @@ static int pick_threads(int64_t work, int nthreads) {
 /* Kernels for one knot count K (a compile-time constant so loops unroll and vectorize)        */
 /* ------------------------------------------------------------------------------------------ */
 
+#define DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, ST)                                                   \
+/* sum s and sum s^2 of nblk blocks (n elements each, bs apart) into out[0], out[Cc] (ST = 0), or  \
+ * of one block into the channel's running sums parked in st (ST = 1; see stats_finish) */        \
+static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, int64_t nblk, int64_t bs, int64_t n,\
+                                     const T* restrict t, const T* restrict coef, int64_t S,        \
+                                     int64_t Cc, int64_t c, double* restrict out,                   \
+                                     char* restrict st) {                                           \
+    enum { L = VBYTES / sizeof(T) };                                                                \
+    const VT zero = {0};                                                                            \
+    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                   \
+    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                               \
+    for (int s = 0; s <= K; ++s) {                                                                  \
+        c0[s] = coef[(0 * S + s) * Cc + c];                                                         \
+        c1[s] = coef[(1 * S + s) * Cc + c];                                                         \
+        c2[s] = coef[(2 * S + s) * Cc + c];                                                         \
+        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                        \
+    }                                                                                               \
+    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                              \
+    VT s1 = zero, s2 = zero;                                                                        \
+    double d1 = 0.0, d2 = 0.0;                                                                      \
+    int64_t since = 0;                                                                              \
+    if (ST) { /* resume the channel's running sums */                                               \
+        const VT* sv_ = (const VT*)st;                                                              \
+        const double* sd_ = (const double*)(st + 2 * VBYTES);                                       \
+        s1 = sv_[0]; s2 = sv_[1]; d1 = sd_[0]; d2 = sd_[1];                                         \
+        since = *(const int64_t*)(sd_ + 2);                                                         \
+    }                                                                                               \
+    for (int64_t b = 0; b < nblk; ++b)                                                              \
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                     \
+        const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                        \
+        const T* restrict xc = xb + b * bs + i0;                                                    \
+        int64_t i = 0;                                                                              \
+        for (; i + L <= m; i += L) {                                                                \
+            VT v;                                                                                   \
+            memcpy(&v, xc + i, sizeof v);                                                           \
+            VT a0 = c0v[0], a1 = c1v[0], a2 = c2v[0];                                               \
+            for (int k = 0; k < K; ++k) {                                                           \
+                VI mk = v >= tv[k];                                                                 \
+                a0 = VSEL(VT, VI, mk, c0v[k + 1], a0);                                              \
+                a1 = VSEL(VT, VI, mk, c1v[k + 1], a1);                                              \
+                a2 = VSEL(VT, VI, mk, c2v[k + 1], a2);                                              \
+            }                                                                                       \
+            VT q = (VT)((VI)(a2 * v) & (a2 != zero));                                               \
+            VT s = a0 + v * (a1 + q);                                                               \
+            s1 += s;                                                                                \
+            s2 += s * s;                                                                            \
+        }                                                                                           \
+        for (; i < m; ++i) {                                                                        \
+            T v = xc[i];                                                                            \
+            int seg = 0;                                                                            \
+            for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                        \
+            T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                           \
+            double s = (double)(c0[seg] + v * (c1[seg] + q));                                       \
+            d1 += s;                                                                                \
+            d2 += s * s;                                                                            \
+        }                                                                                           \
+        since += m;                                                                                 \
+        if (since >= CHUNK) { /* keep float partial sums short */                                   \
+            for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                               \
+            s1 = zero; s2 = zero; since = 0;                                                        \
+        }                                                                                           \
+    }                                                                                               \
+    if (ST) {                                                                                       \
+        VT* sv_ = (VT*)st;                                                                          \
+        double* sd_ = (double*)(st + 2 * VBYTES);                                                   \
+        sv_[0] = s1; sv_[1] = s2; sd_[0] = d1; sd_[1] = d2;                                         \
+        *(int64_t*)(sd_ + 2) = since;                                                               \
+    } else {                                                                                        \
+        for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                   \
+        out[0] += d1;                                                                               \
+        out[Cc] += d2;                                                                              \
+    }                                                                                               \
+}                                                                                                   \
+                                                                                                    \
+/* One pass per chunk: h (g, or the affine of g and s), gx = h s'(x), and the moment sums of      \
+ * h, h x, h x^2 over all elements and over each {x >= t[k]}; a segment's sums are differences     \
+ * of those (segment s = {x >= t[s-1]} minus {x >= t[s]}), so one compare per knot suffices.       \
+ * ST = 0: nblk blocks of one channel, sums added to acc at the end; ST = 1: one block, the        \
+ * channel's running sums resumed from and parked in st (bwd_finish adds them to acc). */          \
+static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict gb, T* restrict gxb,\
+                                   double* restrict acc, const double* restrict aff,                \
+                                   int64_t nblk, int64_t bs, int64_t n, const T* restrict t,        \
+                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c,        \
+                                   char* restrict st) {                                             \
+    enum { L = VBYTES / sizeof(T) };                                                                \
+    const VT zero = {0};                                                                            \
+    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                   \
+    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                               \
+    for (int s = 0; s <= K; ++s) {                                                                  \
+        c0[s] = coef[(0 * S + s) * Cc + c];                                                         \
+        c1[s] = coef[(1 * S + s) * Cc + c];                                                         \
+        c2[s] = coef[(2 * S + s) * Cc + c];                                                         \
+        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                        \
+    }                                                                                               \
+    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                              \
+    const T al = aff ? (T)aff[c] : (T)1, be = aff ? (T)aff[Cc + c] : (T)0;                          \
+    const T de = aff ? (T)aff[2 * Cc + c] : (T)0;                                                   \
+    const VT alv = zero + al, bev = zero + be, dev = zero + de;                                     \
+    VT all0 = zero, all1 = zero, all2 = zero;                                                       \
+    VT ge0[K + 1], ge1[K + 1], ge2[K + 1];                                                          \
+    for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }                   \
+    double sa[3] = {0, 0, 0}, sg[K + 1][3];                                                         \
+    for (int k = 0; k <= K; ++k) sg[k][0] = sg[k][1] = sg[k][2] = 0.0;                              \
+    int64_t since = 0;                                                                              \
+    if (ST) { /* resume the channel's running sums */                                               \
+        const VT* sv_ = (const VT*)st;                                                              \
+        const double* sd_ = (const double*)(st + (3 + 3 * K) * VBYTES);                             \
+        all0 = sv_[0]; all1 = sv_[1]; all2 = sv_[2];                                                \
+        for (int k = 0; k < K; ++k) { ge0[k] = sv_[3 + 3 * k]; ge1[k] = sv_[4 + 3 * k]; ge2[k] = sv_[5 + 3 * k]; }\
+        for (int j = 0; j < 3; ++j) sa[j] = sd_[j];                                                 \
+        for (int k = 0; k < K; ++k) for (int j = 0; j < 3; ++j) sg[k][j] = sd_[3 + 3 * k + j];      \
+        since = *(const int64_t*)(sd_ + 3 + 3 * K);                                                 \
+    }                                                                                               \
+    for (int64_t b = 0; b < nblk; ++b)                                                              \
+    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                     \
+        const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                        \
+        const T* restrict xc = xb + b * bs + i0;                                                    \
+        const T* restrict gc = gb + b * bs + i0;                                                    \
+        T* restrict gxc = gxb ? gxb + b * bs + i0 : NULL;                                           \
+        int64_t i = 0;                                                                              \
+        for (; i + L <= m; i += L) {                                                                \
+            VT v, g;                                                                                \
+            memcpy(&v, xc + i, sizeof v);                                                           \
+            memcpy(&g, gc + i, sizeof g);                                                           \
+            VI mk[K + 1];                                                                           \
+            for (int k = 0; k < K; ++k) mk[k] = v >= tv[k];                                         \
+            VT a1 = c1v[0], a2 = c2v[0];                                                            \
+            for (int k = 0; k < K; ++k) {                                                           \
+                a1 = VSEL(VT, VI, mk[k], c1v[k + 1], a1);                                           \
+                a2 = VSEL(VT, VI, mk[k], c2v[k + 1], a2);                                           \
+            }                                                                                       \
+            const VI nz = a2 != zero;                                                               \
+            if (aff) {                                                                              \
+                VT a0 = c0v[0];                                                                     \
+                for (int k = 0; k < K; ++k) a0 = VSEL(VT, VI, mk[k], c0v[k + 1], a0);               \
+                VT s = a0 + v * (a1 + (VT)((VI)(a2 * v) & nz));                                     \
+                g = alv * g + bev * s + dev;                                                        \
+            }                                                                                       \
+            if (gxc) {                                                                              \
+                VT q = (VT)((VI)((a2 + a2) * v) & nz);                                              \
+                VT out = g * (a1 + q);                                                              \
+                memcpy(gxc + i, &out, sizeof out);                                                  \
+            }                                                                                       \
+            if (ST || acc) {                                                                        \
+                VT g1 = g * v, g2 = g1 * v;                                                         \
+                all0 += g; all1 += g1; all2 += g2;                                                  \
+                for (int k = 0; k < K; ++k) {                                                       \
+                    ge0[k] += (VT)((VI)g & mk[k]);                                                  \
+                    ge1[k] += (VT)((VI)g1 & mk[k]);                                                 \
+                    ge2[k] += (VT)((VI)g2 & mk[k]);                                                 \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (; i < m; ++i) {                                                                        \
+            T v = xc[i], g = gc[i];                                                                 \
+            int seg = 0;                                                                            \
+            for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                        \
+            if (aff) {                                                                              \
+                T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                       \
+                g = al * g + be * (c0[seg] + v * (c1[seg] + q)) + de;                               \
+            }                                                                                       \
+            if (gxc) {                                                                              \
+                T q = (c2[seg] == (T)0) ? (T)0 : (c2[seg] + c2[seg]) * v;                           \
+                gxc[i] = g * (c1[seg] + q);                                                         \
+            }                                                                                       \
+            if (ST || acc) {                                                                        \
+                double dv = (double)v, dg = (double)g;                                              \
+                sa[0] += dg; sa[1] += dg * dv; sa[2] += dg * dv * dv;                               \
+                const double dg1 = dg * dv, dg2 = dg1 * dv;                                         \
+                for (int k = 0; k < K; ++k) { /* branch-free: seg is data-dependent */              \
+                    const double on = (double)(v >= tk[k]);                                         \
+                    sg[k][0] += on * dg; sg[k][1] += on * dg1; sg[k][2] += on * dg2;                \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        since += m;                                                                                 \
+        if ((ST || acc) && (since >= CHUNK || (!ST && b == nblk - 1 && i0 + m >= n))) {             \
+            /* flush the float lanes into double sums (keeps float partial sums short) */           \
+            for (int l = 0; l < L; ++l) {                                                           \
+                sa[0] += all0[l]; sa[1] += all1[l]; sa[2] += all2[l];                               \
+                for (int k = 0; k < K; ++k) {                                                       \
+                    sg[k][0] += ge0[k][l]; sg[k][1] += ge1[k][l]; sg[k][2] += ge2[k][l];            \
+                }                                                                                   \
+            }                                                                                       \
+            all0 = zero; all1 = zero; all2 = zero;                                                  \
+            for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }           \
+            since = 0;                                                                              \
+        }                                                                                           \
+    }                                                                                               \
+    if (ST) { /* park the running sums until the channel's next block */                            \
+        VT* sv_ = (VT*)st;                                                                          \
+        double* sd_ = (double*)(st + (3 + 3 * K) * VBYTES);                                         \
+        sv_[0] = all0; sv_[1] = all1; sv_[2] = all2;                                                \
+        for (int k = 0; k < K; ++k) { sv_[3 + 3 * k] = ge0[k]; sv_[4 + 3 * k] = ge1[k]; sv_[5 + 3 * k] = ge2[k]; }\
+        for (int j = 0; j < 3; ++j) sd_[j] = sa[j];                                                 \
+        for (int k = 0; k < K; ++k) for (int j = 0; j < 3; ++j) sd_[3 + 3 * k + j] = sg[k][j];      \
+        *(int64_t*)(sd_ + 3 + 3 * K) = since;                                                       \
+    } else if (acc) {                                                                               \
+        for (int s = 0; s <= K; ++s)                                                                \
+            for (int j = 0; j < 3; ++j) {                                                           \
+                double above = (s == 0) ? sa[j] : sg[s - 1][j];                                     \
+                double beyond = (s == K) ? 0.0 : sg[s][j];                                          \
+                acc[(j * S + s) * Cc + c] += above - beyond;                                        \
+            }                                                                                       \
+    }                                                                                               \
+}
+
 #define DEFINE_KERNELS(T, SUF, K, VT, VI)                                                        \
                                                                                                  \
 static void fwd_block_##SUF##_k##K(const T* restrict xb, T* restrict yb, int64_t nblk,           \
@@ -113,64 +320,9 @@ static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-/* sum s and sum s^2 of nblk blocks (n elements each, bs apart) into out[0], out[Cc] */          \
-static void stats_block_##SUF##_k##K(const T* restrict xb, int64_t nblk, int64_t bs, int64_t n,  \
-                                     const T* restrict t, const T* restrict coef, int64_t S,     \
-                                     int64_t Cc, int64_t c, double* restrict out) {              \
-    enum { L = VBYTES / sizeof(T) };                                                             \
-    const VT zero = {0};                                                                         \
-    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
-    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                            \
-    for (int s = 0; s <= K; ++s) {                                                               \
-        c0[s] = coef[(0 * S + s) * Cc + c];                                                      \
-        c1[s] = coef[(1 * S + s) * Cc + c];                                                      \
-        c2[s] = coef[(2 * S + s) * Cc + c];                                                      \
-        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                     \
-    }                                                                                            \
-    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                           \
-    VT s1 = zero, s2 = zero;                                                                     \
-    double d1 = 0.0, d2 = 0.0;                                                                   \
-    int64_t since = 0;                                                                           \
-    for (int64_t b = 0; b < nblk; ++b)                                                           \
-    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                  \
-        const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                     \
-        const T* restrict xc = xb + b * bs + i0;                                                 \
-        int64_t i = 0;                                                                           \
-        for (; i + L <= m; i += L) {                                                             \
-            VT v;                                                                                \
-            memcpy(&v, xc + i, sizeof v);                                                        \
-            VT a0 = c0v[0], a1 = c1v[0], a2 = c2v[0];                                            \
-            for (int k = 0; k < K; ++k) {                                                        \
-                VI mk = v >= tv[k];                                                              \
-                a0 = VSEL(VT, VI, mk, c0v[k + 1], a0);                                           \
-                a1 = VSEL(VT, VI, mk, c1v[k + 1], a1);                                           \
-                a2 = VSEL(VT, VI, mk, c2v[k + 1], a2);                                           \
-            }                                                                                    \
-            VT q = (VT)((VI)(a2 * v) & (a2 != zero));                                            \
-            VT s = a0 + v * (a1 + q);                                                            \
-            s1 += s;                                                                             \
-            s2 += s * s;                                                                         \
-        }                                                                                        \
-        for (; i < m; ++i) {                                                                     \
-            T v = xc[i];                                                                         \
-            int seg = 0;                                                                         \
-            for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                     \
-            T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                        \
-            double s = (double)(c0[seg] + v * (c1[seg] + q));                                    \
-            d1 += s;                                                                             \
-            d2 += s * s;                                                                         \
-        }                                                                                        \
-        since += m;                                                                              \
-        if (since >= CHUNK) { /* keep float partial sums short */                                \
-            for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                            \
-            s1 = zero; s2 = zero; since = 0;                                                     \
-        }                                                                                        \
-    }                                                                                            \
-    for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                    \
-    out[0] += d1;                                                                                \
-    out[Cc] += d2;                                                                               \
-}                                                                                                \
-                                                                                                 \
+/* the block kernels of the sums passes, both walks (see FOR_THREAD_SHARE) */                    \
+DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, 0) DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, 1)                   \
+                                                                                                    \
 static void stats_row_##SUF##_k##K(const T* restrict xp, int64_t C, const T* restrict t,         \
                                    const T* restrict coef, int64_t S, double* restrict out) {    \
     T tk[K + 1];                                                                                 \
@@ -191,119 +343,6 @@ static void stats_row_##SUF##_k##K(const T* restrict xp, int64_t C, const T* res
         double s = (double)(a0 + v * (a1 + q));                                                  \
         out[c] += s;                                                                             \
         out[C + c] += s * s;                                                                     \
-    }                                                                                            \
-}                                                                                                \
-                                                                                                 \
-/* One pass per chunk: h (g, or the affine of g and s), gx = h s'(x), and the moment sums of   \
- * h, h x, h x^2 over all elements and over each {x >= t[k]}; a segment's sums are differences  \
- * of those (segment s = {x >= t[s-1]} minus {x >= t[s]}), so one compare per knot suffices. */ \
-static void bwd_block_##SUF##_k##K(const T* restrict xb, const T* restrict gb, T* restrict gxb,  \
-                                   double* restrict acc, const double* restrict aff,             \
-                                   int64_t nblk, int64_t bs, int64_t n, const T* restrict t,     \
-                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c) {   \
-    enum { L = VBYTES / sizeof(T) };                                                             \
-    const VT zero = {0};                                                                         \
-    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
-    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                            \
-    for (int s = 0; s <= K; ++s) {                                                               \
-        c0[s] = coef[(0 * S + s) * Cc + c];                                                      \
-        c1[s] = coef[(1 * S + s) * Cc + c];                                                      \
-        c2[s] = coef[(2 * S + s) * Cc + c];                                                      \
-        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                     \
-    }                                                                                            \
-    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                           \
-    const T al = aff ? (T)aff[c] : (T)1, be = aff ? (T)aff[Cc + c] : (T)0;                       \
-    const T de = aff ? (T)aff[2 * Cc + c] : (T)0;                                                \
-    const VT alv = zero + al, bev = zero + be, dev = zero + de;                                  \
-    VT all0 = zero, all1 = zero, all2 = zero;                                                    \
-    VT ge0[K + 1], ge1[K + 1], ge2[K + 1];                                                       \
-    for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }                \
-    double sa[3] = {0, 0, 0}, sg[K + 1][3];                                                      \
-    for (int k = 0; k <= K; ++k) sg[k][0] = sg[k][1] = sg[k][2] = 0.0;                           \
-    int64_t since = 0;                                                                           \
-    for (int64_t b = 0; b < nblk; ++b)                                                           \
-    for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                  \
-        const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                     \
-        const T* restrict xc = xb + b * bs + i0;                                                 \
-        const T* restrict gc = gb + b * bs + i0;                                                 \
-        T* restrict gxc = gxb ? gxb + b * bs + i0 : NULL;                                        \
-        int64_t i = 0;                                                                           \
-        for (; i + L <= m; i += L) {                                                             \
-            VT v, g;                                                                             \
-            memcpy(&v, xc + i, sizeof v);                                                        \
-            memcpy(&g, gc + i, sizeof g);                                                        \
-            VI mk[K + 1];                                                                        \
-            for (int k = 0; k < K; ++k) mk[k] = v >= tv[k];                                      \
-            VT a1 = c1v[0], a2 = c2v[0];                                                         \
-            for (int k = 0; k < K; ++k) {                                                        \
-                a1 = VSEL(VT, VI, mk[k], c1v[k + 1], a1);                                        \
-                a2 = VSEL(VT, VI, mk[k], c2v[k + 1], a2);                                        \
-            }                                                                                    \
-            const VI nz = a2 != zero;                                                            \
-            if (aff) {                                                                           \
-                VT a0 = c0v[0];                                                                  \
-                for (int k = 0; k < K; ++k) a0 = VSEL(VT, VI, mk[k], c0v[k + 1], a0);            \
-                VT s = a0 + v * (a1 + (VT)((VI)(a2 * v) & nz));                                  \
-                g = alv * g + bev * s + dev;                                                     \
-            }                                                                                    \
-            if (gxc) {                                                                           \
-                VT q = (VT)((VI)((a2 + a2) * v) & nz);                                           \
-                VT out = g * (a1 + q);                                                           \
-                memcpy(gxc + i, &out, sizeof out);                                               \
-            }                                                                                    \
-            if (acc) {                                                                           \
-                VT g1 = g * v, g2 = g1 * v;                                                      \
-                all0 += g; all1 += g1; all2 += g2;                                               \
-                for (int k = 0; k < K; ++k) {                                                    \
-                    ge0[k] += (VT)((VI)g & mk[k]);                                               \
-                    ge1[k] += (VT)((VI)g1 & mk[k]);                                              \
-                    ge2[k] += (VT)((VI)g2 & mk[k]);                                              \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
-        for (; i < m; ++i) {                                                                     \
-            T v = xc[i], g = gc[i];                                                              \
-            int seg = 0;                                                                         \
-            for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                     \
-            if (aff) {                                                                           \
-                T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                    \
-                g = al * g + be * (c0[seg] + v * (c1[seg] + q)) + de;                            \
-            }                                                                                    \
-            if (gxc) {                                                                           \
-                T q = (c2[seg] == (T)0) ? (T)0 : (c2[seg] + c2[seg]) * v;                        \
-                gxc[i] = g * (c1[seg] + q);                                                      \
-            }                                                                                    \
-            if (acc) {                                                                           \
-                double dv = (double)v, dg = (double)g;                                           \
-                sa[0] += dg; sa[1] += dg * dv; sa[2] += dg * dv * dv;                            \
-                const double dg1 = dg * dv, dg2 = dg1 * dv;                                      \
-                for (int k = 0; k < K; ++k) { /* branch-free: seg is data-dependent */           \
-                    const double on = (double)(v >= tk[k]);                                      \
-                    sg[k][0] += on * dg; sg[k][1] += on * dg1; sg[k][2] += on * dg2;             \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
-        since += m;                                                                              \
-        if (acc && (since >= CHUNK || (b == nblk - 1 && i0 + m >= n))) {                         \
-            /* flush the float lanes into double sums (keeps float partial sums short) */        \
-            for (int l = 0; l < L; ++l) {                                                        \
-                sa[0] += all0[l]; sa[1] += all1[l]; sa[2] += all2[l];                            \
-                for (int k = 0; k < K; ++k) {                                                    \
-                    sg[k][0] += ge0[k][l]; sg[k][1] += ge1[k][l]; sg[k][2] += ge2[k][l];         \
-                }                                                                                \
-            }                                                                                    \
-            all0 = zero; all1 = zero; all2 = zero;                                               \
-            for (int k = 0; k <= K; ++k) { ge0[k] = zero; ge1[k] = zero; ge2[k] = zero; }        \
-            since = 0;                                                                           \
-        }                                                                                        \
-    }                                                                                            \
-    if (acc) {                                                                                   \
-        for (int s = 0; s <= K; ++s)                                                             \
-            for (int j = 0; j < 3; ++j) {                                                        \
-                double above = (s == 0) ? sa[j] : sg[s - 1][j];                                  \
-                double beyond = (s == K) ? 0.0 : sg[s][j];                                       \
-                acc[(j * S + s) * Cc + c] += above - beyond;                                     \
-            }                                                                                    \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
@@ -335,6 +374,35 @@ static void bwd_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* 
             acc[(2 * S + seg) * C + c] += dg * dv * dv;                                          \
         }                                                                                        \
     }                                                                                            \
+}                                                                                                   \
+                                                                                                    \
+/* a parked state into the channel's sums (out[0], out[Cc]) */                                      \
+static void stats_finish_##SUF##_k##K(const char* restrict st, double* restrict out, int64_t Cc) {  \
+    enum { L = VBYTES / sizeof(T) };                                                                \
+    const VT* sv = (const VT*)st;                                                                   \
+    const double* sd = (const double*)(st + 2 * VBYTES);                                            \
+    double d1 = sd[0], d2 = sd[1];                                                                  \
+    for (int l = 0; l < L; ++l) { d1 += sv[0][l]; d2 += sv[1][l]; }                                 \
+    out[0] += d1;                                                                                   \
+    out[Cc] += d2;                                                                                  \
+}                                                                                                   \
+                                                                                                    \
+/* a parked state into the channel's per-segment moment sums acc[(j * S + s) * Cc] */               \
+static void bwd_finish_##SUF##_k##K(const char* restrict st, double* restrict acc, int64_t S, int64_t Cc) {\
+    enum { L = VBYTES / sizeof(T), NV = 3 + 3 * K };                                                \
+    const VT* sv = (const VT*)st;                                                                   \
+    const double* sd = (const double*)(st + NV * VBYTES);                                           \
+    double d[NV];                                                                                   \
+    for (int q = 0; q < NV; ++q) {                                                                  \
+        d[q] = sd[q];                                                                               \
+        for (int l = 0; l < L; ++l) d[q] += sv[q][l];                                               \
+    }                                                                                               \
+    for (int s = 0; s <= K; ++s)                                                                    \
+        for (int j = 0; j < 3; ++j) {                                                               \
+            double above = (s == 0) ? d[j] : d[3 * s + j];                                          \
+            double beyond = (s == K) ? 0.0 : d[3 * (s + 1) + j];                                    \
+            acc[(j * S + s) * Cc] += above - beyond;                                                \
+        }                                                                                           \
 }
 
 #define DEFINE_ALL_K(T, SUF, VT, VI)                                                             \
@@ -360,27 +428,58 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
         default: NAME##_##SUF##_k8(__VA_ARGS__); break;                                          \
     }
 
-/* Split the work over threads: rows (inner == 1, channels last) by row ranges, otherwise the
- * flat element range cut at block boundaries; ROW(o) and BLOCK(i, len, c) are the bodies. */
-#define FOR_THREAD_SHARE(ROW, BLOCK) FOR_THREAD_SHARE_IMPL(ROW, BLOCK, 1)
-/* the forward walks memory in order (no per-channel sums to keep), which prefetches better */
-#define FOR_THREAD_SHARE_IN_ORDER(ROW, BLOCK) FOR_THREAD_SHARE_IMPL(ROW, BLOCK, 0)
-#define FOR_THREAD_SHARE_IMPL(ROW, BLOCK, CHANNEL_MAJOR)                                         \
+/* Split the work over threads. Rows (inner == 1, channels last): row ranges, body ROW(o).
+ * Otherwise blocks of contiguous elements of one channel, body BLOCK(i, nblk, bs, len, c): nblk
+ * blocks of len elements from i, bs apart.
+ * - The forward walks the flat range in memory order, one contiguous piece per thread, cut at block
+ *   boundaries where the table changes per channel.
+ * - The sums kernels (statistics, backward) with per-channel tables give each thread a range of
+ *   channels, so that their sums stay thread-local. Over large blocks (inner >= STATE_WALK_MIN)
+ *   a thread walks its channels image by image, in memory order, parking each channel's running
+ *   sums in a state of STRIDE bytes between its blocks (BLOCK_ST(i, len, c, st), then
+ *   FINISH(st, c)); over small blocks, where that costs more than it saves, it takes one channel
+ *   at a time, all its blocks at once (the running sums stay in registers). */
+#define STATE_WALK_MIN 256
+#define FOR_THREAD_SHARE(SUMS, ROW, BLOCK, BLOCK_ST, FINISH, STRIDE)                             \
+    FOR_THREAD_SHARE_IMPL(ROW, BLOCK, SUMS, BLOCK_ST, FINISH, STRIDE)
+#define FOR_THREAD_SHARE_IN_ORDER(ROW, BLOCK) FOR_THREAD_SHARE_IMPL(ROW, BLOCK, 0, , , 64)
+#define FOR_THREAD_SHARE_IMPL(ROW, BLOCK, SUMS, BLOCK_ST, FINISH, STRIDE)                        \
     {                                                                                            \
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();                             \
         if (inner == 1 && C > 1) {                                                               \
             int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                        \
             for (int64_t o = o0; o < o1; ++o) { ROW }                                            \
-        } else if (Cc > 1 && CHANNEL_MAJOR) {                                                    \
-            /* per-channel tables: each thread takes whole channels, all their blocks at once */ \
+        } else if (Cc > 1 && SUMS && inner >= STATE_WALK_MIN) {                                  \
+            const int64_t c0 = C * tid / nth, c1 = C * (tid + 1) / nth;                          \
+            const int64_t stride = (STRIDE);                                                     \
+            const size_t bytes = (size_t)((c1 > c0 ? c1 - c0 : 1) * stride);                     \
+            char* states = (char*)aligned_alloc(64, bytes);                                      \
+            if (!states) {                                                                       \
+                _Pragma("omp atomic write")                                                      \
+                failed = 1;                                                                      \
+            } else {                                                                             \
+                memset(states, 0, bytes);                                                        \
+                for (int64_t b = 0; b < outer; ++b)                                              \
+                    for (int64_t c = c0; c < c1; ++c) {                                          \
+                        const int64_t i = (b * C + c) * inner, len = inner;                      \
+                        char* st = states + (c - c0) * stride;                                   \
+                        (void)i; (void)len; (void)st;                                            \
+                        { BLOCK_ST }                                                             \
+                    }                                                                            \
+                for (int64_t c = c0; c < c1; ++c) {                                              \
+                    const char* st = states + (c - c0) * stride;                                 \
+                    (void)st;                                                                    \
+                    { FINISH }                                                                   \
+                }                                                                                \
+                free(states);                                                                    \
+            }                                                                                    \
+        } else if (Cc > 1 && SUMS) {                                                             \
             int64_t c0 = C * tid / nth, c1 = C * (tid + 1) / nth;                                \
             for (int64_t c = c0; c < c1; ++c) {                                                  \
                 const int64_t i = c * inner, nblk = outer, bs = C * inner, len = inner;          \
                 { BLOCK }                                                                        \
             }                                                                                    \
         } else {                                                                                 \
-            /* the flat range in memory order, one contiguous piece per thread, cut at block     \
-             * boundaries where the table changes per channel */                                 \
             int64_t start = total * tid / nth, end = total * (tid + 1) / nth;                    \
             int64_t pos = start;                                                                 \
             while (pos < end) {                                                                  \
@@ -394,6 +493,9 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
         }                                                                                        \
     }
 
+/* bytes of a parked state (a multiple of 64): NV vectors, NV doubles, a count */
+static int64_t state_stride(int64_t nv) { return (nv * (VBYTES + 8) + 8 + 63) / 64 * 64; }
+
 /* ------------------------------------------------------------------------------------------ */
 /* Entry points                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
@@ -406,11 +508,12 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
     const int64_t total = outer * C * inner;                                                     \
     if (total == 0) return 0;                                                                    \
     int nt = pick_threads(total, nthreads);                                                      \
+    int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     FOR_THREAD_SHARE_IN_ORDER(                                                                   \
         KSWITCH(fwd_row, SUF, x + o * C, y + o * C, C, t, coef, S),                              \
-        KSWITCH(fwd_block, SUF, x + i, y + i, nblk, bs, len, t, coef, S, Cc, c))                           \
-    return 0;                                                                                    \
+        KSWITCH(fwd_block, SUF, x + i, y + i, nblk, bs, len, t, coef, S, Cc, c))                 \
+    return failed ? 2 : 0;                                                                       \
 }                                                                                                \
                                                                                                  \
 int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, int64_t K,        \
@@ -429,9 +532,11 @@ int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, i
             _Pragma("omp atomic write")                                                          \
             failed = 1;                                                                          \
         } else {                                                                                 \
-            FOR_THREAD_SHARE(                                                                    \
+            FOR_THREAD_SHARE(1,                                                                  \
                 KSWITCH(stats_row, SUF, x + o * C, C, t, coef, S, local),                        \
-                KSWITCH(stats_block, SUF, x + i, nblk, bs, len, t, coef, S, Cc, c, local + c))             \
+                KSWITCH(stats_block0, SUF, x + i, nblk, bs, len, t, coef, S, Cc, c, local + c, NULL), \
+                KSWITCH(stats_block1, SUF, x + i, 1, 0, len, t, coef, S, Cc, c, NULL, st),       \
+                KSWITCH(stats_finish, SUF, st, local + c, Cc), state_stride(2))                  \
             _Pragma("omp critical(repact_pq_reduce)")                                            \
             for (int64_t j = 0; j < 2 * Cc; ++j) out[j] += local[j];                             \
             free(local);                                                                         \
@@ -458,11 +563,14 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
             _Pragma("omp atomic write")                                                          \
             failed = 1;                                                                          \
         } else {                                                                                 \
-            FOR_THREAD_SHARE(                                                                    \
+            FOR_THREAD_SHARE(gcoef != NULL,                                                      \
                 KSWITCH(bwd_row, SUF, x + o * C, g + o * C, gx ? gx + o * C : NULL, local, aff,  \
                         C, t, coef, S),                                                          \
-                KSWITCH(bwd_block, SUF, x + i, g + i, gx ? gx + i : NULL, local, aff, nblk, bs,   \
-                        len, t, coef, S, Cc, c))                                                         \
+                KSWITCH(bwd_block0, SUF, x + i, g + i, gx ? gx + i : NULL, local, aff, nblk, bs,  \
+                        len, t, coef, S, Cc, c, NULL),                                           \
+                KSWITCH(bwd_block1, SUF, x + i, g + i, gx ? gx + i : NULL, NULL, aff, 1, 0, len, \
+                        t, coef, S, Cc, c, st),                                                  \
+                KSWITCH(bwd_finish, SUF, st, local + c, S, Cc), state_stride(3 + 3 * K))         \
             if (local) {                                                                         \
                 _Pragma("omp critical(repact_pq_reduce)")                                        \
                 for (int64_t j = 0; j < nacc; ++j) gcoef[j] += local[j];                         \
