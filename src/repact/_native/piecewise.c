@@ -12,6 +12,7 @@
  * Kernels (each reads its inputs only and writes fresh outputs; sums are kept in double):
  *   forward   y = s(x)
  *   stats     per channel: sum s(x), sum s(x)^2                       (RepAct-III batch statistics)
+ *   gsums     per channel: sum g, sum g s(x)                          (RepAct-III backward, first pass)
  *   backward  h = g                   (aff == NULL)
  *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
  *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
@@ -61,9 +62,11 @@ static int pick_threads(int64_t work, int nthreads) {
 /* ------------------------------------------------------------------------------------------ */
 
 #define DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, ST)                                                   \
-/* sum s and sum s^2 of nblk blocks (n elements each, bs apart) into out[0], out[Cc] (ST = 0), or  \
- * of one block into the channel's running sums parked in st (ST = 1; see stats_finish) */        \
-static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, int64_t nblk, int64_t bs, int64_t n,\
+/* sum s and sum s^2 (gb == NULL), or sum g and sum g s (RepAct-III's backward), of nblk blocks  \
+ * (n elements each, bs apart) into out[0], out[Cc] (ST = 0), or of one block into the channel's  \
+ * running sums parked in st (ST = 1; see stats_finish) */                                        \
+static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict gb, int64_t nblk,\
+                                     int64_t bs, int64_t n,                                         \
                                      const T* restrict t, const T* restrict coef, int64_t S,        \
                                      int64_t Cc, int64_t c, double* restrict out,                   \
                                      char* restrict st) {                                           \
@@ -91,6 +94,7 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, int64_t nblk, i
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                     \
         const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                        \
         const T* restrict xc = xb + b * bs + i0;                                                    \
+        const T* restrict gc = gb ? gb + b * bs + i0 : NULL;                                        \
         int64_t i = 0;                                                                              \
         for (; i + L <= m; i += L) {                                                                \
             VT v;                                                                                   \
@@ -104,8 +108,15 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, int64_t nblk, i
             }                                                                                       \
             VT q = (VT)((VI)(a2 * v) & (a2 != zero));                                               \
             VT s = a0 + v * (a1 + q);                                                               \
-            s1 += s;                                                                                \
-            s2 += s * s;                                                                            \
+            if (gc) {                                                                               \
+                VT g;                                                                               \
+                memcpy(&g, gc + i, sizeof g);                                                       \
+                s1 += g;                                                                            \
+                s2 += g * s;                                                                        \
+            } else {                                                                                \
+                s1 += s;                                                                            \
+                s2 += s * s;                                                                        \
+            }                                                                                       \
         }                                                                                           \
         for (; i < m; ++i) {                                                                        \
             T v = xc[i];                                                                            \
@@ -113,8 +124,9 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, int64_t nblk, i
             for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                        \
             T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                           \
             double s = (double)(c0[seg] + v * (c1[seg] + q));                                       \
-            d1 += s;                                                                                \
-            d2 += s * s;                                                                            \
+            const double w = gc ? (double)gc[i] : s;                                                \
+            d1 += w;                                                                                \
+            d2 += w * s;                                                                            \
         }                                                                                           \
         since += m;                                                                                 \
         if (since >= CHUNK) { /* keep float partial sums short */                                   \
@@ -323,7 +335,8 @@ static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C
 /* the block kernels of the sums passes, both walks (see FOR_THREAD_SHARE) */                    \
 DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, 0) DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, 1)                   \
                                                                                                     \
-static void stats_row_##SUF##_k##K(const T* restrict xp, int64_t C, const T* restrict t,         \
+static void stats_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, int64_t C,        \
+                                   const T* restrict t,                                          \
                                    const T* restrict coef, int64_t S, double* restrict out) {    \
     T tk[K + 1];                                                                                 \
     for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
@@ -341,8 +354,9 @@ static void stats_row_##SUF##_k##K(const T* restrict xp, int64_t C, const T* res
         }                                                                                        \
         T q = (a2 == (T)0) ? (T)0 : a2 * v;                                                      \
         double s = (double)(a0 + v * (a1 + q));                                                  \
-        out[c] += s;                                                                             \
-        out[C + c] += s * s;                                                                     \
+        const double w = gp ? (double)gp[c] : s;                                                 \
+        out[c] += w;                                                                             \
+        out[C + c] += w * s;                                                                     \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
@@ -516,8 +530,9 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
     return failed ? 2 : 0;                                                                       \
 }                                                                                                \
                                                                                                  \
-int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, int64_t K,        \
-                          const T* t, const T* coef, int64_t Cc, int nthreads, double* out) {    \
+static int pq_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,        \
+                         int64_t K, const T* t, const T* coef, int64_t Cc, int nthreads,         \
+                         double* out) {                                                          \
     if (K < 0 || K > MAXK) return 1;                                                             \
     const int64_t S = K + 1;                                                                     \
     const int64_t total = outer * C * inner;                                                     \
@@ -533,9 +548,11 @@ int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, i
             failed = 1;                                                                          \
         } else {                                                                                 \
             FOR_THREAD_SHARE(1,                                                                  \
-                KSWITCH(stats_row, SUF, x + o * C, C, t, coef, S, local),                        \
-                KSWITCH(stats_block0, SUF, x + i, nblk, bs, len, t, coef, S, Cc, c, local + c, NULL), \
-                KSWITCH(stats_block1, SUF, x + i, 1, 0, len, t, coef, S, Cc, c, NULL, st),       \
+                KSWITCH(stats_row, SUF, x + o * C, g ? g + o * C : NULL, C, t, coef, S, local),  \
+                KSWITCH(stats_block0, SUF, x + i, g ? g + i : NULL, nblk, bs, len, t, coef, S,   \
+                        Cc, c, local + c, NULL),                                                 \
+                KSWITCH(stats_block1, SUF, x + i, g ? g + i : NULL, 1, 0, len, t, coef, S, Cc,   \
+                        c, NULL, st),                                                            \
                 KSWITCH(stats_finish, SUF, st, local + c, Cc), state_stride(2))                  \
             _Pragma("omp critical(repact_pq_reduce)")                                            \
             for (int64_t j = 0; j < 2 * Cc; ++j) out[j] += local[j];                             \
@@ -543,6 +560,18 @@ int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, i
         }                                                                                        \
     }                                                                                            \
     return failed ? 2 : 0;                                                                       \
+}                                                                                                \
+                                                                                                 \
+int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, int64_t K,        \
+                          const T* t, const T* coef, int64_t Cc, int nthreads, double* out) {    \
+    return pq_sums_##SUF(x, NULL, outer, C, inner, K, t, coef, Cc, nthreads, out);               \
+}                                                                                                \
+                                                                                                 \
+/* per channel: sum g and sum g s(x) as out[0..Cc) and out[Cc..2Cc) */                           \
+int repact_pq_gsums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,       \
+                          int64_t K, const T* t, const T* coef, int64_t Cc, int nthreads,        \
+                          double* out) {                                                         \
+    return pq_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, out);                  \
 }                                                                                                \
                                                                                                  \
 int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const double* aff,    \
@@ -684,13 +713,10 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
         train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
         if (gamma) {                                                                             \
             /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
-            rc = repact_pq_backward_##SUF(x, g, NULL, gc, NULL, outer, C, inner, K, t, coef,     \
-                                         Cc, nthreads);                                          \
+            rc = repact_pq_gsums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);     \
             const double n = (double)(total / Cc);                                               \
             for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
-                double sum_g = 0.0, sum_gs = 0.0;                                                \
-                for (int64_t s = 0; s < S; ++s) sum_g += gc[s * Cc + c];                         \
-                for (int64_t js = 0; js < S3; ++js) sum_gs += (double)coef[js * Cc + c] * gc[js * Cc + c]; \
+                const double sum_g = gc[c], sum_gs = gc[Cc + c];                                 \
                 const double invstd = 1.0 / sqrt(var[c] + eps);                                  \
                 const double sum_gshat = invstd * (sum_gs - mean[c] * sum_g);                    \
                 const double gam = (double)gamma[c];                                             \
