@@ -227,7 +227,7 @@ def test_native_batch_statistics_over_threads(cc):
     torch.testing.assert_close(stats[1], (s * s).sum(dims).reshape(-1), rtol=1e-6, atol=1e-3)
 
 
-@pytest.mark.parametrize("spatial", [(7, 7), (15, 17), (16, 16), (33, 65)])
+@pytest.mark.parametrize("spatial", [(2, 3), (4, 4), (7, 7), (15, 17), (16, 16), (33, 65)])
 @pytest.mark.parametrize("with_affine", [False, True])
 def test_native_per_channel_sums_over_both_walks(spatial, with_affine):
     """Per-channel sums take one channel at a time over small maps and walk image by image (the
@@ -250,6 +250,8 @@ def test_native_per_channel_sums_over_both_walks(spatial, with_affine):
     finally:
         torch.set_num_threads(threads)
     s = _reference(x, knots, coeffs, 1)
+    with backend("native"):  # the forward's per-channel blocks end with an overlapping vector
+        torch.testing.assert_close(piecewise_quadratic(x, knots, coeffs, 1), s, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(stats[0], s.sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(stats[1], (s * s).sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
     shape = (1, c, 1, 1)
@@ -260,3 +262,20 @@ def test_native_per_channel_sums_over_both_walks(spatial, with_affine):
         ref_gx, ref_gc = torch.autograd.grad(piecewise_quadratic(xr, knots, cr, 1), (xr, cr), h)
     torch.testing.assert_close(gx, ref_gx, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gc, ref_gc, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [0, 1, 3, 8])
+def test_native_per_channel_forward_on_every_block_size(dtype, k):
+    """Block sizes on both sides of every vector width (the last vector of a block overlaps the one
+    before it; blocks shorter than a vector go element by element)."""
+    if not native_available():
+        pytest.skip("native kernels unavailable on this machine")
+    knots, coeffs = _table(5, k, dtype)
+    for inner in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 49, 64, 65):
+        x = (torch.randn(3, 5, inner, dtype=torch.float64) * 4).to(dtype)
+        with backend("native"):
+            y = piecewise_quadratic(x, knots, coeffs, 1)
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(y.double(), _reference(x, knots, coeffs, 1), rtol=tol, atol=tol,
+                                   msg=lambda m: f"inner={inner}: {m}")

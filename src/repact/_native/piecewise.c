@@ -310,6 +310,75 @@ static void fwd_block_##SUF##_k##K(const T* restrict xb, T* restrict yb, int64_t
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
+/* forward over the flat range [pos, end) of a tensor with a per-channel table, block by block      \
+ * (inner elements per block, channel (block index) mod C); ctab holds each channel's table in one  \
+ * place, ctab[(c * 3 + j) * (K + 1) + s]. A block of n >= L elements ends with a full vector that  \
+ * overlaps the one before it (those lanes are written twice with the same values), so there is no  \
+ * scalar tail; smaller blocks go element by element. */                                            \
+static void fwd_span_##SUF##_k##K(const T* restrict x, T* restrict y, int64_t pos, int64_t end,     \
+                                  int64_t inner, int64_t C, const T* restrict t,                    \
+                                  const T* restrict ctab) {                                         \
+    enum { L = VBYTES / sizeof(T) };                                                                \
+    const VT zero = {0};                                                                            \
+    T tk[K + 1];                                                                                    \
+    VT tv[K + 1];                                                                                   \
+    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                              \
+    int64_t blk = pos / inner, c = blk % C;                                                         \
+    while (pos < end) {                                                                             \
+        int64_t stop = (blk + 1) * inner;                                                           \
+        if (stop > end) stop = end;                                                                 \
+        const T* restrict q = ctab + c * 3 * (K + 1);                                               \
+        const T* restrict xp = x + pos;                                                             \
+        T* restrict yp = y + pos;                                                                   \
+        const int64_t n = stop - pos;                                                               \
+        if (n >= L) {                                                                               \
+            VT c0v[K + 1], c1v[K + 1], c2v[K + 1];                                                  \
+            for (int s = 0; s <= K; ++s) {                                                          \
+                c0v[s] = zero + q[s];                                                               \
+                c1v[s] = zero + q[K + 1 + s];                                                       \
+                c2v[s] = zero + q[2 * (K + 1) + s];                                                 \
+            }                                                                                       \
+            for (int64_t i = 0;; i += L) {                                                          \
+                if (i + L > n) i = n - L; /* the last, overlapping vector */                        \
+                VT v;                                                                               \
+                memcpy(&v, xp + i, sizeof v);                                                       \
+                VT a0 = c0v[0], a1 = c1v[0], a2 = c2v[0];                                           \
+                for (int k = 0; k < K; ++k) {                                                       \
+                    VI mk = v >= tv[k];                                                             \
+                    a0 = VSEL(VT, VI, mk, c0v[k + 1], a0);                                          \
+                    a1 = VSEL(VT, VI, mk, c1v[k + 1], a1);                                          \
+                    a2 = VSEL(VT, VI, mk, c2v[k + 1], a2);                                          \
+                }                                                                                   \
+                VT qq = (VT)((VI)(a2 * v) & (a2 != zero));                                          \
+                VT out = a0 + v * (a1 + qq);                                                        \
+                memcpy(yp + i, &out, sizeof out);                                                   \
+                if (i + L >= n) break;                                                              \
+            }                                                                                       \
+        } else {                                                                                    \
+            T c0[K + 1], c1[K + 1], c2[K + 1];                                                      \
+            for (int s = 0; s <= K; ++s) {                                                          \
+                c0[s] = q[s];                                                                       \
+                c1[s] = q[K + 1 + s];                                                               \
+                c2[s] = q[2 * (K + 1) + s];                                                         \
+            }                                                                                       \
+            for (int64_t i = 0; i < n; ++i) {                                                       \
+                T v = xp[i];                                                                        \
+                T a0 = c0[0], a1 = c1[0], a2 = c2[0];                                               \
+                for (int k = 0; k < K; ++k) {                                                       \
+                    int m = v >= tk[k];                                                             \
+                    a0 = m ? c0[k + 1] : a0;                                                        \
+                    a1 = m ? c1[k + 1] : a1;                                                        \
+                    a2 = m ? c2[k + 1] : a2;                                                        \
+                }                                                                                   \
+                T qq = (a2 == (T)0) ? (T)0 : a2 * v;                                                \
+                yp[i] = a0 + v * (a1 + qq);                                                         \
+            }                                                                                       \
+        }                                                                                           \
+        pos = stop;                                                                                 \
+        ++blk;                                                                                      \
+        if (++c == C) c = 0;                                                                        \
+    }                                                                                               \
+}                                                                                                   \
 static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C,                \
                                  const T* restrict t, const T* restrict coef, int64_t S) {       \
     T tk[K + 1];                                                                                 \
@@ -523,6 +592,21 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
     if (total == 0) return 0;                                                                    \
     int nt = pick_threads(total, nthreads);                                                      \
     int failed = 0;                                                                              \
+    if (Cc > 1 && !(inner == 1 && C > 1)) {                                                      \
+        /* per-channel table over blocks: each thread one contiguous piece, in memory order */   \
+        T* ctab = (T*)malloc(sizeof(T) * (size_t)(Cc * 3 * S));                                  \
+        if (!ctab) return 2;                                                                     \
+        for (int64_t c = 0; c < Cc; ++c)                                                         \
+            for (int64_t js = 0; js < 3 * S; ++js) ctab[c * 3 * S + js] = coef[js * Cc + c];     \
+        _Pragma("omp parallel num_threads(nt)")                                                  \
+        {                                                                                        \
+            int tid = omp_get_thread_num(), nth = omp_get_num_threads();                         \
+            const int64_t start = total * tid / nth, end = total * (tid + 1) / nth;              \
+            KSWITCH(fwd_span, SUF, x, y, start, end, inner, C, t, ctab)                          \
+        }                                                                                        \
+        free(ctab);                                                                              \
+        return 0;                                                                                \
+    }                                                                                            \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     FOR_THREAD_SHARE_IN_ORDER(                                                                   \
         KSWITCH(fwd_row, SUF, x + o * C, y + o * C, C, t, coef, S),                              \
