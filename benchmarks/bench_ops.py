@@ -8,7 +8,9 @@ one interleaved run (variant order shuffled every repetition, medians over repet
   multiple of the input's size;
 
 for the training form and the deploy form, eager and ``torch.compile``d. Times are reported as
-ratios to HardSwish in the same run. Prints a table and writes JSON.
+ratios to HardSwish in the same run. Prints a table and writes JSON. By default glibc is told to
+keep freed memory (``repact.deploy.steady_malloc``), so that page faults on fresh memory do not
+land on whichever variant happens to run after a heap trim.
 
     python benchmarks/bench_ops.py                      # all shapes, eager + compiled
     python benchmarks/bench_ops.py --quick              # one small shape, few repetitions
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import repact
-from repact.deploy import compile_cache_room
+from repact.deploy import compile_cache_room, steady_malloc
 from repact.ops import native_available
 
 DEFAULT_SHAPES = [(64, 16, 56, 56), (64, 72, 28, 28), (64, 576, 7, 7), (128, 16, 112, 112)]
@@ -188,12 +190,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one small shape, 5 repetitions, no compile")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-steady-malloc", action="store_true",
+                    help="leave glibc free to mmap/trim (then page faults land on whichever variant runs after a trim)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_ops.json"))
     args = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else DEFAULT_SHAPES
     reps, compile_ = args.reps, not args.no_compile
     if args.quick:
         shapes, reps, compile_ = [(8, 16, 28, 28)], 5, False
+    steady = False if args.no_steady_malloc else steady_malloc()
     rows = []
     for shape in shapes:
         print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
@@ -202,6 +207,7 @@ def main(argv=None) -> int:
     meta = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "native_kernels": native_available(), "reps": reps,
+        "steady_malloc": steady,
         "note": "medians of interleaved repetitions; ratios are to HardSwish (eager or compiled) in the same run",
     }
     out = Path(args.out)

@@ -7,12 +7,14 @@ the per-round ratios (paired), which cancels most of that drift.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Timing", "time_interleaved"]
+__all__ = ["Timing", "time_interleaved", "steady_malloc"]
 
 
 @dataclass
@@ -35,6 +37,27 @@ class Timing:
         if not samples:
             d.pop("samples_ms")
         return d
+
+
+def steady_malloc() -> bool:
+    """Keep freed memory in the process (glibc): no ``mmap`` for large blocks, no trimming.
+
+    A per-op benchmark allocates and frees tensors of tens of MB every call. glibc serves them
+    with ``mmap`` or trims the heap depending on its recent history, so which candidate pays
+    page faults for fresh memory (often more than the op itself) depends on the order the
+    candidates ran in, not on the candidate. With this, every call reuses warm memory. Returns
+    whether it applied (False off glibc). It is process-wide and for benchmarks only.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
