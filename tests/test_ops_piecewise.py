@@ -229,18 +229,21 @@ def test_native_batch_statistics_over_threads(cc):
 
 @pytest.mark.parametrize("spatial", [(2, 3), (4, 4), (7, 7), (15, 17), (16, 16), (33, 65)])
 @pytest.mark.parametrize("with_affine", [False, True])
-def test_native_per_channel_sums_over_both_walks(spatial, with_affine):
-    """Per-channel sums take one channel at a time over small maps and walk image by image (the
-    running sums parked between blocks) over large ones; both must give the float64 reference."""
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_per_channel_sums_over_both_walks(spatial, with_affine, k, dtype):
+    """Per-channel sums over small maps (one channel at a time; with AVX-512 and float32, memory
+    order with each block's sums folded into one vector) and over large ones (image by image, the
+    running sums parked between blocks) must all give the float64 reference."""
     if not native_available():
         pytest.skip("native kernels unavailable on this machine")
     from repact.ops.piecewise import _native_backward, native_stats
 
     c = 6
-    x = torch.randn(5, c, *spatial, dtype=torch.float64) * 4
-    x.view(-1)[:6] = torch.tensor([-3.0, 0.0, 3.0, -3.0, 0.0, 3.0], dtype=torch.float64)
+    knots, coeffs = _table(c, k, dtype)
+    x = (torch.randn(5, c, *spatial, dtype=torch.float64) * 4).to(dtype)
+    x.view(-1)[: 2 * k] = knots.repeat(2)  # on the knots
     g = torch.randn_like(x)
-    knots, coeffs = _table(c, 3, torch.float64)
     aff = torch.randn(3, c, dtype=torch.float64) if with_affine else None
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -249,9 +252,12 @@ def test_native_per_channel_sums_over_both_walks(spatial, with_affine):
         gx, gc = _native_backward(g, x, knots, coeffs, 1, True, True, aff)
     finally:
         torch.set_num_threads(threads)
+    x, g, knots, coeffs = x.double(), g.double(), knots.double(), coeffs.double()
+    tight = dtype == torch.float64
     s = _reference(x, knots, coeffs, 1)
-    with backend("native"):  # the forward's per-channel blocks end with an overlapping vector
-        torch.testing.assert_close(piecewise_quadratic(x, knots, coeffs, 1), s, rtol=1e-12, atol=1e-12)
+    if tight:
+        with backend("native"):  # the forward's per-channel blocks end with an overlapping vector
+            torch.testing.assert_close(piecewise_quadratic(x, knots, coeffs, 1), s, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(stats[0], s.sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(stats[1], (s * s).sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
     shape = (1, c, 1, 1)
@@ -260,8 +266,12 @@ def test_native_per_channel_sums_over_both_walks(spatial, with_affine):
     cr = coeffs.clone().requires_grad_(True)
     with backend("torch"):
         ref_gx, ref_gc = torch.autograd.grad(piecewise_quadratic(xr, knots, cr, 1), (xr, cr), h)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gc, ref_gc, rtol=1e-10, atol=1e-9)
+    if tight:
+        torch.testing.assert_close(gx, ref_gx, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gc, ref_gc, rtol=1e-10, atol=1e-9)
+    else:  # float32 sums of up to ~8000 terms of size up to ~1e4
+        torch.testing.assert_close(gx.double(), ref_gx, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(gc.double(), ref_gc, rtol=1e-4, atol=ref_gc.abs().max().item() * 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

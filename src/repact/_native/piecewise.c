@@ -580,6 +580,222 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
 static int64_t state_stride(int64_t nv) { return (nv * (VBYTES + 8) + 8 + 63) / 64 * 64; }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Per-channel backward sums over small maps, AVX-512 float, K <= 4                             */
+/* ------------------------------------------------------------------------------------------ */
+/* Over maps smaller than STATE_WALK_MIN neither walk above is cheap: one channel at a time jumps
+ * between images (a TLB and prefetch miss per block), parking 3 + 3K vectors per channel costs
+ * more than the block's work. Here each thread walks its piece in memory order, keeps the block's
+ * sums in registers, and at the block's end folds its 3 + 3K accumulators (<= 15) into one vector
+ * (a shuffle tree: vector i's sum lands in lane RED_LANE[i]) added to the channel's running
+ * vector; those are flushed into doubles every RED_FLUSH elements of the channel. */
+#if VBYTES == 64 && defined(__AVX512F__)
+#include <immintrin.h>
+#define RED_OK 1
+#define RED_FLUSH 512 /* elements of a channel between flushes of its running vector */
+#define LOADN_f32(dst, src, r) ((dst) = (vf32)_mm512_maskz_loadu_ps((__mmask16)((1u << (unsigned)(r)) - 1u), (src)))
+#define STOREN_f32(dst, v, r) _mm512_mask_storeu_ps((dst), (__mmask16)((1u << (unsigned)(r)) - 1u), (__m512)(v))
+static inline vi32 lanes_below_f32(int64_t r) {
+    const vi32 iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const vi32 zero = {0};
+    return iota < (zero + (int32_t)r);
+}
+static const int RED_LANE[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+
+static inline vf32 red_pair(vf32 a, vf32 b, vi32 m0, vi32 m1) {
+    return __builtin_shuffle(a, b, m0) + __builtin_shuffle(a, b, m1);
+}
+
+static inline vf32 red_tree(vf32 v0, vf32 v1, vf32 v2, vf32 v3, vf32 v4, vf32 v5, vf32 v6, vf32 v7,
+                            vf32 v8, vf32 v9, vf32 v10, vf32 v11, vf32 v12, vf32 v13, vf32 v14,
+                            vf32 v15) {
+    const vi32 a0 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi32 a1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const vi32 b0 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const vi32 b1 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    const vi32 c0 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const vi32 c1 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    const vi32 d0 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    const vi32 d1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    vf32 w0 = red_pair(v0, v1, a0, a1), w1 = red_pair(v2, v3, a0, a1);
+    vf32 w2 = red_pair(v4, v5, a0, a1), w3 = red_pair(v6, v7, a0, a1);
+    vf32 w4 = red_pair(v8, v9, a0, a1), w5 = red_pair(v10, v11, a0, a1);
+    vf32 w6 = red_pair(v12, v13, a0, a1), w7 = red_pair(v14, v15, a0, a1);
+    vf32 u0 = red_pair(w0, w1, b0, b1), u1 = red_pair(w2, w3, b0, b1);
+    vf32 u2 = red_pair(w4, w5, b0, b1), u3 = red_pair(w6, w7, b0, b1);
+    return red_pair(red_pair(u0, u1, c0, c1), red_pair(u2, u3, c0, c1), d0, d1);
+}
+
+/* one vector of a block: h, gx, and the moment sums (the bwd_block arithmetic); TAIL masks lanes
+ * at and past r */
+#define RED_STEP(K, TAIL)                                                                        \
+    {                                                                                            \
+        vf32 v, g;                                                                               \
+        if (TAIL) {                                                                              \
+            LOADN_f32(v, xp + i, n - i);                                                         \
+            LOADN_f32(g, gp + i, n - i);                                                         \
+        } else {                                                                                 \
+            memcpy(&v, xp + i, sizeof v);                                                        \
+            memcpy(&g, gp + i, sizeof g);                                                        \
+        }                                                                                        \
+        vi32 mk[K + 1];                                                                          \
+        for (int k = 0; k < K; ++k) mk[k] = v >= tv[k];                                          \
+        vf32 a1 = c1v[0], a2 = c2v[0];                                                           \
+        for (int k = 0; k < K; ++k) {                                                            \
+            a1 = VSEL(vf32, vi32, mk[k], c1v[k + 1], a1);                                        \
+            a2 = VSEL(vf32, vi32, mk[k], c2v[k + 1], a2);                                        \
+        }                                                                                        \
+        const vi32 nz = a2 != zero;                                                              \
+        if (aff) {                                                                               \
+            vf32 a0 = c0v[0];                                                                    \
+            for (int k = 0; k < K; ++k) a0 = VSEL(vf32, vi32, mk[k], c0v[k + 1], a0);            \
+            vf32 s = a0 + v * (a1 + (vf32)((vi32)(a2 * v) & nz));                                \
+            g = alv * g + bev * s + dev;                                                         \
+            if (TAIL) g = (vf32)((vi32)g & lanes_below_f32(n - i));                              \
+        }                                                                                        \
+        if (gxp) {                                                                               \
+            vf32 out = g * (a1 + (vf32)((vi32)((a2 + a2) * v) & nz));                            \
+            if (TAIL) STOREN_f32(gxp + i, out, n - i);                                           \
+            else memcpy(gxp + i, &out, sizeof out);                                              \
+        }                                                                                        \
+        vf32 g1 = g * v, g2 = g1 * v;                                                            \
+        acc[0] += g; acc[1] += g1; acc[2] += g2;                                                 \
+        for (int k = 0; k < K; ++k) {                                                            \
+            acc[3 + 3 * k] += (vf32)((vi32)g & mk[k]);                                           \
+            acc[4 + 3 * k] += (vf32)((vi32)g1 & mk[k]);                                          \
+            acc[5 + 3 * k] += (vf32)((vi32)g2 & mk[k]);                                          \
+        }                                                                                        \
+    }
+
+/* a thread's piece [pos, end) in memory order, block by block; AFF: the BatchNorm affine of g */
+#define DEFINE_RED_SPAN(K, AFF)                                                                     \
+static void bwd_red_span_f32_k##K##_a##AFF(const float* restrict x, const float* restrict gg,       \
+                                           float* restrict gxx, int64_t pos, int64_t end,           \
+                                           int64_t inner, int64_t C, const float* restrict t,       \
+                                           const float* restrict ctab, const float* restrict afft,  \
+                                           float* restrict chacc, double* restrict chd,             \
+                                           int64_t* restrict cnt) {                                 \
+    const vf32 zero = {0};                                                                          \
+    const int64_t S = K + 1;                                                                        \
+    vf32 tv[K + 1];                                                                                 \
+    for (int s = 0; s < K; ++s) tv[s] = zero + t[s];                                                \
+    int64_t blk = pos / inner, c = blk % C;                                                         \
+    while (pos < end) {                                                                             \
+        int64_t stop = (blk + 1) * inner;                                                           \
+        if (stop > end) stop = end;                                                                 \
+        const float* restrict q = ctab + c * 3 * S;                                                 \
+        vf32 c0v[K + 1], c1v[K + 1], c2v[K + 1];                                                    \
+        for (int s = 0; s <= K; ++s) {                                                              \
+            if (AFF) c0v[s] = zero + q[s];                                                          \
+            c1v[s] = zero + q[S + s];                                                               \
+            c2v[s] = zero + q[2 * S + s];                                                           \
+        }                                                                                           \
+        const int aff = AFF;                                                                        \
+        const vf32 alv = zero + (AFF ? afft[3 * c] : 1.0f), bev = zero + (AFF ? afft[3 * c + 1] : 0.0f);\
+        const vf32 dev = zero + (AFF ? afft[3 * c + 2] : 0.0f);                                     \
+        const float* restrict xp = x + pos;                                                         \
+        const float* restrict gp = gg + pos;                                                        \
+        float* restrict gxp = gxx ? gxx + pos : NULL;                                               \
+        const int64_t n = stop - pos;                                                               \
+        vf32 acc[16];                                                                               \
+        for (int qq = 0; qq < 16; ++qq) acc[qq] = zero;                                             \
+        int64_t i = 0;                                                                              \
+        for (; i + 16 <= n; i += 16) RED_STEP(K, 0)                                                 \
+        if (i < n) RED_STEP(K, 1)                                                                   \
+        vf32 red = red_tree(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], acc[8], \
+                            acc[9], acc[10], acc[11], acc[12], acc[13], acc[14], acc[15]);          \
+        float* restrict ca = chacc + 16 * c;                                                        \
+        vf32 cur;                                                                                   \
+        memcpy(&cur, ca, sizeof cur);                                                               \
+        cur += red;                                                                                 \
+        cnt[c] += n;                                                                                \
+        if (cnt[c] >= RED_FLUSH) { /* keep float partial sums short */                              \
+            for (int l = 0; l < 16; ++l) chd[16 * c + l] += cur[l];                                 \
+            cur = zero;                                                                             \
+            cnt[c] = 0;                                                                             \
+        }                                                                                           \
+        memcpy(ca, &cur, sizeof cur);                                                               \
+        pos = stop;                                                                                 \
+        ++blk;                                                                                      \
+        if (++c == C) c = 0;                                                                        \
+    }                                                                                               \
+}
+
+DEFINE_RED_SPAN(1, 0) DEFINE_RED_SPAN(2, 0) DEFINE_RED_SPAN(3, 0) DEFINE_RED_SPAN(4, 0)
+DEFINE_RED_SPAN(1, 1) DEFINE_RED_SPAN(2, 1) DEFINE_RED_SPAN(3, 1) DEFINE_RED_SPAN(4, 1)
+
+/* the whole backward (with sums) for a per-channel table over maps of inner < STATE_WALK_MIN;
+ * returns -1 where it does not apply (then the caller's walks run) */
+static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* gcoef,
+                            const double* aff, int64_t outer, int64_t C, int64_t inner, int64_t K,
+                            const float* t, const float* coef, int64_t Cc, int nthreads) {
+    if (K < 1 || K > 4 || Cc != C || C < 2 || inner < 2 || inner >= STATE_WALK_MIN) return -1;
+    const int64_t S = K + 1, total = outer * C * inner, nacc = 3 * S * Cc;
+    int nt = pick_threads(total, nthreads);
+    int failed = 0;
+    /* each channel's table (and BatchNorm affine) in one place */
+    float* ctab = (float*)malloc(sizeof(float) * (size_t)(Cc * 3 * S));
+    float* afft = aff ? (float*)malloc(sizeof(float) * (size_t)(3 * Cc)) : NULL;
+    if (!ctab || (aff && !afft)) { free(ctab); free(afft); return 2; }
+    for (int64_t c = 0; c < Cc; ++c) {
+        for (int64_t js = 0; js < 3 * S; ++js) ctab[c * 3 * S + js] = coef[js * Cc + c];
+        if (aff)
+            for (int j = 0; j < 3; ++j) afft[3 * c + j] = (float)aff[j * Cc + c];
+    }
+    _Pragma("omp parallel num_threads(nt)")
+    {
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        float* chacc = (float*)aligned_alloc(64, (size_t)C * 64);
+        double* chd = (double*)calloc((size_t)C * 16, sizeof(double));
+        int64_t* cnt = (int64_t*)calloc((size_t)C, sizeof(int64_t));
+        double* local = (double*)calloc((size_t)nacc, sizeof(double));
+        if (!chacc || !chd || !cnt || !local) {
+            _Pragma("omp atomic write")
+            failed = 1;
+        } else {
+            memset(chacc, 0, (size_t)C * 64);
+            const int64_t pos = total * tid / nth, end = total * (tid + 1) / nth;
+            const int a = aff != NULL;
+#define RED_CALL(KK) \
+            if (a) bwd_red_span_f32_k##KK##_a1(x, g, gx, pos, end, inner, C, t, ctab, afft, chacc, chd, cnt); \
+            else bwd_red_span_f32_k##KK##_a0(x, g, gx, pos, end, inner, C, t, ctab, afft, chacc, chd, cnt);
+            switch (K) {
+                case 1: RED_CALL(1) break;
+                case 2: RED_CALL(2) break;
+                case 3: RED_CALL(3) break;
+                default: RED_CALL(4) break;
+            }
+#undef RED_CALL
+            for (int64_t c = 0; c < C; ++c) {
+                double d[16];
+                for (int q = 0; q < 16; ++q) d[q] = chd[16 * c + RED_LANE[q]] + (double)chacc[16 * c + RED_LANE[q]];
+                for (int64_t s = 0; s <= K; ++s)
+                    for (int j = 0; j < 3; ++j) {
+                        double above = (s == 0) ? d[j] : d[3 * s + j];
+                        double beyond = (s == K) ? 0.0 : d[3 * (s + 1) + j];
+                        local[(j * S + s) * Cc + c] += above - beyond;
+                    }
+            }
+            _Pragma("omp critical(repact_pq_reduce)")
+            for (int64_t j = 0; j < nacc; ++j) gcoef[j] += local[j];
+        }
+        free(chacc); free(chd); free(cnt); free(local);
+    }
+    free(ctab);
+    free(afft);
+    return failed ? 2 : 0;
+}
+#else
+#define RED_OK 0
+static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* gcoef,
+                            const double* aff, int64_t outer, int64_t C, int64_t inner, int64_t K,
+                            const float* t, const float* coef, int64_t Cc, int nthreads) {
+    (void)x; (void)g; (void)gx; (void)gcoef; (void)aff; (void)outer; (void)C; (void)inner;
+    (void)K; (void)t; (void)coef; (void)Cc; (void)nthreads;
+    return -1;
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
 /* Entry points                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -667,6 +883,12 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
     const int64_t nacc = 3 * S * Cc;                                                             \
     if (gcoef) memset(gcoef, 0, sizeof(double) * nacc);                                          \
     if (total == 0) return 0;                                                                    \
+    if (RED_OK && sizeof(T) == 4 && gcoef) {                                                     \
+        int red = bwd_red_walk_f32((const float*)x, (const float*)g, (float*)gx, gcoef, aff,     \
+                                   outer, C, inner, K, (const float*)t, (const float*)coef, Cc,  \
+                                   nthreads);                                                    \
+        if (red >= 0) return red;                                                                \
+    }                                                                                            \
     int nt = pick_threads(total, nthreads);                                                      \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
