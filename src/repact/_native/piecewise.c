@@ -1022,10 +1022,26 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
         train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
         if (gamma) {                                                                             \
             /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
-            rc = repact_pq_gsums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);     \
+            /* per-channel tables where the folding backward applies: its moment sums (from    \
+             * which both follow) beat the one-channel-at-a-time statistics walk */              \
+            const int moments = RED_OK && sizeof(T) == 4 && K >= 1 && K <= 4 && Cc == C &&       \
+                                C > 1 && inner > 1;                                              \
+            if (moments)                                                                         \
+                rc = repact_pq_backward_##SUF(x, g, NULL, gc, NULL, outer, C, inner, K, t, coef, \
+                                             Cc, nthreads);                                      \
+            else                                                                                 \
+                rc = repact_pq_gsums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc); \
             const double n = (double)(total / Cc);                                               \
             for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
-                const double sum_g = gc[c], sum_gs = gc[Cc + c];                                 \
+                double sum_g = 0.0, sum_gs = 0.0;                                                \
+                if (moments) {                                                                   \
+                    for (int64_t s = 0; s < S; ++s) sum_g += gc[s * Cc + c];                     \
+                    for (int64_t js = 0; js < S3; ++js)                                          \
+                        sum_gs += (double)coef[js * Cc + c] * gc[js * Cc + c];                   \
+                } else {                                                                         \
+                    sum_g = gc[c];                                                               \
+                    sum_gs = gc[Cc + c];                                                         \
+                }                                                                                \
                 const double invstd = 1.0 / sqrt(var[c] + eps);                                  \
                 const double sum_gshat = invstd * (sum_gs - mean[c] * sum_g);                    \
                 const double gam = (double)gamma[c];                                             \
