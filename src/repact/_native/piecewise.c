@@ -61,6 +61,69 @@ static int pick_threads(int64_t work, int nthreads) {
 /* Kernels for one knot count K (a compile-time constant so loops unroll and vectorize)        */
 /* ------------------------------------------------------------------------------------------ */
 
+/* channel c's table (planar coef[(j * S + s) * Cc + c]) and the knots, as scalars c0, c1, c2, tk
+ * and as vectors c0v, c1v, c2v, tv (needs zero, coef, t, S, Cc, c in scope) */
+#define LOAD_TABLE(T, VT, K)                                                                     \
+    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                   \
+    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                               \
+    for (int s = 0; s <= K; ++s) {                                                                  \
+        c0[s] = coef[(0 * S + s) * Cc + c];                                                         \
+        c1[s] = coef[(1 * S + s) * Cc + c];                                                         \
+        c2[s] = coef[(2 * S + s) * Cc + c];                                                         \
+        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                        \
+    }                                                                                               \
+    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }
+
+/* OUT = s(V) for one vector: the segment's coefficients by one select per knot, then
+ * a0 + v (a1 + a2 v), with a2 v taken as 0 where a2 == 0 (linear segments stay +-inf at +-inf) */
+#define PQ_VEC(VT, VI, K, V, OUT)                                                                 \
+    {                                                                                            \
+        VT a0 = c0v[0], a1 = c1v[0], a2 = c2v[0];                                                \
+        for (int k = 0; k < K; ++k) {                                                            \
+            VI mk = (V) >= tv[k];                                                                \
+            a0 = VSEL(VT, VI, mk, c0v[k + 1], a0);                                               \
+            a1 = VSEL(VT, VI, mk, c1v[k + 1], a1);                                               \
+            a2 = VSEL(VT, VI, mk, c2v[k + 1], a2);                                               \
+        }                                                                                        \
+        OUT = a0 + (V) * (a1 + (VT)((VI)(a2 * (V)) & (a2 != zero)));                             \
+    }
+
+/* the same for one element, from scalar tables c0, c1, c2 and knots tk */
+#define PQ_SCALAR(T, K, V, OUT)                                                                   \
+    {                                                                                            \
+        T a0 = c0[0], a1 = c1[0], a2 = c2[0];                                                    \
+        for (int k = 0; k < K; ++k) {                                                            \
+            int m = (V) >= tk[k];                                                                \
+            a0 = m ? c0[k + 1] : a0;                                                             \
+            a1 = m ? c1[k + 1] : a1;                                                             \
+            a2 = m ? c2[k + 1] : a2;                                                             \
+        }                                                                                        \
+        T q_ = (a2 == (T)0) ? (T)0 : a2 * (V);                                                   \
+        OUT = a0 + (V) * (a1 + q_);                                                              \
+    }
+
+/* One vector of the backward, shared by its kernels: from v (and g) the knot masks mk[], the
+ * slope-side coefficients a1, a2 with nz = (a2 != 0), and g replaced by the BatchNorm affine of g
+ * and s(v) when aff (then MASK_TAIL, a statement, may zero lanes past the end); BWD_VEC_GX is
+ * the input gradient g s'(v). */
+#define BWD_VEC_SELECT(VT, VI, K, MASK_TAIL)                                                      \
+    VI mk[K + 1];                                                                                \
+    for (int k = 0; k < K; ++k) mk[k] = v >= tv[k];                                              \
+    VT a1 = c1v[0], a2 = c2v[0];                                                                 \
+    for (int k = 0; k < K; ++k) {                                                                \
+        a1 = VSEL(VT, VI, mk[k], c1v[k + 1], a1);                                                \
+        a2 = VSEL(VT, VI, mk[k], c2v[k + 1], a2);                                                \
+    }                                                                                            \
+    const VI nz = a2 != zero;                                                                    \
+    if (aff) {                                                                                   \
+        VT a0 = c0v[0];                                                                          \
+        for (int k = 0; k < K; ++k) a0 = VSEL(VT, VI, mk[k], c0v[k + 1], a0);                    \
+        VT s = a0 + v * (a1 + (VT)((VI)(a2 * v) & nz));                                          \
+        g = alv * g + bev * s + dev;                                                             \
+        MASK_TAIL                                                                                \
+    }
+#define BWD_VEC_GX(VT, VI) (g * (a1 + (VT)((VI)((a2 + a2) * v) & nz)))
+
 #define DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, ST)                                                   \
 /* sum s and sum s^2 (gb == NULL), or sum g and sum g s (RepAct-III's backward), of nblk blocks  \
  * (n elements each, bs apart) into out[0], out[Cc] (ST = 0), or of one block into the channel's  \
@@ -72,15 +135,7 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restri
                                      char* restrict st) {                                           \
     enum { L = VBYTES / sizeof(T) };                                                                \
     const VT zero = {0};                                                                            \
-    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                   \
-    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                               \
-    for (int s = 0; s <= K; ++s) {                                                                  \
-        c0[s] = coef[(0 * S + s) * Cc + c];                                                         \
-        c1[s] = coef[(1 * S + s) * Cc + c];                                                         \
-        c2[s] = coef[(2 * S + s) * Cc + c];                                                         \
-        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                        \
-    }                                                                                               \
-    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                              \
+    LOAD_TABLE(T, VT, K)                                                                            \
     VT s1 = zero, s2 = zero;                                                                        \
     double d1 = 0.0, d2 = 0.0;                                                                      \
     int64_t since = 0;                                                                              \
@@ -99,15 +154,8 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restri
         for (; i + L <= m; i += L) {                                                                \
             VT v;                                                                                   \
             memcpy(&v, xc + i, sizeof v);                                                           \
-            VT a0 = c0v[0], a1 = c1v[0], a2 = c2v[0];                                               \
-            for (int k = 0; k < K; ++k) {                                                           \
-                VI mk = v >= tv[k];                                                                 \
-                a0 = VSEL(VT, VI, mk, c0v[k + 1], a0);                                              \
-                a1 = VSEL(VT, VI, mk, c1v[k + 1], a1);                                              \
-                a2 = VSEL(VT, VI, mk, c2v[k + 1], a2);                                              \
-            }                                                                                       \
-            VT q = (VT)((VI)(a2 * v) & (a2 != zero));                                               \
-            VT s = a0 + v * (a1 + q);                                                               \
+            VT s;                                                                                   \
+            PQ_VEC(VT, VI, K, v, s)                                                                 \
             if (gc) {                                                                               \
                 VT g;                                                                               \
                 memcpy(&g, gc + i, sizeof g);                                                       \
@@ -158,15 +206,7 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
                                    char* restrict st) {                                             \
     enum { L = VBYTES / sizeof(T) };                                                                \
     const VT zero = {0};                                                                            \
-    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                   \
-    VT c0v[K + 1], c1v[K + 1], c2v[K + 1], tv[K + 1];                                               \
-    for (int s = 0; s <= K; ++s) {                                                                  \
-        c0[s] = coef[(0 * S + s) * Cc + c];                                                         \
-        c1[s] = coef[(1 * S + s) * Cc + c];                                                         \
-        c2[s] = coef[(2 * S + s) * Cc + c];                                                         \
-        c0v[s] = zero + c0[s]; c1v[s] = zero + c1[s]; c2v[s] = zero + c2[s];                        \
-    }                                                                                               \
-    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                              \
+    LOAD_TABLE(T, VT, K)                                                                            \
     const T al = aff ? (T)aff[c] : (T)1, be = aff ? (T)aff[Cc + c] : (T)0;                          \
     const T de = aff ? (T)aff[2 * Cc + c] : (T)0;                                                   \
     const VT alv = zero + al, bev = zero + be, dev = zero + de;                                     \
@@ -196,23 +236,9 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
             VT v, g;                                                                                \
             memcpy(&v, xc + i, sizeof v);                                                           \
             memcpy(&g, gc + i, sizeof g);                                                           \
-            VI mk[K + 1];                                                                           \
-            for (int k = 0; k < K; ++k) mk[k] = v >= tv[k];                                         \
-            VT a1 = c1v[0], a2 = c2v[0];                                                            \
-            for (int k = 0; k < K; ++k) {                                                           \
-                a1 = VSEL(VT, VI, mk[k], c1v[k + 1], a1);                                           \
-                a2 = VSEL(VT, VI, mk[k], c2v[k + 1], a2);                                           \
-            }                                                                                       \
-            const VI nz = a2 != zero;                                                               \
-            if (aff) {                                                                              \
-                VT a0 = c0v[0];                                                                     \
-                for (int k = 0; k < K; ++k) a0 = VSEL(VT, VI, mk[k], c0v[k + 1], a0);               \
-                VT s = a0 + v * (a1 + (VT)((VI)(a2 * v) & nz));                                     \
-                g = alv * g + bev * s + dev;                                                        \
-            }                                                                                       \
+            BWD_VEC_SELECT(VT, VI, K, )                                                             \
             if (gxc) {                                                                              \
-                VT q = (VT)((VI)((a2 + a2) * v) & nz);                                              \
-                VT out = g * (a1 + q);                                                              \
+                VT out = BWD_VEC_GX(VT, VI);                                                        \
                 memcpy(gxc + i, &out, sizeof out);                                                  \
             }                                                                                       \
             if (ST || acc) {                                                                        \
@@ -296,16 +322,7 @@ static void fwd_block_##SUF##_k##K(const T* restrict xb, T* restrict yb, int64_t
     T* restrict yp = yb + b * bs;                                                                \
     for (int64_t i = 0; i < n; ++i) {                                                            \
         T v = xp[i];                                                                             \
-        T a0 = c0[0], a1 = c1[0], a2 = c2[0];                                                    \
-        for (int k = 0; k < K; ++k) {                                                            \
-            int m = v >= tk[k];                                                                  \
-            a0 = m ? c0[k + 1] : a0;                                                             \
-            a1 = m ? c1[k + 1] : a1;                                                             \
-            a2 = m ? c2[k + 1] : a2;                                                             \
-        }                                                                                        \
-        T q = a2 * v;                                                                            \
-        q = (a2 == (T)0) ? (T)0 : q; /* linear segments stay +-inf at +-inf, not NaN */          \
-        yp[i] = a0 + v * (a1 + q);                                                               \
+        PQ_SCALAR(T, K, v, yp[i])                                                                   \
     }                                                                                            \
     }                                                                                            \
 }                                                                                                \
@@ -342,15 +359,8 @@ static void fwd_span_##SUF##_k##K(const T* restrict x, T* restrict y, int64_t po
                 if (i + L > n) i = n - L; /* the last, overlapping vector */                        \
                 VT v;                                                                               \
                 memcpy(&v, xp + i, sizeof v);                                                       \
-                VT a0 = c0v[0], a1 = c1v[0], a2 = c2v[0];                                           \
-                for (int k = 0; k < K; ++k) {                                                       \
-                    VI mk = v >= tv[k];                                                             \
-                    a0 = VSEL(VT, VI, mk, c0v[k + 1], a0);                                          \
-                    a1 = VSEL(VT, VI, mk, c1v[k + 1], a1);                                          \
-                    a2 = VSEL(VT, VI, mk, c2v[k + 1], a2);                                          \
-                }                                                                                   \
-                VT qq = (VT)((VI)(a2 * v) & (a2 != zero));                                          \
-                VT out = a0 + v * (a1 + qq);                                                        \
+                VT out;                                                                             \
+                PQ_VEC(VT, VI, K, v, out)                                                           \
                 memcpy(yp + i, &out, sizeof out);                                                   \
                 if (i + L >= n) break;                                                              \
             }                                                                                       \
@@ -363,15 +373,7 @@ static void fwd_span_##SUF##_k##K(const T* restrict x, T* restrict y, int64_t po
             }                                                                                       \
             for (int64_t i = 0; i < n; ++i) {                                                       \
                 T v = xp[i];                                                                        \
-                T a0 = c0[0], a1 = c1[0], a2 = c2[0];                                               \
-                for (int k = 0; k < K; ++k) {                                                       \
-                    int m = v >= tk[k];                                                             \
-                    a0 = m ? c0[k + 1] : a0;                                                        \
-                    a1 = m ? c1[k + 1] : a1;                                                        \
-                    a2 = m ? c2[k + 1] : a2;                                                        \
-                }                                                                                   \
-                T qq = (a2 == (T)0) ? (T)0 : a2 * v;                                                \
-                yp[i] = a0 + v * (a1 + qq);                                                         \
+                PQ_SCALAR(T, K, v, yp[i])                                                           \
             }                                                                                       \
         }                                                                                           \
         pos = stop;                                                                                 \
@@ -637,23 +639,9 @@ static inline vf32 red_tree(vf32 v0, vf32 v1, vf32 v2, vf32 v3, vf32 v4, vf32 v5
             memcpy(&v, xp + i, sizeof v);                                                        \
             memcpy(&g, gp + i, sizeof g);                                                        \
         }                                                                                        \
-        vi32 mk[K + 1];                                                                          \
-        for (int k = 0; k < K; ++k) mk[k] = v >= tv[k];                                          \
-        vf32 a1 = c1v[0], a2 = c2v[0];                                                           \
-        for (int k = 0; k < K; ++k) {                                                            \
-            a1 = VSEL(vf32, vi32, mk[k], c1v[k + 1], a1);                                        \
-            a2 = VSEL(vf32, vi32, mk[k], c2v[k + 1], a2);                                        \
-        }                                                                                        \
-        const vi32 nz = a2 != zero;                                                              \
-        if (aff) {                                                                               \
-            vf32 a0 = c0v[0];                                                                    \
-            for (int k = 0; k < K; ++k) a0 = VSEL(vf32, vi32, mk[k], c0v[k + 1], a0);            \
-            vf32 s = a0 + v * (a1 + (vf32)((vi32)(a2 * v) & nz));                                \
-            g = alv * g + bev * s + dev;                                                         \
-            if (TAIL) g = (vf32)((vi32)g & lanes_below_f32(n - i));                              \
-        }                                                                                        \
+        BWD_VEC_SELECT(vf32, vi32, K, if (TAIL) g = (vf32)((vi32)g & lanes_below_f32(n - i));)      \
         if (gxp) {                                                                               \
-            vf32 out = g * (a1 + (vf32)((vi32)((a2 + a2) * v) & nz));                            \
+            vf32 out = BWD_VEC_GX(vf32, vi32);                                                      \
             if (TAIL) STOREN_f32(gxp + i, out, n - i);                                           \
             else memcpy(gxp + i, &out, sizeof out);                                              \
         }                                                                                        \

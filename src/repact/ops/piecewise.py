@@ -281,6 +281,17 @@ def _param(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tens
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _train_layout(x, w_raw, channel_dim):
+    # (tensor, outer, C, inner, table rows) for the training entry points, or None
+    cc = w_raw.shape[0] if w_raw.dim() == 2 else 1
+    layout = _native_layout(x, channel_dim, cc)
+    return None if layout is None else (*layout, cc)
+
+
+def _train_params(dtype, *tensors):
+    return tuple(_param(t, dtype) for t in tensors)
+
+
 def native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax: bool, eps: float,
                          channel_dim: int):
     """RepAct's whole training forward in one native call: ``(y, mean, var)`` or None if n/a.
@@ -290,16 +301,14 @@ def native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softma
     and ``beta`` (Cc,), the output is the training BatchNorm of the table's function with batch
     statistics, and mean/var (Cc,) float64 are those statistics; otherwise both are empty.
     """
-    cc = w_raw.shape[0] if w_raw.dim() == 2 else 1
-    layout = _native_layout(x, channel_dim, cc)
+    layout = _train_layout(x, w_raw, channel_dim)
     if layout is None:
         return None
-    xd, outer, c, inner = layout
+    xd, outer, c, inner, cc = layout
     dt = xd.dtype
+    t, w, sl, bs, pt, gm = _train_params(dt, knots, w_raw, slope, base, part, gamma)
+    bt = _param(beta, dt)
     lib = _native.library()
-    t = _param(knots, dt)
-    w, sl, bs, pt = _param(w_raw, dt), _param(slope, dt), _param(base, dt), _param(part, dt)
-    gm, bt = _param(gamma, dt), _param(beta, dt)
     y = torch.empty_like(xd)
     nstat = cc if gm is not None else 0
     mean = torch.empty(nstat, dtype=torch.float64)
@@ -319,17 +328,15 @@ def native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, par
 
     Entries are None where not needed or not present; the whole result is None if n/a.
     """
-    cc = w_raw.shape[0] if w_raw.dim() == 2 else 1
-    layout = _native_layout(x, channel_dim, cc)
+    layout = _train_layout(x, w_raw, channel_dim)
     if layout is None:
         return None
-    xd, outer, c, inner = layout
+    xd, outer, c, inner, cc = layout
     dt = xd.dtype
     if g.dtype != dt or not g.is_cpu or g.stride() != xd.stride() or type(g) is not torch.Tensor:
         g = torch.empty_like(xd).copy_(g)
+    t, w, sl, bs, pt, gm = _train_params(dt, knots, w_raw, slope, base, part, gamma)
     lib = _native.library()
-    t = _param(knots, dt)
-    w, sl, bs, pt, gm = _param(w_raw, dt), _param(slope, dt), _param(base, dt), _param(part, dt), _param(gamma, dt)
     gx = torch.empty_like(xd) if need_x else None
     gw = torch.empty(w_raw.shape, dtype=dt) if need_params else None
     gsl = torch.empty(slope.shape, dtype=dt) if need_params and slope is not None else None
