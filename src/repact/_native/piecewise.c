@@ -102,6 +102,18 @@ static int pick_threads(int64_t work, int nthreads) {
         OUT = a0 + (V) * (a1 + q_);                                                              \
     }
 
+/* the sums passes' accumulation: s1 += g, s2 += g s (HAS_G; LOAD_G loads g) or s1 += s, s2 += s^2 */
+#define SUMS_ADD(VT, HAS_G, LOAD_G, SV)                                                           \
+    if (HAS_G) {                                                                                 \
+        VT g;                                                                                    \
+        LOAD_G;                                                                                  \
+        s1 += g;                                                                                 \
+        s2 += g * (SV);                                                                          \
+    } else {                                                                                     \
+        s1 += (SV);                                                                              \
+        s2 += (SV) * (SV);                                                                       \
+    }
+
 /* One vector of the backward, shared by its kernels: from v (and g) the knot masks mk[], the
  * slope-side coefficients a1, a2 with nz = (a2 != 0), and g replaced by the BatchNorm affine of g
  * and s(v) when aff (then MASK_TAIL, a statement, may zero lanes past the end); BWD_VEC_GX is
@@ -156,15 +168,7 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restri
             memcpy(&v, xc + i, sizeof v);                                                           \
             VT s;                                                                                   \
             PQ_VEC(VT, VI, K, v, s)                                                                 \
-            if (gc) {                                                                               \
-                VT g;                                                                               \
-                memcpy(&g, gc + i, sizeof g);                                                       \
-                s1 += g;                                                                            \
-                s2 += g * s;                                                                        \
-            } else {                                                                                \
-                s1 += s;                                                                            \
-                s2 += s * s;                                                                        \
-            }                                                                                       \
+            SUMS_ADD(VT, gc, memcpy(&g, gc + i, sizeof g), s)                                       \
         }                                                                                           \
         for (; i < m; ++i) {                                                                        \
             T v = xc[i];                                                                            \
@@ -654,6 +658,46 @@ static inline vf32 red_tree(vf32 v0, vf32 v1, vf32 v2, vf32 v3, vf32 v4, vf32 v5
         }                                                                                        \
     }
 
+/* the walk of a folding span: the knots as vectors, then block by block (CHUNK pieces of long
+ * blocks) over [pos, end), channel c, its table as vectors; RED_SPAN_END(RED) adds the block's folded vector to
+ * the channel's running one (flushed into doubles every RED_FLUSH elements) and moves on */
+#define RED_SPAN_BEGIN(K)                                                                        \
+    const vf32 zero = {0};                                                                       \
+    const int64_t S = K + 1;                                                                     \
+    vf32 tv[K + 1];                                                                              \
+    for (int s = 0; s < K; ++s) tv[s] = zero + t[s];                                             \
+    int64_t blk = pos / inner, c = blk % C;                                                      \
+    while (pos < end) {                                                                          \
+        const int64_t bend = (blk + 1) * inner;                                                  \
+        int64_t stop = bend < end ? bend : end;                                                  \
+        if (stop - pos > CHUNK) stop = pos + CHUNK;                                              \
+        const float* restrict q = ctab + c * 3 * S;                                              \
+        vf32 c0v[K + 1], c1v[K + 1], c2v[K + 1];                                                 \
+        for (int s = 0; s <= K; ++s) {                                                           \
+            c0v[s] = zero + q[s];                                                                \
+            c1v[s] = zero + q[S + s];                                                            \
+            c2v[s] = zero + q[2 * S + s];                                                        \
+        }
+#define RED_SPAN_END(RED)                                                                        \
+        {                                                                                        \
+            float* restrict ca = chacc + 16 * c;                                                 \
+            vf32 cur;                                                                            \
+            memcpy(&cur, ca, sizeof cur);                                                        \
+            cur += (RED);                                                                        \
+            cnt[c] += stop - pos;                                                                \
+            if (cnt[c] >= RED_FLUSH) { /* keep float partial sums short */                       \
+                for (int l = 0; l < 16; ++l) chd[16 * c + l] += cur[l];                          \
+                cur = zero;                                                                      \
+                cnt[c] = 0;                                                                      \
+            }                                                                                    \
+            memcpy(ca, &cur, sizeof cur);                                                        \
+        }                                                                                        \
+        pos = stop;                                                                              \
+        if (pos == bend) {                                                                       \
+            ++blk;                                                                               \
+            if (++c == C) c = 0;                                                                 \
+        }
+
 /* a thread's piece [pos, end) in memory order, block by block; AFF: the BatchNorm affine of g */
 #define DEFINE_RED_SPAN(K, AFF)                                                                     \
 static void bwd_red_span_f32_k##K##_a##AFF(const float* restrict x, const float* restrict gg,       \
@@ -662,22 +706,7 @@ static void bwd_red_span_f32_k##K##_a##AFF(const float* restrict x, const float*
                                            const float* restrict ctab, const float* restrict afft,  \
                                            float* restrict chacc, double* restrict chd,             \
                                            int64_t* restrict cnt) {                                 \
-    const vf32 zero = {0};                                                                          \
-    const int64_t S = K + 1;                                                                        \
-    vf32 tv[K + 1];                                                                                 \
-    for (int s = 0; s < K; ++s) tv[s] = zero + t[s];                                                \
-    int64_t blk = pos / inner, c = blk % C;                                                         \
-    while (pos < end) {                                                                             \
-        const int64_t bend = (blk + 1) * inner;                                                     \
-        int64_t stop = bend < end ? bend : end;                                                     \
-        if (stop - pos > CHUNK) stop = pos + CHUNK; /* long blocks go in CHUNK pieces */            \
-        const float* restrict q = ctab + c * 3 * S;                                                 \
-        vf32 c0v[K + 1], c1v[K + 1], c2v[K + 1];                                                    \
-        for (int s = 0; s <= K; ++s) {                                                              \
-            if (AFF) c0v[s] = zero + q[s];                                                          \
-            c1v[s] = zero + q[S + s];                                                               \
-            c2v[s] = zero + q[2 * S + s];                                                           \
-        }                                                                                           \
+    RED_SPAN_BEGIN(K)                                                                               \
         const int aff = AFF;                                                                        \
         const vf32 alv = zero + (AFF ? afft[3 * c] : 1.0f), bev = zero + (AFF ? afft[3 * c + 1] : 0.0f);\
         const vf32 dev = zero + (AFF ? afft[3 * c + 2] : 0.0f);                                     \
@@ -692,27 +721,101 @@ static void bwd_red_span_f32_k##K##_a##AFF(const float* restrict x, const float*
         if (i < n) RED_STEP(K, 1)                                                                   \
         vf32 red = red_tree(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], acc[8], \
                             acc[9], acc[10], acc[11], acc[12], acc[13], acc[14], acc[15]);          \
-        float* restrict ca = chacc + 16 * c;                                                        \
-        vf32 cur;                                                                                   \
-        memcpy(&cur, ca, sizeof cur);                                                               \
-        cur += red;                                                                                 \
-        cnt[c] += n;                                                                                \
-        if (cnt[c] >= RED_FLUSH) { /* keep float partial sums short */                              \
-            for (int l = 0; l < 16; ++l) chd[16 * c + l] += cur[l];                                 \
-            cur = zero;                                                                             \
-            cnt[c] = 0;                                                                             \
-        }                                                                                           \
-        memcpy(ca, &cur, sizeof cur);                                                               \
-        pos = stop;                                                                                 \
-        if (pos == bend) {                                                                          \
-            ++blk;                                                                                  \
-            if (++c == C) c = 0;                                                                    \
-        }                                                                                           \
+        RED_SPAN_END(red)                                                                           \
     }                                                                                               \
 }
 
 DEFINE_RED_SPAN(1, 0) DEFINE_RED_SPAN(2, 0) DEFINE_RED_SPAN(3, 0) DEFINE_RED_SPAN(4, 0)
 DEFINE_RED_SPAN(1, 1) DEFINE_RED_SPAN(2, 1) DEFINE_RED_SPAN(3, 1) DEFINE_RED_SPAN(4, 1)
+
+/* statistics (GS = 0: sum s, sum s^2) or the III backward's sums (GS = 1: sum g, sum g s) over a
+ * thread's piece, folded the same way (two accumulators per block, in lanes RED_LANE[0], [1]) */
+#define DEFINE_RED_SUMS(K, GS)                                                                      \
+static void sums_red_span_f32_k##K##_g##GS(const float* restrict x, const float* restrict gg,       \
+                                           int64_t pos, int64_t end, int64_t inner, int64_t C,      \
+                                           const float* restrict t, const float* restrict ctab,     \
+                                           float* restrict chacc, double* restrict chd,             \
+                                           int64_t* restrict cnt) {                                 \
+    RED_SPAN_BEGIN(K)                                                                               \
+        const float* restrict xp = x + pos;                                                         \
+        const float* restrict gp = GS ? gg + pos : NULL;                                            \
+        const int64_t n = stop - pos;                                                               \
+        vf32 s1 = zero, s2 = zero;                                                                  \
+        int64_t i = 0;                                                                              \
+        for (; i + 16 <= n; i += 16) {                                                              \
+            vf32 v, sv;                                                                             \
+            memcpy(&v, xp + i, sizeof v);                                                           \
+            PQ_VEC(vf32, vi32, K, v, sv)                                                            \
+            SUMS_ADD(vf32, GS, memcpy(&g, gp + i, sizeof g), sv)                                    \
+        }                                                                                           \
+        if (i < n) {                                                                                \
+            vf32 v, sv;                                                                             \
+            LOADN_f32(v, xp + i, n - i);                                                            \
+            PQ_VEC(vf32, vi32, K, v, sv)                                                            \
+            sv = (vf32)((vi32)sv & lanes_below_f32(n - i));                                         \
+            SUMS_ADD(vf32, GS, LOADN_f32(g, gp + i, n - i), sv)                                     \
+        }                                                                                           \
+        vf32 red = red_tree(s1, s2, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero,\
+                            zero, zero, zero);                                                      \
+        RED_SPAN_END(red)                                                                           \
+    }                                                                                               \
+}
+
+DEFINE_RED_SUMS(0, 0) DEFINE_RED_SUMS(1, 0) DEFINE_RED_SUMS(2, 0) DEFINE_RED_SUMS(3, 0) DEFINE_RED_SUMS(4, 0) DEFINE_RED_SUMS(5, 0) DEFINE_RED_SUMS(6, 0) DEFINE_RED_SUMS(7, 0) DEFINE_RED_SUMS(8, 0)
+DEFINE_RED_SUMS(0, 1) DEFINE_RED_SUMS(1, 1) DEFINE_RED_SUMS(2, 1) DEFINE_RED_SUMS(3, 1) DEFINE_RED_SUMS(4, 1) DEFINE_RED_SUMS(5, 1) DEFINE_RED_SUMS(6, 1) DEFINE_RED_SUMS(7, 1) DEFINE_RED_SUMS(8, 1)
+
+/* per-channel sums of pq_sums over blocks (inner > 1); -1 where this does not apply */
+static int sums_red_walk_f32(const float* x, const float* g, int64_t outer, int64_t C, int64_t inner,
+                             int64_t K, const float* t, const float* coef, int64_t Cc, int nthreads,
+                             double* out) {
+    if (K < 0 || K > MAXK || Cc != C || C < 2 || inner < 2) return -1;
+    const int64_t S = K + 1, total = outer * C * inner;
+    float* ctab = (float*)malloc(sizeof(float) * (size_t)(Cc * 3 * S));
+    if (!ctab) return 2;
+    for (int64_t c = 0; c < Cc; ++c)
+        for (int64_t js = 0; js < 3 * S; ++js) ctab[c * 3 * S + js] = coef[js * Cc + c];
+    int nt = pick_threads(total, nthreads);
+    int failed = 0;
+    _Pragma("omp parallel num_threads(nt)")
+    {
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        float* chacc = (float*)aligned_alloc(64, (size_t)C * 64);
+        double* chd = (double*)calloc((size_t)C * 16, sizeof(double));
+        int64_t* cnt = (int64_t*)calloc((size_t)C, sizeof(int64_t));
+        double* local = (double*)calloc((size_t)(2 * C), sizeof(double));
+        if (!chacc || !chd || !cnt || !local) {
+            _Pragma("omp atomic write")
+            failed = 1;
+        } else {
+            memset(chacc, 0, (size_t)C * 64);
+            const int64_t pos = total * tid / nth, end = total * (tid + 1) / nth;
+#define SUMS_CALL(KK)                                                                               \
+            if (g) sums_red_span_f32_k##KK##_g1(x, g, pos, end, inner, C, t, ctab, chacc, chd, cnt); \
+            else sums_red_span_f32_k##KK##_g0(x, g, pos, end, inner, C, t, ctab, chacc, chd, cnt);
+            switch (K) {
+                case 0: SUMS_CALL(0) break;
+                case 1: SUMS_CALL(1) break;
+                case 2: SUMS_CALL(2) break;
+                case 3: SUMS_CALL(3) break;
+                case 4: SUMS_CALL(4) break;
+                case 5: SUMS_CALL(5) break;
+                case 6: SUMS_CALL(6) break;
+                case 7: SUMS_CALL(7) break;
+                default: SUMS_CALL(8) break;
+            }
+#undef SUMS_CALL
+            for (int64_t c = 0; c < C; ++c) {
+                local[c] = chd[16 * c + RED_LANE[0]] + (double)chacc[16 * c + RED_LANE[0]];
+                local[C + c] = chd[16 * c + RED_LANE[1]] + (double)chacc[16 * c + RED_LANE[1]];
+            }
+            _Pragma("omp critical(repact_pq_reduce)")
+            for (int64_t j = 0; j < 2 * C; ++j) out[j] += local[j];
+        }
+        free(chacc); free(chd); free(cnt); free(local);
+    }
+    free(ctab);
+    return failed ? 2 : 0;
+}
 
 /* the whole backward (with sums) for a per-channel table over blocks (inner > 1); returns -1
  * where it does not apply (then the caller's walks run) */
@@ -777,6 +880,13 @@ static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* g
 }
 #else
 #define RED_OK 0
+static int sums_red_walk_f32(const float* x, const float* g, int64_t outer, int64_t C, int64_t inner,
+                             int64_t K, const float* t, const float* coef, int64_t Cc, int nthreads,
+                             double* out) {
+    (void)x; (void)g; (void)outer; (void)C; (void)inner; (void)K; (void)t; (void)coef; (void)Cc;
+    (void)nthreads; (void)out;
+    return -1;
+}
 static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* gcoef,
                             const double* aff, int64_t outer, int64_t C, int64_t inner, int64_t K,
                             const float* t, const float* coef, int64_t Cc, int nthreads) {
@@ -829,6 +939,11 @@ static int pq_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64
     const int64_t total = outer * C * inner;                                                     \
     memset(out, 0, sizeof(double) * 2 * Cc);                                                     \
     if (total == 0) return 0;                                                                    \
+    if (RED_OK && sizeof(T) == 4) {                                                              \
+        int red = sums_red_walk_f32((const float*)x, (const float*)g, outer, C, inner, K,        \
+                                    (const float*)t, (const float*)coef, Cc, nthreads, out);     \
+        if (red >= 0) return red;                                                                \
+    }                                                                                            \
     int nt = pick_threads(total, nthreads);                                                      \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
@@ -1010,26 +1125,10 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
         train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
         if (gamma) {                                                                             \
             /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
-            /* per-channel tables where the folding backward applies: its moment sums (from    \
-             * which both follow) beat the one-channel-at-a-time statistics walk */              \
-            const int moments = RED_OK && sizeof(T) == 4 && K >= 1 && K <= 4 && Cc == C &&       \
-                                C > 1 && inner > 1;                                              \
-            if (moments)                                                                         \
-                rc = repact_pq_backward_##SUF(x, g, NULL, gc, NULL, outer, C, inner, K, t, coef, \
-                                             Cc, nthreads);                                      \
-            else                                                                                 \
-                rc = repact_pq_gsums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc); \
+            rc = repact_pq_gsums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);     \
             const double n = (double)(total / Cc);                                               \
             for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
-                double sum_g = 0.0, sum_gs = 0.0;                                                \
-                if (moments) {                                                                   \
-                    for (int64_t s = 0; s < S; ++s) sum_g += gc[s * Cc + c];                     \
-                    for (int64_t js = 0; js < S3; ++js)                                          \
-                        sum_gs += (double)coef[js * Cc + c] * gc[js * Cc + c];                   \
-                } else {                                                                         \
-                    sum_g = gc[c];                                                               \
-                    sum_gs = gc[Cc + c];                                                         \
-                }                                                                                \
+                const double sum_g = gc[c], sum_gs = gc[Cc + c];                                 \
                 const double invstd = 1.0 / sqrt(var[c] + eps);                                  \
                 const double sum_gshat = invstd * (sum_gs - mean[c] * sum_g);                    \
                 const double gam = (double)gamma[c];                                             \
