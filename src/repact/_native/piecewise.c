@@ -731,7 +731,7 @@ DEFINE_RED_SPAN(1, 1) DEFINE_RED_SPAN(2, 1) DEFINE_RED_SPAN(3, 1) DEFINE_RED_SPA
 /* statistics (GS = 0: sum s, sum s^2) or the III backward's sums (GS = 1: sum g, sum g s) over a
  * thread's piece, folded the same way (two accumulators per block, in lanes RED_LANE[0], [1]) */
 #define DEFINE_RED_SUMS(K, GS)                                                                      \
-static void sums_red_span_f32_k##K##_g##GS(const float* restrict x, const float* restrict gg,       \
+static void sums_red_span_g##GS##_f32_k##K(const float* restrict x, const float* restrict gg,       \
                                            int64_t pos, int64_t end, int64_t inner, int64_t C,      \
                                            const float* restrict t, const float* restrict ctab,     \
                                            float* restrict chacc, double* restrict chd,             \
@@ -764,6 +764,33 @@ static void sums_red_span_f32_k##K##_g##GS(const float* restrict x, const float*
 DEFINE_RED_SUMS(0, 0) DEFINE_RED_SUMS(1, 0) DEFINE_RED_SUMS(2, 0) DEFINE_RED_SUMS(3, 0) DEFINE_RED_SUMS(4, 0) DEFINE_RED_SUMS(5, 0) DEFINE_RED_SUMS(6, 0) DEFINE_RED_SUMS(7, 0) DEFINE_RED_SUMS(8, 0)
 DEFINE_RED_SUMS(0, 1) DEFINE_RED_SUMS(1, 1) DEFINE_RED_SUMS(2, 1) DEFINE_RED_SUMS(3, 1) DEFINE_RED_SUMS(4, 1) DEFINE_RED_SUMS(5, 1) DEFINE_RED_SUMS(6, 1) DEFINE_RED_SUMS(7, 1) DEFINE_RED_SUMS(8, 1)
 
+/* a thread's running vectors (zeroed), their double sums, counts per channel, and nlocal sums */
+typedef struct {
+    float* chacc;
+    double* chd;
+    int64_t* cnt;
+    double* local;
+    int ok;
+} FoldBuffers;
+
+static FoldBuffers fold_buffers(int64_t C, int64_t nlocal) {
+    FoldBuffers b;
+    b.chacc = (float*)aligned_alloc(64, (size_t)C * 64);
+    b.chd = (double*)calloc((size_t)C * 16, sizeof(double));
+    b.cnt = (int64_t*)calloc((size_t)C, sizeof(int64_t));
+    b.local = (double*)calloc((size_t)nlocal, sizeof(double));
+    b.ok = b.chacc && b.chd && b.cnt && b.local;
+    if (b.chacc) memset(b.chacc, 0, (size_t)C * 64);
+    return b;
+}
+
+static void fold_free(FoldBuffers* b) {
+    free(b->chacc);
+    free(b->chd);
+    free(b->cnt);
+    free(b->local);
+}
+
 /* per-channel sums of pq_sums over blocks (inner > 1); -1 where this does not apply */
 static int sums_red_walk_f32(const float* x, const float* g, int64_t outer, int64_t C, int64_t inner,
                              int64_t K, const float* t, const float* coef, int64_t Cc, int nthreads,
@@ -779,39 +806,22 @@ static int sums_red_walk_f32(const float* x, const float* g, int64_t outer, int6
     _Pragma("omp parallel num_threads(nt)")
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        float* chacc = (float*)aligned_alloc(64, (size_t)C * 64);
-        double* chd = (double*)calloc((size_t)C * 16, sizeof(double));
-        int64_t* cnt = (int64_t*)calloc((size_t)C, sizeof(int64_t));
-        double* local = (double*)calloc((size_t)(2 * C), sizeof(double));
-        if (!chacc || !chd || !cnt || !local) {
+        FoldBuffers fb = fold_buffers(C, 2 * C);
+        if (!fb.ok) {
             _Pragma("omp atomic write")
             failed = 1;
         } else {
-            memset(chacc, 0, (size_t)C * 64);
             const int64_t pos = total * tid / nth, end = total * (tid + 1) / nth;
-#define SUMS_CALL(KK)                                                                               \
-            if (g) sums_red_span_f32_k##KK##_g1(x, g, pos, end, inner, C, t, ctab, chacc, chd, cnt); \
-            else sums_red_span_f32_k##KK##_g0(x, g, pos, end, inner, C, t, ctab, chacc, chd, cnt);
-            switch (K) {
-                case 0: SUMS_CALL(0) break;
-                case 1: SUMS_CALL(1) break;
-                case 2: SUMS_CALL(2) break;
-                case 3: SUMS_CALL(3) break;
-                case 4: SUMS_CALL(4) break;
-                case 5: SUMS_CALL(5) break;
-                case 6: SUMS_CALL(6) break;
-                case 7: SUMS_CALL(7) break;
-                default: SUMS_CALL(8) break;
-            }
-#undef SUMS_CALL
+            if (g) KSWITCH(sums_red_span_g1, f32, x, g, pos, end, inner, C, t, ctab, fb.chacc, fb.chd, fb.cnt)
+            else KSWITCH(sums_red_span_g0, f32, x, g, pos, end, inner, C, t, ctab, fb.chacc, fb.chd, fb.cnt)
             for (int64_t c = 0; c < C; ++c) {
-                local[c] = chd[16 * c + RED_LANE[0]] + (double)chacc[16 * c + RED_LANE[0]];
-                local[C + c] = chd[16 * c + RED_LANE[1]] + (double)chacc[16 * c + RED_LANE[1]];
+                fb.local[c] = fb.chd[16 * c + RED_LANE[0]] + (double)fb.chacc[16 * c + RED_LANE[0]];
+                fb.local[C + c] = fb.chd[16 * c + RED_LANE[1]] + (double)fb.chacc[16 * c + RED_LANE[1]];
             }
             _Pragma("omp critical(repact_pq_reduce)")
-            for (int64_t j = 0; j < 2 * C; ++j) out[j] += local[j];
+            for (int64_t j = 0; j < 2 * C; ++j) out[j] += fb.local[j];
         }
-        free(chacc); free(chd); free(cnt); free(local);
+        fold_free(&fb);
     }
     free(ctab);
     return failed ? 2 : 0;
@@ -838,20 +848,16 @@ static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* g
     _Pragma("omp parallel num_threads(nt)")
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        float* chacc = (float*)aligned_alloc(64, (size_t)C * 64);
-        double* chd = (double*)calloc((size_t)C * 16, sizeof(double));
-        int64_t* cnt = (int64_t*)calloc((size_t)C, sizeof(int64_t));
-        double* local = (double*)calloc((size_t)nacc, sizeof(double));
-        if (!chacc || !chd || !cnt || !local) {
+        FoldBuffers fb = fold_buffers(C, nacc);
+        if (!fb.ok) {
             _Pragma("omp atomic write")
             failed = 1;
         } else {
-            memset(chacc, 0, (size_t)C * 64);
             const int64_t pos = total * tid / nth, end = total * (tid + 1) / nth;
             const int a = aff != NULL;
 #define RED_CALL(KK) \
-            if (a) bwd_red_span_f32_k##KK##_a1(x, g, gx, pos, end, inner, C, t, ctab, afft, chacc, chd, cnt); \
-            else bwd_red_span_f32_k##KK##_a0(x, g, gx, pos, end, inner, C, t, ctab, afft, chacc, chd, cnt);
+            if (a) bwd_red_span_f32_k##KK##_a1(x, g, gx, pos, end, inner, C, t, ctab, afft, fb.chacc, fb.chd, fb.cnt); \
+            else bwd_red_span_f32_k##KK##_a0(x, g, gx, pos, end, inner, C, t, ctab, afft, fb.chacc, fb.chd, fb.cnt);
             switch (K) {
                 case 1: RED_CALL(1) break;
                 case 2: RED_CALL(2) break;
@@ -861,18 +867,18 @@ static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* g
 #undef RED_CALL
             for (int64_t c = 0; c < C; ++c) {
                 double d[16];
-                for (int q = 0; q < 16; ++q) d[q] = chd[16 * c + RED_LANE[q]] + (double)chacc[16 * c + RED_LANE[q]];
+                for (int q = 0; q < 16; ++q) d[q] = fb.chd[16 * c + RED_LANE[q]] + (double)fb.chacc[16 * c + RED_LANE[q]];
                 for (int64_t s = 0; s <= K; ++s)
                     for (int j = 0; j < 3; ++j) {
                         double above = (s == 0) ? d[j] : d[3 * s + j];
                         double beyond = (s == K) ? 0.0 : d[3 * (s + 1) + j];
-                        local[(j * S + s) * Cc + c] += above - beyond;
+                        fb.local[(j * S + s) * Cc + c] += above - beyond;
                     }
             }
             _Pragma("omp critical(repact_pq_reduce)")
-            for (int64_t j = 0; j < nacc; ++j) gcoef[j] += local[j];
+            for (int64_t j = 0; j < nacc; ++j) gcoef[j] += fb.local[j];
         }
-        free(chacc); free(chd); free(cnt); free(local);
+        fold_free(&fb);
     }
     free(ctab);
     free(afft);
