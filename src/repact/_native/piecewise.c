@@ -12,7 +12,7 @@
  * Kernels (each reads its inputs only and writes fresh outputs; sums are kept in double):
  *   forward   y = s(x)
  *   stats     per channel: sum s(x), sum s(x)^2                       (RepAct-III batch statistics)
- *   gsums     per channel: sum g, sum g s(x)                          (RepAct-III backward, first pass)
+ *             with g: per channel sum g, sum g s(x)              (RepAct-III backward, first pass)
  *   backward  h = g                   (aff == NULL)
  *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
  *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
@@ -113,6 +113,11 @@ static int pick_threads(int64_t work, int nthreads) {
         s1 += (SV);                                                                              \
         s2 += (SV) * (SV);                                                                       \
     }
+
+/* each channel's table in one place: ctab[(c * 3 + j) * S + s] from planar coef[(j * S + s) * Cc + c] */
+#define INTERLEAVE_TABLE(ctab, coef, Cc, S)                                                      \
+    for (int64_t c_ = 0; c_ < (Cc); ++c_)                                                        \
+        for (int64_t js_ = 0; js_ < 3 * (S); ++js_) (ctab)[c_ * 3 * (S) + js_] = (coef)[js_ * (Cc) + c_]
 
 /* One vector of the backward, shared by its kernels: from v (and g) the knot masks mk[], the
  * slope-side coefficients a1, a2 with nz = (a2 != 0), and g replaced by the BatchNorm affine of g
@@ -799,8 +804,7 @@ static int sums_red_walk_f32(const float* x, const float* g, int64_t outer, int6
     const int64_t S = K + 1, total = outer * C * inner;
     float* ctab = (float*)malloc(sizeof(float) * (size_t)(Cc * 3 * S));
     if (!ctab) return 2;
-    for (int64_t c = 0; c < Cc; ++c)
-        for (int64_t js = 0; js < 3 * S; ++js) ctab[c * 3 * S + js] = coef[js * Cc + c];
+    INTERLEAVE_TABLE(ctab, coef, Cc, S);
     int nt = pick_threads(total, nthreads);
     int failed = 0;
     _Pragma("omp parallel num_threads(nt)")
@@ -840,11 +844,9 @@ static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* g
     float* ctab = (float*)malloc(sizeof(float) * (size_t)(Cc * 3 * S));
     float* afft = aff ? (float*)malloc(sizeof(float) * (size_t)(3 * Cc)) : NULL;
     if (!ctab || (aff && !afft)) { free(ctab); free(afft); return 2; }
-    for (int64_t c = 0; c < Cc; ++c) {
-        for (int64_t js = 0; js < 3 * S; ++js) ctab[c * 3 * S + js] = coef[js * Cc + c];
-        if (aff)
-            for (int j = 0; j < 3; ++j) afft[3 * c + j] = (float)aff[j * Cc + c];
-    }
+    INTERLEAVE_TABLE(ctab, coef, Cc, S);
+    for (int64_t c = 0; aff && c < Cc; ++c)
+        for (int j = 0; j < 3; ++j) afft[3 * c + j] = (float)aff[j * Cc + c];
     _Pragma("omp parallel num_threads(nt)")
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -919,8 +921,7 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
         /* per-channel table over blocks: each thread one contiguous piece, in memory order */   \
         T* ctab = (T*)malloc(sizeof(T) * (size_t)(Cc * 3 * S));                                  \
         if (!ctab) return 2;                                                                     \
-        for (int64_t c = 0; c < Cc; ++c)                                                         \
-            for (int64_t js = 0; js < 3 * S; ++js) ctab[c * 3 * S + js] = coef[js * Cc + c];     \
+        INTERLEAVE_TABLE(ctab, coef, Cc, S);                                                     \
         _Pragma("omp parallel num_threads(nt)")                                                  \
         {                                                                                        \
             int tid = omp_get_thread_num(), nth = omp_get_num_threads();                         \
@@ -977,13 +978,6 @@ static int pq_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64
 int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, int64_t K,        \
                           const T* t, const T* coef, int64_t Cc, int nthreads, double* out) {    \
     return pq_sums_##SUF(x, NULL, outer, C, inner, K, t, coef, Cc, nthreads, out);               \
-}                                                                                                \
-                                                                                                 \
-/* per channel: sum g and sum g s(x) as out[0..Cc) and out[Cc..2Cc) */                           \
-int repact_pq_gsums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,       \
-                          int64_t K, const T* t, const T* coef, int64_t Cc, int nthreads,        \
-                          double* out) {                                                         \
-    return pq_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, out);                  \
 }                                                                                                \
                                                                                                  \
 int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const double* aff,    \
@@ -1131,7 +1125,7 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
         train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
         if (gamma) {                                                                             \
             /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
-            rc = repact_pq_gsums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);     \
+            rc = pq_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);             \
             const double n = (double)(total / Cc);                                               \
             for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
                 const double sum_g = gc[c], sum_gs = gc[Cc + c];                                 \

@@ -222,6 +222,13 @@ def _native_forward(x: torch.Tensor, knots: torch.Tensor, coeffs: torch.Tensor, 
     return native_forward_prepared(x, native_table(knots, coeffs, x.dtype), coeffs.shape[0], channel_dim)
 
 
+def _grad_like(g: torch.Tensor, xd: torch.Tensor) -> torch.Tensor:
+    """The incoming gradient as the kernels read it: a plain CPU tensor laid out like ``xd``."""
+    if g.dtype != xd.dtype or not g.is_cpu or g.stride() != xd.stride() or type(g) is not torch.Tensor:
+        return torch.empty_like(xd).copy_(g)
+    return g
+
+
 def _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c, affine=None):
     """gx and the (Cc, S, 3) coefficient gradient from the C kernel; None when it does not apply.
 
@@ -231,8 +238,7 @@ def _native_backward(g, x, knots, coeffs, channel_dim, need_x, need_c, affine=No
     if layout is None:
         return None
     xd, outer, c, inner = layout
-    if g.dtype != xd.dtype or not g.is_cpu or g.stride() != xd.stride() or type(g) is not torch.Tensor:
-        g = torch.empty_like(xd).copy_(g)
+    g = _grad_like(g, xd)
     lib = _native.library()
     t, cf = native_table(knots, coeffs, xd.dtype)
     gx = torch.empty_like(xd) if need_x else None
@@ -333,8 +339,7 @@ def native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, par
         return None
     xd, outer, c, inner, cc = layout
     dt = xd.dtype
-    if g.dtype != dt or not g.is_cpu or g.stride() != xd.stride() or type(g) is not torch.Tensor:
-        g = torch.empty_like(xd).copy_(g)
+    g = _grad_like(g, xd)
     t, w, sl, bs, pt, gm = _train_params(dt, knots, w_raw, slope, base, part, gamma)
     lib = _native.library()
     gx = torch.empty_like(xd) if need_x else None
