@@ -165,3 +165,25 @@ def test_transforms_are_differentiable():
     coeffs.sum().backward()
     assert w.grad is not None and a.grad is not None
     assert torch.isfinite(w.grad).all() and torch.isfinite(a.grad).all()
+
+
+@pytest.mark.parametrize("branches", [fuse.CANONICAL_BRANCHES, ("relu", "hardswish"), ("identity",),
+                                      ("abs", "leaky_relu", "prelu"), ("prelu", "hardswish", "identity")])
+def test_hardswish_basis_map_gives_the_same_function_as_the_table(branches):
+    gen = torch.Generator().manual_seed(len(branches))
+    w = torch.randn(3, len(branches), generator=gen, dtype=torch.float64)
+    slope = torch.rand(3, generator=gen, dtype=torch.float64)
+    base, part = fuse.hardswish_basis_map(branches)
+    assert base.shape == part.shape == (len(branches), 4)
+    E, A, B, Q = (w @ base + (w * slope[:, None]) @ part).unbind(-1)
+    x = dense_grid(dtype=torch.float64)
+    u = torch.clamp(x + 3, 0, 6)
+    basis = E[:, None] + x * (A[:, None] + B[:, None] * (x >= 0) + Q[:, None] * u)
+    knots, coeffs = fuse.combine_branches(branches, w, slope if "prelu" in branches else None)
+    table = torch.stack([fuse.evaluate_pieces(x, knots, coeffs[c]) for c in range(3)])
+    torch.testing.assert_close(basis, table, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("branches", [("identity", "relu6"), ("relu", "square"), ("hardsigmoid",), ("hardtanh", "relu")])
+def test_hardswish_basis_map_refuses_other_pieces(branches):
+    assert fuse.hardswish_basis_map(branches) is None

@@ -285,16 +285,21 @@ def _table_reference(w_raw, slope, base, part, softmax):
 
 
 @pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
-@pytest.mark.parametrize("branches", [("identity", "relu", "prelu", "hardswish"), ("relu", "hardswish"),
-                                      ("prelu", "relu6", "abs", "square")])
+@pytest.mark.parametrize("branches,form", [(("identity", "relu", "prelu", "hardswish"), "table"),
+                                           (("identity", "relu", "prelu", "hardswish"), "basis"),
+                                           (("relu", "hardswish"), "table"), (("relu", "hardswish"), "basis"),
+                                           (("prelu", "relu6", "abs", "square"), "table")])
 @pytest.mark.parametrize("softmax,bn", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("per_channel,layout", [(False, "nchw"), (True, "nchw"), (True, "channels_last"),
                                                 (True, "tokens"), (False, "tokens")])
-def test_native_train_op_matches_autograd_reference(branches, softmax, bn, per_channel, layout):
-    """The one-call C training op (table, BN statistics and fold, pass, table VJP) against the same
-    math in tensor ops under autograd, in float64, on inputs that hit every knot."""
-    from repact.fuse import linear_basis
+def test_native_train_op_matches_autograd_reference(branches, form, softmax, bn, per_channel, layout):
+    """The one-call C training op (table or RepAct's own basis, BN statistics and fold, pass, VJP)
+    against the table's math in tensor ops under autograd, in float64, on inputs that hit every knot."""
+    from repact.fuse import hardswish_basis_map, linear_basis
     from repact.ops.piecewise import native_train_backward, native_train_forward
+
+    maps = hardswish_basis_map(branches, dtype=torch.float64)
+    assert (maps is None) == ("square" in branches)  # the only set here with pieces outside the basis
 
     gen = torch.Generator().manual_seed(len(branches) + 2 * softmax + 4 * bn + 8 * per_channel)
     dt = torch.float64
@@ -315,9 +320,10 @@ def test_native_train_op_matches_autograd_reference(branches, softmax, bn, per_c
     gamma = (1 + torch.rand(cc, generator=gen, dtype=dt)).requires_grad_(True) if bn else None
     beta = torch.randn(cc, generator=gen, dtype=dt).requires_grad_(True) if bn else None
     flat_b, flat_p = base.reshape(nb, -1), part.reshape(nb, -1)
+    op_b, op_p = maps if form == "basis" else (flat_b, flat_p)
 
-    y, mean, var = native_train_forward(x, w_raw, slope, gamma, beta, knots, flat_b, flat_p, softmax, 1e-5, cd)
-    grads = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, flat_b, flat_p, softmax, 1e-5,
+    y, mean, var = native_train_forward(x, w_raw, slope, gamma, beta, knots, op_b, op_p, softmax, 1e-5, cd)
+    grads = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, op_b, op_p, softmax, 1e-5,
                                   cd, True, True)
 
     xr = x.detach().clone().requires_grad_(True)
@@ -344,6 +350,68 @@ def test_native_train_op_matches_autograd_reference(branches, softmax, bn, per_c
     for name, a, b in zip(["x", "w_raw", "slope", "gamma", "beta"], ours, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
     # only what is asked for
-    gx, gw, gsl, ggm, gbt = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, flat_b, flat_p,
+    gx, gw, gsl, ggm, gbt = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, op_b, op_p,
                                                   softmax, 1e-5, cd, False, False)
     assert gx is None and gw is None and gsl is None and (ggm is not None) == bn
+
+
+@pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
+@pytest.mark.parametrize("spatial", [(1, 1), (2, 3), (3, 5), (7, 7), (4, 16), (101, 123)])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_basis_kernels_match_float64_reference_on_every_block_size(spatial, per_channel, bn, dtype):
+    """RepAct's own-basis kernels over blocks shorter than a vector, with an overlapping last
+    vector and longer than a flush chunk (the largest split over two threads), against the float64 table
+    math; inputs include every knot, both sides of it, and +-inf."""
+    from repact.fuse import hardswish_basis_map, linear_basis
+    from repact.ops.piecewise import native_train_backward, native_train_forward
+
+    branches = ("identity", "relu", "prelu", "hardswish")
+    gen = torch.Generator().manual_seed(hash((spatial, per_channel, bn)) % 1000)
+    knots_t, base, part = linear_basis(branches, dtype=torch.float64)
+    knots = torch.tensor(knots_t, dtype=torch.float64)
+    mb, mp = hardswish_basis_map(branches, dtype=torch.float64)
+    c = 3
+    cc = c if per_channel else 1
+    x64 = torch.randn(2, c, *spatial, generator=gen, dtype=torch.float64) * 4
+    special = torch.tensor([-3.0, 0.0, 3.0, -3.0000005, -2.9999995, 2.9999995, 3.0000005, -1e-7, 1e-7],
+                           dtype=torch.float64)
+    n = min(special.numel(), x64.numel())
+    x64.view(-1)[:n] = special[:n]
+    x = x64.to(dtype)
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn((cc, 4) if per_channel else (4,), generator=gen, dtype=torch.float64)
+    slope = torch.rand(cc, generator=gen, dtype=torch.float64) * 0.5
+    gamma = 1 + torch.rand(cc, generator=gen, dtype=torch.float64) if bn else None
+    beta = torch.randn(cc, generator=gen, dtype=torch.float64) if bn else None
+    ref = native_train_forward(x.double(), w, slope, gamma, beta, knots, base.reshape(4, -1), part.reshape(4, -1),
+                               False, 1e-5, 1)
+    ref_grads = native_train_backward(g.double(), x.double(), w, slope, gamma, ref[1], ref[2], knots,
+                                      base.reshape(4, -1), part.reshape(4, -1), False, 1e-5, 1, True, True)
+    cast = [t.to(dtype) if t is not None else None for t in (w, slope, gamma, beta)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y, mean, var = native_train_forward(x, cast[0], cast[1], cast[2], cast[3], knots.to(dtype), mb.to(dtype),
+                                            mp.to(dtype), False, 1e-5, 1)
+        grads = native_train_backward(g, x, cast[0], cast[1], cast[2], mean, var, knots.to(dtype), mb.to(dtype),
+                                      mp.to(dtype), False, 1e-5, 1, True, True)
+    finally:
+        torch.set_num_threads(threads)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(y.double(), ref[0], **tol)
+    for name, a, b in zip(["x", "w", "slope", "gamma", "beta"], grads, ref_grads):
+        if b is None:
+            assert a is None
+            continue
+        # parameter gradients are sums over the tensor: compare relative to the sum of magnitudes
+        scale = 1.0 if name == "x" else float(x.numel())
+        torch.testing.assert_close(a.double() / scale, b / scale, **tol, msg=f"gradient of {name}")
+    inf = torch.tensor([float("-inf"), float("inf")], dtype=dtype).reshape(1, 1, 2)
+    yi = native_train_forward(inf.expand(1, 1, 2).contiguous(), cast[0][:1] if per_channel else cast[0],
+                              cast[1][:1], None, None, knots.to(dtype), mb.to(dtype), mp.to(dtype), False, 0.0, 1)[0]
+    coeffs = _table_reference(w[:1] if per_channel else w, slope[:1], base.reshape(4, -1), part.reshape(4, -1), False)
+    # the outer segments are linear: slope times x, so +-inf times the sign of each slope
+    expect = torch.stack([-coeffs[0, 0, 1].sign(), coeffs[0, 3, 1].sign()]) * float("inf")
+    assert torch.equal(yi.reshape(-1).double(), expect)

@@ -38,6 +38,7 @@ __all__ = [
     "HARDSWISH_KNOTS",
     "BasisCoefficients",
     "basis_coefficients",
+    "hardswish_basis_map",
 ]
 
 CANONICAL_BRANCHES: tuple[str, ...] = ("identity", "relu", "prelu", "hardswish")
@@ -236,6 +237,36 @@ class BasisCoefficients:
     max_error: float  # max |table - table rebuilt from A, B, D, E| (coefficient units)
 
 
+def _basis_table(E: torch.Tensor, A: torch.Tensor, B: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """The (..., 4, 3) table on (-3, 0, 3) of ``E + x (A + B [x >= 0] + Q clamp(x + 3, 0, 6))``."""
+    z = torch.zeros_like(A)
+    rows = [(E, A, z), (E, A + 3 * Q, Q), (E, A + B + 3 * Q, Q), (E, A + B + 6 * Q, z)]
+    return torch.stack([torch.stack(r, -1) for r in rows], dim=-2)
+
+
+def hardswish_basis_map(
+    branches: Sequence[str], *, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The branch set's fused function as a linear map onto RepAct's own basis, or None.
+
+    Returns ``(base, slope_part)`` of shape (nb, 4) such that the basis row (E, A, B, Q) of
+    ``E + x (A + B [x >= 0] + Q clamp(x + 3, 0, 6))`` (Q = D / 6 for ``D hardswish(x)``) is
+    ``sum_k w[c, k] * (base[k] + slope[c] * slope_part[k])``, exactly as :func:`linear_basis` gives
+    the table. Branch sets with other knots or pieces (relu6, hardtanh, square, ...) give None.
+    """
+    knots, base, part = linear_basis(branches, dtype=torch.float64)
+    if not set(knots) <= set(HARDSWISH_KNOTS):
+        return None
+    maps = []
+    for table in (base, part):
+        c = restrict_to_knots(knots, table, HARDSWISH_KNOTS)  # (nb, 4, 3)
+        row = (c[:, 0, 0], c[:, 0, 1], c[:, 2, 1] - c[:, 1, 1], c[:, 1, 2])
+        if not torch.allclose(_basis_table(*row), c, rtol=0.0, atol=1e-12):
+            return None
+        maps.append(torch.stack(row, -1).to(dtype))
+    return maps[0], maps[1]
+
+
 def basis_coefficients(knots: torch.Tensor, coeffs: torch.Tensor, rtol: float = 1e-6) -> BasisCoefficients | None:
     """Read (A, B, D, E) off a piece table, or None when the table is not in the basis' span.
 
@@ -253,15 +284,7 @@ def basis_coefficients(knots: torch.Tensor, coeffs: torch.Tensor, rtol: float = 
     A = c[:, 0, 1]
     D = 6.0 * c[:, 1, 2]
     B = c[:, 2, 1] - c[:, 1, 1]
-    rebuilt = torch.stack(
-        [
-            torch.stack([E, A, torch.zeros_like(A)], -1),
-            torch.stack([E, A + D / 2, D / 6], -1),
-            torch.stack([E, A + B + D / 2, D / 6], -1),
-            torch.stack([E, A + B + D, torch.zeros_like(A)], -1),
-        ],
-        dim=1,
-    )
+    rebuilt = _basis_table(E, A, B, D / 6.0)
     err = float((rebuilt - c).abs().max()) if c.numel() else 0.0
     scale = float(c.abs().max()) if c.numel() else 0.0
     if err > rtol * max(scale, 1e-30):

@@ -25,7 +25,7 @@ __all__ = ["library", "build_error", "cache_dir"]
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("piecewise.c")
-ABI_VERSION = 4
+ABI_VERSION = 5
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False

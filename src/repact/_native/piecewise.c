@@ -17,7 +17,8 @@
  *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
  *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
  *   train_forward / train_backward   RepAct's whole training op (table from the branch weights,
- *             BatchNorm statistics and fold, the passes above, the table's VJP), see below
+ *             BatchNorm statistics and fold, the passes above, the table's VJP), see below; for
+ *             the paper's branch sets the same passes in RepAct's own four-number basis (hsb_*)
  *
  * Built by repact/_native/__init__.py with -O3 (and -march=native where the compiler takes it)
  * and OpenMP; the library shares the OpenMP runtime that PyTorch has already loaded.
@@ -1026,12 +1027,483 @@ DEFINE_ENTRIES(float, f32)
 DEFINE_ENTRIES(double, f64)
 
 /* ------------------------------------------------------------------------------------------ */
+/* RepAct's own basis: the paper's branches need four numbers, not a table                     */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * A weighted sum of identity, ReLU, PReLU, leaky ReLU, abs and HardSwish branches, and its
+ * BatchNorm fold, is for every x
+ *     s(x) = E + x (A + B [x >= 0] + Q u(x)),   u(x) = clamp(x + 3, 0, 6)
+ * (the piece table on the knots -3, 0, 3 in four numbers; Q = D / 6 for D hardswish(x)). That
+ * takes about half the vector operations of the table's select chain, and its coefficient
+ * gradients are four sums instead of 3 + 3K:
+ *     ds/dE = 1,  ds/dA = x,  ds/dB = x [x >= 0],  ds/dQ = x u(x),
+ *     s'(x) = A + B [x >= 0] + Q u(x) + Q x [-3 <= x < 3]   (the right derivative at the knots,
+ *                                                           as the table's segments take it).
+ * Coefficients are planar, coef[j * Cc + c] for j = E, A, B, Q. The training entry points take
+ * this basis for K == HSWISH_BASIS. Rows (inner == 1, channels last) go through the equivalent
+ * table (hsb_to_table) and the table kernels.
+ */
+#define HSWISH_BASIS (-1)
+#define NHSB 4
+
+/* u = u(V) and the slope T_ = A + B [V >= 0] + Q u, and the mask pos_ = V >= 0, for one vector
+ * (needs zero, three, six, av, bv, qv in scope) */
+#define HSB_VEC_T(VT, VI, V, U, T_)                                                              \
+    VT U = (V) + three;                                                                          \
+    U = VSEL(VT, VI, U > zero, U, zero);                                                         \
+    U = VSEL(VT, VI, U < six, U, six);                                                           \
+    const VI pos_ = (V) >= zero;                                                                 \
+    const VT T_ = (av + (VT)((VI)bv & pos_)) + qv * U;
+
+/* one vector of the sums pass: w = s (stats) or g, s1 += w, s2 += w s; MASKED drops the lanes
+ * of an overlapping last vector that were counted already */
+#define HSB_SUMS_VEC(VT, VI, OFF, MASKED)                                                                \
+    {                                                                                            \
+        VT v;                                                                                    \
+        memcpy(&v, xc + (OFF), sizeof v);                                                        \
+        HSB_VEC_T(VT, VI, v, u, t)                                                               \
+        (void)u;                                                                                 \
+        const VT s = ev + v * t;                                                                 \
+        VT w = s;                                                                                \
+        if (gc) memcpy(&w, gc + (OFF), sizeof w);                                                \
+        if (MASKED) w = (VT)((VI)w & keep);                                                      \
+        s1 += w;                                                                                 \
+        s2 += w * s;                                                                             \
+    }
+
+/* one vector of the backward: h = g or its BatchNorm affine, gx = h s'(x), the four sums */
+#define HSB_BWD_VEC(VT, VI, OFF, MASKED)                                                                 \
+    {                                                                                            \
+        VT v, g;                                                                                 \
+        memcpy(&v, xc + (OFF), sizeof v);                                                        \
+        memcpy(&g, gc + (OFF), sizeof g);                                                        \
+        HSB_VEC_T(VT, VI, v, u, t)                                                               \
+        if (has_aff) g = (alv * g + bev * (ev + v * t)) + dev;                                   \
+        if (gxc) {                                                                               \
+            const VI mid = (v >= mthree) & (v < three);                                          \
+            const VT o = g * (t + (VT)((VI)(qv * v) & mid));                                     \
+            memcpy(gxc + (OFF), &o, sizeof o);                                                   \
+        }                                                                                        \
+        if (sums) {                                                                              \
+            if (MASKED) g = (VT)((VI)g & keep);                                                  \
+            const VT h1 = g * v;                                                                 \
+            a0 += g;                                                                             \
+            a1 += h1;                                                                            \
+            a2 += (VT)((VI)h1 & pos_);                                                           \
+            a3 += h1 * u;                                                                        \
+        }                                                                                        \
+    }
+
+/* Per-channel sums walk memory in order; a block's vector sums then go to its channel. With
+ * AVX-512 float they are folded into one vector (two sums: lanes 0-7, 8-15; four: 0-3, 8-11,
+ * 4-7, 12-15) added to the channel's running vector, which is flushed into doubles every
+ * RED_FLUSH elements; elsewhere each block's sums are added up lane by lane. */
+#if RED_OK
+#define HSB_FOLD 1
+static const int HSB_OWNER[2][16] = {{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},
+                                     {0, 0, 0, 0, 2, 2, 2, 2, 1, 1, 1, 1, 3, 3, 3, 3}};
+static void hsb_fold_flush(float* restrict fv, int64_t* restrict cnt, double* restrict o, int64_t os, int na) {
+    for (int l = 0; l < 16; ++l) { o[HSB_OWNER[na == 4][l] * os] += fv[l]; fv[l] = 0.0f; }
+    *cnt = 0;
+}
+static inline void hsb_fold_deposit(float* restrict fv, int64_t* restrict cnt, const void* acc, int na, int64_t m,
+                             double* restrict o, int64_t os) {
+    const vi32 a0 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi32 a1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const vi32 b0 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const vi32 b1 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    vf32 a[4];
+    memcpy(a, acc, sizeof(vf32) * (size_t)na);
+    vf32 v = red_pair(a[0], a[1], a0, a1);
+    if (na == 4) v = red_pair(v, red_pair(a[2], a[3], a0, a1), b0, b1);
+    vf32 cur;
+    memcpy(&cur, fv, sizeof cur);
+    cur += v;
+    memcpy(fv, &cur, sizeof cur);
+    *cnt += m;
+    if (*cnt >= RED_FLUSH) hsb_fold_flush(fv, cnt, o, os, na);
+}
+#else
+#define HSB_FOLD 0
+static void hsb_fold_flush(float* fv, int64_t* cnt, double* o, int64_t os, int na) {
+    (void)fv; (void)cnt; (void)o; (void)os; (void)na;
+}
+static void hsb_fold_deposit(float* fv, int64_t* cnt, const void* acc, int na, int64_t m, double* o, int64_t os) {
+    (void)fv; (void)cnt; (void)acc; (void)na; (void)m; (void)o; (void)os;
+}
+#endif
+
+/* a thread's per-channel store for the sums: na doubles per channel (planar, local[j * C + c])
+ * and, when folding, a running vector and an element count per channel */
+typedef struct {
+    double* local;
+    float* fold;
+    int64_t* cnt;
+} HsbStore;
+
+static int hsb_store(HsbStore* st, int64_t C, int na, int fold) {
+    st->local = (double*)calloc((size_t)(na * C), sizeof(double));
+    st->fold = fold ? (float*)aligned_alloc(64, (size_t)C * 64) : NULL;
+    st->cnt = fold ? (int64_t*)calloc((size_t)C, sizeof(int64_t)) : NULL;
+    if (st->fold) memset(st->fold, 0, (size_t)C * 64);
+    return st->local && (!fold || (st->fold && st->cnt));
+}
+
+/* flush the running vectors, add the store into out[j * Cc + c], free it */
+static void hsb_store_finish(HsbStore* st, int64_t C, int na, double* out, int ok) {
+    for (int64_t c = 0; ok && st->fold && c < C; ++c) hsb_fold_flush(st->fold + 16 * c, st->cnt + c, st->local + c, C, na);
+    if (ok) {
+        _Pragma("omp critical(repact_pq_reduce)")
+        for (int64_t j = 0; j < na * C; ++j) out[j] += st->local[j];
+    }
+    free(st->local);
+    free(st->fold);
+    free(st->cnt);
+}
+
+/* The sums passes' walk: each thread one contiguous piece in memory order, run by run (a run is
+ * the piece of one block, or the whole piece for one coefficient set); BODY sees i (first
+ * element), len and channel c. (Channel-major walks, or tiles of a few images, were slower here
+ * at every map size: the per-block fold costs less than leaving memory order.) */
+#define HSB_SUMS_WALK(BODY)                                                                      \
+    do {                                                                                         \
+        const int64_t p1 = total * (tid + 1) / nth;                                              \
+        for (int64_t i = total * tid / nth; i < p1;) {                                           \
+            const int64_t blk = Cc == 1 ? 0 : i / inner, c = Cc == 1 ? 0 : blk % C;              \
+            const int64_t bend = Cc == 1 ? p1 : (blk + 1) * inner;                               \
+            const int64_t len = (bend < p1 ? bend : p1) - i;                                     \
+            BODY                                                                                 \
+            i += len;                                                                            \
+        }                                                                                        \
+    } while (0)
+
+/* 0 for the first VBYTES / sizeof(T) entries, all ones after: lane l of the vector loaded at
+ * offset r is kept iff l >= L - r */
+static const int32_t HSB_KEEP32[2 * VBYTES / 4] = {[VBYTES / 4 ... 2 * VBYTES / 4 - 1] = -1};
+static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 8 - 1] = -1};
+
+#define DEFINE_HSB(T, SUF, VT, VI)                                                               \
+static inline T hsb_t_##SUF(T v, T a, T b, T q, T* uo) {                                         \
+    T u = v + (T)3;                                                                              \
+    u = u > (T)0 ? u : (T)0;                                                                     \
+    u = u < (T)6 ? u : (T)6;                                                                     \
+    *uo = u;                                                                                     \
+    return (a + (v >= (T)0 ? b : (T)0)) + q * u;                                                 \
+}                                                                                                \
+                                                                                                 \
+/* y = s(x) over a run of n elements, coefficients cf[j * cs]; a run of n >= L ends with a full  \
+ * vector overlapping the one before it (its lanes get the same values twice) */                 \
+static void hsb_fwd_run_##SUF(const T* restrict xp, T* restrict yp, int64_t n,                    \
+                              const T* restrict cf, int64_t cs) {                                \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const T e = cf[0], a = cf[cs], b = cf[2 * cs], q = cf[3 * cs];                               \
+    if (n < L) {                                                                                 \
+        for (int64_t i = 0; i < n; ++i) {                                                        \
+            T u;                                                                                 \
+            const T t = hsb_t_##SUF(xp[i], a, b, q, &u);                                         \
+            yp[i] = e + xp[i] * t;                                                               \
+        }                                                                                        \
+        return;                                                                                  \
+    }                                                                                            \
+    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
+    const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;                         \
+    for (int64_t i = 0;; i += L) {                                                               \
+        if (i + L > n) i = n - L;                                                                \
+        VT v;                                                                                    \
+        memcpy(&v, xp + i, sizeof v);                                                            \
+        HSB_VEC_T(VT, VI, v, u, t)                                                               \
+        (void)u;                                                                                 \
+        const VT s = ev + v * t;                                                                 \
+        memcpy(yp + i, &s, sizeof s);                                                            \
+        if (i + L >= n) break;                                                                   \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* lanes to keep in a block's overlapping last vector: the last n % L (KEEP from offset n % L) */ \
+static inline VI hsb_keep_##SUF(int64_t n, const void* keep_table) {                             \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    VI k;                                                                                        \
+    memcpy(&k, (const char*)keep_table + (n % L) * sizeof(T), sizeof k);                         \
+    return k;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* sum w and sum w s(x) (w = s, or g when gp) over a run of n elements of one channel, added to  \
+ * o[0] and o[os] (with fold: the vector sums folded into the channel's running vector) */      \
+static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64_t n,             \
+                               const T* restrict cf, int64_t cs, double* restrict o, int64_t os,  \
+                               float* fold, int64_t* cnt) {                                       \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const T e = cf[0], a = cf[cs], b = cf[2 * cs], q = cf[3 * cs];                               \
+    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
+    const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;                         \
+    const VI keep = hsb_keep_##SUF(n, sizeof(T) == 4 ? (const void*)HSB_KEEP32 : (const void*)HSB_KEEP64);\
+    VT s1 = zero, s2 = zero;                                                                     \
+    double d1 = 0.0, d2 = 0.0;                                                                   \
+    int64_t since = 0;                                                                           \
+    if (n < L) {                                                                                 \
+        for (int64_t i = 0; i < n; ++i) {                                                        \
+            T u;                                                                                 \
+            const T t = hsb_t_##SUF(xp[i], a, b, q, &u);                                         \
+            const double s = (double)(e + xp[i] * t);                                            \
+            const double w = gp ? (double)gp[i] : s;                                             \
+            d1 += w;                                                                             \
+            d2 += w * s;                                                                         \
+        }                                                                                        \
+    } else {                                                                                     \
+        for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                              \
+            const int64_t m = n - i0 < CHUNK ? n - i0 : CHUNK;                                   \
+            const T* restrict xc = xp + i0;                                                      \
+            const T* restrict gc = gp ? gp + i0 : NULL;                                          \
+            int64_t i = 0;                                                                       \
+            for (; i + L <= m; i += L) HSB_SUMS_VEC(VT, VI, i, 0)                                        \
+            if (i < m) HSB_SUMS_VEC(VT, VI, m - L, 1) /* CHUNK is a multiple of L: only the block's end */\
+            since += m;                                                                          \
+            if (since >= CHUNK) { /* keep float partial sums short */                            \
+                for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                        \
+                s1 = zero; s2 = zero; since = 0;                                                 \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    if (HSB_FOLD && sizeof(T) == 4 && fold) {                                                    \
+        const VT sv[2] = {s1, s2};                                                               \
+        hsb_fold_deposit(fold, cnt, sv, 2, n, o, os);                                     \
+    } else {                                                                                     \
+        for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                \
+    }                                                                                            \
+    if (d1 != 0.0 || d2 != 0.0) { /* (with folding, only blocks that flushed) */                 \
+        o[0] += d1;                                                                              \
+        o[os] += d2;                                                                             \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* the backward over a run of n elements of one channel: h = g (af == NULL) or af[0] g +       \
+ * af[as] s(x) + af[2 as], gx = h s'(x) (gxp != NULL), and (o != NULL) the four sums added to   \
+ * o[j * os] (or folded, as in hsb_sums_run) */                                                  \
+static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* restrict gxp,        \
+                              int64_t n, const T* restrict cf, int64_t cs,                        \
+                              const double* restrict af, int64_t as, double* restrict o,          \
+                              int64_t os, float* fold, int64_t* cnt) {                            \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const T e = cf[0], a = cf[cs], b = cf[2 * cs], q = cf[3 * cs];                               \
+    const int has_aff = af != NULL, sums = o != NULL;                                            \
+    const T al = has_aff ? (T)af[0] : (T)1, be = has_aff ? (T)af[as] : (T)0;                     \
+    const T de = has_aff ? (T)af[2 * as] : (T)0;                                                 \
+    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6, mthree = zero - (T)3;           \
+    const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;                         \
+    const VT alv = zero + al, bev = zero + be, dev = zero + de;                                  \
+    const VI keep = hsb_keep_##SUF(n, sizeof(T) == 4 ? (const void*)HSB_KEEP32 : (const void*)HSB_KEEP64);\
+    VT a0 = zero, a1 = zero, a2 = zero, a3 = zero;                                               \
+    double d[NHSB] = {0.0, 0.0, 0.0, 0.0};                                                       \
+    int64_t since = 0;                                                                           \
+    if (n < L) {                                                                                 \
+        for (int64_t i = 0; i < n; ++i) {                                                        \
+            const T v = xp[i];                                                                   \
+            T g = gp[i], u;                                                                      \
+            const T t = hsb_t_##SUF(v, a, b, q, &u);                                             \
+            if (has_aff) g = (al * g + be * (e + v * t)) + de;                                   \
+            if (gxp) gxp[i] = g * (t + ((v >= (T)-3 && v < (T)3) ? q * v : (T)0));               \
+            if (sums) {                                                                          \
+                const double dg = (double)g, h1 = dg * (double)v;                                \
+                d[0] += dg; d[1] += h1; d[2] += v >= (T)0 ? h1 : 0.0; d[3] += h1 * (double)u;    \
+            }                                                                                    \
+        }                                                                                        \
+    } else {                                                                                     \
+        for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                              \
+            const int64_t m = n - i0 < CHUNK ? n - i0 : CHUNK;                                   \
+            const T* restrict xc = xp + i0;                                                      \
+            const T* restrict gc = gp + i0;                                                      \
+            T* restrict gxc = gxp ? gxp + i0 : NULL;                                             \
+            int64_t i = 0;                                                                       \
+            for (; i + L <= m; i += L) HSB_BWD_VEC(VT, VI, i, 0)                                         \
+            if (i < m) HSB_BWD_VEC(VT, VI, m - L, 1)                                                     \
+            since += m;                                                                          \
+            if (sums && since >= CHUNK) {                                                        \
+                for (int l = 0; l < L; ++l) { d[0] += a0[l]; d[1] += a1[l]; d[2] += a2[l]; d[3] += a3[l]; }\
+                a0 = zero; a1 = zero; a2 = zero; a3 = zero; since = 0;                           \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    if (sums && HSB_FOLD && sizeof(T) == 4 && fold) {                                            \
+        const VT av4[NHSB] = {a0, a1, a2, a3};                                                   \
+        hsb_fold_deposit(fold, cnt, av4, NHSB, n, o, os);                                 \
+    } else if (sums) {                                                                           \
+        for (int l = 0; l < L; ++l) { d[0] += a0[l]; d[1] += a1[l]; d[2] += a2[l]; d[3] += a3[l]; }\
+    }                                                                                            \
+    if (sums && (d[0] != 0.0 || d[1] != 0.0 || d[2] != 0.0 || d[3] != 0.0))                      \
+        for (int j = 0; j < NHSB; ++j) o[j * os] += d[j];                                        \
+}                                                                                                \
+                                                                                                 \
+/* the passes over a whole tensor (outer, C, inner), Cc in {1, C}, inner > 1 when Cc > 1, each    \
+ * thread one contiguous piece in memory order, block by block */                                \
+static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,          \
+                             const T* coef, int64_t Cc, int nthreads) {                          \
+    const int64_t total = outer * C * inner;                                                     \
+    if (total == 0) return 0;                                                                    \
+    const int nt = pick_threads(total, nthreads);                                                \
+    _Pragma("omp parallel num_threads(nt)")                                                      \
+    {                                                                                            \
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
+        const int64_t end = total * (tid + 1) / nth;                                             \
+        int64_t pos = total * tid / nth;                                                         \
+        while (pos < end) {                                                                      \
+            const int64_t blk = Cc == 1 ? 0 : pos / inner;                                       \
+            int64_t stop = Cc == 1 ? end : (blk + 1) * inner;                                    \
+            if (stop > end) stop = end;                                                          \
+            hsb_fwd_run_##SUF(x + pos, y + pos, stop - pos, coef + (Cc == 1 ? 0 : blk % C), Cc); \
+            pos = stop;                                                                          \
+        }                                                                                        \
+    }                                                                                            \
+    return 0;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* per channel: sum w and sum w s(x) (w = s, or g) into out[c], out[Cc + c] */                   \
+static int hsb_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,       \
+                          const T* coef, int64_t Cc, int nthreads, double* out) {                \
+    const int64_t total = outer * C * inner;                                                     \
+    memset(out, 0, sizeof(double) * 2 * Cc);                                                     \
+    if (total == 0) return 0;                                                                    \
+    const int nt = pick_threads(total, nthreads);                                                \
+    int failed = 0;                                                                              \
+    _Pragma("omp parallel num_threads(nt)")                                                      \
+    {                                                                                            \
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
+        HsbStore st;                                                                             \
+        const int ok = hsb_store(&st, Cc, 2, HSB_FOLD && sizeof(T) == 4 && Cc > 1);              \
+        if (ok) HSB_SUMS_WALK(                                                                   \
+            hsb_sums_run_##SUF(x + i, g ? g + i : NULL, len, coef + c, Cc, st.local + c,           \
+                                  Cc, st.fold ? st.fold + 16 * c : NULL, st.cnt ? st.cnt + c : NULL););\
+        if (!ok) {                                                                               \
+            _Pragma("omp atomic write")                                                          \
+            failed = 1;                                                                          \
+        }                                                                                        \
+        hsb_store_finish(&st, Cc, 2, out, ok);                                                   \
+    }                                                                                            \
+    return failed ? 2 : 0;                                                                       \
+}                                                                                                \
+                                                                                                 \
+/* gx and (gsum != NULL) the four sums per channel, planar gsum[j * Cc + c]; aff (3, Cc) */      \
+static int hsb_backward_##SUF(const T* x, const T* g, T* gx, double* gsum, const double* aff,    \
+                              int64_t outer, int64_t C, int64_t inner, const T* coef, int64_t Cc,\
+                              int nthreads) {                                                    \
+    const int64_t total = outer * C * inner;                                                     \
+    if (gsum) memset(gsum, 0, sizeof(double) * NHSB * Cc);                                       \
+    if (total == 0) return 0;                                                                    \
+    const int nt = pick_threads(total, nthreads);                                                \
+    int failed = 0;                                                                              \
+    _Pragma("omp parallel num_threads(nt)")                                                      \
+    {                                                                                            \
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
+        HsbStore st = {NULL, NULL, NULL};                                                        \
+        const int ok = !gsum || hsb_store(&st, Cc, NHSB, HSB_FOLD && sizeof(T) == 4 && Cc > 1);  \
+        if (ok) HSB_SUMS_WALK(                                                                   \
+            hsb_bwd_run_##SUF(x + i, g + i, gx ? gx + i : NULL, len, coef + c, Cc,               \
+                                 aff ? aff + c : NULL, Cc, gsum ? st.local + c : NULL, Cc,       \
+                                 st.fold ? st.fold + 16 * c : NULL, st.cnt ? st.cnt + c : NULL););\
+        if (!ok) {                                                                               \
+            _Pragma("omp atomic write")                                                          \
+            failed = 1;                                                                          \
+        }                                                                                        \
+        if (gsum) hsb_store_finish(&st, Cc, NHSB, gsum, ok);                                     \
+    }                                                                                            \
+    return failed ? 2 : 0;                                                                       \
+}
+
+DEFINE_HSB(float, f32, vf32, vi32)
+DEFINE_HSB(double, f64, vf64, vi64)
+
+static const double HSB_KNOTS[3] = {-3.0, 0.0, 3.0};
+
+/* the piece table (planar, S = 4) of a basis row (E, A, B, Q) */
+static void hsb_to_table(const double* h, double* table /* (3, 4) planar j * 4 + s */) {
+    const double E = h[0], A = h[1], B = h[2], Q = h[3];
+    const double rows[3][4] = {{E, E, E, E}, {A, A + 3 * Q, A + B + 3 * Q, A + B + 6 * Q}, {0, Q, Q, 0}};
+    for (int j = 0; j < 3; ++j)
+        for (int s = 0; s < 4; ++s) table[j * 4 + s] = rows[j][s];
+}
+
+/* the basis sums (E, A, B, Q) from the table's per-segment sums g[j][s] (planar j * 4 + s):
+ * d/dE = sum over segments of g0, d/dA = sum of g1, d/dB = g1 on x >= 0, d/dQ = x^2 + 3 x on
+ * [-3, 3) and 6 x beyond */
+static void hsb_from_table_grad(const double* g, double* h) {
+    h[0] = g[0] + g[1] + g[2] + g[3];
+    h[1] = g[4] + g[5] + g[6] + g[7];
+    h[2] = g[6] + g[7];
+    h[3] = g[9] + g[10] + 3.0 * (g[5] + g[6]) + 6.0 * g[7];
+}
+
+/* The passes of the training entry points for either form: K >= 0 a piece table on the knots t,
+ * K == HSWISH_BASIS the basis above; its rows (channels last, per-channel) run the table kernels
+ * on the equivalent table. */
+static int hsb_rows(int64_t C, int64_t inner, int64_t Cc) { return Cc > 1 && inner == 1 && C > 1; }
+
+#define DEFINE_TRAIN_PASSES(T, SUF)                                                              \
+static T* hsb_table_##SUF(const T* coef, int64_t Cc, T* knots) {                                 \
+    T* tab = (T*)malloc(sizeof(T) * (size_t)(12 * Cc));                                          \
+    for (int k = 0; k < 3; ++k) knots[k] = (T)HSB_KNOTS[k];                                      \
+    for (int64_t c = 0; tab && c < Cc; ++c) {                                                    \
+        double h[NHSB], tb[12];                                                                  \
+        for (int j = 0; j < NHSB; ++j) h[j] = (double)coef[j * Cc + c];                          \
+        hsb_to_table(h, tb);                                                                     \
+        for (int js = 0; js < 12; ++js) tab[js * Cc + c] = (T)tb[js];                            \
+    }                                                                                            \
+    return tab;                                                                                  \
+}                                                                                                \
+static int train_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,     \
+                            int64_t K, const T* t, const T* coef, int64_t Cc, int nth,           \
+                            double* out) {                                                       \
+    if (K != HSWISH_BASIS) return pq_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nth, out);\
+    if (!hsb_rows(C, inner, Cc)) return hsb_sums_##SUF(x, g, outer, C, inner, coef, Cc, nth, out);\
+    T kn[3];                                                                                     \
+    T* tab = hsb_table_##SUF(coef, Cc, kn);                                                      \
+    const int rc = tab ? pq_sums_##SUF(x, g, outer, C, inner, 3, kn, tab, Cc, nth, out) : 2;     \
+    free(tab);                                                                                   \
+    return rc;                                                                                   \
+}                                                                                                \
+static int train_fwd_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner, int64_t K, \
+                           const T* t, const T* coef, int64_t Cc, int nth) {                     \
+    if (K != HSWISH_BASIS) return repact_pq_forward_##SUF(x, y, outer, C, inner, K, t, coef, Cc, nth);\
+    if (!hsb_rows(C, inner, Cc)) return hsb_forward_##SUF(x, y, outer, C, inner, coef, Cc, nth);  \
+    T kn[3];                                                                                     \
+    T* tab = hsb_table_##SUF(coef, Cc, kn);                                                      \
+    const int rc = tab ? repact_pq_forward_##SUF(x, y, outer, C, inner, 3, kn, tab, Cc, nth) : 2;\
+    free(tab);                                                                                   \
+    return rc;                                                                                   \
+}                                                                                                \
+/* gsum: the table's planar (3, S, Cc) sums, or for the basis its (4, Cc) sums */                \
+static int train_bwd_##SUF(const T* x, const T* g, T* gx, double* gsum, const double* aff,       \
+                           int64_t outer, int64_t C, int64_t inner, int64_t K, const T* t,       \
+                           const T* coef, int64_t Cc, int nth) {                                 \
+    if (K != HSWISH_BASIS)                                                                       \
+        return repact_pq_backward_##SUF(x, g, gx, gsum, aff, outer, C, inner, K, t, coef, Cc, nth);\
+    if (!hsb_rows(C, inner, Cc))                                                                 \
+        return hsb_backward_##SUF(x, g, gx, gsum, aff, outer, C, inner, coef, Cc, nth);          \
+    T kn[3];                                                                                     \
+    T* tab = hsb_table_##SUF(coef, Cc, kn);                                                      \
+    double* gt = gsum ? (double*)malloc(sizeof(double) * (size_t)(12 * Cc)) : NULL;              \
+    int rc = (tab && (gt || !gsum)) ? 0 : 2;                                                     \
+    if (rc == 0) rc = repact_pq_backward_##SUF(x, g, gx, gt, aff, outer, C, inner, 3, kn, tab, Cc, nth);\
+    for (int64_t c = 0; rc == 0 && gsum && c < Cc; ++c) {                                        \
+        double gc[12], h[NHSB];                                                                  \
+        for (int js = 0; js < 12; ++js) gc[js] = gt[js * Cc + c];                                \
+        hsb_from_table_grad(gc, h);                                                              \
+        for (int j = 0; j < NHSB; ++j) gsum[j * Cc + c] = h[j];                                  \
+    }                                                                                            \
+    free(tab);                                                                                   \
+    free(gt);                                                                                    \
+    return rc;                                                                                   \
+}
+
+DEFINE_TRAIN_PASSES(float, f32)
+DEFINE_TRAIN_PASSES(double, f64)
+
+/* ------------------------------------------------------------------------------------------ */
 /* RepAct training steps: the whole op in one call each way                                     */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * Parameters: raw branch weights w_raw (Cc, nb), the PReLU slope (Cc) or NULL, and the fused table
  * as a linear map of them, base and part (nb, S, 3) row-major:
  *     table[c] = sum_b w[c, b] * (base[b] + slope[c] * part[b]),   w = softmax(w_raw) for RepAct-II.
+ * With K == HSWISH_BASIS, base and part are (nb, 4) and give the basis row (E, A, B, Q) instead.
  * gamma/beta (Cc) switch on RepAct-III's training BatchNorm (batch statistics over each table row).
  *
  * forward:  y = s(x) (I/II), or gamma (s(x) - mean) / sqrt(var + eps) + beta with the batch mean
@@ -1039,11 +1511,17 @@ DEFINE_ENTRIES(double, f64)
  * backward: gx, and the gradients of w_raw, slope, gamma, beta (each output may be NULL).
  * Table math runs in double; the kernels see the table rounded to T, and so do the sums that use it.
  */
+/* the table's shape in either form: S segments (0 for the basis), S3 coefficients per channel
+ * (row-major in base/part), row sj's planar offset, and how many rows hold the constant term */
+#define TRAIN_SEGMENTS(K) ((K) == HSWISH_BASIS ? 0 : (K) + 1)
+#define TRAIN_ROWS(S) ((S) ? 3 * (S) : NHSB)
+#define TRAIN_PLANAR(sj, S, Cc) ((S) ? (((sj) % 3) * (S) + (sj) / 3) * (Cc) : (sj) * (Cc))
+#define TRAIN_CONST(S) ((S) ? (S) : 1)
 #define DEFINE_TRAIN(T, SUF)                                                                     \
 static void train_table_##SUF(const T* w_raw, const T* slope, const T* base, const T* part,       \
                               int64_t nb, int64_t S, int64_t Cc, int softmax, double* w,         \
                               double* table, T* coef) {                                          \
-    const int64_t S3 = 3 * S;                                                                    \
+    const int64_t S3 = TRAIN_ROWS(S);                                                            \
     for (int64_t c = 0; c < Cc; ++c) {                                                           \
         double* wc = w + c * nb;                                                                 \
         for (int64_t b = 0; b < nb; ++b) wc[b] = (double)w_raw[c * nb + b];                      \
@@ -1062,7 +1540,7 @@ static void train_table_##SUF(const T* w_raw, const T* slope, const T* base, con
                 v += wc[b] * e;                                                                  \
             }                                                                                    \
             table[c * S3 + sj] = v;                                                              \
-            coef[((sj % 3) * S + sj / 3) * Cc + c] = (T)v;                                       \
+            coef[TRAIN_PLANAR(sj, S, Cc) + c] = (T)v;                                            \
         }                                                                                        \
     }                                                                                            \
 }                                                                                                \
@@ -1072,17 +1550,17 @@ int repact_train_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64
                                const T* base, const T* part, int64_t nb, int softmax,            \
                                int64_t Cc, const T* gamma, const T* beta, double eps,            \
                                double* mean, double* var, int nthreads) {                        \
-    if (K < 0 || K > MAXK || nb < 1) return 1;                                                   \
-    const int64_t S = K + 1, total = outer * C * inner;                                          \
-    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + Cc * 3 * S + 2 * Cc));       \
-    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * 3 * S));                                      \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+    const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S), total = outer * C * inner;          \
+    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + Cc * S3 + 2 * Cc));          \
+    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                         \
     int rc = (w && coef) ? 0 : 2;                                                                \
     if (rc == 0) {                                                                               \
         double* table = w + Cc * nb;                                                             \
-        double* st = table + Cc * 3 * S;                                                         \
+        double* st = table + Cc * S3;                                                            \
         train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
         if (gamma) {                                                                             \
-            rc = repact_pq_stats_##SUF(x, outer, C, inner, K, t, coef, Cc, nthreads, st);        \
+            rc = train_sums_##SUF(x, NULL, outer, C, inner, K, t, coef, Cc, nthreads, st);       \
             const double n = (double)(total / Cc);                                               \
             for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
                 const double m = st[c] / n;                                                      \
@@ -1092,13 +1570,13 @@ int repact_train_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64
                 var[c] = v;                                                                      \
                 const double scale = (double)gamma[c] / sqrt(v + eps);                           \
                 const double shift = (double)beta[c] - m * scale;                                \
-                for (int64_t js = 0; js < 3 * S; ++js) {                                         \
+                for (int64_t js = 0; js < S3; ++js) { /* rows js < TRAIN_CONST(S): constants */  \
                     T* q = coef + js * Cc + c;                                                   \
-                    *q = (T)((double)*q * scale + (js < S ? shift : 0.0));                       \
+                    *q = (T)((double)*q * scale + (js < TRAIN_CONST(S) ? shift : 0.0));          \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
-        if (rc == 0) rc = repact_pq_forward_##SUF(x, y, outer, C, inner, K, t, coef, Cc, nthreads); \
+        if (rc == 0) rc = train_fwd_##SUF(x, y, outer, C, inner, K, t, coef, Cc, nthreads);      \
     }                                                                                            \
     free(w);                                                                                     \
     free(coef);                                                                                  \
@@ -1111,21 +1589,21 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
                                 int softmax, int64_t Cc, const T* gamma, const double* mean,     \
                                 const double* var, double eps, T* g_w, T* g_slope, T* g_gamma,   \
                                 T* g_beta, int nthreads) {                                       \
-    if (K < 0 || K > MAXK || nb < 1) return 1;                                                   \
-    const int64_t S = K + 1, S3 = 3 * S, total = outer * C * inner;                              \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+    const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S), total = outer * C * inner;          \
     const int need_table = g_w != NULL || g_slope != NULL;                                       \
     double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + 2 * Cc * S3 + 3 * Cc + nb)); \
     T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                         \
     int rc = (w && coef) ? 0 : 2;                                                                \
     if (rc == 0) {                                                                               \
         double* table = w + Cc * nb;                                                             \
-        double* gc = table + Cc * S3;       /* planar (3, S, Cc) sums from the kernel */         \
+        double* gc = table + Cc * S3;       /* planar sums from the kernel (see train_bwd) */    \
         double* aff = gc + Cc * S3;         /* (3, Cc): alpha, beta, delta */                    \
         double* gwb = aff + 3 * Cc;         /* (nb) scratch */                                   \
         train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
         if (gamma) {                                                                             \
             /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
-            rc = pq_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);             \
+            rc = train_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);          \
             const double n = (double)(total / Cc);                                               \
             for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
                 const double sum_g = gc[c], sum_gs = gc[Cc + c];                                 \
@@ -1142,8 +1620,8 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
             }                                                                                    \
         }                                                                                        \
         if (rc == 0 && (gx || need_table))                                                       \
-            rc = repact_pq_backward_##SUF(x, g, gx, need_table ? gc : NULL, gamma ? aff : NULL,  \
-                                         outer, C, inner, K, t, coef, Cc, nthreads);             \
+            rc = train_bwd_##SUF(x, g, gx, need_table ? gc : NULL, gamma ? aff : NULL,           \
+                                 outer, C, inner, K, t, coef, Cc, nthreads);                     \
         for (int64_t c = 0; rc == 0 && need_table && c < Cc; ++c) {                              \
             /* the table's VJP: d table[c] / d w[c, b] = base[b] + slope[c] part[b] */           \
             const double* wc = w + c * nb;                                                       \
@@ -1152,7 +1630,7 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
             for (int64_t b = 0; b < nb; ++b) {                                                   \
                 double gb = 0.0, gp = 0.0;                                                       \
                 for (int64_t sj = 0; sj < S3; ++sj) {                                            \
-                    const double gt = gc[((sj % 3) * S + sj / 3) * Cc + c];                      \
+                    const double gt = gc[TRAIN_PLANAR(sj, S, Cc) + c];                           \
                     gb += gt * (double)base[b * S3 + sj];                                        \
                     if (slope) gp += gt * (double)part[b * S3 + sj];                             \
                 }                                                                                \
@@ -1173,4 +1651,4 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
 DEFINE_TRAIN(float, f32)
 DEFINE_TRAIN(double, f64)
 
-int repact_native_abi_version(void) { return 4; }
+int repact_native_abi_version(void) { return 5; }

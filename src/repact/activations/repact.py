@@ -274,6 +274,13 @@ class RepAct(Activation):
             self.register_buffer("_knots", torch.tensor(knots, dtype=torch.float32), persistent=False)
             self.register_buffer("_basis", base, persistent=False)
             self.register_buffer("_slope_basis", part, persistent=False)
+            # what the native training op reads: the maps onto RepAct's own basis where the branch
+            # set has one (the paper's does; half the arithmetic of the table), else the table's
+            maps = fuse.hardswish_basis_map(branches, dtype=torch.float32)
+            if maps is None:
+                maps = base.reshape(base.shape[0], -1), part.reshape(part.shape[0], -1)
+            self.register_buffer("_native_base", maps[0].contiguous(), persistent=False)
+            self.register_buffer("_native_part", maps[1].contiguous(), persistent=False)
             self.flops_train = 4.0 + len(knots) + (2.0 if variant == "bn" else 0.0)
             self.flops_deploy = 4.0 + len(knots)
         else:
@@ -348,12 +355,6 @@ class RepAct(Activation):
             bn.running_mean.mul_(1 - factor).add_(mean.reshape(-1).to(bn.running_mean.dtype), alpha=factor)
             bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
 
-    def _basis_flat(self) -> torch.Tensor:
-        return self._basis.reshape(self._basis.shape[0], -1)
-
-    def _slope_basis_flat(self) -> torch.Tensor:
-        return self._slope_basis.reshape(self._slope_basis.shape[0], -1)
-
     def _fused_applies(self, x: torch.Tensor) -> bool:
         """Whether the native training op runs this call (eagerly, or as custom ops when compiled)."""
         if not x.is_cpu or x.dtype not in _NATIVE_DTYPES or self.branch_weight.dtype != x.dtype:
@@ -379,7 +380,7 @@ class RepAct(Activation):
             fn = _repact_train_op if torch.compiler.is_compiling() else _FusedRepActFn.apply
             y, mean, var = fn(
                 x, self.branch_weight, self.prelu_weight, self.bn.weight if bn else None,
-                self.bn.bias if bn else None, self._knots, self._basis_flat(), self._slope_basis_flat(),
+                self.bn.bias if bn else None, self._knots, self._native_base, self._native_part,
                 self.variant == "softmax", self.bn.eps if bn else 0.0, cd,
             )
             if bn:

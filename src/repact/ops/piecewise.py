@@ -298,12 +298,23 @@ def _train_params(dtype, *tensors):
     return tuple(_param(t, dtype) for t in tensors)
 
 
+# the C entry points' K for maps onto RepAct's own basis (E, A, B, Q) instead of a piece table
+_HSWISH_BASIS = -1
+
+
+def _train_k(knots: torch.Tensor, base: torch.Tensor) -> int:
+    # a table map has 3 coefficients per segment; a basis map (fuse.hardswish_basis_map) has 4
+    return _HSWISH_BASIS if base.shape[-1] == 4 else knots.shape[0]
+
+
 def native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax: bool, eps: float,
                          channel_dim: int):
     """RepAct's whole training forward in one native call: ``(y, mean, var)`` or None if n/a.
 
     ``w_raw`` (nb,) or (Cc, nb), ``slope`` (Cc,) or None, ``base``/``part`` (nb, S*3): the table is
-    ``w @ base + (w * slope) @ part`` with ``w = softmax(w_raw)`` when ``softmax``. With ``gamma``
+    ``w @ base + (w * slope) @ part`` with ``w = softmax(w_raw)`` when ``softmax``; (nb, 4) maps
+    from :func:`repact.fuse.hardswish_basis_map` give RepAct's own basis instead (same function,
+    about half the arithmetic; ``knots`` is then unused). With ``gamma``
     and ``beta`` (Cc,), the output is the training BatchNorm of the table's function with batch
     statistics, and mean/var (Cc,) float64 are those statistics; otherwise both are empty.
     """
@@ -320,7 +331,7 @@ def native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softma
     mean = torch.empty(nstat, dtype=torch.float64)
     var = torch.empty(nstat, dtype=torch.float64)
     fn = lib.repact_train_forward_f32 if dt == torch.float32 else lib.repact_train_forward_f64
-    rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, t.shape[0], t.data_ptr(), w.data_ptr(), _ptr(sl),
+    rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, _train_k(t, bs), t.data_ptr(), w.data_ptr(), _ptr(sl),
             bs.data_ptr(), pt.data_ptr(), w.shape[-1], int(softmax), cc, _ptr(gm), _ptr(bt), float(eps),
             _ptr(mean) if nstat else None, _ptr(var) if nstat else None, torch.get_num_threads())
     if rc != 0:
@@ -351,7 +362,7 @@ def native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, par
         mean = mean.to(dtype=torch.float64).contiguous()
         var = var.to(dtype=torch.float64).contiguous()
     fn = lib.repact_train_backward_f32 if dt == torch.float32 else lib.repact_train_backward_f64
-    rc = fn(xd.data_ptr(), g.data_ptr(), _ptr(gx), outer, c, inner, t.shape[0], t.data_ptr(), w.data_ptr(),
+    rc = fn(xd.data_ptr(), g.data_ptr(), _ptr(gx), outer, c, inner, _train_k(t, bs), t.data_ptr(), w.data_ptr(),
             _ptr(sl), bs.data_ptr(), pt.data_ptr(), w.shape[-1], int(softmax), cc, _ptr(gm),
             _ptr(mean) if gm is not None else None, _ptr(var) if gm is not None else None, float(eps),
             _ptr(gw), _ptr(gsl), _ptr(ggm), _ptr(gbt), torch.get_num_threads())
