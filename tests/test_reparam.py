@@ -266,3 +266,40 @@ def test_compiled_deploy_module_uses_the_hardswish_form_exactly(granularity):
     assert _rel(compiled(x), m.forward_branches(x)) <= 1e-5
     other = PiecewiseQuadratic([-1.0, 2.0], torch.randn(1, 3, 3))
     assert not other.hardswish_form
+
+
+@pytest.mark.skipif(not repact.ops.native_available(), reason="native kernels unavailable (no C compiler)")
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_deploy_runs_the_basis_kernel_and_matches_the_table(granularity, dtype):
+    from repact.fuse import _basis_table
+
+    gen = torch.Generator().manual_seed(7)
+    cc = 3 if granularity == "channel" else 1
+    row = [torch.randn(cc, generator=gen, dtype=torch.float64) for _ in range(4)]
+    d = PiecewiseQuadratic([-3.0, 0.0, 3.0], _basis_table(*row).to(dtype))
+    assert d.hardswish_form
+    x = torch.cat([_dense_input(4, 3, False), torch.full((1, 3, 100, 200), float("inf"))]).to(dtype)
+    x[-1, :, 0] = float("-inf")
+    with torch.no_grad():
+        y = d(x)
+        assert torch.is_tensor(d._table_cache[1]) and d._table_cache[1].shape == (4, cc)
+        with repact.ops.backend("torch"):
+            ref = d(x)
+    tol = 1e-14 if dtype == torch.float64 else 1e-6
+    assert torch.equal(torch.isinf(y), torch.isinf(ref)) and torch.equal(y[torch.isinf(y)], ref[torch.isinf(ref)])
+    fin = torch.isfinite(ref)
+    assert _rel(y[fin], ref[fin]) <= tol
+    # a table edited out of the basis runs the table kernel (the cache notices the edit), and so
+    # does a float32 table evaluated in float64 (in the basis only to float32's precision)
+    with torch.no_grad():
+        d.coeffs[:, 0, 2] = 0.5
+        y2 = d(x[:1])
+        assert not torch.is_tensor(d._table_cache[1])
+        with repact.ops.backend("torch"):
+            assert _rel(y2, d(x[:1])) <= tol
+        m = RepAct(3, variant="bn", granularity=granularity)
+        repact.randomize_activations_(m, seed=5)
+        wide = repact.reparameterize(m.eval(), inplace=False).to(torch.float64)
+        wide(x[:1].double())
+        assert not torch.is_tensor(wide._table_cache[1])

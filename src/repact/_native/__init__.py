@@ -105,6 +105,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, f"repact_pq_backward_{suffix}")
         bwd.argtypes = [vp, vp, vp, vp, vp, i64, i64, i64, i64, vp, vp, i64, cint]
         bwd.restype = cint
+        basis = getattr(lib, f"repact_basis_forward_{suffix}")
+        basis.argtypes = [vp, vp, i64, i64, i64, vp, i64, cint]
+        basis.restype = cint
         stats = getattr(lib, f"repact_pq_stats_{suffix}")
         stats.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64, cint, vp]
         stats.restype = cint

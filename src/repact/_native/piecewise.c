@@ -10,7 +10,7 @@
  * SIMD along the channels.
  *
  * Kernels (each reads its inputs only and writes fresh outputs; sums are kept in double):
- *   forward   y = s(x)
+ *   forward   y = s(x)   (basis_forward: the same in RepAct's own basis, see hsb_*)
  *   stats     per channel: sum s(x), sum s(x)^2                       (RepAct-III batch statistics)
  *             with g: per channel sum g, sum g s(x)              (RepAct-III backward, first pass)
  *   backward  h = g                   (aff == NULL)
@@ -1495,6 +1495,15 @@ static int train_bwd_##SUF(const T* x, const T* g, T* gx, double* gsum, const do
 
 DEFINE_TRAIN_PASSES(float, f32)
 DEFINE_TRAIN_PASSES(double, f64)
+
+/* y = s(x) with the basis coefficients coef (planar (4, Cc): E, A, B, Q), any layout */
+#define DEFINE_BASIS_ENTRY(T, SUF)                                                               \
+int repact_basis_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,        \
+                               const T* coef, int64_t Cc, int nthreads) {                        \
+    return train_fwd_##SUF(x, y, outer, C, inner, HSWISH_BASIS, NULL, coef, Cc, nthreads);       \
+}
+DEFINE_BASIS_ENTRY(float, f32)
+DEFINE_BASIS_ENTRY(double, f64)
 
 /* ------------------------------------------------------------------------------------------ */
 /* RepAct training steps: the whole op in one call each way                                     */

@@ -33,6 +33,8 @@ __all__ = [
     "native_available",
     "native_table",
     "native_forward_prepared",
+    "native_basis_table",
+    "native_basis_forward",
     "native_train_forward",
     "native_train_backward",
 ]
@@ -213,6 +215,33 @@ def native_forward_prepared(
     fn = lib.repact_pq_forward_f32 if xd.dtype == torch.float32 else lib.repact_pq_forward_f64
     rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, t.shape[0], t.data_ptr(), cf.data_ptr(), cc,
             torch.get_num_threads())
+    return y if rc == 0 else None
+
+
+def native_basis_table(knots: torch.Tensor, coeffs: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The table in RepAct's own basis as the C kernels read it, planar (4, Cc) rows E, A, B, Q of
+    ``E + x (A + B [x >= 0] + Q clamp(x + 3, 0, 6))``; None when the table is not in that basis to
+    ``dtype``'s precision (a float32-born table evaluated in float64 keeps its table)."""
+    from ..fuse import basis_coefficients
+
+    b = basis_coefficients(knots.detach().cpu(), coeffs.detach().cpu(), rtol=8 * torch.finfo(dtype).eps)
+    if b is None:
+        return None
+    return torch.stack([b.E, b.A, b.B, b.D / 6.0]).to(dtype=dtype).contiguous()
+
+
+def native_basis_forward(x: torch.Tensor, coef: torch.Tensor, channel_dim: int) -> Optional[torch.Tensor]:
+    """Forward with a table from :func:`native_basis_table`; None when the kernel does not apply."""
+    layout = _native_layout(x, channel_dim, coef.shape[1])
+    if layout is None:
+        return None
+    xd, outer, c, inner = layout
+    if coef.dtype != xd.dtype:
+        return None
+    lib = _native.library()
+    y = torch.empty_like(xd)
+    fn = lib.repact_basis_forward_f32 if xd.dtype == torch.float32 else lib.repact_basis_forward_f64
+    rc = fn(xd.data_ptr(), y.data_ptr(), outer, c, inner, coef.data_ptr(), coef.shape[1], torch.get_num_threads())
     return y if rc == 0 else None
 
 
