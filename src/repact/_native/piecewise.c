@@ -115,6 +115,15 @@ static int pick_threads(int64_t work, int nthreads) {
         s2 += (SV) * (SV);                                                                       \
     }
 
+/* the end of a sums pass's chunk of M elements: every CHUNK elements, the float lanes s1, s2 go
+ * into their double sums d1, d2 (keeps float partial sums short) */
+#define SUMS_CHUNK_END(M)                                                                        \
+    since += (M);                                                                                \
+    if (since >= CHUNK) {                                                                        \
+        for (int l_ = 0; l_ < L; ++l_) { d1 += s1[l_]; d2 += s2[l_]; }                           \
+        s1 = zero; s2 = zero; since = 0;                                                         \
+    }
+
 /* each channel's table in one place: ctab[(c * 3 + j) * S + s] from planar coef[(j * S + s) * Cc + c] */
 #define INTERLEAVE_TABLE(ctab, coef, Cc, S)                                                      \
     for (int64_t c_ = 0; c_ < (Cc); ++c_)                                                        \
@@ -186,11 +195,7 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restri
             d1 += w;                                                                                \
             d2 += w * s;                                                                            \
         }                                                                                           \
-        since += m;                                                                                 \
-        if (since >= CHUNK) { /* keep float partial sums short */                                   \
-            for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                               \
-            s1 = zero; s2 = zero; since = 0;                                                        \
-        }                                                                                           \
+        SUMS_CHUNK_END(m)                                                                           \
     }                                                                                               \
     if (ST) {                                                                                       \
         VT* sv_ = (VT*)st;                                                                          \
@@ -1257,11 +1262,7 @@ static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64
             int64_t i = 0;                                                                       \
             for (; i + L <= m; i += L) HSB_SUMS_VEC(VT, VI, i, 0)                                        \
             if (i < m) HSB_SUMS_VEC(VT, VI, m - L, 1) /* CHUNK is a multiple of L: only the block's end */\
-            since += m;                                                                          \
-            if (since >= CHUNK) { /* keep float partial sums short */                            \
-                for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                        \
-                s1 = zero; s2 = zero; since = 0;                                                 \
-            }                                                                                    \
+            SUMS_CHUNK_END(m)                                                                    \
         }                                                                                        \
     }                                                                                            \
     if (HSB_FOLD && sizeof(T) == 4 && fold) {                                                    \
@@ -1356,37 +1357,15 @@ static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t
     return 0;                                                                                    \
 }                                                                                                \
                                                                                                  \
-/* per channel: sum w and sum w s(x) (w = s, or g) into out[c], out[Cc + c] */                   \
-static int hsb_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,       \
-                          const T* coef, int64_t Cc, int nthreads, double* out) {                \
+/* the sums passes over a whole tensor: with sums, per channel sum w and sum w s(x) (w = s, or   \
+ * g) into out[c], out[Cc + c]; otherwise the backward, gx and (out != NULL) the four sums per    \
+ * channel, planar out[j * Cc + c], with aff (3, Cc) or NULL */                                  \
+static int hsb_pass_##SUF(const T* x, const T* g, T* gx, double* out, const double* aff, int sums, \
+                          int64_t outer, int64_t C, int64_t inner, const T* coef, int64_t Cc,    \
+                          int nthreads) {                                                        \
     const int64_t total = outer * C * inner;                                                     \
-    memset(out, 0, sizeof(double) * 2 * Cc);                                                     \
-    if (total == 0) return 0;                                                                    \
-    const int nt = pick_threads(total, nthreads);                                                \
-    int failed = 0;                                                                              \
-    _Pragma("omp parallel num_threads(nt)")                                                      \
-    {                                                                                            \
-        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
-        HsbStore st;                                                                             \
-        const int ok = hsb_store(&st, Cc, 2, HSB_FOLD && sizeof(T) == 4 && Cc > 1);              \
-        if (ok) HSB_SUMS_WALK(                                                                   \
-            hsb_sums_run_##SUF(x + i, g ? g + i : NULL, len, coef + c, Cc, st.local + c,           \
-                                  Cc, st.fold ? st.fold + 16 * c : NULL, st.cnt ? st.cnt + c : NULL););\
-        if (!ok) {                                                                               \
-            _Pragma("omp atomic write")                                                          \
-            failed = 1;                                                                          \
-        }                                                                                        \
-        hsb_store_finish(&st, Cc, 2, out, ok);                                                   \
-    }                                                                                            \
-    return failed ? 2 : 0;                                                                       \
-}                                                                                                \
-                                                                                                 \
-/* gx and (gsum != NULL) the four sums per channel, planar gsum[j * Cc + c]; aff (3, Cc) */      \
-static int hsb_backward_##SUF(const T* x, const T* g, T* gx, double* gsum, const double* aff,    \
-                              int64_t outer, int64_t C, int64_t inner, const T* coef, int64_t Cc,\
-                              int nthreads) {                                                    \
-    const int64_t total = outer * C * inner;                                                     \
-    if (gsum) memset(gsum, 0, sizeof(double) * NHSB * Cc);                                       \
+    const int na = sums ? 2 : NHSB;                                                              \
+    if (out) memset(out, 0, sizeof(double) * (size_t)(na * Cc));                                 \
     if (total == 0) return 0;                                                                    \
     const int nt = pick_threads(total, nthreads);                                                \
     int failed = 0;                                                                              \
@@ -1394,16 +1373,19 @@ static int hsb_backward_##SUF(const T* x, const T* g, T* gx, double* gsum, const
     {                                                                                            \
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
         HsbStore st = {NULL, NULL, NULL};                                                        \
-        const int ok = !gsum || hsb_store(&st, Cc, NHSB, HSB_FOLD && sizeof(T) == 4 && Cc > 1);  \
+        const int ok = !out || hsb_store(&st, Cc, na, HSB_FOLD && sizeof(T) == 4 && Cc > 1);     \
         if (ok) HSB_SUMS_WALK(                                                                   \
-            hsb_bwd_run_##SUF(x + i, g + i, gx ? gx + i : NULL, len, coef + c, Cc,               \
-                                 aff ? aff + c : NULL, Cc, gsum ? st.local + c : NULL, Cc,       \
-                                 st.fold ? st.fold + 16 * c : NULL, st.cnt ? st.cnt + c : NULL););\
+            float* fv = st.fold ? st.fold + 16 * c : NULL;                                       \
+            int64_t* cn = st.cnt ? st.cnt + c : NULL;                                            \
+            double* o = out ? st.local + c : NULL;                                               \
+            if (sums) hsb_sums_run_##SUF(x + i, g ? g + i : NULL, len, coef + c, Cc, o, Cc, fv, cn);\
+            else hsb_bwd_run_##SUF(x + i, g + i, gx ? gx + i : NULL, len, coef + c, Cc,          \
+                                   aff ? aff + c : NULL, Cc, o, Cc, fv, cn););                   \
         if (!ok) {                                                                               \
             _Pragma("omp atomic write")                                                          \
             failed = 1;                                                                          \
         }                                                                                        \
-        if (gsum) hsb_store_finish(&st, Cc, NHSB, gsum, ok);                                     \
+        if (out) hsb_store_finish(&st, Cc, na, out, ok);                                         \
     }                                                                                            \
     return failed ? 2 : 0;                                                                       \
 }
@@ -1452,7 +1434,7 @@ static int train_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, in
                             int64_t K, const T* t, const T* coef, int64_t Cc, int nth,           \
                             double* out) {                                                       \
     if (K != HSWISH_BASIS) return pq_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nth, out);\
-    if (!hsb_rows(C, inner, Cc)) return hsb_sums_##SUF(x, g, outer, C, inner, coef, Cc, nth, out);\
+    if (!hsb_rows(C, inner, Cc)) return hsb_pass_##SUF(x, g, NULL, out, NULL, 1, outer, C, inner, coef, Cc, nth);\
     T kn[3];                                                                                     \
     T* tab = hsb_table_##SUF(coef, Cc, kn);                                                      \
     const int rc = tab ? pq_sums_##SUF(x, g, outer, C, inner, 3, kn, tab, Cc, nth, out) : 2;     \
@@ -1476,7 +1458,7 @@ static int train_bwd_##SUF(const T* x, const T* g, T* gx, double* gsum, const do
     if (K != HSWISH_BASIS)                                                                       \
         return repact_pq_backward_##SUF(x, g, gx, gsum, aff, outer, C, inner, K, t, coef, Cc, nth);\
     if (!hsb_rows(C, inner, Cc))                                                                 \
-        return hsb_backward_##SUF(x, g, gx, gsum, aff, outer, C, inner, coef, Cc, nth);          \
+        return hsb_pass_##SUF(x, g, gx, gsum, aff, 0, outer, C, inner, coef, Cc, nth);            \
     T kn[3];                                                                                     \
     T* tab = hsb_table_##SUF(coef, Cc, kn);                                                      \
     double* gt = gsum ? (double*)malloc(sizeof(double) * (size_t)(12 * Cc)) : NULL;              \
