@@ -622,13 +622,16 @@ static inline vf32 red_pair(vf32 a, vf32 b, vi32 m0, vi32 m1) {
     return __builtin_shuffle(a, b, m0) + __builtin_shuffle(a, b, m1);
 }
 
+/* the first two levels of the tree's shuffles: halves (RED_A*), then quarters (RED_B*) */
+#define RED_A0 ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
+#define RED_A1 ((vi32){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31})
+#define RED_B0 ((vi32){0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27})
+#define RED_B1 ((vi32){4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31})
+
 static inline vf32 red_tree(vf32 v0, vf32 v1, vf32 v2, vf32 v3, vf32 v4, vf32 v5, vf32 v6, vf32 v7,
                             vf32 v8, vf32 v9, vf32 v10, vf32 v11, vf32 v12, vf32 v13, vf32 v14,
                             vf32 v15) {
-    const vi32 a0 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const vi32 a1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    const vi32 b0 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-    const vi32 b1 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    const vi32 a0 = RED_A0, a1 = RED_A1, b0 = RED_B0, b1 = RED_B1;
     const vi32 c0 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
     const vi32 c1 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
     const vi32 d0 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
@@ -1113,14 +1116,10 @@ static void hsb_fold_flush(float* restrict fv, int64_t* restrict cnt, double* re
 }
 static inline void hsb_fold_deposit(float* restrict fv, int64_t* restrict cnt, const void* acc, int na, int64_t m,
                              double* restrict o, int64_t os) {
-    const vi32 a0 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const vi32 a1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    const vi32 b0 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-    const vi32 b1 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
     vf32 a[4];
     memcpy(a, acc, sizeof(vf32) * (size_t)na);
-    vf32 v = red_pair(a[0], a[1], a0, a1);
-    if (na == 4) v = red_pair(v, red_pair(a[2], a[3], a0, a1), b0, b1);
+    vf32 v = red_pair(a[0], a[1], RED_A0, RED_A1);
+    if (na == 4) v = red_pair(v, red_pair(a[2], a[3], RED_A0, RED_A1), RED_B0, RED_B1);
     vf32 cur;
     memcpy(&cur, fv, sizeof cur);
     cur += v;
@@ -1187,6 +1186,13 @@ static void hsb_store_finish(HsbStore* st, int64_t C, int na, double* out, int o
 static const int32_t HSB_KEEP32[2 * VBYTES / 4] = {[VBYTES / 4 ... 2 * VBYTES / 4 - 1] = -1};
 static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 8 - 1] = -1};
 
+/* a run's coefficients cf[j * cs] as scalars e, a, b, q and vectors ev, av, bv, qv, with the
+ * constants zero, three, six */
+#define HSB_COEFS(T, VT)                                                                         \
+    const T e = cf[0], a = cf[cs], b = cf[2 * cs], q = cf[3 * cs];                               \
+    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
+    const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;
+
 #define DEFINE_HSB(T, SUF, VT, VI)                                                               \
 static inline T hsb_t_##SUF(T v, T a, T b, T q, T* uo) {                                         \
     T u = v + (T)3;                                                                              \
@@ -1201,7 +1207,7 @@ static inline T hsb_t_##SUF(T v, T a, T b, T q, T* uo) {                        
 static void hsb_fwd_run_##SUF(const T* restrict xp, T* restrict yp, int64_t n,                    \
                               const T* restrict cf, int64_t cs) {                                \
     enum { L = VBYTES / sizeof(T) };                                                             \
-    const T e = cf[0], a = cf[cs], b = cf[2 * cs], q = cf[3 * cs];                               \
+    HSB_COEFS(T, VT)                                                                             \
     if (n < L) {                                                                                 \
         for (int64_t i = 0; i < n; ++i) {                                                        \
             T u;                                                                                 \
@@ -1210,8 +1216,6 @@ static void hsb_fwd_run_##SUF(const T* restrict xp, T* restrict yp, int64_t n,  
         }                                                                                        \
         return;                                                                                  \
     }                                                                                            \
-    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
-    const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;                         \
     for (int64_t i = 0;; i += L) {                                                               \
         if (i + L > n) i = n - L;                                                                \
         VT v;                                                                                    \
@@ -1224,11 +1228,12 @@ static void hsb_fwd_run_##SUF(const T* restrict xp, T* restrict yp, int64_t n,  
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-/* lanes to keep in a block's overlapping last vector: the last n % L (KEEP from offset n % L) */ \
-static inline VI hsb_keep_##SUF(int64_t n, const void* keep_table) {                             \
+/* lanes to keep in a block's overlapping last vector: the last n % L (HSB_KEEP* from n % L) */  \
+static inline VI hsb_keep_##SUF(int64_t n) {                                                     \
     enum { L = VBYTES / sizeof(T) };                                                             \
+    const void* table = sizeof(T) == 4 ? (const void*)HSB_KEEP32 : (const void*)HSB_KEEP64;     \
     VI k;                                                                                        \
-    memcpy(&k, (const char*)keep_table + (n % L) * sizeof(T), sizeof k);                         \
+    memcpy(&k, (const char*)table + (n % L) * sizeof(T), sizeof k);                              \
     return k;                                                                                    \
 }                                                                                                \
                                                                                                  \
@@ -1238,10 +1243,8 @@ static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64
                                const T* restrict cf, int64_t cs, double* restrict o, int64_t os,  \
                                float* fold, int64_t* cnt) {                                       \
     enum { L = VBYTES / sizeof(T) };                                                             \
-    const T e = cf[0], a = cf[cs], b = cf[2 * cs], q = cf[3 * cs];                               \
-    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
-    const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;                         \
-    const VI keep = hsb_keep_##SUF(n, sizeof(T) == 4 ? (const void*)HSB_KEEP32 : (const void*)HSB_KEEP64);\
+    HSB_COEFS(T, VT)                                                                             \
+    const VI keep = hsb_keep_##SUF(n);                                                           \
     VT s1 = zero, s2 = zero;                                                                     \
     double d1 = 0.0, d2 = 0.0;                                                                   \
     int64_t since = 0;                                                                           \
@@ -1267,7 +1270,7 @@ static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64
     }                                                                                            \
     if (HSB_FOLD && sizeof(T) == 4 && fold) {                                                    \
         const VT sv[2] = {s1, s2};                                                               \
-        hsb_fold_deposit(fold, cnt, sv, 2, n, o, os);                                     \
+        hsb_fold_deposit(fold, cnt, sv, 2, n, o, os);                                            \
     } else {                                                                                     \
         for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                \
     }                                                                                            \
@@ -1285,14 +1288,12 @@ static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* res
                               const double* restrict af, int64_t as, double* restrict o,          \
                               int64_t os, float* fold, int64_t* cnt) {                            \
     enum { L = VBYTES / sizeof(T) };                                                             \
-    const T e = cf[0], a = cf[cs], b = cf[2 * cs], q = cf[3 * cs];                               \
+    HSB_COEFS(T, VT)                                                                             \
     const int has_aff = af != NULL, sums = o != NULL;                                            \
     const T al = has_aff ? (T)af[0] : (T)1, be = has_aff ? (T)af[as] : (T)0;                     \
     const T de = has_aff ? (T)af[2 * as] : (T)0;                                                 \
-    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6, mthree = zero - (T)3;           \
-    const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;                         \
-    const VT alv = zero + al, bev = zero + be, dev = zero + de;                                  \
-    const VI keep = hsb_keep_##SUF(n, sizeof(T) == 4 ? (const void*)HSB_KEEP32 : (const void*)HSB_KEEP64);\
+    const VT mthree = zero - (T)3, alv = zero + al, bev = zero + be, dev = zero + de;            \
+    const VI keep = hsb_keep_##SUF(n);                                                           \
     VT a0 = zero, a1 = zero, a2 = zero, a3 = zero;                                               \
     double d[NHSB] = {0.0, 0.0, 0.0, 0.0};                                                       \
     int64_t since = 0;                                                                           \
@@ -1326,7 +1327,7 @@ static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* res
     }                                                                                            \
     if (sums && HSB_FOLD && sizeof(T) == 4 && fold) {                                            \
         const VT av4[NHSB] = {a0, a1, a2, a3};                                                   \
-        hsb_fold_deposit(fold, cnt, av4, NHSB, n, o, os);                                 \
+        hsb_fold_deposit(fold, cnt, av4, NHSB, n, o, os);                                        \
     } else if (sums) {                                                                           \
         for (int l = 0; l < L; ++l) { d[0] += a0[l]; d[1] += a1[l]; d[2] += a2[l]; d[3] += a3[l]; }\
     }                                                                                            \
