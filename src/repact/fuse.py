@@ -236,6 +236,11 @@ class BasisCoefficients:
     E: torch.Tensor
     max_error: float  # max |table - table rebuilt from A, B, D, E| (coefficient units)
 
+    def rows(self) -> torch.Tensor:
+        """(4, Cc): E, A, B, Q = D / 6 of ``E + x (A + B [x >= 0] + Q clamp(x + 3, 0, 6))``, the
+        order the native kernels read."""
+        return torch.stack([self.E, self.A, self.B, self.D / 6.0])
+
 
 def _basis_table(E: torch.Tensor, A: torch.Tensor, B: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     """The (..., 4, 3) table on (-3, 0, 3) of ``E + x (A + B [x >= 0] + Q clamp(x + 3, 0, 6))``."""
@@ -255,16 +260,11 @@ def hardswish_basis_map(
     the table. Branch sets with other knots or pieces (relu6, hardtanh, square, ...) give None.
     """
     knots, base, part = linear_basis(branches, dtype=torch.float64)
-    if not set(knots) <= set(HARDSWISH_KNOTS):
+    kt = torch.tensor(knots, dtype=torch.float64)
+    on_base, on_part = basis_coefficients(kt, base, rtol=1e-12), basis_coefficients(kt, part, rtol=1e-12)
+    if on_base is None or on_part is None:
         return None
-    maps = []
-    for table in (base, part):
-        c = restrict_to_knots(knots, table, HARDSWISH_KNOTS)  # (nb, 4, 3)
-        row = (c[:, 0, 0], c[:, 0, 1], c[:, 2, 1] - c[:, 1, 1], c[:, 1, 2])
-        if not torch.allclose(_basis_table(*row), c, rtol=0.0, atol=1e-12):
-            return None
-        maps.append(torch.stack(row, -1).to(dtype))
-    return maps[0], maps[1]
+    return on_base.rows().T.contiguous().to(dtype), on_part.rows().T.contiguous().to(dtype)
 
 
 def basis_coefficients(knots: torch.Tensor, coeffs: torch.Tensor, rtol: float = 1e-6) -> BasisCoefficients | None:

@@ -225,9 +225,7 @@ def native_basis_table(knots: torch.Tensor, coeffs: torch.Tensor, dtype: torch.d
     from ..fuse import basis_coefficients
 
     b = basis_coefficients(knots.detach().cpu(), coeffs.detach().cpu(), rtol=8 * torch.finfo(dtype).eps)
-    if b is None:
-        return None
-    return torch.stack([b.E, b.A, b.B, b.D / 6.0]).to(dtype=dtype).contiguous()
+    return None if b is None else b.rows().to(dtype=dtype).contiguous()
 
 
 def native_basis_forward(x: torch.Tensor, coef: torch.Tensor, channel_dim: int) -> Optional[torch.Tensor]:
