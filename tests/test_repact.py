@@ -268,6 +268,20 @@ def test_torch_compile_matches_eager():
         torch.testing.assert_close(cg[n], p.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
+@pytest.mark.parametrize("variant,granularity", [("origin", "layer"), ("softmax", "channel"), ("bn", "channel")])
+def test_registered_train_op_passes_opcheck(variant, granularity):
+    """The dispatcher op torch.compile sees (schema, fake kernel, autograd registration) is
+    consistent with its CPU kernel, as torch.library.opcheck tests it."""
+    m = _make(variant, granularity, dtype=torch.float64)
+    x = torch.randn(2, C, 4, 5, dtype=torch.float64, requires_grad=True)
+    bn = variant == "bn"
+    args = (x, m.branch_weight, m.prelu_weight, m.bn.weight if bn else None, m.bn.bias if bn else None,
+            m._knots.double(), m._native_base.double(), m._native_part.double(), variant == "softmax",
+            m.bn.eps if bn else 0.0, 1)
+    torch.library.opcheck(torch.ops.repact.repact_train.default, args)
+
+
 def test_lazy_build_follows_mode_and_input_dtype():
     m = RepAct(variant="bn", granularity="channel").eval()
     m(torch.randn(2, 3, 4, 4, dtype=torch.bfloat16))

@@ -160,37 +160,46 @@ class _FusedRepActFn(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
-# The same op as a PyTorch custom op, for torch.compile (which cannot trace a ctypes call but keeps
-# a custom op as one opaque node).
-@torch.library.custom_op("repact::repact_train", mutates_args=())
-def _repact_train_op(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor],
-                     gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], knots: torch.Tensor,
-                     base: torch.Tensor, part: torch.Tensor, softmax: bool, eps: float,
-                     cd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fused_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd)
+# The same op registered with the dispatcher, for torch.compile (which cannot trace a ctypes call
+# but keeps a registered op as one opaque node). Defined through torch.library.Library rather than
+# torch.library.custom_op: the plain CPU kernel costs ~70 us less per compiled forward + backward
+# (custom_op's wrapper runs at every call), the same outputs.
+_LIB = torch.library.Library("repact", "DEF")
+_LIB.define(
+    "repact_train(Tensor x, Tensor w_raw, Tensor? slope, Tensor? gamma, Tensor? beta, Tensor knots, Tensor base, "
+    "Tensor part, bool softmax, float eps, int cd) -> (Tensor, Tensor, Tensor)"
+)
+_LIB.define(
+    "repact_train_backward(Tensor g, Tensor x, Tensor w_raw, Tensor? slope, Tensor? gamma, Tensor mean, "
+    "Tensor var, Tensor knots, Tensor base, Tensor part, bool softmax, float eps, int cd) -> Tensor[]"
+)
 
 
-@_repact_train_op.register_fake
+def _train_backward_kernel(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd):
+    grads = _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, True, True)
+    return [t if t is not None else x.new_empty(0) for t in grads]
+
+
+_LIB.impl("repact_train", _fused_forward, "CPU")
+_LIB.impl("repact_train_backward", _train_backward_kernel, "CPU")
+
+
+@torch.library.register_fake("repact::repact_train", lib=_LIB)
 def _(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd):
     n = 0 if gamma is None else gamma.numel()
     return torch.empty_like(x), x.new_empty(n, dtype=torch.float64), x.new_empty(n, dtype=torch.float64)
 
 
-@torch.library.custom_op("repact::repact_train_backward", mutates_args=())
-def _repact_train_backward_op(g: torch.Tensor, x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor],
-                              gamma: Optional[torch.Tensor], mean: torch.Tensor, var: torch.Tensor,
-                              knots: torch.Tensor, base: torch.Tensor, part: torch.Tensor, softmax: bool,
-                              eps: float, cd: int) -> list[torch.Tensor]:
-    grads = _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, True, True)
-    return [t if t is not None else x.new_empty(0) for t in grads]
-
-
-@_repact_train_backward_op.register_fake
+@torch.library.register_fake("repact::repact_train_backward", lib=_LIB)
 def _(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd):
     empty = x.new_empty(0)
     return [torch.empty_like(x), torch.empty_like(w_raw), torch.empty_like(slope) if slope is not None else empty,
             torch.empty_like(gamma) if gamma is not None else empty,
             torch.empty_like(gamma) if gamma is not None else empty]
+
+
+_repact_train_op = torch.ops.repact.repact_train.default
+_repact_train_backward_op = torch.ops.repact.repact_train_backward.default
 
 
 def _setup(ctx, inputs, output):
@@ -209,7 +218,7 @@ def _backward(ctx, g, _gmean, _gvar):
             None, None, None, None, None, None)
 
 
-_repact_train_op.register_autograd(_backward, setup_context=_setup)
+torch.library.register_autograd("repact::repact_train", _backward, setup_context=_setup, lib=_LIB)
 
 
 @torch._dynamo.assume_constant_result

@@ -306,12 +306,10 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 def _param(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     # a parameter as the C entry points read it: detached, CPU, dtype, contiguous (no copy if it is)
-    if t is None:
-        return None
-    t = t.detach()
-    if t.dtype != dtype or not t.is_cpu:
-        t = t.to(device="cpu", dtype=dtype)
-    return t if t.is_contiguous() else t.contiguous()
+    # (the kernels only read it through data_ptr(), so no detach is needed when it is usable as is)
+    if t is None or (t.dtype == dtype and t.is_cpu and t.is_contiguous()):
+        return t
+    return t.detach().to(device="cpu", dtype=dtype).contiguous()
 
 
 def _train_layout(x, w_raw, channel_dim):
