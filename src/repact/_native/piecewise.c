@@ -1193,6 +1193,9 @@ static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 
     const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
     const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;
 
+/* per-channel maps of L to 16 L elements run in straddling vectors (hsb_*_straddle) */
+#define HSB_STRADDLE(T, inner) ((inner) >= VBYTES / (int64_t)sizeof(T) && (inner) < 16 * (VBYTES / (int64_t)sizeof(T)))
+
 #define DEFINE_HSB(T, SUF, VT, VI)                                                               \
 static inline T hsb_t_##SUF(T v, T a, T b, T q, T* uo) {                                         \
     T u = v + (T)3;                                                                              \
@@ -1235,6 +1238,46 @@ static inline VI hsb_keep_##SUF(int64_t n) {                                    
     VI k;                                                                                        \
     memcpy(&k, (const char*)table + (n % L) * sizeof(T), sizeof k);                              \
     return k;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* y = s(x) over elements [pos, end) of a per-channel (outer, C, inner) tensor with inner >= L, in \
+ * full vectors that may straddle two blocks (each lane takes its own block's coefficients): no   \
+ * per-block start-up and no overlapping last vector, for maps of a few vectors */                \
+static void hsb_fwd_straddle_##SUF(const T* restrict x, T* restrict y, int64_t pos, int64_t end,  \
+                                   int64_t C, int64_t inner, const T* restrict coef) {           \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
+    int64_t c = (pos / inner) % C, bend = (pos / inner + 1) * inner;                             \
+    VT ce = zero + coef[c], ca = zero + coef[C + c], cb = zero + coef[2 * C + c];                \
+    VT cq = zero + coef[3 * C + c];                                                              \
+    int64_t i = pos;                                                                             \
+    for (; i + L <= end; i += L) {                                                               \
+        VT ev = ce, av = ca, bv = cb, qv = cq;                                                   \
+        const int64_t r = bend - i; /* lanes of the current block in this vector */              \
+        if (r <= L) {                                                                            \
+            c = c + 1 == C ? 0 : c + 1;                                                          \
+            ce = zero + coef[c]; ca = zero + coef[C + c]; cb = zero + coef[2 * C + c];           \
+            cq = zero + coef[3 * C + c];                                                         \
+            if (r < L) {                                                                         \
+                const VI nx = hsb_keep_##SUF(L - r); /* the lanes in the next block */           \
+                ev = VSEL(VT, VI, nx, ce, ev); av = VSEL(VT, VI, nx, ca, av);                    \
+                bv = VSEL(VT, VI, nx, cb, bv); qv = VSEL(VT, VI, nx, cq, qv);                    \
+            }                                                                                    \
+            bend += inner;                                                                       \
+        }                                                                                        \
+        VT v;                                                                                    \
+        memcpy(&v, x + i, sizeof v);                                                             \
+        HSB_VEC_T(VT, VI, v, u, t)                                                               \
+        (void)u;                                                                                 \
+        const VT s = ev + v * t;                                                                 \
+        memcpy(y + i, &s, sizeof s);                                                             \
+    }                                                                                            \
+    for (; i < end; ++i) {                                                                       \
+        if (i == bend) { c = c + 1 == C ? 0 : c + 1; bend += inner; }                            \
+        T u;                                                                                     \
+        const T t = hsb_t_##SUF(x[i], coef[C + c], coef[2 * C + c], coef[3 * C + c], &u);       \
+        y[i] = coef[c] + x[i] * t;                                                               \
+    }                                                                                            \
 }                                                                                                \
                                                                                                  \
 /* sum w and sum w s(x) (w = s, or g when gp) over a run of n elements of one channel, added to  \
@@ -1347,6 +1390,10 @@ static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
         const int64_t end = total * (tid + 1) / nth;                                             \
         int64_t pos = total * tid / nth;                                                         \
+        if (Cc > 1 && HSB_STRADDLE(T, inner)) {                                                  \
+            hsb_fwd_straddle_##SUF(x, y, pos, end, C, inner, coef);                              \
+            pos = end;                                                                           \
+        }                                                                                        \
         while (pos < end) {                                                                      \
             const int64_t blk = Cc == 1 ? 0 : pos / inner;                                       \
             int64_t stop = Cc == 1 ? end : (blk + 1) * inner;                                    \
