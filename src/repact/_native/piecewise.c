@@ -1166,13 +1166,13 @@ static void hsb_store_finish(HsbStore* st, int64_t C, int na, double* out, int o
 }
 
 /* The sums passes' walk: each thread one contiguous piece in memory order, run by run (a run is
- * the piece of one block, or the whole piece for one coefficient set); BODY sees i (first
+ * the piece of one block, or the whole piece for one coefficient set) from START; BODY sees i (first
  * element), len and channel c. (Channel-major walks, or tiles of a few images, were slower here
  * at every map size: the per-block fold costs less than leaving memory order.) */
-#define HSB_SUMS_WALK(BODY)                                                                      \
+#define HSB_SUMS_WALK(START, BODY)                                                               \
     do {                                                                                         \
         const int64_t p1 = total * (tid + 1) / nth;                                              \
-        for (int64_t i = total * tid / nth; i < p1;) {                                           \
+        for (int64_t i = (START); i < p1;) {                                                     \
             const int64_t blk = Cc == 1 ? 0 : i / inner, c = Cc == 1 ? 0 : blk % C;              \
             const int64_t bend = Cc == 1 ? p1 : (blk + 1) * inner;                               \
             const int64_t len = (bend < p1 ? bend : p1) - i;                                     \
@@ -1195,6 +1195,17 @@ static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 
 
 /* per-channel maps of L to 16 L elements run in straddling vectors (hsb_*_straddle) */
 #define HSB_STRADDLE(T, inner) ((inner) >= VBYTES / (int64_t)sizeof(T) && (inner) < 16 * (VBYTES / (int64_t)sizeof(T)))
+
+#define HSB_FWD 0
+#define HSB_SUMS 1
+#define HSB_BWD 2
+/* channel c's coefficients as vectors E, A, B, Q and the backward's affine alpha, beta, delta
+ * (1, 0, 0 without aff); needs zero, coef, aff, C in scope */
+#define HSB_LANE_COEFS(T, E, A, B, Q, AL, BE, DE, c)                                              \
+    E = zero + coef[(c)]; A = zero + coef[C + (c)]; B = zero + coef[2 * C + (c)];                \
+    Q = zero + coef[3 * C + (c)];                                                                \
+    AL = zero + (aff ? (T)aff[(c)] : (T)1); BE = zero + (aff ? (T)aff[C + (c)] : (T)0);          \
+    DE = zero + (aff ? (T)aff[2 * C + (c)] : (T)0);
 
 #define DEFINE_HSB(T, SUF, VT, VI)                                                               \
 static inline T hsb_t_##SUF(T v, T a, T b, T q, T* uo) {                                         \
@@ -1238,46 +1249,6 @@ static inline VI hsb_keep_##SUF(int64_t n) {                                    
     VI k;                                                                                        \
     memcpy(&k, (const char*)table + (n % L) * sizeof(T), sizeof k);                              \
     return k;                                                                                    \
-}                                                                                                \
-                                                                                                 \
-/* y = s(x) over elements [pos, end) of a per-channel (outer, C, inner) tensor with inner >= L, in \
- * full vectors that may straddle two blocks (each lane takes its own block's coefficients): no   \
- * per-block start-up and no overlapping last vector, for maps of a few vectors */                \
-static void hsb_fwd_straddle_##SUF(const T* restrict x, T* restrict y, int64_t pos, int64_t end,  \
-                                   int64_t C, int64_t inner, const T* restrict coef) {           \
-    enum { L = VBYTES / sizeof(T) };                                                             \
-    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
-    int64_t c = (pos / inner) % C, bend = (pos / inner + 1) * inner;                             \
-    VT ce = zero + coef[c], ca = zero + coef[C + c], cb = zero + coef[2 * C + c];                \
-    VT cq = zero + coef[3 * C + c];                                                              \
-    int64_t i = pos;                                                                             \
-    for (; i + L <= end; i += L) {                                                               \
-        VT ev = ce, av = ca, bv = cb, qv = cq;                                                   \
-        const int64_t r = bend - i; /* lanes of the current block in this vector */              \
-        if (r <= L) {                                                                            \
-            c = c + 1 == C ? 0 : c + 1;                                                          \
-            ce = zero + coef[c]; ca = zero + coef[C + c]; cb = zero + coef[2 * C + c];           \
-            cq = zero + coef[3 * C + c];                                                         \
-            if (r < L) {                                                                         \
-                const VI nx = hsb_keep_##SUF(L - r); /* the lanes in the next block */           \
-                ev = VSEL(VT, VI, nx, ce, ev); av = VSEL(VT, VI, nx, ca, av);                    \
-                bv = VSEL(VT, VI, nx, cb, bv); qv = VSEL(VT, VI, nx, cq, qv);                    \
-            }                                                                                    \
-            bend += inner;                                                                       \
-        }                                                                                        \
-        VT v;                                                                                    \
-        memcpy(&v, x + i, sizeof v);                                                             \
-        HSB_VEC_T(VT, VI, v, u, t)                                                               \
-        (void)u;                                                                                 \
-        const VT s = ev + v * t;                                                                 \
-        memcpy(y + i, &s, sizeof s);                                                             \
-    }                                                                                            \
-    for (; i < end; ++i) {                                                                       \
-        if (i == bend) { c = c + 1 == C ? 0 : c + 1; bend += inner; }                            \
-        T u;                                                                                     \
-        const T t = hsb_t_##SUF(x[i], coef[C + c], coef[2 * C + c], coef[3 * C + c], &u);       \
-        y[i] = coef[c] + x[i] * t;                                                               \
-    }                                                                                            \
 }                                                                                                \
                                                                                                  \
 /* sum w and sum w s(x) (w = s, or g when gp) over a run of n elements of one channel, added to  \
@@ -1378,6 +1349,98 @@ static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* res
         for (int j = 0; j < NHSB; ++j) o[j * os] += d[j];                                        \
 }                                                                                                \
                                                                                                  \
+/* a block's vector sums (m elements) into channel c of the store: folded into its running       \
+ * vector (AVX-512 float), or lane by lane into its doubles */                                    \
+static void hsb_deposit_##SUF(VT a0, VT a1, VT a2, VT a3, int na, int64_t m, HsbStore* st,        \
+                              int64_t C, int64_t c) {                                            \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const VT acc[NHSB] = {a0, a1, a2, a3};                                                       \
+    if (HSB_FOLD && sizeof(T) == 4 && st->fold) {                                                \
+        hsb_fold_deposit(st->fold + 16 * c, st->cnt + c, acc, na, m, st->local + c, C);          \
+        return;                                                                                  \
+    }                                                                                            \
+    for (int j = 0; j < na; ++j) {                                                               \
+        double d = 0.0;                                                                          \
+        for (int l = 0; l < L; ++l) d += acc[j][l];                                              \
+        st->local[j * C + c] += d;                                                               \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* The full vectors of [pos, end) of a per-channel tensor with inner >= L, in vectors that may   \
+ * straddle two blocks (each lane takes its own block's coefficients): no per-block start-up and \
+ * no overlapping last vector, for maps of a few vectors. MODE HSB_FWD: out = s(x); HSB_SUMS:    \
+ * sum w and sum w s (w = s, or g); HSB_BWD: out = gx (or NULL) and the four sums, g replaced by  \
+ * its affine with aff. Each block's share of the sums goes to st at its end (st->local NULL:    \
+ * none). Returns where the full vectors end; always inlined with a constant MODE. */            \
+static inline __attribute__((always_inline)) int64_t hsb_straddle_##SUF(                         \
+        int mode, const T* restrict x, const T* restrict g, T* restrict out, int64_t pos,         \
+        int64_t end, int64_t C, int64_t inner, const T* restrict coef, const double* restrict aff,\
+        HsbStore* st) {                                                                          \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const int na = mode == HSB_SUMS ? 2 : NHSB, keep_sums = mode != HSB_FWD && st->local;        \
+    const VT zero = {0}, three = zero + (T)3, six = zero + (T)6, mthree = zero - (T)3;           \
+    int64_t c = (pos / inner) % C, bend = (pos / inner + 1) * inner, m = 0;                      \
+    VT ce, ca, cb, cq, cl, cm, cd, a0 = zero, a1 = zero, a2 = zero, a3 = zero;                   \
+    HSB_LANE_COEFS(T, ce, ca, cb, cq, cl, cm, cd, c)                                                \
+    int64_t i = pos;                                                                             \
+    for (; i + L <= end; i += L) {                                                               \
+        const int64_t r = bend - i; /* lanes of the current block in this vector */              \
+        VT ev = ce, av = ca, bv = cb, qv = cq, lv = cl, mv = cm, dv = cd;                        \
+        VI nx = {0}; /* the lanes in the next block */                                           \
+        if (r <= L) {                                                                            \
+            c = c + 1 == C ? 0 : c + 1;                                                          \
+            bend += inner;                                                                       \
+            HSB_LANE_COEFS(T, ce, ca, cb, cq, cl, cm, cd, c)                                        \
+            if (r < L) {                                                                         \
+                nx = hsb_keep_##SUF(L - r);                                                      \
+                ev = VSEL(VT, VI, nx, ce, ev); av = VSEL(VT, VI, nx, ca, av);                    \
+                bv = VSEL(VT, VI, nx, cb, bv); qv = VSEL(VT, VI, nx, cq, qv);                    \
+                if (mode == HSB_BWD && aff) {                                                    \
+                    lv = VSEL(VT, VI, nx, cl, lv); mv = VSEL(VT, VI, nx, cm, mv);                \
+                    dv = VSEL(VT, VI, nx, cd, dv);                                               \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        VT v, w0, w1, w2 = zero, w3 = zero;                                                      \
+        memcpy(&v, x + i, sizeof v);                                                             \
+        HSB_VEC_T(VT, VI, v, u, t)                                                               \
+        const VT s = ev + v * t;                                                                 \
+        if (mode == HSB_FWD) {                                                                   \
+            memcpy(out + i, &s, sizeof s);                                                       \
+            continue;                                                                            \
+        }                                                                                        \
+        if (mode == HSB_SUMS) {                                                                  \
+            w0 = s;                                                                              \
+            if (g) memcpy(&w0, g + i, sizeof w0);                                                \
+            w1 = w0 * s;                                                                         \
+        } else {                                                                                 \
+            memcpy(&w0, g + i, sizeof w0);                                                       \
+            if (aff) w0 = (lv * w0 + mv * s) + dv;                                               \
+            if (out) {                                                                           \
+                const VI mid = (v >= mthree) & (v < three);                                      \
+                const VT o = w0 * (t + (VT)((VI)(qv * v) & mid));                                \
+                memcpy(out + i, &o, sizeof o);                                                   \
+            }                                                                                    \
+            w1 = w0 * v;                                                                         \
+            w2 = (VT)((VI)w1 & pos_);                                                            \
+            w3 = w1 * u;                                                                         \
+        }                                                                                        \
+        if (!keep_sums) continue;                                                                \
+        if (r > L) {                                                                             \
+            a0 += w0; a1 += w1; a2 += w2; a3 += w3;                                              \
+            m += L;                                                                              \
+            continue;                                                                            \
+        }                                                                                        \
+        a0 += (VT)((VI)w0 & ~nx); a1 += (VT)((VI)w1 & ~nx);                                      \
+        a2 += (VT)((VI)w2 & ~nx); a3 += (VT)((VI)w3 & ~nx);                                      \
+        hsb_deposit_##SUF(a0, a1, a2, a3, na, m + r, st, C, c == 0 ? C - 1 : c - 1);             \
+        a0 = (VT)((VI)w0 & nx); a1 = (VT)((VI)w1 & nx); a2 = (VT)((VI)w2 & nx); a3 = (VT)((VI)w3 & nx);\
+        m = L - r;                                                                               \
+    }                                                                                            \
+    if (keep_sums && m) hsb_deposit_##SUF(a0, a1, a2, a3, na, m, st, C, c);                      \
+    return i;                                                                                    \
+}                                                                                                \
+                                                                                                 \
 /* the passes over a whole tensor (outer, C, inner), Cc in {1, C}, inner > 1 when Cc > 1, each    \
  * thread one contiguous piece in memory order, block by block */                                \
 static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,          \
@@ -1391,8 +1454,8 @@ static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t
         const int64_t end = total * (tid + 1) / nth;                                             \
         int64_t pos = total * tid / nth;                                                         \
         if (Cc > 1 && HSB_STRADDLE(T, inner)) {                                                  \
-            hsb_fwd_straddle_##SUF(x, y, pos, end, C, inner, coef);                              \
-            pos = end;                                                                           \
+            HsbStore none = {NULL, NULL, NULL};                                                  \
+            pos = hsb_straddle_##SUF(HSB_FWD, x, NULL, y, pos, end, C, inner, coef, NULL, &none);\
         }                                                                                        \
         while (pos < end) {                                                                      \
             const int64_t blk = Cc == 1 ? 0 : pos / inner;                                       \
@@ -1422,7 +1485,13 @@ static int hsb_pass_##SUF(const T* x, const T* g, T* gx, double* out, const doub
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
         HsbStore st = {NULL, NULL, NULL};                                                        \
         const int ok = !out || hsb_store(&st, Cc, na, HSB_FOLD && sizeof(T) == 4 && Cc > 1);     \
-        if (ok) HSB_SUMS_WALK(                                                                   \
+        int64_t start = total * tid / nth;                                                       \
+        if (ok && Cc > 1 && HSB_STRADDLE(T, inner))                                              \
+            start = sums ? hsb_straddle_##SUF(HSB_SUMS, x, g, NULL, start, total * (tid + 1) / nth, C,\
+                                              inner, coef, NULL, &st)                            \
+                         : hsb_straddle_##SUF(HSB_BWD, x, g, gx, start, total * (tid + 1) / nth, C,\
+                                              inner, coef, aff, &st);                            \
+        if (ok) HSB_SUMS_WALK(start,                                                             \
             float* fv = st.fold ? st.fold + 16 * c : NULL;                                       \
             int64_t* cn = st.cnt ? st.cnt + c : NULL;                                            \
             double* o = out ? st.local + c : NULL;                                               \
