@@ -249,6 +249,31 @@ def test_to_moves_the_fused_basis():
     assert y.dtype == torch.float64
 
 
+@pytest.mark.parametrize("branches", [("identity", "relu", "prelu", "hardswish"), ("relu6", "abs", "square")])
+def test_casts_round_the_fuse_constants_from_float64(branches):
+    """.double() gives the float64 constants (1/6 to float64, not float32, precision), and a cast
+    back gives the float32 ones again, for both the table map and the native op's maps."""
+    from repact.fuse import hardswish_basis_map, linear_basis
+
+    m = RepAct(branches=branches)
+    f32 = {n: b.clone() for n, b in m.named_buffers() if n.startswith("_")}
+    m.double()
+    knots, base, part = linear_basis(branches, dtype=torch.float64)
+    assert torch.equal(m._knots, torch.tensor(knots, dtype=torch.float64))
+    assert torch.equal(m._basis, base) and torch.equal(m._slope_basis, part)
+    maps = hardswish_basis_map(branches, dtype=torch.float64)
+    if maps is not None:
+        assert torch.equal(m._native_base, maps[0]) and torch.equal(m._native_part, maps[1])
+        # the hardswish branch's basis row: Q = 1/6 to float64 precision
+        assert m._native_base[-1, 3].item() == 1.0 / 6.0
+    m.float()
+    for n, b in m.named_buffers():
+        if n in f32:
+            assert b.dtype == torch.float32 and torch.equal(b, f32[n]), n
+    assert set(n for n, _ in m.named_buffers()) >= set(f32)
+    assert not any(k.startswith("_") for k in m.state_dict())
+
+
 @pytest.mark.slow
 def test_torch_compile_matches_eager():
     m = _make("bn", "channel")

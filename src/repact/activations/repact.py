@@ -279,24 +279,37 @@ class RepAct(Activation):
         self.piecewise = all(fuse.is_piecewise_branch(b) for b in branches)
         self.has_slope = "prelu" in branches
         if self.piecewise:
-            knots, base, part = fuse.linear_basis(branches, dtype=torch.float32)
-            self.register_buffer("_knots", torch.tensor(knots, dtype=torch.float32), persistent=False)
-            self.register_buffer("_basis", base, persistent=False)
-            self.register_buffer("_slope_basis", part, persistent=False)
-            # what the native training op reads: the maps onto RepAct's own basis where the branch
-            # set has one (the paper's does; half the arithmetic of the table), else the table's
-            maps = fuse.hardswish_basis_map(branches, dtype=torch.float32)
-            if maps is None:
-                maps = base.reshape(base.shape[0], -1), part.reshape(part.shape[0], -1)
-            self.register_buffer("_native_base", maps[0].contiguous(), persistent=False)
-            self.register_buffer("_native_part", maps[1].contiguous(), persistent=False)
-            self.flops_train = 4.0 + len(knots) + (2.0 if variant == "bn" else 0.0)
-            self.flops_deploy = 4.0 + len(knots)
+            for name, value in self._fuse_constants(torch.float32, None).items():
+                self.register_buffer(name, value, persistent=False)
+            self.flops_train = 4.0 + self._knots.numel() + (2.0 if variant == "bn" else 0.0)
+            self.flops_deploy = 4.0 + self._knots.numel()
         else:
             self.flops_train = 3.0 * len(branches) + (2.0 if variant == "bn" else 0.0)
         self._finish_init()
 
     # --- construction ----------------------------------------------------------------------------
+    def _fuse_constants(self, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+        """The fuse buffers, computed in float64 and rounded once to ``dtype``: the knots, the table's
+        linear map (``_basis``, ``_slope_basis``) and what the native training op reads
+        (``_native_base/_part``: the maps onto RepAct's own basis where the branch set has one, as
+        the paper's does, with half the arithmetic of the table; else the table's)."""
+        knots, base, part = fuse.linear_basis(self.branches, dtype=torch.float64)
+        maps = fuse.hardswish_basis_map(self.branches, dtype=torch.float64)
+        if maps is None:
+            maps = base.reshape(base.shape[0], -1), part.reshape(part.shape[0], -1)
+        consts = {"_knots": torch.tensor(knots, dtype=torch.float64), "_basis": base, "_slope_basis": part,
+                  "_native_base": maps[0], "_native_part": maps[1]}
+        return {k: v.to(device=device, dtype=dtype).contiguous() for k, v in consts.items()}
+
+    def _apply(self, fn, recurse=True):
+        # a cast (.double(), .to(dtype), .half()) re-rounds the fuse constants from float64 rather
+        # than from their float32 values, so a float64 RepAct holds 1/6 to float64 precision
+        out = super()._apply(fn, recurse)
+        if self.piecewise and self._basis.dtype.is_floating_point:
+            for name, value in self._fuse_constants(self._basis.dtype, self._basis.device).items():
+                setattr(self, name, value)
+        return out
+
     @property
     def needs_channels(self) -> bool:
         return self.granularity == "channel"
