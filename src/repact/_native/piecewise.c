@@ -1165,22 +1165,6 @@ static void hsb_store_finish(HsbStore* st, int64_t C, int na, double* out, int o
     free(st->cnt);
 }
 
-/* The sums passes' walk: each thread one contiguous piece in memory order, run by run (a run is
- * the piece of one block, or the whole piece for one coefficient set) from START; BODY sees i (first
- * element), len and channel c. (Channel-major walks, or tiles of a few images, were slower here
- * at every map size: the per-block fold costs less than leaving memory order.) */
-#define HSB_SUMS_WALK(START, BODY)                                                               \
-    do {                                                                                         \
-        const int64_t p1 = total * (tid + 1) / nth;                                              \
-        for (int64_t i = (START); i < p1;) {                                                     \
-            const int64_t blk = Cc == 1 ? 0 : i / inner, c = Cc == 1 ? 0 : blk % C;              \
-            const int64_t bend = Cc == 1 ? p1 : (blk + 1) * inner;                               \
-            const int64_t len = (bend < p1 ? bend : p1) - i;                                     \
-            BODY                                                                                 \
-            i += len;                                                                            \
-        }                                                                                        \
-    } while (0)
-
 /* 0 for the first VBYTES / sizeof(T) entries, all ones after: lane l of the vector loaded at
  * offset r is kept iff l >= L - r */
 static const int32_t HSB_KEEP32[2 * VBYTES / 4] = {[VBYTES / 4 ... 2 * VBYTES / 4 - 1] = -1};
@@ -1390,7 +1374,8 @@ static inline __attribute__((always_inline)) int64_t hsb_straddle_##SUF(        
         if (r <= L) {                                                                            \
             c = c + 1 == C ? 0 : c + 1;                                                          \
             bend += inner;                                                                       \
-            HSB_LANE_COEFS(T, ce, ca, cb, cq, cl, cm, cd, c)                                        \
+            /* (not read past end: a tile's neighbour may be folding its coefficients) */        \
+            if (i + r < end) { HSB_LANE_COEFS(T, ce, ca, cb, cq, cl, cm, cd, c) }                \
             if (r < L) {                                                                         \
                 nx = hsb_keep_##SUF(L - r);                                                      \
                 ev = VSEL(VT, VI, nx, ce, ev); av = VSEL(VT, VI, nx, ca, av);                    \
@@ -1441,6 +1426,33 @@ static inline __attribute__((always_inline)) int64_t hsb_straddle_##SUF(        
     return i;                                                                                    \
 }                                                                                                \
                                                                                                  \
+/* One thread's share [pos, end) of a (outer, C, inner) tensor, Cc in {1, C}, in MODE (as in       \
+ * hsb_straddle), run by run: a run is the piece of one block, or the whole share for one         \
+ * coefficient set; per-channel maps of a few vectors go in straddling vectors. Shares are in     \
+ * memory order (channel-major walks, or tiles of a few images, were slower here at every map     \
+ * size: the per-block fold costs less than leaving memory order). Sums go to st. */             \
+static inline __attribute__((always_inline)) void hsb_span_##SUF(                                 \
+        int mode, const T* x, const T* g, T* out, int64_t pos, int64_t end, int64_t C,            \
+        int64_t inner, const T* coef, int64_t Cc, const double* aff, HsbStore* st) {              \
+    if (Cc > 1 && HSB_STRADDLE(T, inner))                                                        \
+        pos = hsb_straddle_##SUF(mode, x, g, out, pos, end, C, inner, coef, aff, st);            \
+    while (pos < end) {                                                                          \
+        const int64_t blk = Cc == 1 ? 0 : pos / inner, c = Cc == 1 ? 0 : blk % C;                \
+        int64_t stop = Cc == 1 ? end : (blk + 1) * inner;                                        \
+        if (stop > end) stop = end;                                                              \
+        const int64_t len = stop - pos;                                                          \
+        float* fv = st->fold ? st->fold + 16 * c : NULL;                                         \
+        int64_t* cn = st->cnt ? st->cnt + c : NULL;                                              \
+        double* o = st->local ? st->local + c : NULL;                                            \
+        if (mode == HSB_FWD) hsb_fwd_run_##SUF(x + pos, out + pos, len, coef + c, Cc);           \
+        else if (mode == HSB_SUMS)                                                               \
+            hsb_sums_run_##SUF(x + pos, g ? g + pos : NULL, len, coef + c, Cc, o, Cc, fv, cn);   \
+        else hsb_bwd_run_##SUF(x + pos, g + pos, out ? out + pos : NULL, len, coef + c, Cc,      \
+                               aff ? aff + c : NULL, Cc, o, Cc, fv, cn);                         \
+        pos = stop;                                                                              \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
 /* the passes over a whole tensor (outer, C, inner), Cc in {1, C}, inner > 1 when Cc > 1, each    \
  * thread one contiguous piece in memory order, block by block */                                \
 static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,          \
@@ -1451,19 +1463,9 @@ static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
-        const int64_t end = total * (tid + 1) / nth;                                             \
-        int64_t pos = total * tid / nth;                                                         \
-        if (Cc > 1 && HSB_STRADDLE(T, inner)) {                                                  \
-            HsbStore none = {NULL, NULL, NULL};                                                  \
-            pos = hsb_straddle_##SUF(HSB_FWD, x, NULL, y, pos, end, C, inner, coef, NULL, &none);\
-        }                                                                                        \
-        while (pos < end) {                                                                      \
-            const int64_t blk = Cc == 1 ? 0 : pos / inner;                                       \
-            int64_t stop = Cc == 1 ? end : (blk + 1) * inner;                                    \
-            if (stop > end) stop = end;                                                          \
-            hsb_fwd_run_##SUF(x + pos, y + pos, stop - pos, coef + (Cc == 1 ? 0 : blk % C), Cc); \
-            pos = stop;                                                                          \
-        }                                                                                        \
+        HsbStore none = {NULL, NULL, NULL};                                                      \
+        hsb_span_##SUF(HSB_FWD, x, NULL, y, total * tid / nth, total * (tid + 1) / nth, C, inner, \
+                       coef, Cc, NULL, &none);                                                   \
     }                                                                                            \
     return 0;                                                                                    \
 }                                                                                                \
@@ -1485,19 +1487,9 @@ static int hsb_pass_##SUF(const T* x, const T* g, T* gx, double* out, const doub
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
         HsbStore st = {NULL, NULL, NULL};                                                        \
         const int ok = !out || hsb_store(&st, Cc, na, HSB_FOLD && sizeof(T) == 4 && Cc > 1);     \
-        int64_t start = total * tid / nth;                                                       \
-        if (ok && Cc > 1 && HSB_STRADDLE(T, inner))                                              \
-            start = sums ? hsb_straddle_##SUF(HSB_SUMS, x, g, NULL, start, total * (tid + 1) / nth, C,\
-                                              inner, coef, NULL, &st)                            \
-                         : hsb_straddle_##SUF(HSB_BWD, x, g, gx, start, total * (tid + 1) / nth, C,\
-                                              inner, coef, aff, &st);                            \
-        if (ok) HSB_SUMS_WALK(start,                                                             \
-            float* fv = st.fold ? st.fold + 16 * c : NULL;                                       \
-            int64_t* cn = st.cnt ? st.cnt + c : NULL;                                            \
-            double* o = out ? st.local + c : NULL;                                               \
-            if (sums) hsb_sums_run_##SUF(x + i, g ? g + i : NULL, len, coef + c, Cc, o, Cc, fv, cn);\
-            else hsb_bwd_run_##SUF(x + i, g + i, gx ? gx + i : NULL, len, coef + c, Cc,          \
-                                   aff ? aff + c : NULL, Cc, o, Cc, fv, cn););                   \
+        const int64_t p0 = total * tid / nth, p1 = total * (tid + 1) / nth;                      \
+        if (ok && sums) hsb_span_##SUF(HSB_SUMS, x, g, NULL, p0, p1, C, inner, coef, Cc, NULL, &st);\
+        else if (ok) hsb_span_##SUF(HSB_BWD, x, g, gx, p0, p1, C, inner, coef, Cc, aff, &st);    \
         if (!ok) {                                                                               \
             _Pragma("omp atomic write")                                                          \
             failed = 1;                                                                          \
