@@ -302,7 +302,7 @@ def test_registered_train_op_passes_opcheck(variant, granularity):
     x = torch.randn(2, C, 4, 5, dtype=torch.float64, requires_grad=True)
     bn = variant == "bn"
     args = (x, m.branch_weight, m.prelu_weight, m.bn.weight if bn else None, m.bn.bias if bn else None,
-            m._knots.double(), m._native_base.double(), m._native_part.double(), variant == "softmax",
+            m._knots, m._native_base, m._native_part, variant == "softmax",
             m.bn.eps if bn else 0.0, 1)
     torch.library.opcheck(torch.ops.repact.repact_train.default, args)
 

@@ -1177,7 +1177,7 @@ static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 
     const VT zero = {0}, three = zero + (T)3, six = zero + (T)6;                                 \
     const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;
 
-/* per-channel maps of L to 16 L elements run in straddling vectors (hsb_*_straddle) */
+/* per-channel maps of L to 16 L elements run in straddling vectors (hsb_straddle) */
 #define HSB_STRADDLE(T, inner) ((inner) >= VBYTES / (int64_t)sizeof(T) && (inner) < 16 * (VBYTES / (int64_t)sizeof(T)))
 
 #define HSB_FWD 0
@@ -1190,6 +1190,17 @@ static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 
     Q = zero + coef[3 * C + (c)];                                                                \
     AL = zero + (aff ? (T)aff[(c)] : (T)1); BE = zero + (aff ? (T)aff[C + (c)] : (T)0);          \
     DE = zero + (aff ? (T)aff[2 * C + (c)] : (T)0);
+
+/* hsb_straddle's block sums a0..a3 (M elements) into channel CH of the store st */
+#define HSB_STORE_DEPOSIT(VT, SUF, M, CH)                                                          \
+    {                                                                                            \
+        const VT acc_[NHSB] = {a0, a1, a2, a3};                                                  \
+        double d_[NHSB] = {0.0, 0.0, 0.0, 0.0};                                                  \
+        const int64_t ch_ = (CH);                                                                \
+        hsb_deposit_##SUF(acc_, na, (M), st->fold ? st->fold + 16 * ch_ : NULL,                  \
+                          st->cnt ? st->cnt + ch_ : NULL, st->local + ch_, C, d_);               \
+        for (int j_ = 0; j_ < na; ++j_) st->local[j_ * C + ch_] += d_[j_];                       \
+    }
 
 #define DEFINE_HSB(T, SUF, VT, VI)                                                               \
 static inline T hsb_t_##SUF(T v, T a, T b, T q, T* uo) {                                         \
@@ -1235,6 +1246,19 @@ static inline VI hsb_keep_##SUF(int64_t n) {                                    
     return k;                                                                                    \
 }                                                                                                \
                                                                                                  \
+/* a run's or block's vector sums acc[na] (m elements) for one channel: folded into the channel's \
+ * running vector (AVX-512 float; flushes into o[j * os]), or lane by lane added to d[j] */      \
+static inline void hsb_deposit_##SUF(const VT* acc, int na, int64_t m, float* fold, int64_t* cnt,  \
+                                     double* o, int64_t os, double* d) {                         \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    if (HSB_FOLD && sizeof(T) == 4 && fold) {                                                    \
+        hsb_fold_deposit(fold, cnt, acc, na, m, o, os);                                          \
+        return;                                                                                  \
+    }                                                                                            \
+    for (int j = 0; j < na; ++j)                                                                 \
+        for (int l = 0; l < L; ++l) d[j] += acc[j][l];                                           \
+}                                                                                                \
+                                                                                                 \
 /* sum w and sum w s(x) (w = s, or g when gp) over a run of n elements of one channel, added to  \
  * o[0] and o[os] (with fold: the vector sums folded into the channel's running vector) */      \
 static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64_t n,             \
@@ -1266,12 +1290,11 @@ static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64
             SUMS_CHUNK_END(m)                                                                    \
         }                                                                                        \
     }                                                                                            \
-    if (HSB_FOLD && sizeof(T) == 4 && fold) {                                                    \
-        const VT sv[2] = {s1, s2};                                                               \
-        hsb_fold_deposit(fold, cnt, sv, 2, n, o, os);                                            \
-    } else {                                                                                     \
-        for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                \
-    }                                                                                            \
+    const VT sv[2] = {s1, s2};                                                                   \
+    double dd[2] = {d1, d2};                                                                     \
+    hsb_deposit_##SUF(sv, 2, n, fold, cnt, o, os, dd);                                           \
+    d1 = dd[0];                                                                                  \
+    d2 = dd[1];                                                                                  \
     if (d1 != 0.0 || d2 != 0.0) { /* (with folding, only blocks that flushed) */                 \
         o[0] += d1;                                                                              \
         o[os] += d2;                                                                             \
@@ -1323,31 +1346,12 @@ static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* res
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
-    if (sums && HSB_FOLD && sizeof(T) == 4 && fold) {                                            \
+    if (sums) {                                                                                  \
         const VT av4[NHSB] = {a0, a1, a2, a3};                                                   \
-        hsb_fold_deposit(fold, cnt, av4, NHSB, n, o, os);                                        \
-    } else if (sums) {                                                                           \
-        for (int l = 0; l < L; ++l) { d[0] += a0[l]; d[1] += a1[l]; d[2] += a2[l]; d[3] += a3[l]; }\
+        hsb_deposit_##SUF(av4, NHSB, n, fold, cnt, o, os, d);                                    \
     }                                                                                            \
     if (sums && (d[0] != 0.0 || d[1] != 0.0 || d[2] != 0.0 || d[3] != 0.0))                      \
         for (int j = 0; j < NHSB; ++j) o[j * os] += d[j];                                        \
-}                                                                                                \
-                                                                                                 \
-/* a block's vector sums (m elements) into channel c of the store: folded into its running       \
- * vector (AVX-512 float), or lane by lane into its doubles */                                    \
-static void hsb_deposit_##SUF(VT a0, VT a1, VT a2, VT a3, int na, int64_t m, HsbStore* st,        \
-                              int64_t C, int64_t c) {                                            \
-    enum { L = VBYTES / sizeof(T) };                                                             \
-    const VT acc[NHSB] = {a0, a1, a2, a3};                                                       \
-    if (HSB_FOLD && sizeof(T) == 4 && st->fold) {                                                \
-        hsb_fold_deposit(st->fold + 16 * c, st->cnt + c, acc, na, m, st->local + c, C);          \
-        return;                                                                                  \
-    }                                                                                            \
-    for (int j = 0; j < na; ++j) {                                                               \
-        double d = 0.0;                                                                          \
-        for (int l = 0; l < L; ++l) d += acc[j][l];                                              \
-        st->local[j * C + c] += d;                                                               \
-    }                                                                                            \
 }                                                                                                \
                                                                                                  \
 /* The full vectors of [pos, end) of a per-channel tensor with inner >= L, in vectors that may   \
@@ -1374,8 +1378,7 @@ static inline __attribute__((always_inline)) int64_t hsb_straddle_##SUF(        
         if (r <= L) {                                                                            \
             c = c + 1 == C ? 0 : c + 1;                                                          \
             bend += inner;                                                                       \
-            /* (not read past end: a tile's neighbour may be folding its coefficients) */        \
-            if (i + r < end) { HSB_LANE_COEFS(T, ce, ca, cb, cq, cl, cm, cd, c) }                \
+            HSB_LANE_COEFS(T, ce, ca, cb, cq, cl, cm, cd, c)                                     \
             if (r < L) {                                                                         \
                 nx = hsb_keep_##SUF(L - r);                                                      \
                 ev = VSEL(VT, VI, nx, ce, ev); av = VSEL(VT, VI, nx, ca, av);                    \
@@ -1418,11 +1421,11 @@ static inline __attribute__((always_inline)) int64_t hsb_straddle_##SUF(        
         }                                                                                        \
         a0 += (VT)((VI)w0 & ~nx); a1 += (VT)((VI)w1 & ~nx);                                      \
         a2 += (VT)((VI)w2 & ~nx); a3 += (VT)((VI)w3 & ~nx);                                      \
-        hsb_deposit_##SUF(a0, a1, a2, a3, na, m + r, st, C, c == 0 ? C - 1 : c - 1);             \
+        HSB_STORE_DEPOSIT(VT, SUF, m + r, c == 0 ? C - 1 : c - 1);                                \
         a0 = (VT)((VI)w0 & nx); a1 = (VT)((VI)w1 & nx); a2 = (VT)((VI)w2 & nx); a3 = (VT)((VI)w3 & nx);\
         m = L - r;                                                                               \
     }                                                                                            \
-    if (keep_sums && m) hsb_deposit_##SUF(a0, a1, a2, a3, na, m, st, C, c);                      \
+    if (keep_sums && m) HSB_STORE_DEPOSIT(VT, SUF, m, c);                                        \
     return i;                                                                                    \
 }                                                                                                \
                                                                                                  \

@@ -305,8 +305,8 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 
 def _param(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    # a parameter as the C entry points read it: detached, CPU, dtype, contiguous (no copy if it is)
-    # (the kernels only read it through data_ptr(), so no detach is needed when it is usable as is)
+    # a parameter as the C entry points read it: CPU, dtype, contiguous; as is when it already is
+    # (the kernels only read it through data_ptr(), so it needs no detach), else a detached copy
     if t is None or (t.dtype == dtype and t.is_cpu and t.is_contiguous()):
         return t
     return t.detach().to(device="cpu", dtype=dtype).contiguous()
