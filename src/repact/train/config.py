@@ -61,6 +61,7 @@ class TrainConfig:
     out: str | None = None
     recipe: str | None = None
     quiet: bool = False
+    tensorboard: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +82,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: keys a resumed run may change; every other key must match the checkpoint's config
 RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
-                               "data_dir", "download"})
+                               "data_dir", "download", "tensorboard"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
