@@ -74,6 +74,7 @@ class CamResult:
     probs: np.ndarray  # (N, classes) softmax of the logits
     targets: list[int]  # the class each map explains
     layer: str
+    predicted: list[int] = field(default_factory=list)  # top-1 class of each input
 
 
 def compute_cams(model: nn.Module, x: torch.Tensor, method: str = "gradcam", layer: str | None = None,
@@ -91,15 +92,16 @@ def compute_cams(model: nn.Module, x: torch.Tensor, method: str = "gradcam", lay
         raise ValueError(f"--layer {layer!r} is not a module of the model (its last convs: {', '.join(convs)})") from None
     with torch.no_grad():
         logits = net(x)
-    probs = torch.softmax(logits.float(), dim=1).numpy()
+    probs = torch.softmax(logits.double(), dim=1).numpy()
     if target is not None and not 0 <= target < probs.shape[1]:
         raise ValueError(f"class {target} is out of range: the model has {probs.shape[1]} classes (0..{probs.shape[1] - 1})")
-    classes = [int(target)] * len(x) if target is not None else [int(i) for i in probs.argmax(1)]
+    predicted = [int(i) for i in logits.argmax(1)]  # from the logits: near-equal scores round to equal probabilities
+    classes = [int(target)] * len(x) if target is not None else predicted
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     with cls(model=net, target_layers=[target_layer]) as cam:
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
-    return CamResult(np.asarray(maps, dtype=np.float32), probs, classes, layer)
+    return CamResult(np.asarray(maps, dtype=np.float32), probs, classes, layer, predicted)
 
 
 @dataclass
@@ -148,7 +150,7 @@ def cam_grid(models: Sequence[tuple[str, nn.Module, Mapping[str, Any]]], images:
             res = compute_cams(model, img.tensor, method, layer, target)
             t = res.targets[0]
             row.append(CamCell(str(path), label, res.cams[0], t, _class_name(pre, t), float(res.probs[0, t]),
-                               int(res.probs[0].argmax()), res.layer, img.display))
+                               res.predicted[0], res.layer, img.display))
         data.cells.append(row)
         shown.append(first)
     plt = pyplot()
