@@ -29,7 +29,8 @@ def pyplot():
     return plt
 
 
-def output_path(out: str | Path | None, fmt: str | None, default_stem: str) -> tuple[Path, str]:
+def output_path(out: str | Path | None, fmt: str | None, default_stem: str, flag: str = "--out"
+                ) -> tuple[Path, str]:
     """(path, format) for ``--out``/``--format``: the format comes from ``fmt``, else the path's
     suffix, else png; a path without a suffix gets the format's. A suffix that contradicts
     ``fmt`` is a ``ValueError``."""
@@ -39,10 +40,10 @@ def output_path(out: str | Path | None, fmt: str | None, default_stem: str) -> t
     suffix = path.suffix.lower().lstrip(".")
     if suffix in FORMATS:
         if fmt is not None and fmt != suffix:
-            raise ValueError(f"--out {path} ends in .{suffix} but --format is {fmt}; make them agree")
+            raise ValueError(f"{flag} {path} ends in .{suffix} but --format is {fmt}; make them agree")
         return path, suffix
     if suffix:
-        raise ValueError(f"--out {path}: unknown picture format .{suffix}; accepted: {', '.join(FORMATS)}")
+        raise ValueError(f"{flag} {path}: unknown picture format .{suffix}; accepted: {', '.join(FORMATS)}")
     fmt = fmt or "png"
     return path.with_name(f"{path.name}.{fmt}"), fmt
 

@@ -69,7 +69,7 @@ def run(args) -> int:
     if args.confusion:
         from ..analysis.figures import output_path
 
-        output_path(args.confusion, None, "confusion")  # a bad suffix fails before the evaluation
+        args.confusion = str(output_path(args.confusion, None, "confusion", "--confusion")[0])  # fails before any work
     ckpt = load_checkpoint(_checkpoint_path(args.checkpoint))
     model = build_model(ckpt)
     cfg = dict(ckpt.state.get("config", {}))

@@ -131,7 +131,7 @@ def _act(args) -> int:
     path = write_figure(fig, args, "act")
     for c in data.curves:
         knots = ", ".join(f"{k:g}" for k in c.knots) or "none"
-        print(f"{c.label}: f(0) = {c.value_at(0.0):.4g}, f(1) = {c.value_at(1.0):.4g}, knots: {knots}")
+        print(f"{c.label}: f(0) = {c.value_at(0.0):.4f}, f(1) = {c.value_at(1.0):.4f}, knots: {knots}")
     print(f"wrote {path}")
     return 0
 
