@@ -123,6 +123,7 @@ def test_train_writes_run_pictures_and_reports_a_missing_tensorboard(tmp_path, c
     (["act", "repact", "--range", "3", "-3"], ["LO < HI"]),
     (["act", "repact", "--out", "x.jpg"], ["unknown picture format .jpg"]),
     (["act", "repact", "--out", "x.png", "--format", "svg"], ["--format is svg"]),
+    (["act", "repact", "--dpi", "5"], ["--dpi must lie in [10, 1200], got 5"]),
     (["layers", "nosuchmodel"], ["neither a checkpoint", "nosuchmodel"]),
     (["evolution", "missing_run"], ["missing_run does not exist"]),
     (["grads", "missing_run"], ["missing_run does not exist"]),

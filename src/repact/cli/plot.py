@@ -16,6 +16,7 @@ def add_output_flags(p: argparse.ArgumentParser, stem: str) -> None:
                    "--format chooses png, svg or pdf")
     p.add_argument("--format", default=None, choices=("png", "svg", "pdf"), help="picture format (default: --out's "
                    "suffix, else png)")
+    p.add_argument("--dpi", type=int, default=110, help="resolution of a png (default 110)")
 
 
 def _range_flag(p: argparse.ArgumentParser) -> None:
@@ -91,13 +92,15 @@ def write_figure(fig, args, stem: str) -> Path:
     from ..analysis.figures import output_path, save_figure
 
     path, fmt = output_path(args.out, args.format, stem)
-    return save_figure(fig, path, fmt)
+    return save_figure(fig, path, fmt, dpi=args.dpi)
 
 
 def _check_output(args, stem: str) -> None:
     from ..analysis.figures import output_path
 
     output_path(args.out, args.format, stem)  # a bad --out fails before any work
+    if not 10 <= args.dpi <= 1200:
+        raise ValueError(f"--dpi must lie in [10, 1200], got {args.dpi}")
 
 
 def load_model_arg(target: str, args) -> tuple[Any, dict[str, Any], dict[str, Any], str]:
