@@ -166,7 +166,7 @@ def plot_evolution(run_dir: str | Path, model: nn.Module | None = None, lo: floa
     ax.set_yticks(range(n), [str(i + 1) for i in range(n)], fontsize=6)
     ax.set(xlabel="epoch (0 = before training)", ylabel="layer (depth)")
     ax.set_title(data.statistic, fontsize=8)
-    if data.stats.size <= 300:
+    if data.stats.size <= 120:
         for (r, c), v in np.ndenumerate(data.stats):
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=5,
                     color="white" if abs(v) > 0.6 * lim else "black")

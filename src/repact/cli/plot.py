@@ -144,7 +144,9 @@ def _layers(args) -> int:
 
     _check_output(args, "layers")
     model, _, _, label = load_model_arg(args.target, args)
-    fig, data = plot_layers(model, args.range[0], args.range[1], title=f"activation layers of {label}")
+    fig, data = plot_layers(model, args.range[0], args.range[1],
+                            title=f"activation layers of {Path(args.target).name} ({label}): f (blue), f' (red), "
+                                  "HardSwish (dashed)")
     path = write_figure(fig, args, "layers")
     print(f"{len(data.curves)} activation layers ({', '.join(sorted({c.kind for c in data.curves}))})")
     if data.branch_weights is not None:
@@ -180,7 +182,7 @@ def _features(args) -> int:
     model, mc, state, label = load_model_arg(args.target, args)
     img = load_image(args.image, preprocess_from(mc, state, args.image_size))
     fig, data = plot_features(model, img.tensor, args.layer, args.top_k, display=img.display,
-                              title=f"{label}: {Path(args.image).name}")
+                              title=f"{Path(args.target).name} ({label}): {Path(args.image).name}")
     path = write_figure(fig, args, "features")
     print(f"{data.layer} ({data.kind}): {data.n_inputs} input values, shape {list(data.input_shape)}")
     if data.knots:
