@@ -58,7 +58,7 @@ def test_every_run_writes_curves_and_activations_pictures():
     assert list(lines[1].get_ydata()) == again.values["val_acc1"]
 
 
-def test_layers_of_a_torchvision_model_softmaxed_weights(tmp_path):
+def test_layers_of_a_torchvision_model_softmaxed_weights():
     torch.manual_seed(3)
     model = create_model("mobilenet_v3_small", act="repact_softmax", num_classes=10, small_input=True)
     with torch.no_grad():
@@ -72,8 +72,7 @@ def test_layers_of_a_torchvision_model_softmaxed_weights(tmp_path):
         np.testing.assert_allclose(data.branch_weights[:, j], torch.softmax(m.branch_weight.detach().double(), 0).numpy(),
                                    rtol=1e-6)
         assert data.branch_weights[:, j].sum() == pytest.approx(1.0)
-    save_figure(fig, tmp_path / "mnv3.png")
-    assert_picture(tmp_path / "mnv3.png")
+    assert len(fig.axes) == 23 + 2  # the panels, the heatmap and its colour bar
 
 
 def test_a_model_with_its_own_activations_draws_torch_layers():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis_fixtures import assert_picture, digit_png, rgb_png, shared_run, train_run
+from analysis_fixtures import assert_picture, digit_png, rgb_png, shared_run
 from repact.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,8 @@ def test_plot_grads_of_several_runs(tmp_path, capsys):
 
 def test_train_writes_run_pictures_and_reports_a_missing_tensorboard(tmp_path, capsys):
     run = shared_run("hardswish")
-    assert_picture(run / "curves.png") and assert_picture(run / "activations.png")
+    assert_picture(run / "curves.png")
+    assert_picture(run / "activations.png")
     try:
         import torch.utils.tensorboard  # noqa: F401
 

@@ -4,6 +4,7 @@ share of values in each segment between knots."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,7 +93,7 @@ def feature_data(model: nn.Module, x: torch.Tensor, layer: str | None = None, to
     """Capture the layer's input and output for ``x`` (first image's maps) and summarize them."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    net = disable_inplace(__import__("copy").deepcopy(model).cpu().float().eval())
+    net = disable_inplace(copy.deepcopy(model).cpu().float().eval())
     layer, module = _resolve(net, layer)
     inp, out = capture_activation(net, x.float().cpu(), layer)
     vals = inp.reshape(-1).double().numpy()
@@ -151,9 +152,8 @@ def plot_features(model: nn.Module, x: torch.Tensor, layer: str | None = None, t
                  + (f"; share per segment (knots dashed): {shares}" if data.knots else ""), fontsize=7)
     ax.set(xlabel="input value", ylabel="count")
     lo, hi = data.hist_edges[0], data.hist_edges[-1]
-    ks = [kn for kn in data.knots]
-    if ks:
-        ax.set_xlim(min(lo, min(ks) - 0.5), max(hi, max(ks) + 0.5))
+    if data.knots:
+        ax.set_xlim(min(lo, min(data.knots) - 0.5), max(hi, max(data.knots) + 0.5))
     if title:
         fig.suptitle(title, fontsize=8)
     return fig, data

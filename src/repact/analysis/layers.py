@@ -109,8 +109,8 @@ def plot_layers(model: nn.Module, lo: float = -6.0, hi: float = 6.0, points: int
         lim = max(1.0, float(np.abs(finite).max())) if finite.size else 1.0
         im = ax.imshow(table, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         ax.set_yticks(range(len(branches)), branches, fontsize=7)
-        ax.set_xticks(range(len(branch_layers)), [str(curves_index(curves, p) + 1) for p in branch_layers],
-                      fontsize=6)
+        order = {c.label: i + 1 for i, c in enumerate(curves)}
+        ax.set_xticks(range(len(branch_layers)), [str(order[p]) for p in branch_layers], fontsize=6)
         ax.set_xlabel("layer (network order)", fontsize=7)
         softmax = any(getattr(m, "variant", "") == "softmax" for _, m in activation_layers(model))
         ax.set_title("RepAct branch weights" + (" (softmaxed)" if softmax else "")
@@ -125,9 +125,3 @@ def plot_layers(model: nn.Module, lo: float = -6.0, hi: float = 6.0, points: int
                  fontsize=9)
     return fig, data
 
-
-def curves_index(curves: list[Curve], path: str) -> int:
-    for i, c in enumerate(curves):
-        if c.label == path:
-            return i
-    raise KeyError(path)
