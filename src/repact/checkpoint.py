@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "build_model",
+    "check_model_config",
 ]
 
 FORMAT_VERSION = 1
@@ -286,7 +287,7 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
         raise CheckpointError(
             f"{ckpt.path} records no model config (name, act, num_classes); load its state dict into a model you build"
         )
-    _check_model_config(cfg, ckpt.path)
+    check_model_config(cfg, ckpt.path)
     try:
         model = create_model(cfg["name"], act=cfg.get("act"), num_classes=cfg.get("num_classes", 1000),
                              **cfg.get("kwargs", {}))
@@ -313,7 +314,7 @@ _MODEL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _check_model_config(cfg: Mapping[str, Any], path: Path | None) -> None:
+def check_model_config(cfg: Mapping[str, Any], path: Path | None) -> None:
     """Refuse, naming the file, a model config whose entries have the wrong types."""
     for key, types in _MODEL_CONFIG_TYPES.items():
         if key not in cfg:

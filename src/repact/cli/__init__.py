@@ -103,16 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return int(rc or 0)
     except BrokenPipeError:
-        # the reader (e.g. `| head`) stopped early: no traceback, no second error while exiting
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _silence_stdout()
         return 141  # as a process ended by SIGPIPE
     except KeyboardInterrupt:
         if debug:
             raise
         print(f"repact {command}: interrupted", file=sys.stderr)
         return 130
-    except SystemExit:
+    except SystemExit:  # --help, --version and usage errors: their output may meet a closed pipe too
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
         raise
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
         if debug:
@@ -123,6 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = f"{type(exc).__name__}: {text} (a fault at run time; rerun with --debug for the full traceback)"
         _say(command, text)
         return code
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout (e.g. ``| head``) has gone: send what is left to /dev/null, so that
+    exiting does not raise a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a descriptor (captured)
+        pass
 
 
 def _is_ours(exc: BaseException) -> bool:

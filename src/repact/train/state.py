@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+from ..checkpoint import CheckpointError, check_model_config, checkpoint_paths, load_checkpoint
 
 __all__ = ["seed_all", "capture_rng", "restore_rng", "resolve_resume", "locate_resume", "check_train_state", "nonfinite_tensors"]
 
@@ -87,6 +87,7 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
 def check_train_state(ckpt) -> None:
     """Refuse (naming the file) a checkpoint whose training state is missing, of the wrong types, or
     whose weights are not finite."""
+    check_model_config(ckpt.model_config, ckpt.path)
     st = ckpt.state
     if not isinstance(st, dict) or "optimizer" not in st or "config" not in st:
         raise CheckpointError(f"{ckpt.path} holds weights only, not a training state; resume needs a run's "
