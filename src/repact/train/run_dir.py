@@ -197,6 +197,9 @@ class RunFolder:
     def lock(self) -> "RunFolder":
         self._restore_half_swap()
         missing = [p for p in (self.target, *self.target.parents) if not p.exists()]
+        blocking = next((p for p in (self.target, *self.target.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ConfigError(f"--out {self.target}: {blocking} is a file, not a folder; give a folder for the run")
         self.target.mkdir(parents=True, exist_ok=True)
         self._created = missing  # removed again by close() while still empty
         self._lock = _lock_or_busy(self.target, "run folder")
