@@ -5,7 +5,6 @@ allocated; crafted checkpoint headers refused with the file named; closed pipes 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -17,28 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from repact.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--epochs", "1", "--batch-size", "32", "--limit-batches", "2", "--quiet"]
-
-
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", **extra)
-
-
-def _cli(*argv: str, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "repact", *argv], env=env or _env(), capture_output=True, text=True,
-                          timeout=600, **kw)
-
+from train_fixtures import FAST, cli_env as _env, run_cli as _cli, run_main as _run
 
 def _one_line(err: str, command: str) -> str:
     assert "Traceback" not in err, err

@@ -22,31 +22,15 @@ import torch
 import yaml
 
 from repact.checkpoint import load_checkpoint
-from repact.cli import main
-from train_fixtures import tree_digest
+from train_fixtures import FAST, cli_env as _env, run_main, tree_digest
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--epochs", "1", "--batch-size", "32", "--limit-batches", "2", "--quiet"]
 #: a run that trains until it is killed (about a second per epoch here)
 LONG = ["--epochs", "1000", "--batch-size", "8", "--limit-batches", "150", "--quiet"]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        rc = main(list(argv))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
+    rc, out, err = run_main(capsys, *argv)
     return rc, out, " ".join(err.split())
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-
-
-def _cli(*argv: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "repact", *argv], env=_env(), capture_output=True, text=True,
-                          timeout=600, **kw)
 
 
 def _start(*argv: str) -> subprocess.Popen:
