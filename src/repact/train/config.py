@@ -15,6 +15,10 @@ __all__ = ["TrainConfig", "ConfigError", "RECIPES", "OPTIMIZERS", "SCHEDULES", "
            "load_config_file", "validate_config", "RESUME_MAY_CHANGE"]
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
+#: the largest input side accepted (a 3 x 4096 x 4096 float image is 192 MiB)
+MAX_IMG_SIZE = 4096
+#: the most data-loader worker processes accepted
+MAX_WORKERS = 256
 SCHEDULES = ("cosine", "linear", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -203,8 +207,15 @@ def validate_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and v < 1:
             bad(f"{name} must be a positive integer (or unset), got {v}")
-    if cfg.workers < 0:
-        bad(f"workers must be 0 or more, got {cfg.workers}")
+    if cfg.img_size is not None and cfg.img_size > MAX_IMG_SIZE:
+        bad(f"img_size {cfg.img_size} is too large: one 3-channel image alone would take "
+            f"{3 * 4 * cfg.img_size ** 2 / 2**30:,.1f} GiB; accepted: 1 to {MAX_IMG_SIZE}")
+    if cfg.workers < 0 or cfg.workers > MAX_WORKERS:
+        bad(f"workers must be from 0 to {MAX_WORKERS}, got {cfg.workers}")
+    if not 0 <= cfg.seed < 2**63:
+        bad(f"seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
+    if not all(isinstance(k, str) and k.isidentifier() for k in cfg.model_kwargs):
+        bad(f"model_kwargs keys must be argument names, got {list(cfg.model_kwargs)}")
     for name in ("lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "gamma"):
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < 0:

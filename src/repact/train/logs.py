@@ -44,12 +44,30 @@ class RunLogger:
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.dir = Path(run_dir)
         self.enabled = enabled
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.csv_path = self.dir / "metrics.csv"
-        self.acts_path = self.dir / "act_params.jsonl"
         self._tb = None
+        self._tb_epoch = 0
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def acts_path(self) -> Path:
+        return self.dir / "act_params.jsonl"
+
+    def relocate(self, run_dir: Path) -> None:
+        """Write into ``run_dir`` from now on (the run's folder was swapped into place)."""
+        reopen = self._tb is not None
+        self.close()
+        self.dir = Path(run_dir)
+        if reopen:
+            self.open_tensorboard(self._tb_epoch)
 
     def truncate_after(self, epoch: int) -> None:
         """Drop records past ``epoch`` (left by a run killed between its logs and its checkpoint)."""
@@ -70,6 +88,7 @@ class RunLogger:
         except ImportError:  # tensorboard not installed
             return False
         self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_epoch + 1)
+        self._tb_epoch = start_epoch
         return True
 
     def log_epoch(self, record: dict[str, Any], acts: dict[str, Any] | None) -> None:
@@ -86,6 +105,7 @@ class RunLogger:
                 if isinstance(v, (int, float)) and k != "epoch":
                     self._tb.add_scalar(k, v, record["epoch"])
             self._tb.flush()
+            self._tb_epoch = int(record["epoch"])
 
     def log_init_acts(self, acts: dict[str, Any]) -> None:
         """Activation parameters before training (epoch 0)."""

@@ -14,9 +14,11 @@ from torch import nn
 from ..checkpoint import atomic_write_text
 from .logs import GradProbe, read_jsonl
 
-__all__ = ["GRADS_FILE", "POINTS_PER_EPOCH", "TracedGradProbe", "log_tensorboard_pictures", "write_run_pictures"]
+__all__ = ["GRADS_FILE", "CURVES_FILE", "ACTIVATIONS_FILE", "POINTS_PER_EPOCH", "TracedGradProbe", "log_tensorboard_pictures", "write_run_pictures"]
 
 GRADS_FILE = "grads.jsonl"
+CURVES_FILE = "curves.png"
+ACTIVATIONS_FILE = "activations.png"
 #: about this many gradient records per epoch (one every max(1, steps // POINTS_PER_EPOCH) steps)
 POINTS_PER_EPOCH = 20
 
@@ -39,6 +41,11 @@ class TracedGradProbe(GradProbe):
         if self.path is not None and self.path.exists():
             keep = [r for r in read_jsonl(self.path) if int(r.get("epoch", 0)) <= start_epoch]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def relocate(self, run_dir: str | Path) -> None:
+        """Append to ``run_dir`` from now on (the run's folder was swapped into place)."""
+        if self.path is not None:
+            self.path = Path(run_dir) / GRADS_FILE
 
     @torch.no_grad()
     def update(self) -> dict[str, torch.Tensor]:
@@ -85,10 +92,10 @@ def write_run_pictures(run_dir: str | Path, model: nn.Module | None, say: Callab
     out: dict[str, Path] = {}
     try:
         fig, _ = plot_run_curves(run_dir)
-        out["curves"] = save_figure(fig, run_dir / "curves.png")
+        out["curves"] = save_figure(fig, run_dir / CURVES_FILE)
         if model is not None and activation_layers(model):
             fig, _ = plot_layers(model, title=f"activation layers of {run_dir.name} (final model)")
-            out["activations"] = save_figure(fig, run_dir / "activations.png")
+            out["activations"] = save_figure(fig, run_dir / ACTIVATIONS_FILE)
     except MissingDependency as exc:
         say(f"note: no curves.png / activations.png: {exc}")
     return out
