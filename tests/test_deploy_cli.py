@@ -100,7 +100,7 @@ def test_failed_check_writes_nothing(tmp_path):
     (out_dir / "model.onnx").write_bytes(b"old")
     model = nn.Sequential(nn.Conv2d(3, 4, 3), _Drifting(), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(DeployError, match="differs from the model.*nothing was written"):
-        deploy_model(model, out_dir, input_shape=(3, 8, 8))
+        deploy_model(model, out_dir, input_shape=(3, 8, 8), overwrite=True)
     assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx"]
     assert (out_dir / "model.onnx").read_bytes() == b"old"
 

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .activations.base import Activation, NotDeployableError
 
@@ -47,7 +48,7 @@ def nonfinite_tensors(module: nn.Module) -> list[tuple[str, str, int, int]]:
     out = []
     for kind, items in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
         for name, t in items:
-            if t.is_meta or not (t.is_floating_point() or t.is_complex()):
+            if is_lazy(t) or t.is_meta or not (t.is_floating_point() or t.is_complex()):
                 continue
             bad = int((~torch.isfinite(t.detach())).sum())
             if bad:
