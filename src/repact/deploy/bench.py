@@ -140,9 +140,13 @@ def compile_cache_room(entries: int):
 
     Compiled variants of one class share their ``forward`` code object (one entry per instance,
     input shape and grad mode), so past dynamo's default recompile limit (8) the later ones would
-    silently run eagerly, and a benchmark would time them as compiled."""
-    limit = max(int(torch._dynamo.config.recompile_limit), int(entries) + 8)
-    return torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True)
+    silently run eagerly, and a benchmark would time them as compiled. (torch < 2.7 names these
+    ``cache_size_limit`` and ``fail_on_cache_limit_hit``; torch < 2.6 cannot fail loudly.)"""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    fail = next((f for f in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(cfg, f)), None)
+    limit = max(int(getattr(cfg, name)), int(entries) + 8)
+    return cfg.patch(**{name: limit, **({fail: True} if fail else {})})
 
 
 def _compile_limits(engine: str, compiles: int):
