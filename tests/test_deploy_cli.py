@@ -134,7 +134,7 @@ def test_verify_cli_model_name_and_failure_exit_code(capsys):
     res = json.loads(out)
     assert res["ok"] and res["max_rel"] <= 1e-5 and res["randomized_bn"]
     rc, out, err = _run(capsys, "verify", "_test_drifting_net", "--image-size", "8")
-    assert rc == 1 and "FAILED" in out
+    assert rc == 1 and "FAILED: above the tolerance" in err
     rc, out, err = _run(capsys, "verify", "small_cnn", "--rtol", "-1")
     assert rc == 2 and "--rtol must be positive" in err
 

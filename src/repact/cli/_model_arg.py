@@ -9,7 +9,7 @@ from typing import Any
 
 from . import CLIError
 
-__all__ = ["add_model_flags", "add_shape_flags", "load_target", "input_shape_of", "parse_model_args", "probe_input",
+__all__ = ["add_model_flags", "add_shape_flags", "build_named", "load_target", "input_shape_of", "parse_model_args", "probe_input",
            "MAX_INPUT_ELEMENTS"]
 
 #: most elements the random check inputs of verify/deploy may hold (batch included): 2^28 floats = 1 GiB
@@ -56,7 +56,7 @@ def _is_checkpoint(target: str) -> bool:
 def load_target(args) -> tuple[Any, dict[str, Any], str]:
     """(model, model_config, description) for CHECKPOINT_OR_MODEL; nothing is unpickled."""
     from ..checkpoint import build_model, load_checkpoint
-    from ..models import create_model, get_model_spec
+    from ..models import get_model_spec
 
     target = args.target
     if _is_checkpoint(target):
@@ -72,7 +72,7 @@ def load_target(args) -> tuple[Any, dict[str, Any], str]:
         raise CLIError(f"{target!r} is neither a checkpoint file (no {target}.safetensors) nor a registered model "
                        f"name. {exc}") from None
     kwargs = parse_model_args(args.model_arg)
-    model = create_model(target, act=args.act, num_classes=args.num_classes, **kwargs)
+    model = build_named(target, args.act, args.num_classes, kwargs)
     cfg = {"name": target, "act": args.act, "num_classes": args.num_classes, "kwargs": kwargs}
     act = args.act if args.act is not None else "its own activations"
     return model, cfg, f"model {target} with {act} (random weights)"
@@ -109,6 +109,18 @@ def _default_shape(model, cfg: dict[str, Any]) -> list[int] | None:
         size = 32 if small else 224
     spatial = first.weight.dim() - 2
     return [channels] + [size] * spatial
+
+
+def build_named(name: str, act: Any, num_classes: int, kwargs: dict[str, Any]):
+    """``create_model``, with impossible builder arguments (``width=-5``) as one ``CLIError``."""
+    from ..models import create_model
+
+    try:
+        return create_model(name, act=act, num_classes=num_classes, **kwargs)
+    except (RuntimeError, TypeError, OverflowError) as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CLIError(f"cannot build {name} with {given} (act={act!r}, num_classes={num_classes}): {line}") from None
 
 
 def input_shape_of(args, cfg: dict[str, Any], model=None, batch: int | None = None) -> list[int]:

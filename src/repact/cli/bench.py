@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import CLIError
-from ._model_arg import add_shape_flags, input_shape_of, parse_model_args, probe_input
+from ._model_arg import add_shape_flags, build_named, input_shape_of, parse_model_args, probe_input
 
 
 def add_parser(sub) -> None:
@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..checkpoint import atomic_write_text
     from ..deploy import CUDA_ENGINES, ENGINES, bench_device, cost_report
-    from ..models import create_model, get_model_spec
+    from ..models import get_model_spec
 
     device = bench_device(args.device)  # before anything is built: a clear line without a GPU
     engines = args.engines or list(CUDA_ENGINES if device.type == "cuda" else ENGINES)
@@ -59,7 +59,8 @@ def run(args) -> int:
     if out.exists() and out.is_dir():
         raise CLIError(f"--json {out} is a folder; give a file name")
     kwargs = parse_model_args(args.model_arg)
-    probe = create_model(args.model, act=args.baseline_act, num_classes=args.num_classes, **kwargs)
+    probe = build_named(args.model, args.baseline_act, args.num_classes, kwargs)
+    build_named(args.model, args.act, args.num_classes, kwargs)  # an unknown --act fails here, in one line
     shape = input_shape_of(args, {"name": args.model}, probe, batch=max(args.batch_sizes))
     probe_input(probe, shape, f"model {args.model}")
     report = cost_report(

@@ -116,5 +116,5 @@ def run(args) -> int:
         why = (f"not finite: {result.nonfinite}" if result.nonfinite else
                f"above the tolerance rtol={args.rtol:g}" if not result.ok(args.rtol) else
                f"onnxruntime differs by {out['onnx_parity']:.3e}, above {args.parity_tol:g}")
-        print(f"FAILED: {why}", file=sys.stdout if not args.json else sys.stderr)
+        print(f"repact verify: FAILED: {why}", file=sys.stderr)
     return 0 if ok else 1

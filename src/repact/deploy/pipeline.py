@@ -201,6 +201,8 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
     res = verify(model, deployed, x)
     say(f"verify: {res}")
     checks: dict[str, Any] = {"logits": res.as_dict()}
+    if res.nonfinite:
+        raise DeployError(f"the logits are not finite: {res.nonfinite}; nothing was written")
     if not res.ok(rtol):
         raise DeployError(f"the deploy form differs from the model: {res}, above the tolerance rtol={rtol:g}; "
                           "nothing was written")
