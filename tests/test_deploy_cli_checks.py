@@ -169,6 +169,8 @@ def test_verify_cli_reference_branches(capsys):
     assert rc == 0 and res["ok"] and res["reference"] == "branches" and res["max_rel"] <= 1e-5
     rc, out, err = _run(capsys, "verify", "small_cnn", "--act", "acon_c", *SMALL, "--reference", "branches")
     assert rc == 2 and "has no RepAct" in _one_message(err)
+    rc, out, err = _run(capsys, "verify", "small_cnn", "--act", "acon_c", *SMALL)  # an OK that says what it means
+    assert rc == 0 and "note: nothing to re-parameterize; the deploy form is the model itself (3 x AconC" in out
 
 
 # --- point 11: input shape from the model; files that are not ONNX -----------------------------------
@@ -191,7 +193,7 @@ def test_input_shape_comes_from_the_model_or_is_named(tmp_path, capsys):
 def test_onnx_file_that_is_not_onnx_is_named(tmp_path, capsys):
     bad = tmp_path / "model.onnx"
     bad.write_text("not a protobuf")
-    rc, out, err = _cli("verify", "small_cnn", "--act", "repact", *SMALL, "--keep-bn", "--onnx", str(bad))
+    rc, out, err = _run(capsys, "verify", "small_cnn", "--act", "repact", *SMALL, "--keep-bn", "--onnx", str(bad))
     msg = _one_message(err)
     assert rc == 2 and f"--onnx {bad} is not an ONNX model onnxruntime can load" in msg
     other = export_onnx(create_model("small_cnn", num_classes=10, in_channels=3).eval(), torch.randn(1, 3, 8, 8),
@@ -236,9 +238,10 @@ def test_eval_save_reparameterized_writes_the_deploy_model_and_it_evaluates_equa
 # --- issue 13 point 5: bench --device cuda -----------------------------------------------------------
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
-def test_bench_device_cuda_without_a_gpu_is_one_clear_line(tmp_path):
-    rc, out, err = _cli("bench", "small_cnn", "--device", "cuda", "--json", str(tmp_path / "b.json"))
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU (the sweep runs it "
+                    "in a subprocess)")
+def test_bench_device_cuda_without_a_gpu_is_one_clear_line(tmp_path, capsys):
+    rc, out, err = _run(capsys, "bench", "small_cnn", "--device", "cuda", "--json", str(tmp_path / "b.json"))
     msg = _one_message(err)
     assert rc == 2 and "--device cuda: torch sees no CUDA GPU on this machine" in msg and "--device cpu" in msg
     assert not (tmp_path / "b.json").exists()

@@ -63,8 +63,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def run(args) -> int:
-    from ..deploy import onnx_parity
-    from ..reparam import NonFiniteError, check_finite, verify_reparameterization
+    from ..deploy import describe_activations, onnx_parity, unfused_activations
+    from ..reparam import NonFiniteError, check_finite, deployable_modules, verify_reparameterization
 
     if args.batch < 1:
         raise CLIError(f"--batch must be a positive integer, got {args.batch}")
@@ -90,8 +90,9 @@ def run(args) -> int:
                                                  randomize_acts=args.randomize_acts, seed=args.seed,
                                                  reference=args.reference)
     ok = result.ok(args.rtol)
+    fused = len(deployable_modules(model))
     out = {"target": what, "input_shape": shape, "randomized_bn": not args.keep_bn, "reference": args.reference,
-           **result.as_dict(), "rtol": args.rtol, "ok": ok}
+           **result.as_dict(), "rtol": args.rtol, "ok": ok, "reparameterized_activations": fused}
     if session is not None:
         try:
             parity = onnx_parity(deployed, args.onnx, [x, x[:1]], session=session)
@@ -108,6 +109,9 @@ def run(args) -> int:
         ref = "every RepAct's literal branch sum" if args.reference == "branches" else "model"
         print(f"{what}, input {tuple(shape)}, {bn}")
         print(f"deploy vs {ref} logits: {result}")
+        if not fused:
+            print("note: nothing to re-parameterize; the deploy form is the model itself "
+                  f"({describe_activations(unfused_activations(model))})")
         if "onnx_parity" in out:
             print(f"onnxruntime vs deploy: max abs diff {out['onnx_parity']:.3e} (tolerance {args.parity_tol:g})")
         if ok:

@@ -7,7 +7,8 @@ from .cost import FlopsReport, activation_modules, count_flops, count_params
 from .latency import Timing, bench_device, cuda_peak_bytes, steady_malloc, time_interleaved
 from .onnx_export import EXPORTERS, MIN_OPSET, check_onnx, export_onnx, last_export_forms, onnx_parity, ort_session
 from .onnx_forms import ONNX_FORMS, HardSwishBasis, PlainBasis, basis_coefficients, prepare_for_export
-from .pipeline import DeployError, DeployResult, NothingToFuseError, deploy_model, deploy_outputs, unfused_activations
+from .pipeline import (DeployError, DeployResult, NothingToFuseError, deploy_model, deploy_outputs, describe_activations,
+                       unfused_activations)
 
 __all__ = [
     "CUDA_ENGINES",
@@ -36,6 +37,7 @@ __all__ = [
     "count_params",
     "deploy_model",
     "deploy_outputs",
+    "describe_activations",
     "export_onnx",
     "last_export_forms",
     "onnx_parity",

@@ -37,7 +37,8 @@ from ..reparam import NonFiniteError, check_finite, deployable_modules, randomiz
 from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
 
-__all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_model", "deploy_outputs", "unfused_activations"]
+__all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_model", "deploy_outputs", "describe_activations",
+           "unfused_activations"]
 
 
 class DeployError(ValueError):
@@ -72,7 +73,8 @@ def unfused_activations(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
-def _describe(acts: dict[str, list[str]], limit: int = 3) -> str:
+def describe_activations(acts: dict[str, list[str]], limit: int = 3) -> str:
+    """``"3 x GELU (features.2, features.5, features.8)"`` for each type in ``acts``."""
     parts = []
     for kind, paths in acts.items():
         shown = ", ".join(paths[:limit]) + (", ..." if len(paths) > limit else "")
@@ -192,11 +194,11 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
         if not allow_unfused:
             raise NothingToFuseError(
                 f"nothing to re-parameterize: the model has no activation with an exact deploy form (RepAct), so "
-                f"its activations stay as they are: {_describe(unfused)}; pass allow_unfused=True "
+                f"its activations stay as they are: {describe_activations(unfused)}; pass allow_unfused=True "
                 "(--allow-unfused) to export it unchanged")
-        say(f"nothing to re-parameterize; exporting as it is: {_describe(unfused)}")
+        say(f"nothing to re-parameterize; exporting as it is: {describe_activations(unfused)}")
     elif fusible:
-        say(f"re-parameterized {len(fusible)} activation(s); staying as they are: {_describe(unfused)}")
+        say(f"re-parameterized {len(fusible)} activation(s); staying as they are: {describe_activations(unfused)}")
     _finite(deployed, "the deploy form")
     res = verify(model, deployed, x)
     say(f"verify: {res}")
