@@ -36,6 +36,12 @@ def test_absurd_image_size_is_refused_before_allocating(tmp_path, capsys):
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "r").exists()
 
 
+def test_absurd_image_size_is_refused_by_eval_before_loading(tmp_path, capsys):
+    # checked before the checkpoint is even read: a missing one is not what the user hears about
+    rc, _, err = _run(capsys, "eval", str(tmp_path / "no-such-run"), "--img-size", "100000")
+    assert rc == 2 and "--img-size 100000" in _one_line(err, "eval") and "1 to 4096" in err
+
+
 @pytest.mark.parametrize("model, kw, words", [
     ("small_cnn", "width=-5", ["width", "-5", "from 1"]),
     ("small_cnn", "width=0", ["width", "0"]),

@@ -121,6 +121,7 @@ def run(args) -> int:
     from ..checkpoint import build_model, load_checkpoint
     from ..data import build_datasets, dataset_channels
     from ..reparam import NonFiniteError, check_finite, reparameterize
+    from ..train.config import img_size_problem
     from ..train.evaluate import evaluate, evaluate_pair
     from . import CLIError
 
@@ -128,6 +129,8 @@ def run(args) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if img_size_problem(args.img_size):
+        raise CLIError(f"--img-size {img_size_problem(args.img_size)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device} was asked for but torch sees no CUDA device; use --device cpu")
     if args.confusion:

@@ -23,6 +23,14 @@ SCHEDULES = ("cosine", "linear", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def img_size_problem(size: int | None) -> str | None:
+    """Why an input side is refused (``"{size} is too large: ..."``), or None when it is accepted."""
+    if size is None or size <= MAX_IMG_SIZE:
+        return None
+    return (f"{size} is too large: one 3-channel image alone would take {3 * 4 * size ** 2 / 2**30:,.1f} GiB; "
+            f"accepted: 1 to {MAX_IMG_SIZE}")
+
+
 class ConfigError(ValueError):
     """A configuration value is unknown, out of range, or impossible together with another."""
 
@@ -207,9 +215,8 @@ def validate_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and v < 1:
             bad(f"{name} must be a positive integer (or unset), got {v}")
-    if cfg.img_size is not None and cfg.img_size > MAX_IMG_SIZE:
-        bad(f"img_size {cfg.img_size} is too large: one 3-channel image alone would take "
-            f"{3 * 4 * cfg.img_size ** 2 / 2**30:,.1f} GiB; accepted: 1 to {MAX_IMG_SIZE}")
+    if img_size_problem(cfg.img_size):
+        bad(f"img_size {img_size_problem(cfg.img_size)}")
     if cfg.workers < 0 or cfg.workers > MAX_WORKERS:
         bad(f"workers must be from 0 to {MAX_WORKERS}, got {cfg.workers}")
     if not 0 <= cfg.seed < 2**63:
