@@ -170,10 +170,13 @@ def test_repact_paper_transforms_shapes():
     assert t_train(img).shape == (3, 224, 224)
     v = t_val(img)
     assert v.shape == (3, 224, 224) and v.dtype == torch.float32
-    names = [type(t).__name__ for t in t_train.transforms]
-    assert names[:5] == ["ToImage", "RandomResizedCrop", "ColorJitter", "RandomHorizontalFlip", "RandomRotation"]
-    assert [type(t).__name__ for t in t_val.transforms][1:3] == ["Resize", "CenterCrop"]
-    assert t_val.transforms[1].size == [256]
+    names = [type(t).__name__ for t in t_train.per_image.transforms]
+    assert names == ["RandomResizedCrop", "ColorJitter", "RandomHorizontalFlip", "RandomRotation"]
+    assert [type(t).__name__ for t in t_val.prep.transforms] == ["Resize", "CenterCrop"]
+    assert t_val.prep.transforms[0].size == [256]
+    # a batch of images of different sizes goes through the per-image ops, then one normalization
+    batch = t_train.batch([img, torch.randint(0, 256, (3, 250, 260), dtype=torch.uint8)])
+    assert batch.shape == (2, 3, 224, 224) and batch.dtype == torch.float32
 
 
 def test_unknown_dataset_and_augment():
@@ -198,7 +201,7 @@ def test_shared_mnist():
 @pytest.mark.data
 def test_shared_cifar10_jpeg_folder():
     root = shared_data("cifar10-jpeg")
-    tr, va, info = build_datasets("imagefolder", root)
+    tr, va, info = build_datasets("imagefolder", root, cache="off")
     assert (len(tr), len(va), info.num_classes, info.img_size) == (50000, 10000, 10, 32)
     assert info.classes[0] == "airplane" and info.classes[-1] == "truck"
     x, y = va[9999]

@@ -42,6 +42,11 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     g.add_argument("--download", action="store_true", default=S, help="download mnist/fashion_mnist/cifar (online)")
     g.add_argument("--img-size", type=int, default=S, help="input size (default: the dataset's own)")
     g.add_argument("--augment", default=S, help="auto (default), none, crop-flip, imagenet, repact-paper")
+    g.add_argument("--train-subset", type=int, default=S, help="train on a fixed class-balanced subset of N images")
+    g.add_argument("--cache", default=S, choices=("auto", "on", "off"), help="decode image folders once into a "
+                   "memory-mapped cache: auto (default: when it fits in half the free memory), on, off")
+    g.add_argument("--skip-bad-images", action="store_true", default=S, help="leave unreadable images out (counted) "
+                   "instead of stopping on the first")
     h = p.add_argument_group("optimization")
     h.add_argument("--recipe", default=S, help="preset: repact-paper (150 epochs, batch 32, SGD 0.01 cosine, "
                    "wd 4e-4, label smoothing 0.1, 224 px paper augmentation)")

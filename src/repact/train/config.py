@@ -35,6 +35,9 @@ class TrainConfig:
     download: bool = False
     img_size: int | None = None
     augment: str = "auto"
+    train_subset: int | None = None  # a fixed class-balanced subset of this many training images
+    cache: str = "auto"  # decoded-image cache of image folders: auto, on, off (repact.data.cache)
+    skip_bad_images: bool = False
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int | None = None
@@ -81,7 +84,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: keys a resumed run may change; every other key must match the checkpoint's config
 RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
-                               "data_dir", "download"})
+                               "data_dir", "download", "cache"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -198,10 +201,12 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("eval_batch_size", "limit_batches", "limit_val_batches", "img_size", "step_size"):
+    for name in ("eval_batch_size", "limit_batches", "limit_val_batches", "img_size", "step_size", "train_subset"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
             bad(f"{name} must be a positive integer (or unset), got {v}")
+    if cfg.cache not in ("auto", "on", "off"):
+        bad(f"unknown cache mode {cfg.cache!r}; accepted: auto, on, off")
     if cfg.workers < 0:
         bad(f"workers must be 0 or more, got {cfg.workers}")
     for name in ("lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "gamma"):

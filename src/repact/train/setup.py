@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data import build_datasets, dataset_channels
+from ..data import balanced_subset, build_datasets, dataset_channels
 from ..models import create_model, get_model_spec
 from .config import ConfigError, TrainConfig
 from .dist import DistEnv, ShardSampler
@@ -51,7 +51,8 @@ def build_data(cfg: TrainConfig):
     if not takes_channels and dataset_channels(cfg.dataset) == 3:
         channels = None
     return build_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment=cfg.augment,
-                          download=cfg.download, channels=channels)
+                          download=cfg.download, channels=channels, cache=cfg.cache,
+                          skip_bad_images=cfg.skip_bad_images, train_subset=cfg.train_subset)
 
 
 def build_model_for(cfg: TrainConfig, info) -> tuple[nn.Module, dict[str, Any]]:
@@ -106,7 +107,10 @@ def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: tor
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               pin_memory=pin, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
                               persistent_workers=False)
-    val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+    val_batch = cfg.eval_batch_size or 2 * cfg.batch_size
+    val_limit = cfg.limit_val_batches or cfg.limit_batches  # a fixed class-balanced subset, not the first batches
+    val_set = balanced_subset(val_set, val_limit * val_batch * env.world if val_limit else None)
+    val_loader = DataLoader(val_set, batch_size=val_batch,
                             sampler=ShardSampler(val_set, env.rank, env.world), num_workers=cfg.workers,
                             pin_memory=pin, worker_init_fn=seed_worker)
     return train_loader, sampler, gen, val_loader
