@@ -215,3 +215,19 @@ def test_missing_mnist_names_the_files(tmp_path):
         build_datasets("mnist", tmp_path)
     msg = str(e.value)
     assert "t10k-images-idx3-ubyte" in msg and "--download" in msg and str(tmp_path / "MNIST" / "raw") in msg
+
+
+def test_batched_random_crop_flip_crops_and_flips_each_image_on_its_own():
+    from repact.data.transforms import random_crop_flip
+
+    x = torch.randint(0, 256, (40, 2, 6, 5), dtype=torch.uint8)
+    torch.manual_seed(1)
+    out = random_crop_flip(x, 2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    seen = set()
+    for i in range(len(x)):
+        hits = [(t, l, f) for t in range(5) for l in range(5) for f in (False, True)
+                if torch.equal(out[i], (lambda s: s.flip(-1) if f else s)(padded[i, :, t:t + 6, l:l + 5]))]
+        assert hits, f"image {i} is no crop of its padded self"
+        seen.add(hits[0])
+    assert len(seen) > 10 and {f for _, _, f in seen} == {False, True}  # offsets and flips vary per image

@@ -60,18 +60,18 @@ def random_crop_flip(batch: torch.Tensor, padding: int) -> torch.Tensor:
     """Per image: a random ``H x W`` crop of the zero-padded image and a horizontal flip with p=0.5.
 
     ``batch`` is (N, C, H, W); the offsets and flips are drawn from torch's global generator (two
-    ``randint`` and one ``rand`` call per batch) and applied in one indexing op.
+    ``randint`` and one ``rand`` call per batch) and applied in one ``gather``.
     """
     n, c, h, w = batch.shape
     padded = torch.nn.functional.pad(batch, (padding, padding, padding, padding))
     top = torch.randint(0, 2 * padding + 1, (n,))
     left = torch.randint(0, 2 * padding + 1, (n,))
     flip = torch.rand(n) < 0.5
-    rows = top[:, None] + torch.arange(h)
     cols = torch.arange(w).expand(n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols) + left[:, None]
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    rows = top[:, None] + torch.arange(h)
+    flat = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
+    return padded.reshape(n, c, -1).gather(2, flat).reshape(n, c, h, w)
 
 
 class ImagePipeline:
