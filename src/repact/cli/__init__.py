@@ -18,7 +18,7 @@ from typing import Sequence
 __all__ = ["CLIError", "main", "SUBCOMMANDS"]
 
 #: subcommand modules, in the order ``repact --help`` lists them
-SUBCOMMANDS = ("demo", "acts", "train", "eval", "compare", "deploy", "bench", "verify")
+SUBCOMMANDS = ("demo", "acts", "train", "eval", "compare", "deploy", "bench", "verify", "plot", "cam")
 
 
 class CLIError(Exception):

@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--reparameterize", action="store_true", help="also evaluate the re-parameterized model")
     p.add_argument("--save-reparameterized", default=None, metavar="PATH",
                    help="write the re-parameterized model as a checkpoint (implies --reparameterize)")
+    p.add_argument("--confusion", default=None, metavar="F.png", help="also write the confusion matrix picture "
+                   "(png, svg or pdf; torchmetrics), with its top-1/top-5")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -64,6 +66,10 @@ def run(args) -> int:
             raise CLIError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device} was asked for but torch sees no CUDA device; use --device cpu")
+    if args.confusion:
+        from ..analysis.figures import output_path
+
+        args.confusion = str(output_path(args.confusion, None, "confusion", "--confusion")[0])  # fails before any work
     ckpt = load_checkpoint(_checkpoint_path(args.checkpoint))
     model = build_model(ckpt)
     cfg = dict(ckpt.state.get("config", {}))
@@ -108,6 +114,11 @@ def run(args) -> int:
     else:
         rows = [(label, evaluate(model, loader, device, limit=args.limit_batches))]
         extra = {}
+    if args.confusion:
+        from ..analysis.confusion import write_confusion
+
+        conf = write_confusion(model, loader, info.num_classes, args.confusion, device, args.limit_batches, info.classes)
+        extra["confusion"] = {"path": str(args.confusion), "acc1": conf.acc1, "acc5": conf.acc5, "n": conf.n}
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt.path), "dataset": dataset, "split": args.split,
                           "results": [{"model": r[0], **r[1]} for r in rows], **extra}, indent=2))
@@ -116,12 +127,15 @@ def run(args) -> int:
         print(f"{'model':<48} {'top-1 %':>9} {'top-5 %':>9} {'loss':>8}")
         for name, r in rows:
             print(f"{name:<48} {r['acc1']:>9.2f} {r['acc5']:>9.2f} {r['loss']:>8.4f}")
-        if extra:
+        if "confusion" in extra:
+            c = extra["confusion"]
+            print(f"wrote {c['path']} (confusion matrix, torchmetrics: top-1 {c['acc1']:.2f}%, top-5 {c['acc5']:.2f}%)")
+        if "acc1_change" in extra:
             print(f"re-parameterization: top-1 change {extra['acc1_change']:.4f} points, "
                   f"{extra['top1_flips']} changed predictions, max |logit error| {extra['max_abs_logit_error']:.3e}")
         if args.save_reparameterized:
             print(f"wrote {args.save_reparameterized}")
-    if extra and extra["acc1_change"] > MAX_ACC_CHANGE:
+    if extra.get("acc1_change", 0.0) > MAX_ACC_CHANGE:
         print(f"repact eval: re-parameterization changed top-1 by {extra['acc1_change']:.4f} points "
               f"(more than {MAX_ACC_CHANGE})", file=__import__("sys").stderr)
         return 1

@@ -76,6 +76,8 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     r.add_argument("--limit-val-batches", type=int, default=S, help="at most this many val batches per epoch")
     r.add_argument("--sync-bn", action="store_true", default=S, help="synchronized BatchNorm under DDP")
     r.add_argument("--quiet", action="store_true", default=S, help="no progress bar; one line per epoch")
+    r.add_argument("--tensorboard", action="store_true", default=S, help="also log scalars and the activation "
+                   "shapes to tensorboard/ in the run folder (needs tensorboard: pip install 'repact[tensorboard]')")
 
 
 _NOT_CONFIG = {"command", "func", "config", "resume", "overwrite", "acts", "models", "datasets", "seeds", "baseline",

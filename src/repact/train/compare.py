@@ -10,7 +10,7 @@ its own folder, and the summary is read back from the run folders, so it is the 
 The summary gives per cell the mean, sample std, 95% CI of the mean (t distribution, clipped to
 [0, 100]) and the difference to the baseline activation with Welch's 95% interval, the other
 epoch's accuracy, the mean best epoch and the training time per epoch, as Markdown and CSV, plus a
-bar plot with error bars.
+bar plot with error bars and the learning curves of every cell (mean and band over seeds).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ METRICS = {"last": "last_acc1", "best": "best_acc1"}
 EXECUTORS = ("local", "submitit")
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
-_FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "cache"}
+_FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "cache", "tensorboard"}
 
 
 @dataclass
@@ -399,7 +399,7 @@ def bar_plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) -> dict[str, Path]:
-    """compare.md, compare.csv (per cell), runs.csv (per run) and compare.png under ``out``."""
+    """compare.md, compare.csv (per cell), runs.csv (per run), compare.png and compare_curves.png under ``out``."""
     out = Path(out)
     rows = summarize_grid(grid, records)
     paths = {"markdown": out / "compare.md", "csv": out / "compare.csv", "runs": out / "runs.csv"}
@@ -409,4 +409,9 @@ def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) ->
     plot = bar_plot(grid, rows, out / "compare.png")
     if plot is not None:
         paths["plot"] = plot
+        from ..analysis.runs import write_compare_curves
+
+        curves = write_compare_curves(records, out / "compare_curves.png")
+        if curves is not None:
+            paths["curves"] = curves
     return paths

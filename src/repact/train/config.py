@@ -64,6 +64,7 @@ class TrainConfig:
     out: str | None = None
     recipe: str | None = None
     quiet: bool = False
+    tensorboard: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +85,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: keys a resumed run may change; every other key must match the checkpoint's config
 RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
-                               "data_dir", "download", "cache"})
+                               "data_dir", "download", "cache", "tensorboard"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

@@ -25,8 +25,9 @@ from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, s
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, setup_distributed
 from .evaluate import evaluate, topk_correct
-from .logs import GradProbe, RunLogger, activation_snapshot
+from .logs import RunLogger, activation_snapshot
 from .optim import build_optimizer, build_scheduler
+from .pictures import TracedGradProbe, log_tensorboard_pictures, write_run_pictures
 from .setup import build_data, build_model_for, make_loaders, pick_device
 from .state import capture_rng, is_run_dir, resolve_resume, restore_rng, seed_all
 
@@ -138,7 +139,6 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
-    probe = GradProbe(model)
     n_params = sum(p.numel() for p in model.parameters())
 
     start, best_acc1, best_epoch, history = 0, -1.0, 0, []
@@ -159,7 +159,10 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.as_dict(), sort_keys=False))
         logger.truncate_after(0)  # --overwrite: no records of an earlier run stay in the logs
         logger.log_init_acts(activation_snapshot(model))
-    logger.open_tensorboard(start)
+    if cfg.tensorboard and not logger.open_tensorboard(start):
+        _say("--tensorboard: tensorboard is not installed, so this run writes no TensorBoard logs "
+             "(pip install 'repact[tensorboard]')", cfg, env)
+    probe = TracedGradProbe(model, run_dir, steps, start, enabled=env.is_main)
 
     net = model
     if env.enabled:
@@ -203,6 +206,7 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
         rngs = all_gather_objects(capture_rng(), env)
         if env.is_main:
             logger.log_epoch(record, activation_snapshot(model))
+            log_tensorboard_pictures(logger, model, epoch + 1)
             state = {"epoch": epoch + 1, "best_acc1": best_acc1, "best_epoch": best_epoch, "history": history,
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
@@ -218,6 +222,8 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
         barrier(env)
     if start >= cfg.epochs and env.is_main:
         _write_summary(run_dir, cfg, history, best_epoch, n_params, complete=True)
+    if env.is_main:
+        write_run_pictures(run_dir, model, lambda m: _say(m, cfg, env))
     logger.close()
     summary = json.loads((run_dir / "summary.json").read_text()) if env.is_main else {}
     return RunResult(run_dir, summary, history, model if keep_model else None)

@@ -61,14 +61,16 @@ class RunLogger:
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
         self._write_csv()
 
-    def open_tensorboard(self, start_epoch: int) -> None:
+    def open_tensorboard(self, start_epoch: int) -> bool:
+        """Log to ``tensorboard/`` in the run folder too; False when tensorboard is not installed."""
         if not self.enabled:
-            return
+            return True
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard not installed
-            return
+        except ImportError:  # tensorboard not installed
+            return False
         self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_epoch + 1)
+        return True
 
     def log_epoch(self, record: dict[str, Any], acts: dict[str, Any] | None) -> None:
         if not self.enabled:
@@ -157,12 +159,15 @@ class GradProbe:
         self.steps = 0
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self) -> dict[str, torch.Tensor]:
+        """Add this step's values to the epoch's sums; returns them (device tensors)."""
+        now = {}
         for key, (_, w) in self.targets.items():
             if w.grad is not None:
-                v = w.grad.detach().abs().mean().float()
+                v = now[key] = w.grad.detach().abs().mean().float()
                 self.sums[key] = self.sums[key] + v if key in self.sums else v
         self.steps += 1
+        return now
 
     def epoch_means(self) -> dict[str, float]:
         n = max(1, self.steps)

@@ -70,8 +70,10 @@ def build_model_for(cfg: TrainConfig, info) -> tuple[nn.Module, dict[str, Any]]:
         raise ConfigError(f"model {cfg.model!r} rejected its options {kwargs}: {exc}") from None
     input_shape = [info.in_channels, info.img_size, info.img_size]
     prime_lazy(model, input_shape)
+    from ..analysis.preprocess import preprocess_record
+
     config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": kwargs,
-              "input_shape": input_shape}
+              "input_shape": input_shape, "preprocess": preprocess_record(info, cfg.augment)}
     return model, config
 
 
