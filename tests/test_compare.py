@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +48,11 @@ def test_confidence_intervals_are_clipped_to_0_100(tmp_path):
     recs = [{"dataset": "digits", "model": "small_cnn", "act": a, "seed": s, "status": "done", "last_acc1": v,
              "best_acc1": v, "best_epoch": 3, "epoch_time_s": 2.0, "train_images_per_s": 100.0}
             for a, vals in (("a", [100.0, 100.0, 97.0]), ("b", [0.0, 0.5, 4.0])) for s, v in zip(range(3), vals)]
+    for r in recs:  # each record's run folder, with the per-epoch log the learning curves read
+        r["run_dir"] = str(tmp_path / "runs" / f"{r['act']}{r['seed']}")
+        Path(r["run_dir"]).mkdir(parents=True)
+        (Path(r["run_dir"]) / "metrics.jsonl").write_text(
+            json.dumps({"epoch": 1, "val_acc1": r["last_acc1"], "train_loss": 1.0}) + "\n")
     rows = {r["act"]: r for r in summarize_grid(grid, recs)}
     assert rows["a"]["mean"] + rows["a"]["ci95"] > 100 and rows["a"]["ci_high"] == 100.0
     assert rows["b"]["mean"] - rows["b"]["ci95"] < 0 and rows["b"]["ci_low"] == 0.0
@@ -53,6 +60,7 @@ def test_confidence_intervals_are_clipped_to_0_100(tmp_path):
     md = paths["markdown"].read_text()
     assert "100.00]" in md and "[0.00," in md
     assert "| 3.0 | 2.0 | 100 |" in md  # best epoch, s / epoch, train img/s
+    assert paths["curves"].stat().st_size > 0
 
 
 def test_grid_runs_the_same_in_processes_and_through_submitit(tmp_path, capsys):
