@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_train  # noqa: E402  (the step this benchmark compares with)
 
+from repact.checkpoint import atomic_write_text  # noqa: E402
 from repact.data import build_datasets  # noqa: E402
 from repact.deploy import time_interleaved  # noqa: E402
 from repact.train import TrainConfig, train  # noqa: E402
@@ -71,8 +72,10 @@ def one_epoch(args, act: str, mode: str, out: Path) -> dict:
                       device=args.device, quiet=True, out=str(out))
     res = train(cfg, keep_model=False)
     h = res.history[0]
+    val_s = h["epoch_time_s"] - h["train_images"] / h["train_images_per_s"]  # the rest of the epoch: validation
     return {"train_images_per_s": h["train_images_per_s"], "train_images": h["train_images"],
-            "epoch_time_s": h["epoch_time_s"], "val_images": h["val_images"], "val_acc1": h["val_acc1"]}
+            "epoch_time_s": h["epoch_time_s"], "val_images": h["val_images"], "val_acc1": h["val_acc1"],
+            "val_images_per_s": h["val_images"] / max(val_s, 1e-9)}
 
 
 def main(argv=None) -> int:
@@ -135,6 +138,7 @@ def main(argv=None) -> int:
                             "ratio": ratio, "ratio_min": min(x["ratio"] for x in mine),
                             "ratio_max": max(x["ratio"] for x in mine),
                             "epoch_time_s": statistics.median(x["epoch_time_s"] for x in mine),
+                            "val_images_per_s": statistics.median(x["val_images_per_s"] for x in mine),
                             "val_images": mine[0]["val_images"], "meets_target": ratio >= TARGET_RATIO})
     print(f"\n{args.model}, {args.size} px, batch {args.batch}, {args.workers} loader worker(s), "
           f"{torch.get_num_threads()} threads, data {args.data_dir}")
@@ -142,13 +146,13 @@ def main(argv=None) -> int:
         print(f"cache {m}: {'cached' if c['cached'] else 'not cached'}, prepared in {c['prepare_s']:.1f} s"
               + (f" (decoding took {c['decode_s']:.1f} s when built)" if c["decode_s"] else ""))
     head = (f"{'act':<12} {'cache':<6} {'epoch img/s':>12} {'step img/s':>11} {'ratio':>6} {'range':>13} "
-            f"{'images':>7} {'epoch s':>8}  target >= {TARGET_RATIO}")
+            f"{'images':>7} {'epoch s':>8} {'val img/s':>10}  target >= {TARGET_RATIO}")
     print(head)
     print("-" * len(head))
     for r in summary:
         print(f"{r['act']:<12} {r['cache']:<6} {r['train_images_per_s']:12.1f} {r['step_images_per_s']:11.1f} "
               f"{r['ratio']:6.3f} {r['ratio_min']:6.3f}-{r['ratio_max']:<6.3f} {r['train_images']:>7} "
-              f"{r['epoch_time_s']:8.1f}  {'ok' if r['meets_target'] else 'MISS'}")
+              f"{r['epoch_time_s']:8.1f} {r['val_images_per_s']:10.1f}  {'ok' if r['meets_target'] else 'MISS'}")
     print(f"(medians over {args.rounds} round(s); epoch s: the whole epoch, validation of {summary[0]['val_images']} "
           "images included)")
     meta = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -159,9 +163,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "target_ratio": TARGET_RATIO, "caches": caches, "summary": summary, "runs": rows}
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp_out.replace(out)
+    atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0
 

@@ -65,6 +65,8 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     h.add_argument("--weight-decay", type=float, default=S, help="weight decay of conv/linear weights (default "
                    "5e-4); never applied to activation parameters, biases or norms")
     h.add_argument("--label-smoothing", type=float, default=S, help="label smoothing (default 0)")
+    h.add_argument("--bn-momentum", type=float, default=S, help="momentum of every BatchNorm's running statistics, "
+                   "e.g. 0.1 for all models alike (default: the model's own; torchvision's MobileNetV3 uses 0.01)")
     h.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")

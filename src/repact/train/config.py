@@ -53,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    bn_momentum: float | None = None  # every BatchNorm's running-statistics momentum (None: the model's own)
     amp: bool = False
     device: str = "auto"
     seed: int = 0
@@ -222,6 +223,8 @@ def validate_config(cfg: TrainConfig) -> None:
         bad(f"label_smoothing must lie in [0, 1), got {cfg.label_smoothing}")
     if cfg.warmup_epochs > cfg.epochs:
         bad(f"warmup_epochs ({cfg.warmup_epochs}) must not exceed epochs ({cfg.epochs})")
+    if cfg.bn_momentum is not None and not 0 < cfg.bn_momentum <= 1:
+        bad(f"bn_momentum must lie in (0, 1] (or unset for the model's own), got {cfg.bn_momentum}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         bad(f"grad_clip must be > 0 (or unset), got {cfg.grad_clip}")
     if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):

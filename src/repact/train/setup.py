@@ -16,7 +16,8 @@ from ..models import create_model, get_model_spec
 from .config import ConfigError, TrainConfig
 from .dist import DistEnv, ShardSampler
 
-__all__ = ["pick_device", "model_act", "build_data", "build_model_for", "prime_lazy", "make_loaders", "seed_worker"]
+__all__ = ["pick_device", "model_act", "build_data", "build_model_for", "prime_lazy", "set_bn_momentum", "make_loaders",
+           "seed_worker"]
 
 
 def pick_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
@@ -70,11 +71,21 @@ def build_model_for(cfg: TrainConfig, info) -> tuple[nn.Module, dict[str, Any]]:
         raise ConfigError(f"model {cfg.model!r} rejected its options {kwargs}: {exc}") from None
     input_shape = [info.in_channels, info.img_size, info.img_size]
     prime_lazy(model, input_shape)
+    if cfg.bn_momentum is not None:
+        set_bn_momentum(model, cfg.bn_momentum)
     from ..analysis.preprocess import preprocess_record
 
     config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": kwargs,
               "input_shape": input_shape, "preprocess": preprocess_record(info, cfg.augment)}
     return model, config
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> int:
+    """Set the running-statistics momentum of every BatchNorm (RepAct-III's own included); returns how many."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = momentum
+    return len(norms)
 
 
 @torch.no_grad()
