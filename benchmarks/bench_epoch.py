@@ -15,7 +15,9 @@ issue (reported, not asserted): >= 0.9.
     python benchmarks/bench_epoch.py --acts hardswish,relu,repact,repact_bn --train-subset 10000 --rounds 2
     python benchmarks/bench_epoch.py --quick                              # smoke run: 640 images
 
-The cache is built (or found) before anything is timed; its build time is reported apart.
+The cache is built (or found) before anything is timed; its build time is reported apart. Once per
+round and cache mode the data pipeline alone is timed too (the epoch's train loader, one pass, no
+model): its share of a step says how much of the gap to the step is data and how much the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from repact.checkpoint import atomic_write_text  # noqa: E402
 from repact.data import build_datasets  # noqa: E402
 from repact.deploy import time_interleaved  # noqa: E402
 from repact.train import TrainConfig, train  # noqa: E402
+from repact.train.dist import DistEnv  # noqa: E402
+from repact.train.setup import build_data, make_loaders  # noqa: E402
 
 TARGET_RATIO = 0.9
 DEFAULT_DATA = Path(os.environ.get("REPACT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
@@ -65,12 +69,26 @@ def prepare_cache(args, mode: str) -> dict:
             "train_images": info.train_size, "val_images": info.val_size}
 
 
+def epoch_config(args, act: str, mode: str, out: Path | None = None) -> TrainConfig:
+    return TrainConfig(model=args.model, act=act, dataset="imagefolder", data_dir=str(args.data_dir),
+                       img_size=args.size, epochs=1, batch_size=args.batch, workers=args.workers, cache=mode,
+                       train_subset=args.train_subset, limit_val_batches=args.limit_val_batches,
+                       device=args.device, quiet=True, out=str(out) if out else None)
+
+
+def loader_images_per_s(args, mode: str) -> float:
+    """One pass of the epoch's train loader alone (reading, augmenting, batching; no model)."""
+    cfg = epoch_config(args, "hardswish", mode)
+    train_set, val_set, _ = build_data(cfg)
+    loader = make_loaders(cfg, train_set, val_set, DistEnv(), torch.device("cpu"))[0]
+    t0, n = time.perf_counter(), 0
+    for _, y in loader:
+        n += len(y)
+    return n / (time.perf_counter() - t0)
+
+
 def one_epoch(args, act: str, mode: str, out: Path) -> dict:
-    cfg = TrainConfig(model=args.model, act=act, dataset="imagefolder", data_dir=str(args.data_dir),
-                      img_size=args.size, epochs=1, batch_size=args.batch, workers=args.workers, cache=mode,
-                      train_subset=args.train_subset, limit_val_batches=args.limit_val_batches,
-                      device=args.device, quiet=True, out=str(out))
-    res = train(cfg, keep_model=False)
+    res = train(epoch_config(args, act, mode, out), keep_model=False)
     h = res.history[0]
     val_s = h["epoch_time_s"] - h["train_images"] / h["train_images_per_s"]  # the rest of the epoch: validation
     return {"train_images_per_s": h["train_images_per_s"], "train_images": h["train_images"],
@@ -116,6 +134,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for mode in modes:
+                caches[mode].setdefault("loader_images_per_s_rounds", []).append(loader_images_per_s(args, mode))
                 for act in acts:
                     before = step_images_per_s(args, act, num_classes, device)
                     ep = one_epoch(args, act, mode, Path(tmp) / f"{act}-{mode}-{r}")
@@ -126,15 +145,20 @@ def main(argv=None) -> int:
                                  "step_images_per_s_after": after, "ratio": ep["train_images_per_s"] / step})
                     print(f"round {r + 1}/{args.rounds} {act} cache {mode}: epoch {ep['train_images_per_s']:.1f} "
                           f"img/s, step {step:.1f} img/s, ratio {rows[-1]['ratio']:.3f}", flush=True)
+    for c in caches.values():
+        c["loader_images_per_s"] = statistics.median(c["loader_images_per_s_rounds"])
     summary = []
     for mode in modes:
         for act in acts:
             mine = [x for x in rows if x["act"] == act and x["cache"] == mode]
             ratio = statistics.median(x["ratio"] for x in mine)
+            step_ips = statistics.median(x["step_images_per_s"] for x in mine)
             summary.append({"act": act, "cache": mode, "cached": caches[mode]["cached"], "rounds": len(mine),
                             "train_images": mine[0]["train_images"],
                             "train_images_per_s": statistics.median(x["train_images_per_s"] for x in mine),
-                            "step_images_per_s": statistics.median(x["step_images_per_s"] for x in mine),
+                            "step_images_per_s": step_ips,
+                            # data pipeline time / step time, for one batch
+                            "data_share_of_step": step_ips / caches[mode]["loader_images_per_s"],
                             "ratio": ratio, "ratio_min": min(x["ratio"] for x in mine),
                             "ratio_max": max(x["ratio"] for x in mine),
                             "epoch_time_s": statistics.median(x["epoch_time_s"] for x in mine),
@@ -144,17 +168,20 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} threads, data {args.data_dir}")
     for m, c in caches.items():
         print(f"cache {m}: {'cached' if c['cached'] else 'not cached'}, prepared in {c['prepare_s']:.1f} s"
-              + (f" (decoding took {c['decode_s']:.1f} s when built)" if c["decode_s"] else ""))
+              + (f" (decoding took {c['decode_s']:.1f} s when built)" if c["decode_s"] else "")
+              + f"; the data pipeline alone: {c['loader_images_per_s']:.0f} img/s "
+                f"({1e3 * args.batch / c['loader_images_per_s']:.1f} ms per batch)")
     head = (f"{'act':<12} {'cache':<6} {'epoch img/s':>12} {'step img/s':>11} {'ratio':>6} {'range':>13} "
-            f"{'images':>7} {'epoch s':>8} {'val img/s':>10}  target >= {TARGET_RATIO}")
+            f"{'data/step':>9} {'images':>7} {'epoch s':>8} {'val img/s':>10}  target >= {TARGET_RATIO}")
     print(head)
     print("-" * len(head))
     for r in summary:
         print(f"{r['act']:<12} {r['cache']:<6} {r['train_images_per_s']:12.1f} {r['step_images_per_s']:11.1f} "
-              f"{r['ratio']:6.3f} {r['ratio_min']:6.3f}-{r['ratio_max']:<6.3f} {r['train_images']:>7} "
+              f"{r['ratio']:6.3f} {r['ratio_min']:6.3f}-{r['ratio_max']:<6.3f} {r['data_share_of_step']:9.3f} "
+              f"{r['train_images']:>7} "
               f"{r['epoch_time_s']:8.1f} {r['val_images_per_s']:10.1f}  {'ok' if r['meets_target'] else 'MISS'}")
-    print(f"(medians over {args.rounds} round(s); epoch s: the whole epoch, validation of {summary[0]['val_images']} "
-          "images included)")
+    print(f"(medians over {args.rounds} round(s); data/step: the data pipeline's time per batch over the step's; "
+          f"epoch s: the whole epoch, validation of {summary[0]['val_images']} images included)")
     meta = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_s": time.time() - t_start,
