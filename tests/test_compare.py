@@ -63,14 +63,18 @@ def test_confidence_intervals_are_clipped_to_0_100(tmp_path):
     assert paths["curves"].stat().st_size > 0
 
 
-def test_grid_runs_the_same_in_processes_and_through_submitit(tmp_path, capsys):
-    pytest.importorskip("submitit")
-    out = tmp_path / "grid"
+def _reference_grid(capsys, out) -> list[dict[str, str]]:
+    """The grid run in sequence in this process; its summary without the timing columns."""
     rc, text, _ = _run(capsys, *GRID, "--out", str(out))
     assert rc == 0 and text.count("training (1 epochs)") == 4
-    reference = _stats(out)
     md = (out / "compare.md").read_text()
     assert "best-epoch top-1 % (mean ± std)" in md and "s / epoch" in md
+    return _stats(out)
+
+
+def test_grid_runs_the_same_in_parallel_processes(tmp_path, capsys):
+    out = tmp_path / "grid"
+    reference = _reference_grid(capsys, out)
     # two runs lost and one interrupted after its checkpoint: --jobs 2 finishes them, the summary is unchanged
     shutil.rmtree(_cell(out, "relu", 1))
     shutil.rmtree(_cell(out, "repact", 0))
@@ -81,7 +85,18 @@ def test_grid_runs_the_same_in_processes_and_through_submitit(tmp_path, capsys):
     assert _stats(out) == reference
     log = (out / "logs" / "digits-small_cnn-repact-seed1.log").read_text()
     assert "resuming" in log
-    # the same through submitit's jobs (its local executor here, SLURM where sbatch exists)
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+    # the finished grid again, sequentially: nothing to do, same summary
+    rc, text, _ = _run(capsys, *GRID, "--out", str(out))
+    assert rc == 0 and text.count("finished earlier, skipped") == 4 and _stats(out) == reference
+
+
+def test_grid_runs_the_same_through_submitit(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    out = tmp_path / "grid"
+    reference = _reference_grid(capsys, out)
+    # two runs lost: submitit's jobs (its local executor here, SLURM where sbatch exists) redo them
     shutil.rmtree(_cell(out, "relu", 0))
     shutil.rmtree(_cell(out, "repact", 1))
     rc, text, err = _run(capsys, *GRID, "--out", str(out), "--executor", "submitit", "--executor-kw",
@@ -92,9 +107,6 @@ def test_grid_runs_the_same_in_processes_and_through_submitit(tmp_path, capsys):
     assert any((out / "submitit").glob("*_submitted.pkl"))
     runs = list(csv.DictReader((out / "runs.csv").open()))
     assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
-    # the finished grid again, sequentially: nothing to do, same summary
-    rc, text, _ = _run(capsys, *GRID, "--out", str(out))
-    assert rc == 0 and text.count("finished earlier, skipped") == 4 and _stats(out) == reference
 
 
 def test_bad_executor_options(tmp_path, capsys, monkeypatch):
