@@ -296,7 +296,7 @@ def summarize_grid(grid: Grid, records: list[dict[str, Any]]) -> list[dict[str, 
         for m in grid.models:
             def vals(act: str, k: str = key) -> list[float]:
                 return [r[k] for r in records if (r["dataset"], r["model"], r["act"]) == (d, m, act)
-                        and r["status"] == "done" and r[k] is not None]
+                        and r["status"] == "done" and r.get(k) is not None]
 
             for a in grid.acts:
                 s = summarize(vals(a))
