@@ -16,12 +16,15 @@
  *   backward  h = g                   (aff == NULL)
  *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
  *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
- *   train_forward / train_backward   RepAct's whole training op (table from the branch weights,
- *             BatchNorm statistics and fold, the passes above, the table's VJP), see below; for
- *             the paper's branch sets the same passes in RepAct's own four-number basis (hsb_*)
+ *   train_forward / train_backward / train_sums   RepAct's whole training op (table from the
+ *             branch weights, BatchNorm statistics and fold, the passes above, the table's VJP),
+ *             see below; for the paper's branch sets the same passes in RepAct's own four-number
+ *             basis (hsb_*)
  *
  * Built by repact/_native/__init__.py with -O3 (and -march=native where the compiler takes it)
- * and OpenMP; the library shares the OpenMP runtime that PyTorch has already loaded.
+ * and OpenMP; the library shares the OpenMP runtime that PyTorch has already loaded. The entry
+ * points' prototypes come from the signature table there (a generated header, -include'd, so the
+ * compiler checks every definition against it), and so does REPACT_NATIVE_ABI.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -490,11 +493,6 @@ static int pq_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64
         }                                                                                        \
     }                                                                                            \
     return failed ? 2 : 0;                                                                       \
-}                                                                                                \
-                                                                                                 \
-int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, int64_t K,        \
-                          const T* t, const T* coef, int64_t Cc, int nthreads, double* out) {    \
-    return pq_sums_##SUF(x, NULL, outer, C, inner, K, t, coef, Cc, nthreads, out);               \
 }                                                                                                \
                                                                                                  \
 int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const double* aff,    \
@@ -1048,13 +1046,24 @@ DEFINE_BASIS_ENTRY(double, f64)
  * as a linear map of them, base and part (nb, S, 3) row-major:
  *     table[c] = sum_b w[c, b] * (base[b] + slope[c] * part[b]),   w = softmax(w_raw) for RepAct-II.
  * With K == HSWISH_BASIS, base and part are (nb, 4) and give the basis row (E, A, B, Q) instead.
- * gamma/beta (Cc) switch on RepAct-III's training BatchNorm (batch statistics over each table row).
+ * gamma/beta (Cc) switch on RepAct-III's BatchNorm, y = gamma (s(x) - mean) / sqrt(var + eps) + beta.
  *
- * forward:  y = s(x) (I/II), or gamma (s(x) - mean) / sqrt(var + eps) + beta with the batch mean
- *           and (biased) variance of s(x), written to mean/var (Cc, double) (III).
- * backward: gx, and the gradients of w_raw, slope, gamma, beta (each output may be NULL).
+ * BatchNorm modes (bn): BN_NONE (RepAct-I/II); BN_BATCH, the batch statistics of this call's x
+ * (the forward writes them to mean/var, (Cc) double); BN_GIVEN, batch statistics given: the
+ * forward reads mean/var (computed over several processes from repact_train_sums), the backward
+ * reads the sums of g and g (s - mean) over every process (gsums, (2, Cc)) and their count;
+ * BN_CONST, constant statistics (the running ones): y is an affine map of s, no gradient through
+ * mean/var.
+ *
+ * Statistics follow repact.ops.batchnorm: shifted sums S1 = sum(s - k), S2 = sum((s - k)^2) with
+ * k = s at each table's first element, mean = k + S1 / n, var = max(S2 / n - (S1 / n)^2, 0); the
+ * backward's sum of g (s - mean) is taken with the mean shifted out the same way.
  * Table math runs in double; the kernels see the table rounded to T, and so do the sums that use it.
  */
+#define BN_NONE 0
+#define BN_BATCH 1
+#define BN_GIVEN 2
+#define BN_CONST 3
 /* the table's shape in either form: S segments (0 for the basis), S3 coefficients per channel
  * (row-major in base/part), row sj's planar offset, and how many rows hold the constant term */
 #define TRAIN_SEGMENTS(K) ((K) == HSWISH_BASIS ? 0 : (K) + 1)
@@ -1089,41 +1098,103 @@ static void train_table_##SUF(const T* w_raw, const T* slope, const T* base, con
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
+/* s(v) in double from channel c's coefficients (planar, as the kernels read them) */            \
+static double train_eval_##SUF(double v, int64_t K, const T* t, const T* coef, int64_t Cc, int64_t c) {\
+    if (K == HSWISH_BASIS) {                                                                     \
+        double u = v + 3.0;                                                                      \
+        u = u > 0.0 ? (u < 6.0 ? u : 6.0) : 0.0;                                                 \
+        return (double)coef[c] + v * ((double)coef[Cc + c] + (v >= 0.0 ? (double)coef[2 * Cc + c] : 0.0)\
+                                      + (double)coef[3 * Cc + c] * u);                            \
+    }                                                                                            \
+    const int64_t S = K + 1;                                                                     \
+    int64_t seg = 0;                                                                             \
+    for (int64_t k = 0; k < K; ++k) seg += v >= (double)t[k];                                    \
+    const double a2 = (double)coef[(2 * S + seg) * Cc + c];                                      \
+    return (double)coef[seg * Cc + c] + v * ((double)coef[(S + seg) * Cc + c] + (a2 == 0.0 ? 0.0 : a2 * v));\
+}                                                                                                \
+                                                                                                 \
+/* coef with its constant rows lowered by shift[c] (s - shift, same kernels) into out */         \
+static void train_shift_##SUF(const T* coef, T* out, int64_t S, int64_t Cc, const double* shift) {\
+    memcpy(out, coef, sizeof(T) * (size_t)(TRAIN_ROWS(S) * Cc));                                 \
+    for (int64_t c = 0; c < Cc; ++c)                                                             \
+        for (int64_t js = 0; js < TRAIN_CONST(S); ++js) out[js * Cc + c] = (T)((double)coef[js * Cc + c] - shift[c]);\
+}                                                                                                \
+                                                                                                 \
+/* g == NULL: shift[c] = s at the table's first element, out = S1, S2 of s - shift; else out =   \
+ * sum g, sum g (s - shift) with the given shift (the mean) */                                   \
+static int train_shifted_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,\
+                                    int64_t K, const T* t, const T* coef, int64_t Cc, double* shift,\
+                                    double* out, int nth) {                                      \
+    const int64_t S = TRAIN_SEGMENTS(K);                                                         \
+    T* sc = (T*)malloc(sizeof(T) * (size_t)(TRAIN_ROWS(S) * Cc));                                \
+    if (!sc) return 2;                                                                           \
+    for (int64_t c = 0; !g && c < Cc; ++c) {                                                     \
+        const double k = train_eval_##SUF((double)x[Cc > 1 ? c * inner : 0], K, t, coef, Cc, c); \
+        shift[c] = isfinite(k) ? k : 0.0;                                                        \
+    }                                                                                            \
+    train_shift_##SUF(coef, sc, S, Cc, shift);                                                   \
+    const int rc = train_sums_##SUF(x, g, outer, C, inner, K, t, sc, Cc, nth, out);              \
+    free(sc);                                                                                    \
+    return rc;                                                                                   \
+}                                                                                                \
+                                                                                                 \
+/* the parameters' table: w (Cc, nb) and table (Cc, S3) in double, coef (planar, T) */           \
+typedef struct { double* w; double* table; T* coef; } TrainTable_##SUF;                          \
+static int train_build_##SUF(TrainTable_##SUF* tt, int64_t K, const T* w_raw, const T* slope,   \
+                             const T* base, const T* part, int64_t nb, int softmax, int64_t Cc) {\
+    const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S);                                     \
+    tt->w = (double*)malloc(sizeof(double) * (size_t)(Cc * (nb + S3)));                          \
+    tt->coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                        \
+    if (!tt->w || !tt->coef) return 2;                                                           \
+    tt->table = tt->w + Cc * nb;                                                                 \
+    train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, tt->w, tt->table, tt->coef); \
+    return 0;                                                                                    \
+}                                                                                                \
+static void train_free_##SUF(TrainTable_##SUF* tt) { free(tt->w); free(tt->coef); }             \
+                                                                                                 \
+int repact_train_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,     \
+                            int64_t K, const T* t, const T* w_raw, const T* slope, const T* base,\
+                            const T* part, int64_t nb, int softmax, int64_t Cc, double* shift,   \
+                            double* out, int nthreads) {                                         \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+    TrainTable_##SUF tt;                                                                         \
+    int rc = train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc);               \
+    if (rc == 0) rc = train_shifted_sums_##SUF(x, g, outer, C, inner, K, t, tt.coef, Cc, shift, out, nthreads);\
+    train_free_##SUF(&tt);                                                                       \
+    return rc;                                                                                   \
+}                                                                                                \
+                                                                                                 \
 int repact_train_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,        \
                                int64_t K, const T* t, const T* w_raw, const T* slope,            \
                                const T* base, const T* part, int64_t nb, int softmax,            \
-                               int64_t Cc, const T* gamma, const T* beta, double eps,            \
+                               int64_t Cc, const T* gamma, const T* beta, double eps, int bn,    \
                                double* mean, double* var, int nthreads) {                        \
-    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1 || bn < BN_NONE || bn > BN_CONST) return 1;\
     const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S), total = outer * C * inner;          \
-    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + Cc * S3 + 2 * Cc));          \
-    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                         \
-    int rc = (w && coef) ? 0 : 2;                                                                \
-    if (rc == 0) {                                                                               \
-        double* table = w + Cc * nb;                                                             \
-        double* st = table + Cc * S3;                                                            \
-        train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
-        if (gamma) {                                                                             \
-            rc = train_sums_##SUF(x, NULL, outer, C, inner, K, t, coef, Cc, nthreads, st);       \
-            const double n = (double)(total / Cc);                                               \
-            for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
-                const double m = st[c] / n;                                                      \
-                double v = st[Cc + c] / n - m * m;                                               \
-                v = v > 0.0 ? v : 0.0;                                                           \
-                mean[c] = m;                                                                     \
-                var[c] = v;                                                                      \
-                const double scale = (double)gamma[c] / sqrt(v + eps);                           \
-                const double shift = (double)beta[c] - m * scale;                                \
-                for (int64_t js = 0; js < S3; ++js) { /* rows js < TRAIN_CONST(S): constants */  \
-                    T* q = coef + js * Cc + c;                                                   \
-                    *q = (T)((double)*q * scale + (js < TRAIN_CONST(S) ? shift : 0.0));          \
-                }                                                                                \
-            }                                                                                    \
+    TrainTable_##SUF tt;                                                                         \
+    double* st = (double*)malloc(sizeof(double) * (size_t)(3 * Cc));                             \
+    int rc = st ? train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc) : 2;      \
+    if (rc == 0 && bn == BN_BATCH) {                                                             \
+        rc = train_shifted_sums_##SUF(x, NULL, outer, C, inner, K, t, tt.coef, Cc, st, st + Cc, nthreads);\
+        const double n = (double)(total / Cc);                                                   \
+        for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                            \
+            const double d = st[Cc + c] / n, v = st[2 * Cc + c] / n - d * d;                     \
+            mean[c] = st[c] + d;                                                                 \
+            var[c] = v > 0.0 ? v : 0.0;                                                          \
         }                                                                                        \
-        if (rc == 0) rc = train_fwd_##SUF(x, y, outer, C, inner, K, t, coef, Cc, nthreads);      \
     }                                                                                            \
-    free(w);                                                                                     \
-    free(coef);                                                                                  \
+    for (int64_t c = 0; rc == 0 && bn != BN_NONE && c < Cc; ++c) {                               \
+        const double scale = (double)gamma[c] / sqrt(var[c] + eps);                              \
+        const double shift = (double)beta[c] - mean[c] * scale;                                  \
+        for (int64_t js = 0; js < S3; ++js) { /* rows js < TRAIN_CONST(S): constants */          \
+            T* q = tt.coef + js * Cc + c;                                                        \
+            *q = (T)(tt.table[c * S3 + (S ? (js % S) * 3 + (js / S) : js)] * scale               \
+                     + (js < TRAIN_CONST(S) ? shift : 0.0));                                     \
+        }                                                                                        \
+    }                                                                                            \
+    if (rc == 0) rc = train_fwd_##SUF(x, y, outer, C, inner, K, t, tt.coef, Cc, nthreads);       \
+    if (st) train_free_##SUF(&tt);                                                               \
+    free(st);                                                                                    \
     return rc;                                                                                   \
 }                                                                                                \
                                                                                                  \
@@ -1131,44 +1202,42 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
                                 int64_t inner, int64_t K, const T* t, const T* w_raw,            \
                                 const T* slope, const T* base, const T* part, int64_t nb,        \
                                 int softmax, int64_t Cc, const T* gamma, const double* mean,     \
-                                const double* var, double eps, T* g_w, T* g_slope, T* g_gamma,   \
-                                T* g_beta, int nthreads) {                                       \
-    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+                                const double* var, double eps, int bn, const double* gsums,      \
+                                double count, T* g_w, T* g_slope, T* g_gamma, T* g_beta,         \
+                                int nthreads) {                                                  \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1 || bn < BN_NONE || bn > BN_CONST) return 1;\
     const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S), total = outer * C * inner;          \
     const int need_table = g_w != NULL || g_slope != NULL;                                       \
-    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + 2 * Cc * S3 + 3 * Cc + nb)); \
-    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                         \
-    int rc = (w && coef) ? 0 : 2;                                                                \
+    TrainTable_##SUF tt;                                                                         \
+    double* buf = (double*)malloc(sizeof(double) * (size_t)(Cc * S3 + 6 * Cc + nb));            \
+    int rc = buf ? train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc) : 2;     \
     if (rc == 0) {                                                                               \
-        double* table = w + Cc * nb;                                                             \
-        double* gc = table + Cc * S3;       /* planar sums from the kernel (see train_bwd) */    \
+        double* gc = buf;                   /* planar sums from the kernel (see train_bwd) */    \
         double* aff = gc + Cc * S3;         /* (3, Cc): alpha, beta, delta */                    \
-        double* gwb = aff + 3 * Cc;         /* (nb) scratch */                                   \
-        train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
-        if (gamma) {                                                                             \
-            /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
-            rc = train_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);          \
-            const double n = (double)(total / Cc);                                               \
-            for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
-                const double sum_g = gc[c], sum_gs = gc[Cc + c];                                 \
-                const double invstd = 1.0 / sqrt(var[c] + eps);                                  \
-                const double sum_gshat = invstd * (sum_gs - mean[c] * sum_g);                    \
-                const double gam = (double)gamma[c];                                             \
-                const double alpha = gam * invstd;                                               \
-                const double be = -gam * invstd * invstd * sum_gshat / n;                        \
-                aff[c] = alpha;                                                                  \
-                aff[Cc + c] = be;                                                                \
-                aff[2 * Cc + c] = -alpha * sum_g / n - be * mean[c];                             \
-                if (g_gamma) g_gamma[c] = (T)sum_gshat;                                          \
-                if (g_beta) g_beta[c] = (T)sum_g;                                                \
-            }                                                                                    \
+        double* gs = aff + 3 * Cc;          /* (2, Cc): sum g, sum g (s - mean) */               \
+        double* gwb = gs + 2 * Cc;          /* (nb) scratch */                                   \
+        if (bn == BN_GIVEN) memcpy(gs, gsums, sizeof(double) * (size_t)(2 * Cc));                \
+        else if (bn != BN_NONE)                                                                  \
+            rc = train_shifted_sums_##SUF(x, g, outer, C, inner, K, t, tt.coef, Cc, (double*)mean, gs, nthreads);\
+        const double n = bn == BN_GIVEN ? count : (double)(total / Cc);                          \
+        for (int64_t c = 0; rc == 0 && bn != BN_NONE && c < Cc; ++c) {                           \
+            /* the BatchNorm's backward: dL/ds = alpha g + beta s + delta */                     \
+            const double sum_g = gs[c], invstd = 1.0 / sqrt(var[c] + eps);                       \
+            const double sum_gshat = invstd * gs[Cc + c];                                        \
+            const double alpha = (double)gamma[c] * invstd;                                      \
+            const double be = bn == BN_CONST ? 0.0 : -alpha * invstd * sum_gshat / n;            \
+            aff[c] = alpha;                                                                      \
+            aff[Cc + c] = be;                                                                    \
+            aff[2 * Cc + c] = bn == BN_CONST ? 0.0 : -alpha * sum_g / n - be * mean[c];          \
+            if (g_gamma) g_gamma[c] = (T)sum_gshat;                                              \
+            if (g_beta) g_beta[c] = (T)sum_g;                                                    \
         }                                                                                        \
         if (rc == 0 && (gx || need_table))                                                       \
-            rc = train_bwd_##SUF(x, g, gx, need_table ? gc : NULL, gamma ? aff : NULL,           \
-                                 outer, C, inner, K, t, coef, Cc, nthreads);                     \
+            rc = train_bwd_##SUF(x, g, gx, need_table ? gc : NULL, bn != BN_NONE ? aff : NULL,   \
+                                 outer, C, inner, K, t, tt.coef, Cc, nthreads);                  \
         for (int64_t c = 0; rc == 0 && need_table && c < Cc; ++c) {                              \
             /* the table's VJP: d table[c] / d w[c, b] = base[b] + slope[c] part[b] */           \
-            const double* wc = w + c * nb;                                                       \
+            const double* wc = tt.w + c * nb;                                                    \
             const double sl = slope ? (double)slope[c] : 0.0;                                    \
             double gsl = 0.0, dot = 0.0;                                                         \
             for (int64_t b = 0; b < nb; ++b) {                                                   \
@@ -1187,12 +1256,12 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
             if (g_slope && slope) g_slope[c] = (T)gsl;                                           \
         }                                                                                        \
     }                                                                                            \
-    free(w);                                                                                     \
-    free(coef);                                                                                  \
+    if (buf) train_free_##SUF(&tt);                                                              \
+    free(buf);                                                                                   \
     return rc;                                                                                   \
 }
 
 DEFINE_TRAIN(float, f32)
 DEFINE_TRAIN(double, f64)
 
-int repact_native_abi_version(void) { return 5; }
+int repact_native_abi_version(void) { return REPACT_NATIVE_ABI; }
