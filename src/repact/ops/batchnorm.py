@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["accumulation_dtype", "batch_stats", "moments_from_sums", "merge_moments", "gather_moments",
-           "update_running"]
+           "update_running", "sync_group", "backward_terms"]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -106,3 +106,17 @@ def sync_group(bn: Optional[nn.Module]):
         return None
     group = bn.process_group if bn.process_group is not None else dist.group.WORLD
     return group if dist.get_world_size(group) > 1 else None
+
+
+def backward_terms(gamma: torch.Tensor, var: torch.Tensor, eps: float, sum_g: torch.Tensor,
+                   sum_g_centered: torch.Tensor, count: float, constant: bool):
+    """RepAct-III's BatchNorm backward as ``dL/ds = alpha g + c1 + c2 (s - mean)`` per table, from
+    ``sum g`` and ``sum g (s - mean)``: returns (alpha, c1, c2, grad gamma, grad beta). With
+    ``constant`` statistics (the running ones) no gradient flows through mean and var."""
+    invstd = torch.rsqrt(var + eps)
+    alpha = gamma.to(invstd.dtype) * invstd
+    sum_gshat = invstd * sum_g_centered
+    if constant:
+        zero = torch.zeros_like(alpha)
+        return alpha, zero, zero, sum_gshat, sum_g
+    return alpha, -alpha * sum_g / count, -alpha * invstd * sum_gshat / count, sum_gshat, sum_g

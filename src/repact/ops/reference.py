@@ -101,7 +101,9 @@ def _basis_views(rows: torch.Tensor, x: torch.Tensor, channel_dim: int):
 
 
 def _basis_slope(x, a, b, q):
-    u = torch.clamp(x + 3.0, 0.0, 6.0)
+    # u = clamp(x + 3, 0, 6), written so that autograd takes the right derivative at -3 and 3 (as
+    # the table's segments [-3, 3) and [3, inf) do) where clamp's backward takes the inner one
+    u = torch.where(x < -3.0, torch.zeros_like(x), torch.where(x < 3.0, x + 3.0, torch.full_like(x, 6.0)))
     return u, a + b * (x >= 0).to(x.dtype) + q * u
 
 
