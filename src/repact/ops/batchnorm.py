@@ -97,10 +97,10 @@ def update_running(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var:
 
 
 def sync_group(bn: Optional[nn.Module]):
-    """The process group whose statistics a RepAct-III's BatchNorm shares, or None: a
-    ``nn.SyncBatchNorm`` (what ``--sync-bn`` and ``nn.SyncBatchNorm.convert_sync_batchnorm`` make)
-    in training, with more than one process."""
-    if not isinstance(bn, nn.SyncBatchNorm) or not bn.training:
+    """The process group whose statistics a BatchNorm (RepAct-III's) shares, or None: a
+    ``nn.SyncBatchNorm`` or a ``repact.train.dist.CPUSyncBatchNorm`` (what ``--sync-bn`` makes) in
+    training, with more than one process."""
+    if not (isinstance(bn, nn.SyncBatchNorm) or getattr(bn, "sync_statistics", False)) or not bn.training:
         return None
     if not (dist.is_available() and dist.is_initialized()):
         return None

@@ -22,7 +22,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from . import reference
-from .batchnorm import gather_moments, moments_from_sums
+from .batchnorm import backward_terms, gather_moments, moments_from_sums
 from .cpu import BN_BATCH, BN_CONST, BN_GIVEN, BN_NONE, TrainArgs
 from .dispatch import choose
 from .layout import flat_view
@@ -57,13 +57,19 @@ def _kernel_forward(mod, view, a: TrainArgs, bn: int, running_mean, running_var,
 
 
 def _kernel_backward(mod, view, g, a: TrainArgs, bn: int, mean, var, count, group, need_x, need_params):
-    gsums = None
-    if bn == BN_GIVEN:
-        import torch.distributed as dist
+    if bn != BN_GIVEN:
+        return mod.train_backward(view, g, a, bn, mean, var, None, count, need_x, need_params)
+    # synced statistics: the input's gradient takes every process's sums of g and g (s - mean);
+    # gamma's and beta's stay this process's share (DDP reduces parameter gradients itself)
+    import torch.distributed as dist
 
-        _, gsums = mod.train_sums(view, a, g, mean)
-        dist.all_reduce(gsums, group=group)
-    return mod.train_backward(view, g, a, bn, mean, var, gsums, count, need_x, need_params)
+    _, local = mod.train_sums(view, a, g, mean)
+    total = local.clone()
+    dist.all_reduce(total, group=group)
+    gx, gw, gsl, ggm, gbt = mod.train_backward(view, g, a, bn, mean, var, total, count, need_x, need_params)
+    *_, ggm_local, gbt_local = backward_terms(a.gamma.detach().to(local.dtype), var.to(local.dtype), a.eps,
+                                              local[0], local[1], count, False)
+    return gx, gw, gsl, ggm_local.to(ggm.dtype), gbt_local.to(gbt.dtype)
 
 
 def _cast_grads(grads, params):
