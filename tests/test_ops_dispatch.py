@@ -58,3 +58,19 @@ def test_meta_tensors_run_without_a_host_copy():
             assert y.device.type == "meta" and y.shape == (2, 4, 5, 5)
     table = PiecewiseQuadratic([-1.0, 2.0], torch.randn(1, 3, 3)).to("meta")
     assert table(torch.empty(3, 7, device="meta")).shape == (3, 7)
+
+
+def test_ci_requires_the_native_build():
+    """REPACT_REQUIRE_NATIVE=1 (CI) turns a missing native build into an error instead of a fallback."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch, repact.ops as o; t = torch.randn(3); print(o.choose(t))"
+    env = dict(os.environ, REPACT_NATIVE="0")
+    ok = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == "reference"
+    env["REPACT_REQUIRE_NATIVE"] = "1"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert "REPACT_REQUIRE_NATIVE=1 but the native kernels are unavailable: disabled by REPACT_NATIVE=0" in bad.stderr

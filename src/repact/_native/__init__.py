@@ -21,7 +21,7 @@ import threading
 import zlib
 from pathlib import Path
 
-__all__ = ["library", "build_error", "cache_dir", "header", "ENTRY_POINTS", "ABI_VERSION"]
+__all__ = ["library", "build_error", "cache_dir", "header", "vector_bytes", "ENTRY_POINTS", "ABI_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ ENTRY_POINTS = {
                              "cd* var, double eps, int bn, cd* gsums, double count, T* g_w, T* g_slope, "
                              "T* g_gamma, T* g_beta, int nthreads",
 }
+#: entry points without arguments: the ABI number, the SIMD vector width the library was built for
+_PLAIN = ("repact_native_abi_version", "repact_native_vector_bytes")
 _SUFFIXES = {"f32": "float", "f64": "double"}
 _C_TYPES = {"T*": "{T}*", "cT*": "const {T}*", "d*": "double*", "cd*": "const double*", "i64": "int64_t",
             "int": "int", "double": "double"}
@@ -102,7 +104,7 @@ def header() -> str:
         for suffix, ctype in _SUFFIXES.items():
             args = ", ".join(f"{_C_TYPES[t].format(T=ctype)} {a}" for t, a in _args(spec))
             lines.append(f"int {name}_{suffix}({args});")
-    lines.append("int repact_native_abi_version(void);")
+    lines += [f"int {name}(void);" for name in _PLAIN]
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +118,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             fn = getattr(lib, f"{name}_{suffix}")
             fn.argtypes = [_CTYPES[t] for t, _ in _args(spec)]
             fn.restype = ctypes.c_int
-    lib.repact_native_abi_version.restype = ctypes.c_int
+    for name in _PLAIN:
+        getattr(lib, name).restype = ctypes.c_int
 
 
 def _flag_sets() -> list[list[str]]:
@@ -195,6 +198,12 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("repact native kernels unavailable, using the PyTorch path: %s", exc)
         return None, str(exc)
+
+
+def vector_bytes() -> int | None:
+    """The SIMD vector width (bytes) the loaded library was built for: 64 (AVX-512), 32 (AVX), 16."""
+    lib = library()
+    return None if lib is None else lib.repact_native_vector_bytes()
 
 
 def build_error() -> str | None:

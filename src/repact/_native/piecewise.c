@@ -632,7 +632,11 @@ static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 
     const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;
 
 /* per-channel maps of L to 16 L elements run in straddling vectors (hsb_straddle) */
+#ifdef REPACT_NO_STRADDLE /* (for measuring what the straddling walk gains) */
+#define HSB_STRADDLE(T, inner) 0
+#else
 #define HSB_STRADDLE(T, inner) ((inner) >= VBYTES / (int64_t)sizeof(T) && (inner) < 16 * (VBYTES / (int64_t)sizeof(T)))
+#endif
 
 #define HSB_FWD 0
 #define HSB_SUMS 1
@@ -1265,3 +1269,4 @@ DEFINE_TRAIN(float, f32)
 DEFINE_TRAIN(double, f64)
 
 int repact_native_abi_version(void) { return REPACT_NATIVE_ABI; }
+int repact_native_vector_bytes(void) { return VBYTES; }
