@@ -166,3 +166,28 @@ def test_large_offset_statistics():
     var = s.var((0, 2, 3), unbiased=True)
     expect = 0.9 * 1.0 + 0.1 * var
     torch.testing.assert_close(m.bn.running_var.double().cpu(), expect, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["origin", "softmax", "bn"])
+def test_only_the_input_is_kept_for_backward(variant):
+    """The training op (and ACON's, and the table op under autograd) on the Triton kernels keep
+    nothing input-sized for backward but the input itself."""
+    x, g = _input("channels_last", seed=11)
+    table = torch.randn(C, 4, 3).to(DEVICE).requires_grad_(True)
+    acon = repact.create_act("acon_c", channels=C).to(DEVICE)
+    m = _repact(variant, "channel", "channels_last").train().to(DEVICE)
+    for fn in (m, acon, lambda t: piecewise_quadratic(t, torch.tensor([-1.0, 0.0, 2.0], device=DEVICE), table, 1)):
+        xi = x.clone().requires_grad_(True)
+        saved = []
+
+        def pack(t):
+            saved.append(t)
+            return t
+
+        with backend("triton"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = fn(xi)
+        big = [t for t in saved if t.numel() >= x.numel()]
+        assert len(big) == 1 and big[0].data_ptr() == xi.data_ptr(), [tuple(t.shape) for t in saved]
+        with backend("triton"):
+            y.backward(g)
+        assert xi.grad is not None and xi.grad.shape == x.shape
