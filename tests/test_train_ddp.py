@@ -30,8 +30,8 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _torchrun(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **extra_env)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            *args], env=env, capture_output=True, text=True, timeout=600)
 
@@ -67,7 +67,7 @@ SYNC_WORKER = textwrap.dedent('''
     from safetensors.torch import save_file
     sys.path.insert(0, sys.argv[3])
     from test_train_ddp import sync_case
-    from repact.ops import backend
+    from repact.ops import backend, choose
     from repact.train.dist import convert_sync_batchnorm
 
     out = sys.argv[1]
@@ -80,6 +80,7 @@ SYNC_WORKER = textwrap.dedent('''
         lo, hi = (0, 3) if rank == 0 else (3, x.shape[0])  # uneven shares: statistics merge count-weighted
         xi = x[lo:hi].clone().requires_grad_(True)
         with backend(impl):
+            assert choose(xi) == impl
             for _ in range(2):  # two steps: the running statistics follow both
                 y = model(xi)
             y.backward(g[lo:hi])
@@ -111,19 +112,20 @@ def sync_case(gran):
 def test_sync_bn_equals_one_process_on_the_whole_batch(tmp_path):
     """--sync-bn on gloo: outputs, input gradients (every process's sums), parameter gradients
     (summed over the processes, as DDP does) and running statistics of BatchNorm2d and RepAct-III
-    (layer- and channel-wise, cpu kernels or reference) equal one process on the whole batch."""
-    from repact.ops import backend, native_available
+    (layer- and channel-wise; reference, cpu kernels, and the Triton kernels in Triton's interpreter)
+    equal one process on the whole batch."""
+    from repact.ops import backend, native_available, triton_available
 
-    impls = ["reference"] + (["cpu"] if native_available() else [])
+    impls = ["reference"] + (["cpu"] if native_available() else []) + (["triton"] if triton_available() else [])
     script = tmp_path / "sync_worker.py"
     script.write_text(SYNC_WORKER)
-    proc = _torchrun(str(script), str(tmp_path), ",".join(impls), str(Path(__file__).parent))
+    proc = _torchrun(str(script), str(tmp_path), ",".join(impls), str(Path(__file__).parent), TRITON_INTERPRET="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for impl, gran in [(i, gr) for i in impls for gr in ("layer", "channel")]:
         model, x, g = sync_case(gran)
         model.train()
         xi = x.clone().requires_grad_(True)
-        with backend(impl):
+        with backend("reference" if impl == "triton" else impl):  # (Triton's interpreter is off here)
             for _ in range(2):
                 y = model(xi)
             y.backward(g)
