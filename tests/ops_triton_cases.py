@@ -191,3 +191,15 @@ def test_only_the_input_is_kept_for_backward(variant):
         with backend("triton"):
             y.backward(g)
         assert xi.grad is not None and xi.grad.shape == x.shape
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA device")
+def test_auto_takes_triton_for_cuda_tensors():
+    """Under the default backend CUDA tensors of every supported dtype run on the Triton kernels."""
+    from repact.ops import get_backend
+
+    assert get_backend() == "auto"
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        x = torch.randn(2, C, 3, 3, device=DEVICE, dtype=dtype)
+        assert choose(x) == "triton"
+        assert choose(x.to(memory_format=torch.channels_last)) == "triton"
