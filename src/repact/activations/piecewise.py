@@ -86,13 +86,15 @@ class PiecewiseQuadratic(Activation):
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
-        cd = x.dim() - 1 if (self.channels_last or x.dim() == 1) else 1
-        if self.coeffs.shape[0] > 1 and (x.dim() < 2 or x.shape[cd] != self.coeffs.shape[0]):
+        nd = x.dim()
+        coeffs = self.coeffs
+        cd = nd - 1 if (self.channels_last or nd == 1) else 1
+        if coeffs.shape[0] > 1 and (nd < 2 or x.shape[cd] != coeffs.shape[0]):
             self.check_channels(x)
         # the kernels' form of the table (RepAct's basis for a canonical table) is cached in
         # _table_cache and rebuilt when the buffers change (in place or moved)
         cache = None if torch.compiler.is_compiling() else self.__dict__
-        return piecewise_quadratic(x, self.knots, self.coeffs, cd, basis_ok=self.hardswish_form, cache=cache)
+        return piecewise_quadratic(x, self.knots, coeffs, cd, basis_ok=self.hardswish_form, cache=cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():

@@ -80,7 +80,8 @@ class _AconFn(torch.autograd.Function):
 def _tracing() -> bool:
     # tracers and compilers see the plain expression (no Python op in the graph; the compiler
     # chooses what to recompute itself)
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    # (ONNX export traces or compiles)
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def acon(

@@ -97,24 +97,22 @@ def triton_interpreted() -> bool:
     return _triton.interpreted()
 
 
-def _exporting() -> bool:
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 def choose(x: torch.Tensor, *, compiled: bool = False) -> str:
     """The backend that runs an op on ``x``: ``"reference"``, ``"cpu"`` or ``"triton"``.
 
     Under ``torch.compile`` (a fake ``x``) only device and dtype are known: with ``compiled=True``
     the caller has a registered op for the kernels and gets ``cpu``/``triton`` where they apply;
-    otherwise the reference (which the compiler fuses). Scripting, tracing and ONNX export always
-    get the reference.
+    otherwise the reference (which the compiler fuses). Scripting, tracing and ONNX export (which
+    traces, or compiles) always get the reference.
     """
-    if _backend == "reference" or _exporting():
+    if _backend == "reference" or torch.jit.is_scripting() or torch.jit.is_tracing():
         return "reference"
     compiling = torch.compiler.is_compiling()
-    if compiling and not compiled:
-        return "reference"
-    if not compiling and (type(x) is not torch.Tensor or x.layout != torch.strided or x.numel() == 0):
+    if compiling:
+        # (asked only here: is_in_onnx_export costs microseconds; the exporter traces or compiles)
+        if not compiled or torch.onnx.is_in_onnx_export():
+            return "reference"
+    elif type(x) is not torch.Tensor or x.layout != torch.strided or x.numel() == 0:
         return "reference"
     dev = x.device.type
     if dev == "cpu" and _backend in ("auto", "cpu") and x.dtype in CPU_DTYPES and native_available():

@@ -25,15 +25,18 @@ __all__ = ["piecewise_quadratic", "piecewise_quadratic_torch", "backend_module"]
 piecewise_quadratic_torch = reference.pq_forward
 
 
+_BACKEND_MODULES: dict = {}
+
+
 def backend_module(name: str):
-    """The module of a kernel backend (``cpu`` or ``triton``)."""
-    if name == "cpu":
-        from . import cpu
+    """The module of a kernel backend (``cpu`` or ``triton``; imported on first use)."""
+    mod = _BACKEND_MODULES.get(name)
+    if mod is None:
+        import importlib
 
-        return cpu
-    from . import _triton
-
-    return _triton
+        mod = _BACKEND_MODULES[name] = importlib.import_module(f".{'cpu' if name == 'cpu' else '_triton'}",
+                                                               __package__)
+    return mod
 
 
 def _version(t: torch.Tensor) -> int:
@@ -48,10 +51,12 @@ def _prepared(name: str, x: torch.Tensor, knots, coeffs, basis_ok: bool, holder:
     mod = backend_module(name)
     if holder is None:
         return mod.prepare(knots, coeffs, x.dtype, basis_ok)
-    key = (name, x.dtype, x.device, coeffs.data_ptr(), _version(coeffs), knots.data_ptr(), _version(knots), basis_ok)
+    # keyed on the table's storage and in-place counters; the cache also holds the table tensors
+    # themselves, so no other table can take over their storage while the entry lives
+    key = (name, x.dtype, coeffs.data_ptr(), _version(coeffs), knots.data_ptr(), _version(knots), basis_ok)
     cache = holder.get("_table_cache")
-    if cache is None or cache[0] != key:
-        cache = (key, mod.prepare(knots, coeffs, x.dtype, basis_ok))
+    if cache is None or cache[0] != key or cache[2] is not coeffs or cache[3] is not knots:
+        cache = (key, mod.prepare(knots, coeffs, x.dtype, basis_ok), coeffs, knots)
         holder["_table_cache"] = cache
     return cache[1]
 
@@ -61,11 +66,12 @@ def _view(name: str, x: torch.Tensor, cd: int, cc: int) -> Optional[FlatView]:
 
 
 def _forward(name, x, knots, coeffs, cd, basis_ok, holder):
-    view = _view(name, x, cd, coeffs.shape[0])
+    cc = coeffs.shape[0]
+    view = _view(name, x, cd, cc)
     if view is None:
         return reference.pq_forward(x, knots, coeffs, cd)
-    prepared = _prepared(name, x, knots, coeffs, basis_ok, holder)
-    return backend_module(name).pq_forward(view, prepared, coeffs.shape[0]).reshape(x.shape)
+    y = backend_module(name).pq_forward(view, _prepared(name, x, knots, coeffs, basis_ok, holder), cc)
+    return y if view.data is x else y.reshape(x.shape)
 
 
 def _backward(name, g, x, knots, coeffs, cd, need_x, need_c):
@@ -117,18 +123,21 @@ def piecewise_quadratic(
         raise ValueError(
             f"{knots.numel()} knots need {knots.numel() + 1} segments, coeffs has {coeffs.shape[1]}"
         )
-    if x.dim() == 0:
+    nd = x.dim()
+    if nd == 0:
         return piecewise_quadratic(x.reshape(1), knots, coeffs, 0).reshape(())
-    cd = channel_dim + x.dim() if channel_dim < 0 else channel_dim
-    if coeffs.shape[0] > 1 and (cd >= x.dim() or x.shape[cd] != coeffs.shape[0]):
+    cd = channel_dim + nd if channel_dim < 0 else channel_dim
+    if coeffs.shape[0] > 1 and (cd >= nd or x.shape[cd] != coeffs.shape[0]):
         raise ValueError(
             f"per-channel coefficients for {coeffs.shape[0]} channels do not match input shape "
             f"{tuple(x.shape)} with channels on dim {channel_dim}"
         )
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or coeffs.requires_grad)
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_scripting() or torch.jit.is_tracing():  # (ONNX export traces, or compiles)
         return reference.pq_forward(x, knots, coeffs, cd)
     if torch.compiler.is_compiling():
+        if torch.onnx.is_in_onnx_export():
+            return reference.pq_forward(x, knots, coeffs, cd)
         if basis_ok:  # fewer ops for the compiler to fuse than the where-chain (same function)
             return reference.basis_forward(x, _basis_rows_in_graph(coeffs), cd)
         # under autograd the compiler would keep one mask per knot for backward (and store them

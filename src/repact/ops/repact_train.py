@@ -73,7 +73,8 @@ def _kernel_backward(mod, view, g, a: TrainArgs, bn: int, mean, var, count, grou
 
 
 def _cast_grads(grads, params):
-    return tuple(None if t is None or p is None else t.to(p.dtype) for t, p in zip(grads, params))
+    return tuple(None if t is None or p is None else (t if t.dtype == p.dtype else t.to(p.dtype))
+                 for t, p in zip(grads, params))
 
 
 class _TrainFn(torch.autograd.Function):
@@ -81,24 +82,21 @@ class _TrainFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps, cd,
-                name, group):
+                name, group, view):
         a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
         bn = _bn_mode(gamma, running_mean, group)
-        mod = backend_module(name)
-        view = flat_view(x, cd, a.rows)
         with torch.no_grad():
-            y, mean, var, count = _kernel_forward(mod, view, a, bn, running_mean, running_var, group)
-        if bn == BN_CONST:
-            mean, var = running_mean, running_var
-        ctx.save_for_backward(x, w_raw, slope, gamma, beta, knots, base, part, mean, var)
+            y, mean, var, count = _kernel_forward(backend_module(name), view, a, bn, running_mean, running_var, group)
+        batch = bn in (BN_BATCH, BN_GIVEN)
+        kept = (mean, var) if batch else (running_mean, running_var)
+        ctx.save_for_backward(x, w_raw, slope, gamma, beta, knots, base, part, *kept)
         ctx.conf = (softmax, eps, cd, name, group, bn, count)
-        out_mean = mean if bn in (BN_BATCH, BN_GIVEN) else x.new_empty(0)
-        out_var = var if bn in (BN_BATCH, BN_GIVEN) else x.new_empty(0)
-        ctx.mark_non_differentiable(out_mean, out_var)
-        return y.reshape(x.shape), out_mean, out_var, torch.tensor(count)
+        if batch:
+            ctx.mark_non_differentiable(mean, var)
+        return (y if y.shape == x.shape else y.reshape(x.shape)), mean, var, count
 
     @staticmethod
-    def backward(ctx, g, _gmean, _gvar, _gcount):
+    def backward(ctx, g, _gmean, _gvar, _count):
         x, w_raw, slope, gamma, beta, knots, base, part, mean, var = ctx.saved_tensors
         softmax, eps, cd, name, group, bn, count = ctx.conf
         a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
@@ -107,10 +105,10 @@ class _TrainFn(torch.autograd.Function):
         with torch.no_grad():
             gx, gw, gsl, ggm, gbt = _kernel_backward(backend_module(name), view, g, a, bn, mean, var, count, group,
                                                     ctx.needs_input_grad[0], need_params)
-        if gx is not None:
+        if gx is not None and gx.shape != x.shape:
             gx = gx.reshape(x.shape)
         gw, gsl, ggm, gbt = _cast_grads((gw, gsl, ggm, gbt), (w_raw, slope, gamma, beta))
-        return gx, gw, gsl, ggm, gbt, None, None, None, None, None, None, None, None, None, None
+        return gx, gw, gsl, ggm, gbt, None, None, None, None, None, None, None, None, None, None, None
 
 
 def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
@@ -137,19 +135,28 @@ def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Ten
         name = "reference"
     else:
         name = choose(x)
-        if name != "reference" and flat_view(x, channel_dim, cc) is None:
-            name = "reference"
-    params = (w_raw, slope, gamma, beta)
+    view = None if name == "reference" else flat_view(x, channel_dim, cc)
+    if view is None:
+        name = "reference"
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or w_raw.requires_grad or (slope is not None and slope.requires_grad)
+        or (gamma is not None and gamma.requires_grad) or (beta is not None and beta.requires_grad))
     if name == "reference":
         args = (x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps,
                 channel_dim, group)
-        if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
+        if needs_grad:
             # plain ops, recomputed from x in backward (left to itself, autograd or the compiler's
             # partitioner would keep the masks and intermediates instead)
             return checkpoint(reference.repact_train, *args, use_reentrant=False)
         return reference.repact_train(*args)
-    y, mean, var, count = _TrainFn.apply(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part,
-                                         softmax, eps, channel_dim, name, group)
+    if needs_grad:
+        y, mean, var, count = _TrainFn.apply(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base,
+                                             part, softmax, eps, channel_dim, name, group, view)
+    else:
+        a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
+        y, mean, var, count = _kernel_forward(backend_module(name), view, a, bn, running_mean, running_var, group)
+        if y.shape != x.shape:
+            y = y.reshape(x.shape)
     if bn in (BN_BATCH, BN_GIVEN):
-        return y, mean, var, int(count)
+        return y, mean, var, count
     return y, None, None, 0
