@@ -170,6 +170,25 @@ def test_argument_errors():
         set_backend("cuda")
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool], ids=str)
+def test_deploy_module_refuses_integer_input(dtype):
+    """Like F.hardswish, the deploy form refuses non-float input with a TypeError naming the dtype
+    (it used to return the integer-truncated table silently), eager and scripted."""
+    from repact import PiecewiseQuadratic
+
+    knots, coeffs = _table(3, 3)
+    m = PiecewiseQuadratic(knots, coeffs)
+    x = torch.tensor([[-5, 0, 5], [1, 2, 3]]).to(dtype)
+    with pytest.raises(TypeError, match=rf"PiecewiseQuadratic takes a floating-point input.*{dtype}"):
+        m(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated upstream
+        scripted = torch.jit.script(m)
+    with pytest.raises(Exception, match="PiecewiseQuadratic takes a floating-point input"):
+        scripted(x)
+    torch.testing.assert_close(scripted(x.double()), m(x.double()))
+
+
 def test_torch_form_is_scriptable():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated upstream

@@ -8,7 +8,7 @@ import torch
 
 from .. import fuse
 from ..ops.piecewise import piecewise_quadratic, piecewise_quadratic_torch
-from .base import Activation
+from .base import Activation, check_float_input
 
 __all__ = ["PiecewiseQuadratic"]
 
@@ -97,6 +97,7 @@ class PiecewiseQuadratic(Activation):
         return piecewise_quadratic(x, self.knots, coeffs, cd, basis_ok=self.hardswish_form, cache=cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(x, "PiecewiseQuadratic")
         if not torch.jit.is_scripting():
             return self._forward_eager(x)
         return piecewise_quadratic_torch(x, self.knots, self.coeffs, self._channel_dim(x))
