@@ -141,16 +141,20 @@ def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int, de
     variants = _variants(shape[1], with_compile, device)
     rows = {k: {"variant": k, "group": grp, "fwd": [], "fwdbwd": []} for k, (grp, _) in variants.items()}
     xg = x.clone().requires_grad_(True)
+    # float16/bfloat16 inputs run as under AMP: float32 parameters, autocast on
+    amp = (lambda: torch.autocast(device, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
 
     def fwd(m):
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             m(x)
 
     def fwdbwd(m):
         xg.grad = None
         for p in m.parameters():
             p.grad = None
-        m(xg).backward(g)
+        with amp():
+            y = m(xg)
+        y.backward(g.to(y.dtype))
 
     # each compiled module compiles with grad on and off
     with compile_cache_room(2 * len(variants)) if with_compile else contextlib.nullcontext():
@@ -178,7 +182,8 @@ def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int, de
     for key, r in rows.items():
         m = variants[key][1]
         compiled = key.endswith("[compiled]")
-        saved = None if compiled else _saved_bytes(m, x) / xbytes
+        with amp():
+            saved = None if compiled else _saved_bytes(m, x) / xbytes
         f, fb = statistics.median(r["fwd"]), statistics.median(r["fwdbwd"])
         out.append({
             "shape": list(shape), "variant": key, "group": r["group"], "compiled": compiled,
@@ -226,7 +231,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda: CUDA tensors (Triton kernels under the auto backend), CUDA-event timing, peak memory")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="input dtype; float16/bfloat16 run under torch.autocast, as in AMP training")
     ap.add_argument("--no-steady-malloc", action="store_true",
                     help="leave glibc free to mmap/trim (then page faults land on whichever variant runs after a trim)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_ops.json"))
@@ -240,11 +246,6 @@ def main(argv=None) -> int:
         return 2
     steady = False if (args.no_steady_malloc or args.device == "cuda") else steady_malloc()
     dtype = getattr(torch, args.dtype)
-    rows = []
-    for shape in shapes:
-        print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
-        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed, args.device, dtype)
-    print(_table(rows))
     meta = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "native_kernels": native_available(), "reps": reps,
@@ -255,7 +256,14 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    rows = []
+    for i, shape in enumerate(shapes):
+        print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
+        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed, args.device, dtype)
+        # written after every shape: a run stopped by a time limit keeps the shapes it finished
+        meta["complete"] = i == len(shapes) - 1
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(_table(rows))
     print(f"\nwrote {out}")
     return 0
 
