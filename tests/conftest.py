@@ -30,6 +30,19 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache(tmp_path_factory):
+    """Decoded-image caches built by the tests (and the CLI subprocesses they start) go to a
+    temporary folder, not to ~/.cache/repact."""
+    old = os.environ.get("REPACT_DATA_CACHE")
+    os.environ["REPACT_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+    yield
+    if old is None:
+        os.environ.pop("REPACT_DATA_CACHE", None)
+    else:
+        os.environ["REPACT_DATA_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -170,10 +170,13 @@ def test_repact_paper_transforms_shapes():
     assert t_train(img).shape == (3, 224, 224)
     v = t_val(img)
     assert v.shape == (3, 224, 224) and v.dtype == torch.float32
-    names = [type(t).__name__ for t in t_train.transforms]
-    assert names[:5] == ["ToImage", "RandomResizedCrop", "ColorJitter", "RandomHorizontalFlip", "RandomRotation"]
-    assert [type(t).__name__ for t in t_val.transforms][1:3] == ["Resize", "CenterCrop"]
-    assert t_val.transforms[1].size == [256]
+    names = [type(t).__name__ for t in t_train.per_image.transforms]
+    assert names == ["RandomResizedCrop", "ColorJitter", "RandomHorizontalFlip", "RandomRotation"]
+    assert [type(t).__name__ for t in t_val.prep.transforms] == ["Resize", "CenterCrop"]
+    assert t_val.prep.transforms[0].size == [256]
+    # a batch of images of different sizes goes through the per-image ops, then one normalization
+    batch = t_train.batch([img, torch.randint(0, 256, (3, 250, 260), dtype=torch.uint8)])
+    assert batch.shape == (2, 3, 224, 224) and batch.dtype == torch.float32
 
 
 def test_unknown_dataset_and_augment():
@@ -198,7 +201,7 @@ def test_shared_mnist():
 @pytest.mark.data
 def test_shared_cifar10_jpeg_folder():
     root = shared_data("cifar10-jpeg")
-    tr, va, info = build_datasets("imagefolder", root)
+    tr, va, info = build_datasets("imagefolder", root, cache="off")
     assert (len(tr), len(va), info.num_classes, info.img_size) == (50000, 10000, 10, 32)
     assert info.classes[0] == "airplane" and info.classes[-1] == "truck"
     x, y = va[9999]
@@ -212,3 +215,19 @@ def test_missing_mnist_names_the_files(tmp_path):
         build_datasets("mnist", tmp_path)
     msg = str(e.value)
     assert "t10k-images-idx3-ubyte" in msg and "--download" in msg and str(tmp_path / "MNIST" / "raw") in msg
+
+
+def test_batched_random_crop_flip_crops_and_flips_each_image_on_its_own():
+    from repact.data.transforms import random_crop_flip
+
+    x = torch.randint(0, 256, (40, 2, 6, 5), dtype=torch.uint8)
+    torch.manual_seed(1)
+    out = random_crop_flip(x, 2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    seen = set()
+    for i in range(len(x)):
+        hits = [(t, l, f) for t in range(5) for l in range(5) for f in (False, True)
+                if torch.equal(out[i], (lambda s: s.flip(-1) if f else s)(padded[i, :, t:t + 6, l:l + 5]))]
+        assert hits, f"image {i} is no crop of its padded self"
+        seen.add(hits[0])
+    assert len(seen) > 10 and {f for _, _, f in seen} == {False, True}  # offsets and flips vary per image

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .train import add_train_options, explicit_options
+from .train import _kv, add_train_options, explicit_options
 
 __all__ = ["add_parser", "run"]
 
@@ -16,11 +16,12 @@ def _list(text: str) -> list[str]:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "compare", help="run an act x model x dataset x seed grid and summarize it",
-        description="Train every combination in sequence (finished runs are skipped and interrupted ones resumed, "
-                    "so re-running the same command continues a grid), then write compare.md, compare.csv, "
-                    "runs.csv, compare.png (means with 95%% CI error bars) and compare_curves.png (learning curves, "
-                    "mean and band over seeds) under --out. The grid comes from flags or a YAML --grid file (keys "
-                    "acts, models, datasets, seeds, baseline, metric, train).")
+        description="Train every combination (finished runs are skipped and interrupted ones resumed, so "
+                    "re-running the same command continues a grid, however it ran before), in sequence, in --jobs "
+                    "parallel processes, or as submitit jobs (SLURM); then write compare.md, compare.csv, runs.csv, "
+                    "compare.png (means with 95% CI error bars) and compare_curves.png (learning curves, mean and "
+                    "band over seeds) under --out. The grid comes from flags or a YAML --grid file (keys acts, "
+                    "models, datasets, seeds, baseline, metric, train; see configs/studies/).")
     p.add_argument("--grid", default=None, help="YAML grid file (flags override its keys)")
     p.add_argument("--acts", default=None, help="comma-separated activations, e.g. hardswish,repact,acon_c_layer")
     p.add_argument("--models", default=None, help="comma-separated models (default small_cnn)")
@@ -30,6 +31,15 @@ def add_parser(sub) -> None:
     p.add_argument("--metric", default=None, choices=("last", "best"),
                    help="val top-1 of the last epoch (default) or of the best epoch")
     p.add_argument("--out", default="runs/compare", help="output folder (default ./runs/compare)")
+    x = p.add_argument_group("where the runs go")
+    x.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process with the cores split "
+                   "between them (default 1: in this process)")
+    x.add_argument("--executor", default="local", choices=("local", "submitit"),
+                   help="local (default; --jobs) or submitit: one job per run, on SLURM when sbatch is there, else "
+                        "submitit's local executor (pip install 'repact[cluster]')")
+    x.add_argument("--executor-kw", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="submitit parameter (repeatable), e.g. timeout_min=600 slurm_partition=gpu gpus_per_node=1 "
+                        "cpus_per_task=8; cluster=local|slurm|debug picks the backend")
     add_train_options(p, grid=True)
     p.set_defaults(func=run)
 
@@ -58,7 +68,7 @@ def run(args) -> int:
     train_values = dict(data.get("train") or {})
     if args.config:
         train_values.update(load_config_file(args.config))
-    overrides = {k: v for k, v in explicit_options(args).items() if k != "out"}
+    overrides = {k: v for k, v in explicit_options(args).items() if k not in ("out", "jobs", "executor", "executor_kw")}
     for k in ("model", "act", "dataset", "seed", "out"):
         if k in train_values:
             raise CLIError(f"the grid's train options may not set {k!r}; use the grid keys "
@@ -67,7 +77,12 @@ def run(args) -> int:
                 datasets=[str(d) for d in data.get("datasets", ["digits"])], seeds=data["seeds"],
                 baseline=data.get("baseline"), metric=data.get("metric", "last"), train=train_values)
     overrides.setdefault("quiet", True)
-    records = run_grid(grid, args.out, overrides, say=lambda m: print(m, flush=True))
+    if args.jobs < 1:
+        raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.executor_kw and args.executor != "submitit":
+        raise CLIError("--executor-kw sets submitit parameters; add --executor submitit")
+    records = run_grid(grid, args.out, overrides, say=lambda m: print(m, flush=True), jobs=args.jobs,
+                       executor=args.executor, executor_options=dict(args.executor_kw))
     paths = write_reports(grid, records, args.out)
     print()
     print(paths["markdown"].read_text().split("\n", 2)[2])

@@ -42,6 +42,11 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     g.add_argument("--download", action="store_true", default=S, help="download mnist/fashion_mnist/cifar (online)")
     g.add_argument("--img-size", type=int, default=S, help="input size (default: the dataset's own)")
     g.add_argument("--augment", default=S, help="auto (default), none, crop-flip, imagenet, repact-paper")
+    g.add_argument("--train-subset", type=int, default=S, help="train on a fixed class-balanced subset of N images")
+    g.add_argument("--cache", default=S, choices=("auto", "on", "off"), help="decode image folders once into a "
+                   "memory-mapped cache: auto (default: when it fits in half the free memory), on, off")
+    g.add_argument("--skip-bad-images", action="store_true", default=S, help="leave unreadable images out (counted) "
+                   "instead of stopping on the first")
     h = p.add_argument_group("optimization")
     h.add_argument("--recipe", default=S, help="preset: repact-paper (150 epochs, batch 32, SGD 0.01 cosine, "
                    "wd 4e-4, label smoothing 0.1, 224 px paper augmentation)")
@@ -60,6 +65,8 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     h.add_argument("--weight-decay", type=float, default=S, help="weight decay of conv/linear weights (default "
                    "5e-4); never applied to activation parameters, biases or norms")
     h.add_argument("--label-smoothing", type=float, default=S, help="label smoothing (default 0)")
+    h.add_argument("--bn-momentum", type=float, default=S, help="momentum of every BatchNorm's running statistics, "
+                   "e.g. 0.1 for all models alike (default: the model's own; torchvision's MobileNetV3 uses 0.01)")
     h.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")

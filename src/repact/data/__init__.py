@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DataError, DataInfo, TensorImageDataset
+from .cache import CACHE_MODES
+from .common import DataError, DataInfo, TensorImageDataset, UnreadableImage
+from .subsets import balanced_indices, balanced_subset
 from .transforms import AUGMENTS, build_transforms, resolve_augment
 
-__all__ = ["DATASETS", "AUGMENTS", "DataError", "DataInfo", "TensorImageDataset", "build_datasets",
-           "dataset_channels", "list_datasets", "imagenet100_classes"]
+__all__ = ["DATASETS", "AUGMENTS", "CACHE_MODES", "DataError", "UnreadableImage", "DataInfo", "TensorImageDataset",
+           "build_datasets", "dataset_channels", "list_datasets", "imagenet100_classes", "balanced_indices",
+           "balanced_subset"]
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "imagenet100")
 
@@ -65,6 +68,9 @@ def build_datasets(
     augment: str = "auto",
     download: bool = False,
     channels: int | None = None,
+    cache: str = "auto",
+    skip_bad_images: bool = False,
+    train_subset: int | None = None,
 ):
     """(train dataset, val dataset, :class:`DataInfo`) for a dataset name.
 
@@ -72,6 +78,10 @@ def build_datasets(
     size (8, 28, 32; the first image's size for folders of images up to 64 px, else 224).
     ``channels=3`` repeats gray images to three channels for RGB-only models.
     Missing or malformed folders raise :class:`DataError` naming the path and the expected layout.
+    Image folders only: ``cache`` (auto/on/off) decodes each split once into a memory-mapped file
+    (:mod:`repact.data.cache`); ``skip_bad_images`` leaves unreadable files out (listed in
+    ``DataInfo.skipped``) instead of failing on them. ``train_subset`` keeps a fixed class-balanced
+    subset of that many training images (:func:`balanced_indices`, the same for every seed).
     """
     key = normalize_name(name)
     root = Path(data_dir) if data_dir is not None else Path("data")
@@ -80,8 +90,22 @@ def build_datasets(
     native_ch = dataset_channels(key)
     if channels not in (None, native_ch) and not (native_ch == 1 and channels == 3):
         raise DataError(f"{key} has {native_ch}-channel images; a model taking {channels} channels cannot use it")
+    if str(cache) not in CACHE_MODES:
+        raise DataError(f"unknown cache mode {cache!r}; accepted: {', '.join(CACHE_MODES)}")
+    if train_subset is not None and (int(train_subset) < 1 or int(train_subset) != train_subset):
+        raise DataError(f"train_subset must be a positive integer, got {train_subset!r}")
     if key in ("imagefolder", "imagenet100"):
-        return _folders(key, root, img_size, augment)
+        train, val, info = _folders(key, root, img_size, augment, cache, skip_bad_images)
+    else:
+        train, val, info = _arrays(key, root, img_size, augment, download, channels, native_ch)
+    if train_subset is not None and train_subset < len(train):
+        train = balanced_subset(train, int(train_subset))
+        info.train_size = len(train)
+    return train, val, info
+
+
+def _arrays(key: str, root: Path, img_size: int | None, augment: str, download: bool, channels: int | None,
+            native_ch: int):
     from . import arrays
 
     if key == "digits":
@@ -104,11 +128,11 @@ def build_datasets(
     return train, val, info
 
 
-def _folders(key: str, root: Path, img_size: int | None, augment: str):
+def _folders(key: str, root: Path, img_size: int | None, augment: str, cache: str, skip_bad_images: bool):
     from .folders import first_image_size, imagenet100_classes, load_folder_pair
 
     classes = imagenet100_classes() if key == "imagenet100" else None
-    train, val, classes = load_folder_pair(root, classes, what=key)
+    train, val, classes = load_folder_pair(root, classes, what=key, cache=cache, skip_bad_images=skip_bad_images)
     size = img_size
     if size is None:
         first = first_image_size(train)
@@ -116,5 +140,6 @@ def _folders(key: str, root: Path, img_size: int | None, augment: str):
     mean, std = _STATS["imagenet"]
     policy = resolve_augment(augment, "folder", int(size))
     train.transform, val.transform = build_transforms(policy, int(size), mean, std)
-    info = DataInfo(key, len(classes), 3, int(size), classes, mean, std, len(train), len(val), str(root))
+    info = DataInfo(key, len(classes), 3, int(size), classes, mean, std, len(train), len(val), str(root),
+                    skipped=[*train.skipped, *val.skipped])
     return train, val, info

@@ -9,11 +9,29 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["DataError", "DataInfo", "TensorImageDataset", "require_dir"]
+__all__ = ["DataError", "UnreadableImage", "DataInfo", "TensorImageDataset", "require_dir", "dataset_targets"]
 
 
 class DataError(ValueError):
     """A data folder is missing or malformed, or a dataset name/option is unknown."""
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded; the message names the file.
+
+    Raised inside a DataLoader worker, torch re-raises it in the main process as
+    ``UnreadableImage("Caught UnreadableImage in DataLoader worker process 0. Original Traceback ...")``;
+    the constructor keeps only the original one-line message.
+    """
+
+    def __init__(self, message: str) -> None:
+        text = str(message)
+        if text.startswith("Caught "):
+            tag = f"{type(self).__name__}: "
+            lines = [ln for ln in text.splitlines() if tag in ln]
+            if lines:
+                text = lines[-1].split(tag, 1)[1]
+        super().__init__(text)
 
 
 @dataclass
@@ -30,6 +48,7 @@ class DataInfo:
     train_size: int = 0
     val_size: int = 0
     root: str | None = None
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--skip-bad-images)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -61,6 +80,26 @@ class TensorImageDataset(Dataset):
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.targets[i])
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A DataLoader batch: one call of the transform's batched form when it has one."""
+        if not hasattr(self.transform, "batch"):
+            return [self[i] for i in indices]
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.transform.batch(self.images[idx]), self.targets[idx].tolist()))
+
+
+def dataset_targets(ds) -> list[int]:
+    """The class label of every sample of ``ds`` (ours, an ImageFolder, or a ``Subset`` of one)."""
+    from torch.utils.data import Subset
+
+    if isinstance(ds, Subset):
+        inner = dataset_targets(ds.dataset)
+        return [inner[i] for i in ds.indices]
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        raise TypeError(f"{type(ds).__name__} has no 'targets'; a class-balanced subset needs the labels")
+    return [int(t) for t in (targets.tolist() if isinstance(targets, torch.Tensor) else targets)]
 
 
 def require_dir(path: Path, what: str, layout: str, hint: str = "") -> Path:

@@ -1,15 +1,23 @@
-"""Image folders: any ``train/`` + ``val/`` tree, and ImageNet-100 (the RepAct class list)."""
+"""Image folders: any ``train/`` + ``val/`` tree, and ImageNet-100 (the RepAct class list).
+
+Images are read as uint8 tensors, from the files or from the decoded-image cache
+(:mod:`repact.data.cache`), and transformed a batch at a time; an unreadable file is named in an
+error, or left out (and counted) with ``skip_bad_images``, the same with and without the cache.
+"""
 
 from __future__ import annotations
 
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .cache import DecodedImages, _say, open_decoded, scan_unreadable
 from .common import DataError, require_dir
+from .images import SKIP_HINT, read_image
 
 __all__ = ["ClassFolder", "imagenet100_classes", "load_folder_pair", "first_image_size"]
 
@@ -18,14 +26,66 @@ _LAYOUT = "<data-dir>/train/<class>/<image> and <data-dir>/val/<class>/<image> (
 
 class ClassFolder(ImageFolder):
     """ImageFolder with a fixed class list (index = position), so train and val share one mapping.
-    Class folders absent on disk are allowed here and checked by the caller."""
+    Class folders absent on disk are allowed here and checked by the caller.
+
+    Items are ``(transform(uint8 image), label)``; a DataLoader fetches whole batches through
+    ``__getitems__`` (one batched transform). :meth:`use_pixels` switches to the decoded cache and
+    leaves out unreadable files.
+    """
 
     def __init__(self, root: str, classes: list[str], transform=None) -> None:
         self._fixed = list(classes)
         super().__init__(root, transform=transform, allow_empty=True)
+        self.decoded: DecodedImages | None = None
+        self.source_index = list(range(len(self.samples)))  # item -> position in the folder's file list
+        self.skipped: list[str] = []
 
     def find_classes(self, directory):
         return list(self._fixed), {c: i for i, c in enumerate(self._fixed)}
+
+    def use_pixels(self, cache: str, skip_bad_images: bool, say: Callable[[str], None] = _say) -> None:
+        """Attach the decoded-image cache (``cache``: auto/on/off) and apply the unreadable-file rule."""
+        self.decoded = open_decoded(Path(self.root), self.samples, self._fixed, cache, say)
+        if self.decoded is not None:
+            bad = self.decoded.bad
+        elif skip_bad_images:
+            bad = scan_unreadable([p for p, _ in self.samples], say)
+        else:
+            return  # an unreadable file is named when a batch reaches it
+        if not bad:
+            return
+        reasons = [bad[i] for i in sorted(bad)]
+        names = [self.samples[i][0] for i in sorted(bad)]
+        if not skip_bad_images:
+            listed = "; ".join(f"{n} ({r})" for n, r in zip(names[:5], reasons[:5]))
+            raise DataError(f"{len(bad)} unreadable image(s) under {self.root}: {listed}"
+                            f"{' ...' if len(bad) > 5 else ''}; {SKIP_HINT}")
+        keep = [i for i in range(len(self.samples)) if i not in bad]
+        self.source_index = keep
+        self.samples = [self.samples[i] for i in keep]
+        self.imgs = self.samples
+        self.targets = [s[1] for s in self.samples]
+        self.skipped = names
+        say(f"left out {len(names)} unreadable image(s) of {self.root} (--skip-bad-images): "
+            f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}")
+
+    def pixels(self, indices: list[int]):
+        """uint8 images of the items: a (N, C, H, W) tensor from the cache, or a list of (C, H, W)."""
+        if self.decoded is not None:
+            return self.decoded.batch([self.source_index[i] for i in indices])
+        return [read_image(self.samples[i][0]) for i in indices]
+
+    def __getitem__(self, index: int):
+        x = self.pixels([index])[0]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.samples[index][1]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        if not hasattr(self.transform, "batch"):
+            return [self[i] for i in indices]
+        x = self.transform.batch(self.pixels(indices))
+        return list(zip(x, (self.samples[i][1] for i in indices)))
 
 
 def _class_dirs(split: Path) -> list[str]:
@@ -43,12 +103,14 @@ def _open_split(split: Path, classes: list[str], what: str) -> ClassFolder:
     return ds
 
 
-def load_folder_pair(data_dir: Path, classes: list[str] | None = None, what: str = "imagefolder"
+def load_folder_pair(data_dir: Path, classes: list[str] | None = None, what: str = "imagefolder", *,
+                     cache: str = "auto", skip_bad_images: bool = False
                      ) -> tuple[ClassFolder, ClassFolder, list[str]]:
     """(train, val, classes) for ``data_dir/train`` and ``data_dir/val``.
 
     Without ``classes`` the train subfolders define them (sorted); a val class missing from train is
     an error. With ``classes`` every listed class must be present in both splits; other folders are ignored.
+    ``cache`` and ``skip_bad_images``: see :meth:`ClassFolder.use_pixels`.
     """
     data_dir = Path(data_dir)
     require_dir(data_dir, f"{what} data folder", _LAYOUT)
@@ -70,7 +132,10 @@ def load_folder_pair(data_dir: Path, classes: list[str] | None = None, what: str
                 raise DataError(f"{what}: {len(missing)} of the {len(classes)} classes are missing under {split}: "
                                 f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}. Expected layout: "
                                 f"{_LAYOUT}, with one folder per class (WordNet id)")
-    return _open_split(train_dir, classes, what), _open_split(val_dir, classes, what), list(classes)
+    splits = _open_split(train_dir, classes, what), _open_split(val_dir, classes, what)
+    for ds in splits:
+        ds.use_pixels(cache, skip_bad_images)
+    return splits[0], splits[1], list(classes)
 
 
 def imagenet100_classes() -> list[str]:
@@ -83,7 +148,6 @@ def imagenet100_classes() -> list[str]:
 def first_image_size(ds: ClassFolder) -> int | None:
     """The larger side of the first image (to pick a default input size), or None if unreadable."""
     try:
-        img = ds.loader(ds.samples[0][0])
-        return max(img.size)
+        return max(ds.pixels([0])[0].shape[1:])
     except Exception:
         return None

@@ -1,18 +1,27 @@
-"""Experiment grids: act x model x dataset x seed, run in sequence (resumable), summarized honestly.
+"""Experiment grids: act x model x dataset x seed, resumable, summarized honestly.
 
 Each run lives in ``OUT/runs/<dataset>/<model>/<act>/seed<k>/`` as an ordinary training run: a
-finished run is skipped, an interrupted one resumes from its last checkpoint. The summary gives per
-cell the mean, sample std, 95% CI of the mean (t distribution) and the difference to the baseline
-activation with Welch's 95% interval, as Markdown and CSV, plus a bar plot with error bars and the
-learning curves of every cell (mean and band over seeds).
+finished run is skipped, an interrupted one resumes from its last checkpoint. The runs still to do
+go in sequence in this process, in ``jobs`` parallel processes on this machine (the cores split
+between them), or to a cluster through ``submitit`` (SLURM, or its local executor); each cell has
+its own folder, and the summary is read back from the run folders, so it is the same whichever way
+(and in however many attempts) the grid ran.
+
+The summary gives per cell the mean, sample std, 95% CI of the mean (t distribution, clipped to
+[0, 100]) and the difference to the baseline activation with Welch's 95% interval, the other
+epoch's accuracy, the mean best epoch and the training time per epoch, as Markdown and CSV, plus a
+bar plot with error bars and the learning curves of every cell (mean and band over seeds).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,12 +30,14 @@ from ..checkpoint import atomic_write_text, checkpoint_paths
 from .config import ConfigError, TrainConfig, resolve_config
 from .stats import summarize, welch_delta
 
-__all__ = ["Grid", "load_grid_file", "run_grid", "summarize_grid", "write_reports", "METRICS"]
+__all__ = ["Grid", "load_grid_file", "run_grid", "run_cell", "summarize_grid", "write_reports", "METRICS",
+           "EXECUTORS"]
 
 METRICS = {"last": "last_acc1", "best": "best_acc1"}
+EXECUTORS = ("local", "submitit")
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
-_FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "tensorboard"}
+_FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "cache", "tensorboard"}
 
 
 @dataclass
@@ -102,55 +113,178 @@ def _check_same(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
                               "use another --out for a grid with other settings")
 
 
-def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = None,
-             say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run (or resume, or skip when finished) every cell; returns one record per run."""
-    import yaml
+def _cell_tag(cell) -> str:
+    d, m, a, s = cell
+    return f"{d} {m} {a} seed {s}"
 
+
+def _log_path(out: Path, cell) -> Path:
+    d, m, a, s = cell
+    return out / "logs" / f"{d}-{m}-{a.replace('/', '_')}-seed{s}.log"
+
+
+def _finished(run_dir: Path) -> bool:
+    path = run_dir / "summary.json"
+    return path.exists() and bool(json.loads(path.read_text()).get("complete"))
+
+
+def run_cell(cfg: TrainConfig, resume: bool, threads: int | None = None, log: str | None = None) -> dict[str, Any]:
+    """Train (or resume) one cell; ``{"status": "done"}`` or ``{"status": "diverged", "message": ...}``.
+
+    Runs in this process or in a worker (process pool, submitit job): ``threads`` sets torch's
+    intra-op threads there, ``log`` sends the run's output to a file. Other errors propagate.
+    """
     from .engine import TrainingDiverged, train
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    with contextlib.ExitStack() as stack:
+        if log is not None:
+            Path(log).parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(log, "a", encoding="utf-8", buffering=1))
+            stack.enter_context(contextlib.redirect_stdout(fh))
+            stack.enter_context(contextlib.redirect_stderr(fh))
+        try:
+            if resume:
+                train(cfg, resume=cfg.out, keep_model=False)
+            else:
+                train(cfg, overwrite=True, keep_model=False)
+        except TrainingDiverged as exc:
+            return {"status": "diverged", "message": str(exc)}
+    return {"status": "done"}
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _run_pool(todo: list, jobs: int, out: Path, say, total: int) -> dict[int, dict]:
+    """The cells in ``jobs`` spawned processes, each with cores // jobs torch threads."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, _usable_cores() // jobs)
+    say(f"running {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each; logs in {out / 'logs'}")
+    results: dict[int, dict] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, cfg, resume, threads, str(_log_path(out, cell))): (i, cell)
+                   for i, cell, cfg, resume in todo}
+        for fut in as_completed(futures):
+            i, cell = futures[fut]
+            results[i] = fut.result()
+            say(f"[{i + 1}/{total}] {_cell_tag(cell)}: {results[i]['status']}")
+    return results
+
+
+def _run_submitit(todo: list, out: Path, say, options: dict[str, Any], total: int) -> dict[int, dict]:
+    """One submitit job per cell (SLURM when ``sbatch`` is there, else submitit's local executor)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--executor submitit needs the submitit package: pip install 'repact[cluster]'") from None
+    opts = dict(options)
+    cluster = opts.pop("cluster", None)
+    executor = submitit.AutoExecutor(folder=out / "submitit", cluster=cluster)
+    try:
+        executor.update_parameters(**opts)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"submitit refused the executor options {opts}: {exc}") from None
+    threads = opts.get("cpus_per_task")
+    with executor.batch():
+        jobs = [(i, cell, executor.submit(run_cell, cfg, resume, threads, str(_log_path(out, cell))))
+                for i, cell, cfg, resume in todo]
+    say(f"submitted {len(jobs)} run(s) through submitit ({executor.cluster}); job files in {out / 'submitit'}, "
+        f"logs in {out / 'logs'}")
+    results: dict[int, dict] = {}
+    for i, cell, job in jobs:
+        try:
+            results[i] = job.result()
+        except Exception as exc:  # submitit wraps the job's exception with its traceback text
+            text = str(exc).strip().splitlines()
+            raise RuntimeError(f"{_cell_tag(cell)} failed in submitit job {job.job_id}: "
+                               f"{text[-1] if text else type(exc).__name__} (log: {_log_path(out, cell)})") from None
+        say(f"[{i + 1}/{total}] {_cell_tag(cell)}: {results[i]['status']}")
+    return results
+
+
+def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = None,
+             say: Callable[[str], None] = print, *, jobs: int = 1, executor: str = "local",
+             executor_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume, or skip when finished) every cell; returns one record per run.
+
+    ``executor="local"`` runs the cells in this process (``jobs=1``) or in ``jobs`` processes;
+    ``"submitit"`` submits one job per cell with ``executor_options`` (submitit's parameters, e.g.
+    ``timeout_min``, ``slurm_partition``, ``gpus_per_node``, ``cpus_per_task``; ``cluster`` picks
+    ``slurm``/``local``/``debug``).
+    """
+    import yaml
+
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
+    if int(jobs) < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     out = Path(out)
     overrides = dict(overrides or {})
     cells = grid.cells()
     configs = [_config_for(grid, out, c, overrides) for c in cells]  # validates every cell before any run
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "grid.yaml", yaml.safe_dump(grid.as_dict(), sort_keys=False))
-    records = []
-    for i, (cell, cfg) in enumerate(zip(cells, configs), 1):
-        d, m, a, s = cell
+    todo = []
+    for i, (cell, cfg) in enumerate(zip(cells, configs)):
         run_dir = Path(cfg.out)
-        tag = f"[{i}/{len(cells)}] {d} {m} {a} seed {s}"
-        summary_path = run_dir / "summary.json"
-        status = "done"
-        summary: dict[str, Any] = {}
-        if summary_path.exists() and json.loads(summary_path.read_text()).get("complete"):
-            saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-            _check_same(saved, cfg, run_dir)
-            summary = json.loads(summary_path.read_text())
+        tag = f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}"
+        if _finished(run_dir):
+            _check_same(yaml.safe_load((run_dir / "config.yaml").read_text()), cfg, run_dir)
             say(f"{tag}: finished earlier, skipped")
-        else:
-            has_last = checkpoint_paths(run_dir / "last")[0].exists()
-            if has_last and (run_dir / "config.yaml").exists():
-                _check_same(yaml.safe_load((run_dir / "config.yaml").read_text()), cfg, run_dir)
-            say(f"{tag}: {'resuming' if has_last else 'training'} ({cfg.epochs} epochs)")
-            try:
-                if has_last:
-                    res = train(cfg, resume=run_dir, keep_model=False)
-                else:
-                    res = train(cfg, overwrite=True, keep_model=False)
-                summary = res.summary
-            except TrainingDiverged as exc:
-                status = "diverged"
-                say(f"{tag}: diverged: {exc}")
-        rec = {"dataset": d, "model": m, "act": a, "seed": s, "status": status, "run_dir": str(run_dir)}
-        for k in ("last_acc1", "best_acc1", "best_epoch", "last_acc5", "params", "train_images_per_s",
-                  "train_time_s"):
-            rec[k] = summary.get(k)
-        if status == "done":
-            say(f"{tag}: last-epoch top-1 {rec['last_acc1']:.2f}%, best {rec['best_acc1']:.2f}% "
-                f"(epoch {rec['best_epoch']})")
+            continue
+        has_last = checkpoint_paths(run_dir / "last")[0].exists()
+        if has_last and (run_dir / "config.yaml").exists():
+            _check_same(yaml.safe_load((run_dir / "config.yaml").read_text()), cfg, run_dir)
+        todo.append((i, cell, cfg, has_last))
+    results: dict[int, dict] = {}
+    if todo and executor == "submitit":
+        results = _run_submitit(todo, out, say, dict(executor_options or {}), len(cells))
+    elif todo and min(int(jobs), len(todo)) > 1:
+        results = _run_pool(todo, min(int(jobs), len(todo)), out, say, len(cells))
+    else:
+        for i, cell, cfg, resume in todo:
+            say(f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}: {'resuming' if resume else 'training'} "
+                f"({cfg.epochs} epochs)")
+            results[i] = run_cell(cfg, resume)
+    records = []
+    for i, (cell, cfg) in enumerate(zip(cells, configs)):
+        rec = _record(cell, Path(cfg.out), results.get(i, {"status": "done"}))
+        if rec["status"] == "diverged":
+            say(f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}: diverged: {results[i].get('message')}")
+        elif i in results:
+            say(f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}: last-epoch top-1 {rec['last_acc1']:.2f}%, best "
+                f"{rec['best_acc1']:.2f}% (epoch {rec['best_epoch']})")
         records.append(rec)
     return records
+
+
+_RECORD_KEYS = ("last_acc1", "best_acc1", "best_epoch", "last_acc5", "params", "train_images_per_s", "train_time_s",
+                "epochs_done")
+
+
+def _record(cell, run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """One row of runs.csv, read back from the run folder's summary.json."""
+    d, m, a, s = cell
+    status = result["status"]
+    summary = json.loads((run_dir / "summary.json").read_text()) if status == "done" else {}
+    if status == "done" and not summary.get("complete"):
+        raise RuntimeError(f"{run_dir} reports no finished run after training it; see its logs")
+    rec = {"dataset": d, "model": m, "act": a, "seed": s, "status": status, "run_dir": str(run_dir)}
+    for k in _RECORD_KEYS:
+        rec[k] = summary.get(k)
+    done = rec["epochs_done"]
+    rec["epoch_time_s"] = rec["train_time_s"] / done if done and rec["train_time_s"] is not None else None
+    return rec
 
 
 def summarize_grid(grid: Grid, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -166,9 +300,13 @@ def summarize_grid(grid: Grid, records: list[dict[str, Any]]) -> list[dict[str, 
 
             for a in grid.acts:
                 s = summarize(vals(a))
+                o = summarize(vals(a, other))
                 row = {"dataset": d, "model": m, "act": a, "metric": key, "n": s.n, "mean": s.mean, "std": s.std,
-                       "ci95": s.ci95, "ci_low": s.mean - s.ci95, "ci_high": s.mean + s.ci95,
-                       f"mean_{other}": summarize(vals(a, other)).mean,
+                       "ci95": s.ci95, "ci_low": _percent(s.mean - s.ci95), "ci_high": _percent(s.mean + s.ci95),
+                       f"mean_{other}": o.mean, f"std_{other}": o.std,
+                       "best_epoch_mean": summarize(vals(a, "best_epoch")).mean,
+                       "epoch_time_s": summarize(vals(a, "epoch_time_s")).mean,
+                       "train_images_per_s": summarize(vals(a, "train_images_per_s")).mean,
                        "failed": sum(1 for r in records if (r["dataset"], r["model"], r["act"]) == (d, m, a)
                                      and r["status"] != "done")}
                 if grid.baseline is not None:
@@ -176,6 +314,11 @@ def summarize_grid(grid: Grid, records: list[dict[str, Any]]) -> list[dict[str, 
                     row.update({"baseline": grid.baseline, "delta": delta, "delta_ci95": half})
                 rows.append(row)
     return rows
+
+
+def _percent(v: float) -> float:
+    """An accuracy bound clipped to [0, 100] (nan stays nan)."""
+    return v if math.isnan(v) else min(100.0, max(0.0, v))
 
 
 def _fmt(v: float, digits: int = 2, sign: bool = False) -> str:
@@ -190,7 +333,7 @@ def markdown_table(grid: Grid, rows: list[dict[str, Any]]) -> str:
     head = ["dataset", "model", "act", "n", f"{grid.metric}-epoch top-1 % (mean ± std)", "95% CI"]
     if grid.baseline:
         head.append(f"Δ vs {grid.baseline} (95% CI)")
-    head.append(f"{other}-epoch mean")
+    head += [f"{other}-epoch top-1 % (mean ± std)", "best epoch (mean)", "s / epoch", "train img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["dataset"], r["model"], r["act"] + (" (baseline)" if r["act"] == grid.baseline else ""),
@@ -199,10 +342,13 @@ def markdown_table(grid: Grid, rows: list[dict[str, Any]]) -> str:
         if grid.baseline:
             cells.append("—" if r["act"] == grid.baseline else
                          f"{_fmt(r['delta'], sign=True)} (± {_fmt(r['delta_ci95'])})")
-        cells.append(_fmt(r[f"mean_{METRICS[other]}"]))
+        cells += [f"{_fmt(r[f'mean_{METRICS[other]}'])} ± {_fmt(r[f'std_{METRICS[other]}'])}",
+                  _fmt(r["best_epoch_mean"], 1), _fmt(r["epoch_time_s"], 1), _fmt(r["train_images_per_s"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"\nMetric: validation top-1 at the {grid.metric} epoch ({key}), over seeds {grid.seeds}. "
-            "CI: mean ± t(0.975, n-1)·std/√n. Δ: difference of means with Welch's 95% interval.\n")
+            "CI: mean ± t(0.975, n-1)·std/√n, clipped to [0, 100]. Δ: difference of means with Welch's 95% "
+            "interval. s / epoch: wall time of an epoch (training and validation, data included), mean over the "
+            "runs; train img/s: training images per second of the training phase.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -253,7 +399,7 @@ def bar_plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) -> dict[str, Path]:
-    """compare.md, compare.csv (per cell), runs.csv (per run) and compare.png under ``out``."""
+    """compare.md, compare.csv (per cell), runs.csv (per run), compare.png and compare_curves.png under ``out``."""
     out = Path(out)
     rows = summarize_grid(grid, records)
     paths = {"markdown": out / "compare.md", "csv": out / "compare.csv", "runs": out / "runs.csv"}

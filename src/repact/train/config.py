@@ -47,6 +47,9 @@ class TrainConfig:
     download: bool = False
     img_size: int | None = None
     augment: str = "auto"
+    train_subset: int | None = None  # a fixed class-balanced subset of this many training images
+    cache: str = "auto"  # decoded-image cache of image folders: auto, on, off (repact.data.cache)
+    skip_bad_images: bool = False
     epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int | None = None
@@ -62,6 +65,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    bn_momentum: float | None = None  # every BatchNorm's running-statistics momentum (None: the model's own)
     amp: bool = False
     device: str = "auto"
     seed: int = 0
@@ -94,7 +98,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: keys a resumed run may change; every other key must match the checkpoint's config
 RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
-                               "data_dir", "download", "tensorboard"})
+                               "data_dir", "download", "cache", "tensorboard"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -211,7 +215,7 @@ def validate_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("eval_batch_size", "limit_batches", "limit_val_batches", "img_size", "step_size"):
+    for name in ("eval_batch_size", "limit_batches", "limit_val_batches", "img_size", "step_size", "train_subset"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
             bad(f"{name} must be a positive integer (or unset), got {v}")
@@ -223,6 +227,8 @@ def validate_config(cfg: TrainConfig) -> None:
         bad(f"seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
     if not all(isinstance(k, str) and k.isidentifier() for k in cfg.model_kwargs):
         bad(f"model_kwargs keys must be argument names, got {list(cfg.model_kwargs)}")
+    if cfg.cache not in ("auto", "on", "off"):
+        bad(f"unknown cache mode {cfg.cache!r}; accepted: auto, on, off")
     for name in ("lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "gamma"):
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < 0:
@@ -235,6 +241,8 @@ def validate_config(cfg: TrainConfig) -> None:
         bad(f"label_smoothing must lie in [0, 1), got {cfg.label_smoothing}")
     if cfg.warmup_epochs > cfg.epochs:
         bad(f"warmup_epochs ({cfg.warmup_epochs}) must not exceed epochs ({cfg.epochs})")
+    if cfg.bn_momentum is not None and not 0 < cfg.bn_momentum <= 1:
+        bad(f"bn_momentum must lie in (0, 1] (or unset for the model's own), got {cfg.bn_momentum}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         bad(f"grad_clip must be > 0 (or unset), got {cfg.grad_clip}")
     if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum == 0):

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data import build_datasets, dataset_channels
+from ..data import balanced_subset, build_datasets, dataset_channels
 from ..models import create_model, get_model_spec
 from .config import ConfigError, TrainConfig
 from .dist import DistEnv, ShardSampler
 
 __all__ = ["pick_device", "model_act", "build_data", "build_model_for", "check_model_fits", "prime_lazy",
-           "make_loaders", "seed_worker"]
+           "set_bn_momentum", "make_loaders", "seed_worker"]
 
 
 def pick_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
@@ -53,7 +53,8 @@ def build_data(cfg: TrainConfig):
     if not takes_channels and dataset_channels(cfg.dataset) == 3:
         channels = None
     return build_datasets(cfg.dataset, cfg.data_dir, img_size=cfg.img_size, augment=cfg.augment,
-                          download=cfg.download, channels=channels)
+                          download=cfg.download, channels=channels, cache=cfg.cache,
+                          skip_bad_images=cfg.skip_bad_images, train_subset=cfg.train_subset)
 
 
 def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -78,6 +79,8 @@ def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None) 
         raise ConfigError(f"model {cfg.model!r} cannot be built with {kwargs}: {exc}") from None
     input_shape = [info.in_channels, info.img_size, info.img_size]
     prime_lazy(model, input_shape)
+    if cfg.bn_momentum is not None:
+        set_bn_momentum(model, cfg.bn_momentum)
     from ..analysis.preprocess import preprocess_record
 
     config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": kwargs,
@@ -124,6 +127,14 @@ def check_model_fits(name: str, act: Any, num_classes: int, kwargs: dict[str, An
                           f"{have / 2**30:,.1f} GiB of {device.type}; choose smaller model arguments")
 
 
+def set_bn_momentum(model: nn.Module, momentum: float) -> int:
+    """Set the running-statistics momentum of every BatchNorm (RepAct-III's own included); returns how many."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = momentum
+    return len(norms)
+
+
 @torch.no_grad()
 def prime_lazy(model: nn.Module, input_shape: list[int]) -> None:
     """One eval-mode forward on zeros so lazily built activations create their parameters."""
@@ -156,7 +167,10 @@ def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: tor
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               pin_memory=pin, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
                               persistent_workers=False)
-    val_loader = DataLoader(val_set, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+    val_batch = cfg.eval_batch_size or 2 * cfg.batch_size
+    val_limit = cfg.limit_val_batches or cfg.limit_batches  # a fixed class-balanced subset, not the first batches
+    val_set = balanced_subset(val_set, val_limit * val_batch * env.world if val_limit else None)
+    val_loader = DataLoader(val_set, batch_size=val_batch,
                             sampler=ShardSampler(val_set, env.rank, env.world), num_workers=cfg.workers,
                             pin_memory=pin, worker_init_fn=seed_worker)
     return train_loader, sampler, gen, val_loader

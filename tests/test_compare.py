@@ -1,0 +1,123 @@
+"""`repact compare` beyond one process (--jobs, --executor submitit), its summary columns and its help."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from repact.cli import main
+from repact.train.compare import Grid, summarize_grid, write_reports
+
+GRID = ["compare", "--acts", "relu,repact", "--seeds", "0,1", "--epochs", "1", "--batch-size", "32",
+        "--limit-batches", "3"]
+_TIMING = {"epoch_time_s", "train_images_per_s"}
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _stats(out) -> list[dict[str, str]]:
+    """compare.csv without the timing columns (those differ from run to run)."""
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    return [{k: v for k, v in r.items() if k not in _TIMING} for r in rows]
+
+
+def _cell(out, act: str, seed: int):
+    return out / "runs" / "digits" / "small_cnn" / act / f"seed{seed}"
+
+
+def test_help_shows_95_percent(capsys):
+    rc, text, _ = _run(capsys, "compare", "--help")
+    assert rc == 0 and "95% CI" in text and "95%%" not in text
+    assert "--jobs" in text and "--executor" in text
+
+
+def test_confidence_intervals_are_clipped_to_0_100(tmp_path):
+    grid = Grid(acts=["a", "b"], seeds=[0, 1, 2], baseline="a")
+    recs = [{"dataset": "digits", "model": "small_cnn", "act": a, "seed": s, "status": "done", "last_acc1": v,
+             "best_acc1": v, "best_epoch": 3, "epoch_time_s": 2.0, "train_images_per_s": 100.0}
+            for a, vals in (("a", [100.0, 100.0, 97.0]), ("b", [0.0, 0.5, 4.0])) for s, v in zip(range(3), vals)]
+    for r in recs:  # each record's run folder, with the per-epoch log the learning curves read
+        r["run_dir"] = str(tmp_path / "runs" / f"{r['act']}{r['seed']}")
+        Path(r["run_dir"]).mkdir(parents=True)
+        (Path(r["run_dir"]) / "metrics.jsonl").write_text(
+            json.dumps({"epoch": 1, "val_acc1": r["last_acc1"], "train_loss": 1.0}) + "\n")
+    rows = {r["act"]: r for r in summarize_grid(grid, recs)}
+    assert rows["a"]["mean"] + rows["a"]["ci95"] > 100 and rows["a"]["ci_high"] == 100.0
+    assert rows["b"]["mean"] - rows["b"]["ci95"] < 0 and rows["b"]["ci_low"] == 0.0
+    paths = write_reports(grid, recs, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "100.00]" in md and "[0.00," in md
+    assert "| 3.0 | 2.0 | 100 |" in md  # best epoch, s / epoch, train img/s
+    assert paths["curves"].stat().st_size > 0
+
+
+def _reference_grid(capsys, out) -> list[dict[str, str]]:
+    """The grid run in sequence in this process; its summary without the timing columns."""
+    rc, text, _ = _run(capsys, *GRID, "--out", str(out))
+    assert rc == 0 and text.count("training (1 epochs)") == 4
+    md = (out / "compare.md").read_text()
+    assert "best-epoch top-1 % (mean ± std)" in md and "s / epoch" in md
+    return _stats(out)
+
+
+def test_grid_runs_the_same_in_parallel_processes(tmp_path, capsys):
+    out = tmp_path / "grid"
+    reference = _reference_grid(capsys, out)
+    # two runs lost and one interrupted after its checkpoint: --jobs 2 finishes them, the summary is unchanged
+    shutil.rmtree(_cell(out, "relu", 1))
+    shutil.rmtree(_cell(out, "repact", 0))
+    (_cell(out, "repact", 1) / "summary.json").unlink()
+    rc, text, err = _run(capsys, *GRID, "--out", str(out), "--jobs", "2")
+    assert rc == 0, err
+    assert text.count("finished earlier, skipped") == 1 and "in 2 processes" in text
+    assert _stats(out) == reference
+    log = (out / "logs" / "digits-small_cnn-repact-seed1.log").read_text()
+    # continued from its checkpoint (which had finished its one epoch), not trained again
+    assert "training into" not in log and "has finished its 1 epochs" in log
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+    # the finished grid again, sequentially: nothing to do, same summary
+    rc, text, _ = _run(capsys, *GRID, "--out", str(out))
+    assert rc == 0 and text.count("finished earlier, skipped") == 4 and _stats(out) == reference
+
+
+def test_grid_runs_the_same_through_submitit(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    out = tmp_path / "grid"
+    reference = _reference_grid(capsys, out)
+    # two runs lost: submitit's jobs (its local executor here, SLURM where sbatch exists) redo them
+    shutil.rmtree(_cell(out, "relu", 0))
+    shutil.rmtree(_cell(out, "repact", 1))
+    rc, text, err = _run(capsys, *GRID, "--out", str(out), "--executor", "submitit", "--executor-kw",
+                         "cpus_per_task=1", "--executor-kw", "timeout_min=20")
+    assert rc == 0, err
+    assert "through submitit (local)" in text and text.count("finished earlier, skipped") == 2
+    assert _stats(out) == reference
+    assert any((out / "submitit").glob("*_submitted.pkl"))
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+
+
+def test_bad_executor_options(tmp_path, capsys, monkeypatch):
+    rc, _, err = _run(capsys, *GRID, "--out", str(tmp_path / "a"), "--jobs", "0")
+    assert rc == 2 and "--jobs must be at least 1, got 0" in err
+    rc, _, err = _run(capsys, *GRID, "--out", str(tmp_path / "b"), "--executor-kw", "timeout_min=5")
+    assert rc == 2 and "add --executor submitit" in err
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as on a machine without the package
+    rc, _, err = _run(capsys, *GRID, "--out", str(tmp_path / "c"), "--executor", "submitit")
+    assert rc == 2 and "pip install 'repact[cluster]'" in err
+    assert not (tmp_path / "c" / "runs").exists()
+    rc, _, err = _run(capsys, *GRID, "--out", str(tmp_path / "d"), "--executor", "slurm")
+    assert rc == 2 and "invalid choice: 'slurm'" in err
