@@ -12,9 +12,14 @@ ratios to HardSwish in the same run. Prints a table and writes JSON. By default 
 keep freed memory (``repact.deploy.steady_malloc``), so that page faults on fresh memory do not
 land on whichever variant happens to run after a heap trim.
 
+On ``--device cuda`` times come from CUDA events around each call (synchronized), and each row
+also reports the peak memory of a forward + backward (``torch.cuda.max_memory_allocated``) as a
+multiple of HardSwish's; the same table and JSON otherwise.
+
     python benchmarks/bench_ops.py                      # all shapes, eager + compiled
     python benchmarks/bench_ops.py --quick              # one small shape, few repetitions
     python benchmarks/bench_ops.py --no-compile --shapes 64,16,56,56
+    python benchmarks/bench_ops.py --device cuda --dtype float16
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from torch import nn
 
 import repact
 from repact.deploy import compile_cache_room, steady_malloc
-from repact.ops import native_available
+from repact.ops import get_backend, native_available, triton_available
 
 DEFAULT_SHAPES = [(64, 16, 56, 56), (64, 72, 28, 28), (64, 576, 7, 7), (128, 16, 112, 112)]
 ACON_NAMES = ["acon_a", "acon_b", "acon_c", "acon_c_layer", "meta_acon"]
@@ -56,7 +61,7 @@ class OfficialStyleRepAct(nn.Module):
                 + w[3] * F.hardswish(x.clone()))
 
 
-def _variants(channels: int, with_compile: bool) -> dict[str, tuple[str, nn.Module]]:
+def _variants(channels: int, with_compile: bool, device: str = "cpu") -> dict[str, tuple[str, nn.Module]]:
     """name -> (group, module). Groups: baseline, repact-train, repact-deploy, acon."""
     out: dict[str, tuple[str, nn.Module]] = {
         "hardswish": ("baseline", nn.Hardswish()),
@@ -75,6 +80,7 @@ def _variants(channels: int, with_compile: bool) -> dict[str, tuple[str, nn.Modu
             out[name] = ("acon", repact.create_act(name, channels=channels))
         except ValueError:
             print(f"note: activation {name!r} is not registered; skipped", file=sys.stderr)
+    out = {k: (grp, m.to(device)) for k, (grp, m) in out.items()}
     if with_compile:
         # every RepAct form, HardSwish (the reference) and ACON-C; the rest stay eager to keep the
         # run's compile time bounded (each compiled variant recompiles per shape)
@@ -101,31 +107,54 @@ def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def _timer(fn: Callable[[], object]) -> float:
+def _timer(fn: Callable[[], object], device: str = "cpu") -> float:
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int) -> list[dict]:
+def _peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak CUDA memory a call allocates beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> list[dict]:
     if with_compile:
         torch._dynamo.reset()  # the previous shape's modules are gone; so may their cache entries
     torch.manual_seed(seed)
-    x = torch.randn(shape) * 3
-    g = torch.randn(shape)
-    variants = _variants(shape[1], with_compile)
+    x = (torch.randn(shape) * 3).to(device=device, dtype=dtype)
+    g = torch.randn(shape).to(device=device, dtype=dtype)
+    variants = _variants(shape[1], with_compile, device)
     rows = {k: {"variant": k, "group": grp, "fwd": [], "fwdbwd": []} for k, (grp, _) in variants.items()}
     xg = x.clone().requires_grad_(True)
+    # float16/bfloat16 inputs run as under AMP: float32 parameters, autocast on
+    amp = (lambda: torch.autocast(device, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
 
     def fwd(m):
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             m(x)
 
     def fwdbwd(m):
         xg.grad = None
         for p in m.parameters():
             p.grad = None
-        m(xg).backward(g)
+        with amp():
+            y = m(xg)
+        y.backward(g.to(y.dtype))
 
     # each compiled module compiles with grad on and off
     with compile_cache_room(2 * len(variants)) if with_compile else contextlib.nullcontext():
@@ -140,8 +169,11 @@ def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int) ->
             rnd.shuffle(order)
             for key in order:
                 m = variants[key][1]
-                rows[key]["fwd"].append(_timer(lambda: fwd(m)))
-                rows[key]["fwdbwd"].append(_timer(lambda: fwdbwd(m)))
+                rows[key]["fwd"].append(_timer(lambda: fwd(m), device))
+                rows[key]["fwdbwd"].append(_timer(lambda: fwdbwd(m), device))
+        if device == "cuda":
+            for key, (_, m) in variants.items():
+                rows[key]["peak"] = _peak_bytes(lambda: fwdbwd(m))
     base = rows["hardswish"]
     base_fwd = statistics.median(base["fwd"])
     base_fb = statistics.median(base["fwdbwd"])
@@ -150,13 +182,17 @@ def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int) ->
     for key, r in rows.items():
         m = variants[key][1]
         compiled = key.endswith("[compiled]")
-        saved = None if compiled else _saved_bytes(m, x) / xbytes
+        with amp():
+            saved = None if compiled else _saved_bytes(m, x) / xbytes
         f, fb = statistics.median(r["fwd"]), statistics.median(r["fwdbwd"])
         out.append({
             "shape": list(shape), "variant": key, "group": r["group"], "compiled": compiled,
             "fwd_ms": f * 1e3, "fwdbwd_ms": fb * 1e3, "fwd_ratio": f / base_fwd, "fwdbwd_ratio": fb / base_fb,
             "saved_x_input": saved,
         })
+        if "peak" in r:
+            out[-1]["peak_bytes"] = r["peak"]
+            out[-1]["peak_ratio"] = r["peak"] / max(base.get("peak", 1), 1)
     # compiled rows compare against compiled HardSwish
     comp = next((o for o in out if o["variant"] == "hardswish [compiled]"), None)
     if comp:
@@ -171,14 +207,17 @@ def _table(rows: list[dict]) -> str:
     lines = []
     for shape in sorted({tuple(r["shape"]) for r in rows}, key=lambda s: DEFAULT_SHAPES.index(s) if s in DEFAULT_SHAPES else 99):
         lines.append(f"\nshape {shape}  (ratios: eager rows vs eager HardSwish, [compiled] rows vs compiled HardSwish)")
-        lines.append(f"{'variant':<36} {'fwd ms':>8} {'fwd x':>7} {'f+b ms':>8} {'f+b x':>7} {'saved':>6}")
+        peak = any("peak_ratio" in r for r in rows)
+        lines.append(f"{'variant':<36} {'fwd ms':>8} {'fwd x':>7} {'f+b ms':>8} {'f+b x':>7} {'saved':>6}"
+                     + (f" {'peak':>6}" if peak else ""))
         for r in rows:
             if tuple(r["shape"]) != shape:
                 continue
             fr = r.get("fwd_ratio_vs_compiled_hardswish", r["fwd_ratio"])
             br = r.get("fwdbwd_ratio_vs_compiled_hardswish", r["fwdbwd_ratio"])
             saved = "-" if r["saved_x_input"] is None else f"{r['saved_x_input']:.2f}"
-            lines.append(f"{r['variant']:<36} {r['fwd_ms']:8.2f} {fr:7.2f} {r['fwdbwd_ms']:8.2f} {br:7.2f} {saved:>6}")
+            lines.append(f"{r['variant']:<36} {r['fwd_ms']:8.2f} {fr:7.2f} {r['fwdbwd_ms']:8.2f} {br:7.2f} {saved:>6}"
+                         + (f" {r['peak_ratio']:6.2f}" if "peak_ratio" in r else ""))
     return "\n".join(lines)
 
 
@@ -190,6 +229,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--quick", action="store_true", help="one small shape, 5 repetitions, no compile")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: CUDA tensors (Triton kernels under the auto backend), CUDA-event timing, peak memory")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                    help="input dtype; float16/bfloat16 run under torch.autocast, as in AMP training")
     ap.add_argument("--no-steady-malloc", action="store_true",
                     help="leave glibc free to mmap/trim (then page faults land on whichever variant runs after a trim)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_ops.json"))
@@ -198,21 +241,29 @@ def main(argv=None) -> int:
     reps, compile_ = args.reps, not args.no_compile
     if args.quick:
         shapes, reps, compile_ = [(8, 16, 28, 28)], 5, False
-    steady = False if args.no_steady_malloc else steady_malloc()
-    rows = []
-    for shape in shapes:
-        print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
-        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed)
-    print(_table(rows))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    steady = False if (args.no_steady_malloc or args.device == "cuda") else steady_malloc()
+    dtype = getattr(torch, args.dtype)
     meta = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "native_kernels": native_available(), "reps": reps,
-        "steady_malloc": steady,
+        "steady_malloc": steady, "device": args.device, "dtype": args.dtype, "backend": get_backend(),
+        "triton": triton_available(),
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "note": "medians of interleaved repetitions; ratios are to HardSwish (eager or compiled) in the same run",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    rows = []
+    for i, shape in enumerate(shapes):
+        print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
+        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed, args.device, dtype)
+        # written after every shape: a run stopped by a time limit keeps the shapes it finished
+        meta["complete"] = i == len(shapes) - 1
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(_table(rows))
     print(f"\nwrote {out}")
     return 0
 

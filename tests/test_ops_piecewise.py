@@ -166,8 +166,27 @@ def test_argument_errors():
         piecewise_quadratic(x, knots, coeffs[:, :3])
     with pytest.raises(ValueError, match="3 channels do not match"):
         piecewise_quadratic(torch.randn(2, 5), knots, coeffs)
-    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; choose one of auto, reference, cpu, triton"):
         set_backend("cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool], ids=str)
+def test_deploy_module_refuses_integer_input(dtype):
+    """Like F.hardswish, the deploy form refuses non-float input with a TypeError naming the dtype
+    (it used to return the integer-truncated table silently), eager and scripted."""
+    from repact import PiecewiseQuadratic
+
+    knots, coeffs = _table(3, 3)
+    m = PiecewiseQuadratic(knots, coeffs)
+    x = torch.tensor([[-5, 0, 5], [1, 2, 3]]).to(dtype)
+    with pytest.raises(TypeError, match=rf"PiecewiseQuadratic takes a floating-point input.*{dtype}"):
+        m(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated upstream
+        scripted = torch.jit.script(m)
+    with pytest.raises(Exception, match="PiecewiseQuadratic takes a floating-point input"):
+        scripted(x)
+    torch.testing.assert_close(scripted(x.double()), m(x.double()))
 
 
 def test_torch_form_is_scriptable():
@@ -208,70 +227,38 @@ def test_native_kernels_split_work_over_threads(cc, layout):
 
 
 @pytest.mark.parametrize("cc", [1, 8])
-def test_native_batch_statistics_over_threads(cc):
-    if not native_available():
-        pytest.skip("native kernels unavailable on this machine")
-    from repact.ops.piecewise import native_stats
-
-    x = torch.randn(4, 8, 96, 96) * 4
-    knots, coeffs = _table(cc, 3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        stats = native_stats(x, knots, coeffs, 1)
-    finally:
-        torch.set_num_threads(threads)
-    s = _reference(x, knots, coeffs, 1)
-    dims = (0, 1, 2, 3) if cc == 1 else (0, 2, 3)
-    torch.testing.assert_close(stats[0], s.sum(dims).reshape(-1), rtol=1e-6, atol=1e-3)
-    torch.testing.assert_close(stats[1], (s * s).sum(dims).reshape(-1), rtol=1e-6, atol=1e-3)
-
-
-@pytest.mark.parametrize("spatial", [(2, 3), (4, 4), (7, 7), (15, 17), (16, 16), (33, 65)])
 @pytest.mark.parametrize("with_affine", [False, True])
-@pytest.mark.parametrize("k", [1, 3, 5])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_native_per_channel_sums_over_both_walks(spatial, with_affine, k, dtype):
-    """Per-channel sums over small maps (one channel at a time; with AVX-512 and float32, memory
-    order with each block's sums folded into one vector) and over large ones (image by image, the
-    running sums parked between blocks) must all give the float64 reference."""
+def test_native_backward_over_threads_and_map_sizes(cc, with_affine):
+    """The table kernels' backward over small and large maps, split over two threads (per-channel
+    sums per thread, merged once), with and without the BatchNorm affine of the incoming gradient,
+    against the float64 reference."""
     if not native_available():
         pytest.skip("native kernels unavailable on this machine")
-    from repact.ops.piecewise import _native_backward, native_stats
+    from repact import _native
 
-    c = 6
-    knots, coeffs = _table(c, k, dtype)
-    x = (torch.randn(5, c, *spatial, dtype=torch.float64) * 4).to(dtype)
-    x.view(-1)[: 2 * k] = knots.repeat(2)  # on the knots
-    g = torch.randn_like(x)
-    aff = torch.randn(3, c, dtype=torch.float64) if with_affine else None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        stats = native_stats(x.float(), knots.float(), coeffs.float(), 1)
-        gx, gc = _native_backward(g, x, knots, coeffs, 1, True, True, aff)
-    finally:
-        torch.set_num_threads(threads)
-    x, g, knots, coeffs = x.double(), g.double(), knots.double(), coeffs.double()
-    tight = dtype == torch.float64
-    s = _reference(x, knots, coeffs, 1)
-    if tight:
-        with backend("native"):  # the forward's per-channel blocks end with an overlapping vector
-            torch.testing.assert_close(piecewise_quadratic(x, knots, coeffs, 1), s, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(stats[0], s.sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(stats[1], (s * s).sum((0, 2, 3)), rtol=1e-5, atol=1e-3)
-    shape = (1, c, 1, 1)
-    h = g if aff is None else aff[0].reshape(shape) * g + aff[1].reshape(shape) * s + aff[2].reshape(shape)
-    xr = x.clone().requires_grad_(True)
-    cr = coeffs.clone().requires_grad_(True)
-    with backend("torch"):
-        ref_gx, ref_gc = torch.autograd.grad(piecewise_quadratic(xr, knots, cr, 1), (xr, cr), h)
-    if tight:
+    for spatial in ((2, 3), (7, 7), (33, 65)):
+        x = torch.randn(5, 8, *spatial, dtype=torch.float64) * 4
+        knots, coeffs = _table(cc, 3, torch.float64)
+        x.view(-1)[:6] = knots.repeat(2)  # on the knots
+        g = torch.randn_like(x)
+        aff = torch.randn(3, cc, dtype=torch.float64) if with_affine else None
+        gx = torch.empty_like(x)
+        acc = torch.empty(3, 4, cc, dtype=torch.float64)
+        planar = coeffs.permute(2, 1, 0).contiguous()
+        outer, c, inner = (5, 8, spatial[0] * spatial[1]) if cc > 1 else (1, 1, x.numel())
+        rc = _native.library().repact_pq_backward_f64(
+            x.data_ptr(), g.data_ptr(), gx.data_ptr(), acc.data_ptr(), aff.data_ptr() if aff is not None else None,
+            outer, c, inner, 3, knots.data_ptr(), planar.data_ptr(), cc, 2)
+        assert rc == 0
+        shape = (1, cc, 1, 1) if cc > 1 else (1, 1, 1, 1)
+        s = _reference(x, knots, coeffs, 1)
+        h = g if aff is None else aff[0].reshape(shape) * g + aff[1].reshape(shape) * s + aff[2].reshape(shape)
+        xr = x.clone().requires_grad_(True)
+        cr = coeffs.clone().requires_grad_(True)
+        with backend("torch"):
+            ref_gx, ref_gc = torch.autograd.grad(piecewise_quadratic(xr, knots, cr, 1), (xr, cr), h)
         torch.testing.assert_close(gx, ref_gx, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(gc, ref_gc, rtol=1e-10, atol=1e-9)
-    else:  # float32 sums of up to ~8000 terms of size up to ~1e4
-        torch.testing.assert_close(gx.double(), ref_gx, rtol=1e-4, atol=1e-3)
-        torch.testing.assert_close(gc.double(), ref_gc, rtol=1e-4, atol=ref_gc.abs().max().item() * 1e-5)
+        torch.testing.assert_close(acc.permute(2, 1, 0), ref_gc, rtol=1e-10, atol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -263,9 +263,9 @@ def test_casts_round_the_fuse_constants_from_float64(branches):
     assert torch.equal(m._basis, base) and torch.equal(m._slope_basis, part)
     maps = hardswish_basis_map(branches, dtype=torch.float64)
     if maps is not None:
-        assert torch.equal(m._native_base, maps[0]) and torch.equal(m._native_part, maps[1])
+        assert torch.equal(m._op_base, maps[0]) and torch.equal(m._op_part, maps[1])
         # the hardswish branch's basis row: Q = 1/6 to float64 precision
-        assert m._native_base[-1, 3].item() == 1.0 / 6.0
+        assert m._op_base[-1, 3].item() == 1.0 / 6.0
     m.float()
     for n, b in m.named_buffers():
         if n in f32:
@@ -301,8 +301,8 @@ def test_registered_train_op_passes_opcheck(variant, granularity):
     m = _make(variant, granularity, dtype=torch.float64)
     x = torch.randn(2, C, 4, 5, dtype=torch.float64, requires_grad=True)
     bn = variant == "bn"
-    args = (x, m.branch_weight, m.prelu_weight, m.bn.weight if bn else None, m.bn.bias if bn else None,
-            m._knots, m._native_base, m._native_part, variant == "softmax",
+    args = (x, m.branch_weight, m.prelu_weight, m.bn.weight if bn else None, m.bn.bias if bn else None, None, None,
+            m._knots, m._op_base, m._op_part, variant == "softmax",
             m.bn.eps if bn else 0.0, 1)
     torch.library.opcheck(torch.ops.repact.repact_train.default, args)
 
@@ -312,6 +312,28 @@ def test_lazy_build_follows_mode_and_input_dtype():
     m(torch.randn(2, 3, 4, 4, dtype=torch.bfloat16))
     assert not m.bn.training
     assert m.branch_weight.dtype == torch.bfloat16
+
+
+def native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd):
+    """The cpu backend's training forward, batch statistics for RepAct-III: (y, mean, var)."""
+    from repact.ops import cpu
+    from repact.ops.layout import flat_view
+
+    a = cpu.TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
+    y, mean, var = cpu.train_forward(flat_view(x, cd, a.rows), a, cpu.BN_BATCH if gamma is not None else cpu.BN_NONE)
+    return y.reshape(x.shape), mean, var
+
+
+def native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, need_x,
+                          need_params):
+    """The cpu backend's training backward: (gx, g_w_raw, g_slope, g_gamma, g_beta)."""
+    from repact.ops import cpu
+    from repact.ops.layout import flat_view
+
+    a = cpu.TrainArgs(w_raw, slope, gamma, None, knots, base, part, softmax, eps)
+    bn = cpu.BN_BATCH if gamma is not None else cpu.BN_NONE
+    gx, *rest = cpu.train_backward(flat_view(x, cd, a.rows), g, a, bn, mean, var, None, 0, need_x, need_params)
+    return (gx.reshape(x.shape) if gx is not None else None, *rest)
 
 
 def _table_reference(w_raw, slope, base, part, softmax):
@@ -335,7 +357,6 @@ def test_native_train_op_matches_autograd_reference(branches, form, softmax, bn,
     """The one-call C training op (table or RepAct's own basis, BN statistics and fold, pass, VJP)
     against the table's math in tensor ops under autograd, in float64, on inputs that hit every knot."""
     from repact.fuse import hardswish_basis_map, linear_basis
-    from repact.ops.piecewise import native_train_backward, native_train_forward
 
     maps = hardswish_basis_map(branches, dtype=torch.float64)
     assert (maps is None) == ("square" in branches)  # the only set here with pieces outside the basis
@@ -380,7 +401,7 @@ def test_native_train_op_matches_autograd_reference(branches, form, softmax, bn,
         torch.testing.assert_close(var, var_r.detach().reshape(-1), rtol=1e-10, atol=1e-10)
     else:
         ref = s
-        assert mean.numel() == 0 and var.numel() == 0
+        assert mean is None and var is None
     torch.testing.assert_close(y, ref.detach(), rtol=1e-10, atol=1e-10)
     inputs = [xr, w_raw] + [t for t in (slope, gamma, beta) if t is not None]
     ref_grads = torch.autograd.grad(ref, inputs, g)
@@ -407,7 +428,6 @@ def test_native_basis_kernels_match_float64_reference_on_every_block_size(batch,
     largest and a 256-image batch of 7x7 maps split over two threads, against the float64 table
     math; inputs include every knot, both sides of it, and +-inf."""
     from repact.fuse import hardswish_basis_map, linear_basis
-    from repact.ops.piecewise import native_train_backward, native_train_forward
 
     branches = ("identity", "relu", "prelu", "hardswish")
     # (batch-2 cases keep their original seeds: with two values per channel, 1x1 maps make BN ill-conditioned

@@ -108,7 +108,7 @@ def test_verify_reparameterization_randomizes_bn_first():
     assert isinstance(model.features[2], RepAct)  # the model itself keeps its training form
 
 
-def test_verify_reparameterization_against_the_literal_branch_sum():
+def test_verify_reparameterization_against_the_literal_branch_sum(monkeypatch):
     """reference="branches" catches a wrong table that the fused eval forward shares with the deploy form."""
     model = create_model("small_cnn", act="repact_bn", num_classes=10)
     repact.randomize_activations_(model, seed=1)
@@ -116,13 +116,21 @@ def test_verify_reparameterization_against_the_literal_branch_sum():
     for reference in ("module", "branches"):
         res, _ = repact.verify_reparameterization(copy.deepcopy(model), x, reference=reference)
         assert res.ok(1e-5), (reference, str(res))
-    broken = copy.deepcopy(model)
-    for m in broken.modules():
-        if isinstance(m, RepAct):
-            m._basis.add_(0.05)  # as if fuse.linear_basis were wrong: eval forward and deploy form agree
-    res_module, _ = repact.verify_reparameterization(copy.deepcopy(broken), x, reference="module")
-    res_branches, _ = repact.verify_reparameterization(copy.deepcopy(broken), x, reference="branches")
-    assert res_module.ok(1e-5) and res_module.max_abs == 0.0
+    # as if fuse.linear_basis were wrong, and the training op read that table too (it reads RepAct's
+    # own basis map for this branch set, a second derivation the module reference would compare with)
+    linear_basis = repact.fuse.linear_basis
+
+    def wrong_linear_basis(*args, **kwargs):
+        knots, base, part = linear_basis(*args, **kwargs)
+        return knots, base + 0.05, part
+
+    with monkeypatch.context() as mp:
+        mp.setattr(repact.fuse, "linear_basis", wrong_linear_basis)
+        mp.setattr(repact.fuse, "hardswish_basis_map", lambda *args, **kwargs: None)
+        broken = copy.deepcopy(model).float()  # a cast rebuilds RepAct's fuse constants
+        res_module, _ = repact.verify_reparameterization(copy.deepcopy(broken), x, reference="module")
+        res_branches, _ = repact.verify_reparameterization(copy.deepcopy(broken), x, reference="branches")
+    assert res_module.ok(1e-5), str(res_module)
     assert not res_branches.ok(1e-5) and res_branches.max_rel > 1e-3
     with pytest.raises(ValueError, match="reference must be one of module, branches"):
         repact.verify_reparameterization(model, x, reference="branch")

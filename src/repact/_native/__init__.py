@@ -18,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
-__all__ = ["library", "build_error", "cache_dir"]
+__all__ = ["library", "build_error", "cache_dir", "header", "vector_bytes", "ENTRY_POINTS", "ABI_VERSION"]
 
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("piecewise.c")
-ABI_VERSION = 5
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -65,8 +65,65 @@ def _compiler_version(cc: str) -> str:
         return ""
 
 
+# The C entry points, one table: each is defined for float (suffix f32) and double (f64); "T*" is
+# that dtype's pointer, a leading "c" makes a pointer const. The ctypes signatures, the C
+# prototypes (a header the compiler checks every definition against) and the ABI number (a hash
+# of the header, compiled in and checked at load) are all generated from it.
+ENTRY_POINTS = {
+    "repact_pq_forward": "cT* x, T* y, i64 outer, i64 C, i64 inner, i64 K, cT* t, cT* coef, i64 Cc, int nthreads",
+    "repact_pq_backward": "cT* x, cT* g, T* gx, d* gcoef, cd* aff, i64 outer, i64 C, i64 inner, i64 K, cT* t, "
+                          "cT* coef, i64 Cc, int nthreads",
+    "repact_basis_forward": "cT* x, T* y, i64 outer, i64 C, i64 inner, cT* coef, i64 Cc, int nthreads",
+    "repact_train_sums": "cT* x, cT* g, i64 outer, i64 C, i64 inner, i64 K, cT* t, cT* w_raw, cT* slope, cT* base, "
+                         "cT* part, i64 nb, int softmax, i64 Cc, d* shift, d* out, int nthreads",
+    "repact_train_forward": "cT* x, T* y, i64 outer, i64 C, i64 inner, i64 K, cT* t, cT* w_raw, cT* slope, "
+                            "cT* base, cT* part, i64 nb, int softmax, i64 Cc, cT* gamma, cT* beta, double eps, "
+                            "int bn, d* mean, d* var, int nthreads",
+    "repact_train_backward": "cT* x, cT* g, T* gx, i64 outer, i64 C, i64 inner, i64 K, cT* t, cT* w_raw, "
+                             "cT* slope, cT* base, cT* part, i64 nb, int softmax, i64 Cc, cT* gamma, cd* mean, "
+                             "cd* var, double eps, int bn, cd* gsums, double count, T* g_w, T* g_slope, "
+                             "T* g_gamma, T* g_beta, int nthreads",
+}
+#: entry points without arguments: the ABI number, the SIMD vector width the library was built for
+_PLAIN = ("repact_native_abi_version", "repact_native_vector_bytes")
+_SUFFIXES = {"f32": "float", "f64": "double"}
+_C_TYPES = {"T*": "{T}*", "cT*": "const {T}*", "d*": "double*", "cd*": "const double*", "i64": "int64_t",
+            "int": "int", "double": "double"}
+_CTYPES = {"T*": ctypes.c_void_p, "cT*": ctypes.c_void_p, "d*": ctypes.c_void_p, "cd*": ctypes.c_void_p,
+           "i64": ctypes.c_int64, "int": ctypes.c_int, "double": ctypes.c_double}
+
+
+def _args(spec: str) -> list[tuple[str, str]]:
+    return [tuple(a.split()) for a in spec.split(",")]  # type: ignore[misc]
+
+
+def header() -> str:
+    """The C prototypes of every entry point, as the compiler sees them (``-include``)."""
+    lines = ["#include <stdint.h>"]
+    for name, spec in ENTRY_POINTS.items():
+        for suffix, ctype in _SUFFIXES.items():
+            args = ", ".join(f"{_C_TYPES[t].format(T=ctype)} {a}" for t, a in _args(spec))
+            lines.append(f"int {name}_{suffix}({args});")
+    lines += [f"int {name}(void);" for name in _PLAIN]
+    return "\n".join(lines) + "\n"
+
+
+#: the table's fingerprint, compiled into the library and checked when it is loaded
+ABI_VERSION = zlib.crc32(header().encode()) & 0x7FFFFFFF
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    for name, spec in ENTRY_POINTS.items():
+        for suffix in _SUFFIXES:
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes = [_CTYPES[t] for t, _ in _args(spec)]
+            fn.restype = ctypes.c_int
+    for name in _PLAIN:
+        getattr(lib, name).restype = ctypes.c_int
+
+
 def _flag_sets() -> list[list[str]]:
-    base = ["-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
+    base = ["-O3", "-std=c11", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", f"-DREPACT_NATIVE_ABI={ABI_VERSION}"]
     if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
         return [base + ["-march=native"], base]
     return [base]
@@ -74,19 +131,26 @@ def _flag_sets() -> list[list[str]]:
 
 def _build(cc: str) -> Path:
     src = _SOURCE.read_bytes()
+    head = header()
     key = hashlib.sha256(
-        src + _compiler_version(cc).encode() + _cpu_signature().encode() + sys.version.encode()
+        src + head.encode() + cc.encode() + _compiler_version(cc).encode() + _cpu_signature().encode()
+        + sys.version.encode()
     ).hexdigest()[:16]
     out_dir = cache_dir() / f"native-{key}"
     target = out_dir / "librepact_native.so"
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
+    head_path = out_dir / "repact_native.h"
+    fd, tmp_head = tempfile.mkstemp(dir=out_dir, suffix=".h.tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(head)
+    os.replace(tmp_head, head_path)
     errors = []
     for flags in _flag_sets():
         fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
         os.close(fd)
-        cmd = [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"]
+        cmd = [cc, *flags, "-include", str(head_path), str(_SOURCE), "-o", tmp, "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode == 0:
             os.replace(tmp, target)
@@ -96,62 +160,50 @@ def _build(cc: str) -> Path:
     raise RuntimeError("compiling the native kernel failed:\n" + "\n".join(errors))
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    vp, i64, cint, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-    for suffix in ("f32", "f64"):
-        fwd = getattr(lib, f"repact_pq_forward_{suffix}")
-        fwd.argtypes = [vp, vp, i64, i64, i64, i64, vp, vp, i64, cint]
-        fwd.restype = cint
-        bwd = getattr(lib, f"repact_pq_backward_{suffix}")
-        bwd.argtypes = [vp, vp, vp, vp, vp, i64, i64, i64, i64, vp, vp, i64, cint]
-        bwd.restype = cint
-        basis = getattr(lib, f"repact_basis_forward_{suffix}")
-        basis.argtypes = [vp, vp, i64, i64, i64, vp, i64, cint]
-        basis.restype = cint
-        stats = getattr(lib, f"repact_pq_stats_{suffix}")
-        stats.argtypes = [vp, i64, i64, i64, i64, vp, vp, i64, cint, vp]
-        stats.restype = cint
-        tf = getattr(lib, f"repact_train_forward_{suffix}")
-        tf.argtypes = [vp, vp, i64, i64, i64, i64, vp, vp, vp, vp, vp, i64, cint, i64, vp, vp, dbl, vp, vp, cint]
-        tf.restype = cint
-        tb = getattr(lib, f"repact_train_backward_{suffix}")
-        tb.argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, vp, vp, vp, vp, i64, cint, i64, vp, vp, vp, dbl,
-                       vp, vp, vp, vp, cint]
-        tb.restype = cint
-    lib.repact_native_abi_version.restype = cint
+def _truthy(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, building it on first call; ``None`` when unavailable."""
-    global _LIB, _TRIED, _ERROR
-    if _TRIED:
-        return _LIB
-    with _LOCK:
-        if _TRIED:
-            return _LIB
-        _TRIED = True
-        if os.environ.get("REPACT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
-            _ERROR = "disabled by REPACT_NATIVE=0"
-            return None
-        cc = _compiler()
-        if cc is None:
-            _ERROR = "no C compiler found (set CC)"
-            log.info("repact native kernels unavailable: %s", _ERROR)
-            return None
-        try:
-            import torch  # noqa: F401  (load torch's OpenMP runtime first so the library shares it)
+    """The loaded kernel library, building it on first call; ``None`` when unavailable.
 
-            path = _build(cc)
-            lib = ctypes.CDLL(str(path))
-            _declare(lib)
-            if lib.repact_native_abi_version() != ABI_VERSION:
-                raise RuntimeError("native kernel ABI mismatch")
-            _LIB = lib
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _ERROR = str(exc)
-            log.warning("repact native kernels unavailable, using the PyTorch path: %s", exc)
-            _LIB = None
-        return _LIB
+    With ``REPACT_REQUIRE_NATIVE=1`` (CI) an unavailable library raises instead.
+    """
+    global _LIB, _TRIED, _ERROR
+    if not _TRIED:
+        with _LOCK:
+            if not _TRIED:
+                _LIB, _ERROR = _load()
+                _TRIED = True
+    if _LIB is None and _truthy("REPACT_REQUIRE_NATIVE", "0"):
+        raise RuntimeError(f"REPACT_REQUIRE_NATIVE=1 but the native kernels are unavailable: {_ERROR}")
+    return _LIB
+
+
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    if not _truthy("REPACT_NATIVE", "1"):
+        return None, "disabled by REPACT_NATIVE=0"
+    cc = _compiler()
+    if cc is None:
+        log.info("repact native kernels unavailable: no C compiler found (set CC)")
+        return None, "no C compiler found (set CC)"
+    try:
+        import torch  # noqa: F401  (load torch's OpenMP runtime first so the library shares it)
+
+        lib = ctypes.CDLL(str(_build(cc)))
+        _declare(lib)
+        if lib.repact_native_abi_version() != ABI_VERSION:
+            raise RuntimeError("native kernel ABI mismatch")
+        return lib, None
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("repact native kernels unavailable, using the PyTorch path: %s", exc)
+        return None, str(exc)
+
+
+def vector_bytes() -> int | None:
+    """The SIMD vector width (bytes) the loaded library was built for: 64 (AVX-512), 32 (AVX), 16."""
+    lib = library()
+    return None if lib is None else lib.repact_native_vector_bytes()
 
 
 def build_error() -> str | None:

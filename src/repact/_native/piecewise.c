@@ -16,12 +16,15 @@
  *   backward  h = g                   (aff == NULL)
  *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
  *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
- *   train_forward / train_backward   RepAct's whole training op (table from the branch weights,
- *             BatchNorm statistics and fold, the passes above, the table's VJP), see below; for
- *             the paper's branch sets the same passes in RepAct's own four-number basis (hsb_*)
+ *   train_forward / train_backward / train_sums   RepAct's whole training op (table from the
+ *             branch weights, BatchNorm statistics and fold, the passes above, the table's VJP),
+ *             see below; for the paper's branch sets the same passes in RepAct's own four-number
+ *             basis (hsb_*)
  *
  * Built by repact/_native/__init__.py with -O3 (and -march=native where the compiler takes it)
- * and OpenMP; the library shares the OpenMP runtime that PyTorch has already loaded.
+ * and OpenMP; the library shares the OpenMP runtime that PyTorch has already loaded. The entry
+ * points' prototypes come from the signature table there (a generated header, -include'd, so the
+ * compiler checks every definition against it), and so does REPACT_NATIVE_ABI.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -124,11 +127,6 @@ static int pick_threads(int64_t work, int nthreads) {
         s1 = zero; s2 = zero; since = 0;                                                         \
     }
 
-/* each channel's table in one place: ctab[(c * 3 + j) * S + s] from planar coef[(j * S + s) * Cc + c] */
-#define INTERLEAVE_TABLE(ctab, coef, Cc, S)                                                      \
-    for (int64_t c_ = 0; c_ < (Cc); ++c_)                                                        \
-        for (int64_t js_ = 0; js_ < 3 * (S); ++js_) (ctab)[c_ * 3 * (S) + js_] = (coef)[js_ * (Cc) + c_]
-
 /* One vector of the backward, shared by its kernels: from v (and g) the knot masks mk[], the
  * slope-side coefficients a1, a2 with nz = (a2 != 0), and g replaced by the BatchNorm affine of g
  * and s(v) when aff (then MASK_TAIL, a statement, may zero lanes past the end); BWD_VEC_GX is
@@ -151,27 +149,19 @@ static int pick_threads(int64_t work, int nthreads) {
     }
 #define BWD_VEC_GX(VT, VI) (g * (a1 + (VT)((VI)((a2 + a2) * v) & nz)))
 
-#define DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, ST)                                                   \
+#define DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI)                                                   \
 /* sum s and sum s^2 (gb == NULL), or sum g and sum g s (RepAct-III's backward), of nblk blocks  \
- * (n elements each, bs apart) into out[0], out[Cc] (ST = 0), or of one block into the channel's  \
- * running sums parked in st (ST = 1; see stats_finish) */                                        \
-static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict gb, int64_t nblk,\
+ * (n elements each, bs apart) into out[0], out[Cc] */                                            \
+static void stats_block_##SUF##_k##K(const T* restrict xb, const T* restrict gb, int64_t nblk,\
                                      int64_t bs, int64_t n,                                         \
                                      const T* restrict t, const T* restrict coef, int64_t S,        \
-                                     int64_t Cc, int64_t c, double* restrict out,                   \
-                                     char* restrict st) {                                           \
+                                     int64_t Cc, int64_t c, double* restrict out) {                 \
     enum { L = VBYTES / sizeof(T) };                                                                \
     const VT zero = {0};                                                                            \
     LOAD_TABLE(T, VT, K)                                                                            \
     VT s1 = zero, s2 = zero;                                                                        \
     double d1 = 0.0, d2 = 0.0;                                                                      \
     int64_t since = 0;                                                                              \
-    if (ST) { /* resume the channel's running sums */                                               \
-        const VT* sv_ = (const VT*)st;                                                              \
-        const double* sd_ = (const double*)(st + 2 * VBYTES);                                       \
-        s1 = sv_[0]; s2 = sv_[1]; d1 = sd_[0]; d2 = sd_[1];                                         \
-        since = *(const int64_t*)(sd_ + 2);                                                         \
-    }                                                                                               \
     for (int64_t b = 0; b < nblk; ++b)                                                              \
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                     \
         const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                        \
@@ -197,28 +187,19 @@ static void stats_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restri
         }                                                                                           \
         SUMS_CHUNK_END(m)                                                                           \
     }                                                                                               \
-    if (ST) {                                                                                       \
-        VT* sv_ = (VT*)st;                                                                          \
-        double* sd_ = (double*)(st + 2 * VBYTES);                                                   \
-        sv_[0] = s1; sv_[1] = s2; sd_[0] = d1; sd_[1] = d2;                                         \
-        *(int64_t*)(sd_ + 2) = since;                                                               \
-    } else {                                                                                        \
-        for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                   \
-        out[0] += d1;                                                                               \
-        out[Cc] += d2;                                                                              \
-    }                                                                                               \
+    for (int l = 0; l < L; ++l) { d1 += s1[l]; d2 += s2[l]; }                                       \
+    out[0] += d1;                                                                                   \
+    out[Cc] += d2;                                                                                  \
 }                                                                                                   \
                                                                                                     \
 /* One pass per chunk: h (g, or the affine of g and s), gx = h s'(x), and the moment sums of      \
  * h, h x, h x^2 over all elements and over each {x >= t[k]}; a segment's sums are differences     \
  * of those (segment s = {x >= t[s-1]} minus {x >= t[s]}), so one compare per knot suffices.       \
- * ST = 0: nblk blocks of one channel, sums added to acc at the end; ST = 1: one block, the        \
- * channel's running sums resumed from and parked in st (bwd_finish adds them to acc). */          \
-static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict gb, T* restrict gxb,\
+ * nblk blocks of one channel, sums added to acc at the end. */                                    \
+static void bwd_block_##SUF##_k##K(const T* restrict xb, const T* restrict gb, T* restrict gxb,\
                                    double* restrict acc, const double* restrict aff,                \
                                    int64_t nblk, int64_t bs, int64_t n, const T* restrict t,        \
-                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c,        \
-                                   char* restrict st) {                                             \
+                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c) {      \
     enum { L = VBYTES / sizeof(T) };                                                                \
     const VT zero = {0};                                                                            \
     LOAD_TABLE(T, VT, K)                                                                            \
@@ -231,15 +212,6 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
     double sa[3] = {0, 0, 0}, sg[K + 1][3];                                                         \
     for (int k = 0; k <= K; ++k) sg[k][0] = sg[k][1] = sg[k][2] = 0.0;                              \
     int64_t since = 0;                                                                              \
-    if (ST) { /* resume the channel's running sums */                                               \
-        const VT* sv_ = (const VT*)st;                                                              \
-        const double* sd_ = (const double*)(st + (3 + 3 * K) * VBYTES);                             \
-        all0 = sv_[0]; all1 = sv_[1]; all2 = sv_[2];                                                \
-        for (int k = 0; k < K; ++k) { ge0[k] = sv_[3 + 3 * k]; ge1[k] = sv_[4 + 3 * k]; ge2[k] = sv_[5 + 3 * k]; }\
-        for (int j = 0; j < 3; ++j) sa[j] = sd_[j];                                                 \
-        for (int k = 0; k < K; ++k) for (int j = 0; j < 3; ++j) sg[k][j] = sd_[3 + 3 * k + j];      \
-        since = *(const int64_t*)(sd_ + 3 + 3 * K);                                                 \
-    }                                                                                               \
     for (int64_t b = 0; b < nblk; ++b)                                                              \
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {                                                     \
         const int64_t m = (n - i0 < CHUNK) ? n - i0 : CHUNK;                                        \
@@ -256,7 +228,7 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
                 VT out = BWD_VEC_GX(VT, VI);                                                        \
                 memcpy(gxc + i, &out, sizeof out);                                                  \
             }                                                                                       \
-            if (ST || acc) {                                                                        \
+            if (acc) {                                                                        \
                 VT g1 = g * v, g2 = g1 * v;                                                         \
                 all0 += g; all1 += g1; all2 += g2;                                                  \
                 for (int k = 0; k < K; ++k) {                                                       \
@@ -278,7 +250,7 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
                 T q = (c2[seg] == (T)0) ? (T)0 : (c2[seg] + c2[seg]) * v;                           \
                 gxc[i] = g * (c1[seg] + q);                                                         \
             }                                                                                       \
-            if (ST || acc) {                                                                        \
+            if (acc) {                                                                        \
                 double dv = (double)v, dg = (double)g;                                              \
                 sa[0] += dg; sa[1] += dg * dv; sa[2] += dg * dv * dv;                               \
                 const double dg1 = dg * dv, dg2 = dg1 * dv;                                         \
@@ -289,7 +261,7 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
             }                                                                                       \
         }                                                                                           \
         since += m;                                                                                 \
-        if ((ST || acc) && (since >= CHUNK || (!ST && b == nblk - 1 && i0 + m >= n))) {             \
+        if (acc && (since >= CHUNK || (b == nblk - 1 && i0 + m >= n))) {             \
             /* flush the float lanes into double sums (keeps float partial sums short) */           \
             for (int l = 0; l < L; ++l) {                                                           \
                 sa[0] += all0[l]; sa[1] += all1[l]; sa[2] += all2[l];                               \
@@ -302,15 +274,7 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
             since = 0;                                                                              \
         }                                                                                           \
     }                                                                                               \
-    if (ST) { /* park the running sums until the channel's next block */                            \
-        VT* sv_ = (VT*)st;                                                                          \
-        double* sd_ = (double*)(st + (3 + 3 * K) * VBYTES);                                         \
-        sv_[0] = all0; sv_[1] = all1; sv_[2] = all2;                                                \
-        for (int k = 0; k < K; ++k) { sv_[3 + 3 * k] = ge0[k]; sv_[4 + 3 * k] = ge1[k]; sv_[5 + 3 * k] = ge2[k]; }\
-        for (int j = 0; j < 3; ++j) sd_[j] = sa[j];                                                 \
-        for (int k = 0; k < K; ++k) for (int j = 0; j < 3; ++j) sd_[3 + 3 * k + j] = sg[k][j];      \
-        *(int64_t*)(sd_ + 3 + 3 * K) = since;                                                       \
-    } else if (acc) {                                                                               \
+    if (acc) {                                                                                      \
         for (int s = 0; s <= K; ++s)                                                                \
             for (int j = 0; j < 3; ++j) {                                                           \
                 double above = (s == 0) ? sa[j] : sg[s - 1][j];                                     \
@@ -322,80 +286,31 @@ static void bwd_block##ST##_##SUF##_k##K(const T* restrict xb, const T* restrict
 
 #define DEFINE_KERNELS(T, SUF, K, VT, VI)                                                        \
                                                                                                  \
-static void fwd_block_##SUF##_k##K(const T* restrict xb, T* restrict yb, int64_t nblk,           \
-                                   int64_t bs, int64_t n, const T* restrict t,                   \
-                                   const T* restrict coef, int64_t S, int64_t Cc, int64_t c) {   \
-    T c0[K + 1], c1[K + 1], c2[K + 1], tk[K + 1];                                                \
-    for (int s = 0; s <= K; ++s) {                                                               \
-        c0[s] = coef[(0 * S + s) * Cc + c];                                                      \
-        c1[s] = coef[(1 * S + s) * Cc + c];                                                      \
-        c2[s] = coef[(2 * S + s) * Cc + c];                                                      \
+/* forward over a run of n elements of channel c: a run of n >= L elements ends with a full      \
+ * vector that overlaps the one before it (those lanes are written twice with the same values),   \
+ * so there is no scalar tail; shorter runs go element by element */                             \
+static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t n,              \
+                                   const T* restrict t, const T* restrict coef, int64_t S,       \
+                                   int64_t Cc, int64_t c) {                                      \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    const VT zero = {0};                                                                         \
+    LOAD_TABLE(T, VT, K)                                                                         \
+    if (n < L) {                                                                                 \
+        for (int64_t i = 0; i < n; ++i) {                                                        \
+            T v = xp[i];                                                                         \
+            PQ_SCALAR(T, K, v, yp[i])                                                            \
+        }                                                                                        \
+        return;                                                                                  \
     }                                                                                            \
-    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
-    for (int64_t b = 0; b < nblk; ++b) {                                                         \
-    const T* restrict xp = xb + b * bs;                                                          \
-    T* restrict yp = yb + b * bs;                                                                \
-    for (int64_t i = 0; i < n; ++i) {                                                            \
-        T v = xp[i];                                                                             \
-        PQ_SCALAR(T, K, v, yp[i])                                                                   \
-    }                                                                                            \
+    for (int64_t i = 0;; i += L) {                                                               \
+        if (i + L > n) i = n - L;                                                                \
+        VT v, out;                                                                               \
+        memcpy(&v, xp + i, sizeof v);                                                            \
+        PQ_VEC(VT, VI, K, v, out)                                                                \
+        memcpy(yp + i, &out, sizeof out);                                                        \
+        if (i + L >= n) break;                                                                   \
     }                                                                                            \
 }                                                                                                \
-                                                                                                 \
-/* forward over the flat range [pos, end) of a tensor with a per-channel table, block by block      \
- * (inner elements per block, channel (block index) mod C); ctab holds each channel's table in one  \
- * place, ctab[(c * 3 + j) * (K + 1) + s]. A block of n >= L elements ends with a full vector that  \
- * overlaps the one before it (those lanes are written twice with the same values), so there is no  \
- * scalar tail; smaller blocks go element by element. */                                            \
-static void fwd_span_##SUF##_k##K(const T* restrict x, T* restrict y, int64_t pos, int64_t end,     \
-                                  int64_t inner, int64_t C, const T* restrict t,                    \
-                                  const T* restrict ctab) {                                         \
-    enum { L = VBYTES / sizeof(T) };                                                                \
-    const VT zero = {0};                                                                            \
-    T tk[K + 1];                                                                                    \
-    VT tv[K + 1];                                                                                   \
-    for (int s = 0; s < K; ++s) { tk[s] = t[s]; tv[s] = zero + t[s]; }                              \
-    int64_t blk = pos / inner, c = blk % C;                                                         \
-    while (pos < end) {                                                                             \
-        int64_t stop = (blk + 1) * inner;                                                           \
-        if (stop > end) stop = end;                                                                 \
-        const T* restrict q = ctab + c * 3 * (K + 1);                                               \
-        const T* restrict xp = x + pos;                                                             \
-        T* restrict yp = y + pos;                                                                   \
-        const int64_t n = stop - pos;                                                               \
-        if (n >= L) {                                                                               \
-            VT c0v[K + 1], c1v[K + 1], c2v[K + 1];                                                  \
-            for (int s = 0; s <= K; ++s) {                                                          \
-                c0v[s] = zero + q[s];                                                               \
-                c1v[s] = zero + q[K + 1 + s];                                                       \
-                c2v[s] = zero + q[2 * (K + 1) + s];                                                 \
-            }                                                                                       \
-            for (int64_t i = 0;; i += L) {                                                          \
-                if (i + L > n) i = n - L; /* the last, overlapping vector */                        \
-                VT v;                                                                               \
-                memcpy(&v, xp + i, sizeof v);                                                       \
-                VT out;                                                                             \
-                PQ_VEC(VT, VI, K, v, out)                                                           \
-                memcpy(yp + i, &out, sizeof out);                                                   \
-                if (i + L >= n) break;                                                              \
-            }                                                                                       \
-        } else {                                                                                    \
-            T c0[K + 1], c1[K + 1], c2[K + 1];                                                      \
-            for (int s = 0; s <= K; ++s) {                                                          \
-                c0[s] = q[s];                                                                       \
-                c1[s] = q[K + 1 + s];                                                               \
-                c2[s] = q[2 * (K + 1) + s];                                                         \
-            }                                                                                       \
-            for (int64_t i = 0; i < n; ++i) {                                                       \
-                T v = xp[i];                                                                        \
-                PQ_SCALAR(T, K, v, yp[i])                                                           \
-            }                                                                                       \
-        }                                                                                           \
-        pos = stop;                                                                                 \
-        ++blk;                                                                                      \
-        if (++c == C) c = 0;                                                                        \
-    }                                                                                               \
-}                                                                                                   \
 static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C,                \
                                  const T* restrict t, const T* restrict coef, int64_t S) {       \
     T tk[K + 1];                                                                                 \
@@ -419,7 +334,7 @@ static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C
 }                                                                                                \
                                                                                                  \
 /* the block kernels of the sums passes, both walks (see FOR_THREAD_SHARE) */                    \
-DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, 0) DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI, 1)                   \
+DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI)                   \
                                                                                                     \
 static void stats_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, int64_t C,        \
                                    const T* restrict t,                                          \
@@ -474,35 +389,6 @@ static void bwd_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* 
             acc[(2 * S + seg) * C + c] += dg * dv * dv;                                          \
         }                                                                                        \
     }                                                                                            \
-}                                                                                                   \
-                                                                                                    \
-/* a parked state into the channel's sums (out[0], out[Cc]) */                                      \
-static void stats_finish_##SUF##_k##K(const char* restrict st, double* restrict out, int64_t Cc) {  \
-    enum { L = VBYTES / sizeof(T) };                                                                \
-    const VT* sv = (const VT*)st;                                                                   \
-    const double* sd = (const double*)(st + 2 * VBYTES);                                            \
-    double d1 = sd[0], d2 = sd[1];                                                                  \
-    for (int l = 0; l < L; ++l) { d1 += sv[0][l]; d2 += sv[1][l]; }                                 \
-    out[0] += d1;                                                                                   \
-    out[Cc] += d2;                                                                                  \
-}                                                                                                   \
-                                                                                                    \
-/* a parked state into the channel's per-segment moment sums acc[(j * S + s) * Cc] */               \
-static void bwd_finish_##SUF##_k##K(const char* restrict st, double* restrict acc, int64_t S, int64_t Cc) {\
-    enum { L = VBYTES / sizeof(T), NV = 3 + 3 * K };                                                \
-    const VT* sv = (const VT*)st;                                                                   \
-    const double* sd = (const double*)(st + NV * VBYTES);                                           \
-    double d[NV];                                                                                   \
-    for (int q = 0; q < NV; ++q) {                                                                  \
-        d[q] = sd[q];                                                                               \
-        for (int l = 0; l < L; ++l) d[q] += sv[q][l];                                               \
-    }                                                                                               \
-    for (int s = 0; s <= K; ++s)                                                                    \
-        for (int j = 0; j < 3; ++j) {                                                               \
-            double above = (s == 0) ? d[j] : d[3 * s + j];                                          \
-            double beyond = (s == K) ? 0.0 : d[3 * (s + 1) + j];                                    \
-            acc[(j * S + s) * Cc] += above - beyond;                                                \
-        }                                                                                           \
 }
 
 #define DEFINE_ALL_K(T, SUF, VT, VI)                                                             \
@@ -530,49 +416,16 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
 
 /* Split the work over threads. Rows (inner == 1, channels last): row ranges, body ROW(o).
  * Otherwise blocks of contiguous elements of one channel, body BLOCK(i, nblk, bs, len, c): nblk
- * blocks of len elements from i, bs apart.
- * - The forward walks the flat range in memory order, one contiguous piece per thread, cut at block
- *   boundaries where the table changes per channel.
- * - The sums kernels (statistics, backward) with per-channel tables give each thread a range of
- *   channels, so that their sums stay thread-local. Over large blocks (inner >= STATE_WALK_MIN)
- *   a thread walks its channels image by image, in memory order, parking each channel's running
- *   sums in a state of STRIDE bytes between its blocks (BLOCK_ST(i, len, c, st), then
- *   FINISH(st, c)); over small blocks, where that costs more than it saves, it takes one channel
- *   at a time, all its blocks at once (the running sums stay in registers). */
-#define STATE_WALK_MIN 256
-#define FOR_THREAD_SHARE(SUMS, ROW, BLOCK, BLOCK_ST, FINISH, STRIDE)                             \
-    FOR_THREAD_SHARE_IMPL(ROW, BLOCK, SUMS, BLOCK_ST, FINISH, STRIDE)
-#define FOR_THREAD_SHARE_IN_ORDER(ROW, BLOCK) FOR_THREAD_SHARE_IMPL(ROW, BLOCK, 0, , , 64)
-#define FOR_THREAD_SHARE_IMPL(ROW, BLOCK, SUMS, BLOCK_ST, FINISH, STRIDE)                        \
+ * blocks of len elements from i, bs apart. The forward (SUMS = 0) walks the flat range in memory
+ * order, one contiguous piece per thread, cut at block boundaries where the table changes per
+ * channel; the sums kernels (statistics, backward) with per-channel tables give each thread a
+ * range of channels, all of a channel's blocks at once, so that their sums stay thread-local. */
+#define FOR_THREAD_SHARE(SUMS, ROW, BLOCK)                                                       \
     {                                                                                            \
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();                             \
         if (inner == 1 && C > 1) {                                                               \
             int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                        \
             for (int64_t o = o0; o < o1; ++o) { ROW }                                            \
-        } else if (Cc > 1 && SUMS && inner >= STATE_WALK_MIN) {                                  \
-            const int64_t c0 = C * tid / nth, c1 = C * (tid + 1) / nth;                          \
-            const int64_t stride = (STRIDE);                                                     \
-            const size_t bytes = (size_t)((c1 > c0 ? c1 - c0 : 1) * stride);                     \
-            char* states = (char*)aligned_alloc(64, bytes);                                      \
-            if (!states) {                                                                       \
-                _Pragma("omp atomic write")                                                      \
-                failed = 1;                                                                      \
-            } else {                                                                             \
-                memset(states, 0, bytes);                                                        \
-                for (int64_t b = 0; b < outer; ++b)                                              \
-                    for (int64_t c = c0; c < c1; ++c) {                                          \
-                        const int64_t i = (b * C + c) * inner, len = inner;                      \
-                        char* st = states + (c - c0) * stride;                                   \
-                        (void)i; (void)len; (void)st;                                            \
-                        { BLOCK_ST }                                                             \
-                    }                                                                            \
-                for (int64_t c = c0; c < c1; ++c) {                                              \
-                    const char* st = states + (c - c0) * stride;                                 \
-                    (void)st;                                                                    \
-                    { FINISH }                                                                   \
-                }                                                                                \
-                free(states);                                                                    \
-            }                                                                                    \
         } else if (Cc > 1 && SUMS) {                                                             \
             int64_t c0 = C * tid / nth, c1 = C * (tid + 1) / nth;                                \
             for (int64_t c = c0; c < c1; ++c) {                                                  \
@@ -593,326 +446,6 @@ DEFINE_ALL_K(double, f64, vf64, vi64)
         }                                                                                        \
     }
 
-/* bytes of a parked state (a multiple of 64): NV vectors, NV doubles, a count */
-static int64_t state_stride(int64_t nv) { return (nv * (VBYTES + 8) + 8 + 63) / 64 * 64; }
-
-/* ------------------------------------------------------------------------------------------ */
-/* Per-channel backward sums, AVX-512 float, K <= 4                                             */
-/* ------------------------------------------------------------------------------------------ */
-/* Faster than both walks above where it applies: each thread walks its piece in memory order
- * (no jumps between images, no TLB or prefetch misses per block), keeps a block's sums in
- * registers (at most CHUNK elements at a time), and at the block's end folds its 3 + 3K
- * accumulators (<= 15) into one vector (a shuffle tree: vector i's sum lands in lane RED_LANE[i])
- * added to the channel's running vector; those are flushed into doubles every RED_FLUSH elements
- * of the channel. (Parking 3 + 3K vectors per channel between blocks costs more than the fold.) */
-#if VBYTES == 64 && defined(__AVX512F__)
-#include <immintrin.h>
-#define RED_OK 1
-#define RED_FLUSH 512 /* elements of a channel between flushes of its running vector */
-#define LOADN_f32(dst, src, r) ((dst) = (vf32)_mm512_maskz_loadu_ps((__mmask16)((1u << (unsigned)(r)) - 1u), (src)))
-#define STOREN_f32(dst, v, r) _mm512_mask_storeu_ps((dst), (__mmask16)((1u << (unsigned)(r)) - 1u), (__m512)(v))
-static inline vi32 lanes_below_f32(int64_t r) {
-    const vi32 iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    const vi32 zero = {0};
-    return iota < (zero + (int32_t)r);
-}
-static const int RED_LANE[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-
-static inline vf32 red_pair(vf32 a, vf32 b, vi32 m0, vi32 m1) {
-    return __builtin_shuffle(a, b, m0) + __builtin_shuffle(a, b, m1);
-}
-
-/* the first two levels of the tree's shuffles: halves (RED_A*), then quarters (RED_B*) */
-#define RED_A0 ((vi32){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23})
-#define RED_A1 ((vi32){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31})
-#define RED_B0 ((vi32){0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27})
-#define RED_B1 ((vi32){4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31})
-
-static inline vf32 red_tree(vf32 v0, vf32 v1, vf32 v2, vf32 v3, vf32 v4, vf32 v5, vf32 v6, vf32 v7,
-                            vf32 v8, vf32 v9, vf32 v10, vf32 v11, vf32 v12, vf32 v13, vf32 v14,
-                            vf32 v15) {
-    const vi32 a0 = RED_A0, a1 = RED_A1, b0 = RED_B0, b1 = RED_B1;
-    const vi32 c0 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-    const vi32 c1 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-    const vi32 d0 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-    const vi32 d1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-    vf32 w0 = red_pair(v0, v1, a0, a1), w1 = red_pair(v2, v3, a0, a1);
-    vf32 w2 = red_pair(v4, v5, a0, a1), w3 = red_pair(v6, v7, a0, a1);
-    vf32 w4 = red_pair(v8, v9, a0, a1), w5 = red_pair(v10, v11, a0, a1);
-    vf32 w6 = red_pair(v12, v13, a0, a1), w7 = red_pair(v14, v15, a0, a1);
-    vf32 u0 = red_pair(w0, w1, b0, b1), u1 = red_pair(w2, w3, b0, b1);
-    vf32 u2 = red_pair(w4, w5, b0, b1), u3 = red_pair(w6, w7, b0, b1);
-    return red_pair(red_pair(u0, u1, c0, c1), red_pair(u2, u3, c0, c1), d0, d1);
-}
-
-/* one vector of a block: h, gx, and the moment sums (the bwd_block arithmetic); TAIL masks lanes
- * at and past r */
-#define RED_STEP(K, TAIL)                                                                        \
-    {                                                                                            \
-        vf32 v, g;                                                                               \
-        if (TAIL) {                                                                              \
-            LOADN_f32(v, xp + i, n - i);                                                         \
-            LOADN_f32(g, gp + i, n - i);                                                         \
-        } else {                                                                                 \
-            memcpy(&v, xp + i, sizeof v);                                                        \
-            memcpy(&g, gp + i, sizeof g);                                                        \
-        }                                                                                        \
-        BWD_VEC_SELECT(vf32, vi32, K, if (TAIL) g = (vf32)((vi32)g & lanes_below_f32(n - i));)      \
-        if (gxp) {                                                                               \
-            vf32 out = BWD_VEC_GX(vf32, vi32);                                                      \
-            if (TAIL) STOREN_f32(gxp + i, out, n - i);                                           \
-            else memcpy(gxp + i, &out, sizeof out);                                              \
-        }                                                                                        \
-        vf32 g1 = g * v, g2 = g1 * v;                                                            \
-        acc[0] += g; acc[1] += g1; acc[2] += g2;                                                 \
-        for (int k = 0; k < K; ++k) {                                                            \
-            acc[3 + 3 * k] += (vf32)((vi32)g & mk[k]);                                           \
-            acc[4 + 3 * k] += (vf32)((vi32)g1 & mk[k]);                                          \
-            acc[5 + 3 * k] += (vf32)((vi32)g2 & mk[k]);                                          \
-        }                                                                                        \
-    }
-
-/* the walk of a folding span: the knots as vectors, then block by block (CHUNK pieces of long
- * blocks) over [pos, end), channel c, its table as vectors; RED_SPAN_END(RED) adds the block's folded vector to
- * the channel's running one (flushed into doubles every RED_FLUSH elements) and moves on */
-#define RED_SPAN_BEGIN(K)                                                                        \
-    const vf32 zero = {0};                                                                       \
-    const int64_t S = K + 1;                                                                     \
-    vf32 tv[K + 1];                                                                              \
-    for (int s = 0; s < K; ++s) tv[s] = zero + t[s];                                             \
-    int64_t blk = pos / inner, c = blk % C;                                                      \
-    while (pos < end) {                                                                          \
-        const int64_t bend = (blk + 1) * inner;                                                  \
-        int64_t stop = bend < end ? bend : end;                                                  \
-        if (stop - pos > CHUNK) stop = pos + CHUNK;                                              \
-        const float* restrict q = ctab + c * 3 * S;                                              \
-        vf32 c0v[K + 1], c1v[K + 1], c2v[K + 1];                                                 \
-        for (int s = 0; s <= K; ++s) {                                                           \
-            c0v[s] = zero + q[s];                                                                \
-            c1v[s] = zero + q[S + s];                                                            \
-            c2v[s] = zero + q[2 * S + s];                                                        \
-        }
-#define RED_SPAN_END(RED)                                                                        \
-        {                                                                                        \
-            float* restrict ca = chacc + 16 * c;                                                 \
-            vf32 cur;                                                                            \
-            memcpy(&cur, ca, sizeof cur);                                                        \
-            cur += (RED);                                                                        \
-            cnt[c] += stop - pos;                                                                \
-            if (cnt[c] >= RED_FLUSH) { /* keep float partial sums short */                       \
-                for (int l = 0; l < 16; ++l) chd[16 * c + l] += cur[l];                          \
-                cur = zero;                                                                      \
-                cnt[c] = 0;                                                                      \
-            }                                                                                    \
-            memcpy(ca, &cur, sizeof cur);                                                        \
-        }                                                                                        \
-        pos = stop;                                                                              \
-        if (pos == bend) {                                                                       \
-            ++blk;                                                                               \
-            if (++c == C) c = 0;                                                                 \
-        }
-
-/* a thread's piece [pos, end) in memory order, block by block; AFF: the BatchNorm affine of g */
-#define DEFINE_RED_SPAN(K, AFF)                                                                     \
-static void bwd_red_span_f32_k##K##_a##AFF(const float* restrict x, const float* restrict gg,       \
-                                           float* restrict gxx, int64_t pos, int64_t end,           \
-                                           int64_t inner, int64_t C, const float* restrict t,       \
-                                           const float* restrict ctab, const float* restrict afft,  \
-                                           float* restrict chacc, double* restrict chd,             \
-                                           int64_t* restrict cnt) {                                 \
-    RED_SPAN_BEGIN(K)                                                                               \
-        const int aff = AFF;                                                                        \
-        const vf32 alv = zero + (AFF ? afft[3 * c] : 1.0f), bev = zero + (AFF ? afft[3 * c + 1] : 0.0f);\
-        const vf32 dev = zero + (AFF ? afft[3 * c + 2] : 0.0f);                                     \
-        const float* restrict xp = x + pos;                                                         \
-        const float* restrict gp = gg + pos;                                                        \
-        float* restrict gxp = gxx ? gxx + pos : NULL;                                               \
-        const int64_t n = stop - pos;                                                               \
-        vf32 acc[16];                                                                               \
-        for (int qq = 0; qq < 16; ++qq) acc[qq] = zero;                                             \
-        int64_t i = 0;                                                                              \
-        for (; i + 16 <= n; i += 16) RED_STEP(K, 0)                                                 \
-        if (i < n) RED_STEP(K, 1)                                                                   \
-        vf32 red = red_tree(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7], acc[8], \
-                            acc[9], acc[10], acc[11], acc[12], acc[13], acc[14], acc[15]);          \
-        RED_SPAN_END(red)                                                                           \
-    }                                                                                               \
-}
-
-DEFINE_RED_SPAN(1, 0) DEFINE_RED_SPAN(2, 0) DEFINE_RED_SPAN(3, 0) DEFINE_RED_SPAN(4, 0)
-DEFINE_RED_SPAN(1, 1) DEFINE_RED_SPAN(2, 1) DEFINE_RED_SPAN(3, 1) DEFINE_RED_SPAN(4, 1)
-
-/* statistics (GS = 0: sum s, sum s^2) or the III backward's sums (GS = 1: sum g, sum g s) over a
- * thread's piece, folded the same way (two accumulators per block, in lanes RED_LANE[0], [1]) */
-#define DEFINE_RED_SUMS(K, GS)                                                                      \
-static void sums_red_span_g##GS##_f32_k##K(const float* restrict x, const float* restrict gg,       \
-                                           int64_t pos, int64_t end, int64_t inner, int64_t C,      \
-                                           const float* restrict t, const float* restrict ctab,     \
-                                           float* restrict chacc, double* restrict chd,             \
-                                           int64_t* restrict cnt) {                                 \
-    RED_SPAN_BEGIN(K)                                                                               \
-        const float* restrict xp = x + pos;                                                         \
-        const float* restrict gp = GS ? gg + pos : NULL;                                            \
-        const int64_t n = stop - pos;                                                               \
-        vf32 s1 = zero, s2 = zero;                                                                  \
-        int64_t i = 0;                                                                              \
-        for (; i + 16 <= n; i += 16) {                                                              \
-            vf32 v, sv;                                                                             \
-            memcpy(&v, xp + i, sizeof v);                                                           \
-            PQ_VEC(vf32, vi32, K, v, sv)                                                            \
-            SUMS_ADD(vf32, GS, memcpy(&g, gp + i, sizeof g), sv)                                    \
-        }                                                                                           \
-        if (i < n) {                                                                                \
-            vf32 v, sv;                                                                             \
-            LOADN_f32(v, xp + i, n - i);                                                            \
-            PQ_VEC(vf32, vi32, K, v, sv)                                                            \
-            sv = (vf32)((vi32)sv & lanes_below_f32(n - i));                                         \
-            SUMS_ADD(vf32, GS, LOADN_f32(g, gp + i, n - i), sv)                                     \
-        }                                                                                           \
-        vf32 red = red_tree(s1, s2, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero,\
-                            zero, zero, zero);                                                      \
-        RED_SPAN_END(red)                                                                           \
-    }                                                                                               \
-}
-
-DEFINE_RED_SUMS(0, 0) DEFINE_RED_SUMS(1, 0) DEFINE_RED_SUMS(2, 0) DEFINE_RED_SUMS(3, 0) DEFINE_RED_SUMS(4, 0) DEFINE_RED_SUMS(5, 0) DEFINE_RED_SUMS(6, 0) DEFINE_RED_SUMS(7, 0) DEFINE_RED_SUMS(8, 0)
-DEFINE_RED_SUMS(0, 1) DEFINE_RED_SUMS(1, 1) DEFINE_RED_SUMS(2, 1) DEFINE_RED_SUMS(3, 1) DEFINE_RED_SUMS(4, 1) DEFINE_RED_SUMS(5, 1) DEFINE_RED_SUMS(6, 1) DEFINE_RED_SUMS(7, 1) DEFINE_RED_SUMS(8, 1)
-
-/* a thread's running vectors (zeroed), their double sums, counts per channel, and nlocal sums */
-typedef struct {
-    float* chacc;
-    double* chd;
-    int64_t* cnt;
-    double* local;
-    int ok;
-} FoldBuffers;
-
-static FoldBuffers fold_buffers(int64_t C, int64_t nlocal) {
-    FoldBuffers b;
-    b.chacc = (float*)aligned_alloc(64, (size_t)C * 64);
-    b.chd = (double*)calloc((size_t)C * 16, sizeof(double));
-    b.cnt = (int64_t*)calloc((size_t)C, sizeof(int64_t));
-    b.local = (double*)calloc((size_t)nlocal, sizeof(double));
-    b.ok = b.chacc && b.chd && b.cnt && b.local;
-    if (b.chacc) memset(b.chacc, 0, (size_t)C * 64);
-    return b;
-}
-
-static void fold_free(FoldBuffers* b) {
-    free(b->chacc);
-    free(b->chd);
-    free(b->cnt);
-    free(b->local);
-}
-
-/* per-channel sums of pq_sums over blocks (inner > 1); -1 where this does not apply */
-static int sums_red_walk_f32(const float* x, const float* g, int64_t outer, int64_t C, int64_t inner,
-                             int64_t K, const float* t, const float* coef, int64_t Cc, int nthreads,
-                             double* out) {
-    if (K < 0 || K > MAXK || Cc != C || C < 2 || inner < 2) return -1;
-    const int64_t S = K + 1, total = outer * C * inner;
-    float* ctab = (float*)malloc(sizeof(float) * (size_t)(Cc * 3 * S));
-    if (!ctab) return 2;
-    INTERLEAVE_TABLE(ctab, coef, Cc, S);
-    int nt = pick_threads(total, nthreads);
-    int failed = 0;
-    _Pragma("omp parallel num_threads(nt)")
-    {
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        FoldBuffers fb = fold_buffers(C, 2 * C);
-        if (!fb.ok) {
-            _Pragma("omp atomic write")
-            failed = 1;
-        } else {
-            const int64_t pos = total * tid / nth, end = total * (tid + 1) / nth;
-            if (g) KSWITCH(sums_red_span_g1, f32, x, g, pos, end, inner, C, t, ctab, fb.chacc, fb.chd, fb.cnt)
-            else KSWITCH(sums_red_span_g0, f32, x, g, pos, end, inner, C, t, ctab, fb.chacc, fb.chd, fb.cnt)
-            for (int64_t c = 0; c < C; ++c) {
-                fb.local[c] = fb.chd[16 * c + RED_LANE[0]] + (double)fb.chacc[16 * c + RED_LANE[0]];
-                fb.local[C + c] = fb.chd[16 * c + RED_LANE[1]] + (double)fb.chacc[16 * c + RED_LANE[1]];
-            }
-            _Pragma("omp critical(repact_pq_reduce)")
-            for (int64_t j = 0; j < 2 * C; ++j) out[j] += fb.local[j];
-        }
-        fold_free(&fb);
-    }
-    free(ctab);
-    return failed ? 2 : 0;
-}
-
-/* the whole backward (with sums) for a per-channel table over blocks (inner > 1); returns -1
- * where it does not apply (then the caller's walks run) */
-static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* gcoef,
-                            const double* aff, int64_t outer, int64_t C, int64_t inner, int64_t K,
-                            const float* t, const float* coef, int64_t Cc, int nthreads) {
-    if (K < 1 || K > 4 || Cc != C || C < 2 || inner < 2) return -1;
-    const int64_t S = K + 1, total = outer * C * inner, nacc = 3 * S * Cc;
-    int nt = pick_threads(total, nthreads);
-    int failed = 0;
-    /* each channel's table (and BatchNorm affine) in one place */
-    float* ctab = (float*)malloc(sizeof(float) * (size_t)(Cc * 3 * S));
-    float* afft = aff ? (float*)malloc(sizeof(float) * (size_t)(3 * Cc)) : NULL;
-    if (!ctab || (aff && !afft)) { free(ctab); free(afft); return 2; }
-    INTERLEAVE_TABLE(ctab, coef, Cc, S);
-    for (int64_t c = 0; aff && c < Cc; ++c)
-        for (int j = 0; j < 3; ++j) afft[3 * c + j] = (float)aff[j * Cc + c];
-    _Pragma("omp parallel num_threads(nt)")
-    {
-        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-        FoldBuffers fb = fold_buffers(C, nacc);
-        if (!fb.ok) {
-            _Pragma("omp atomic write")
-            failed = 1;
-        } else {
-            const int64_t pos = total * tid / nth, end = total * (tid + 1) / nth;
-            const int a = aff != NULL;
-#define RED_CALL(KK) \
-            if (a) bwd_red_span_f32_k##KK##_a1(x, g, gx, pos, end, inner, C, t, ctab, afft, fb.chacc, fb.chd, fb.cnt); \
-            else bwd_red_span_f32_k##KK##_a0(x, g, gx, pos, end, inner, C, t, ctab, afft, fb.chacc, fb.chd, fb.cnt);
-            switch (K) {
-                case 1: RED_CALL(1) break;
-                case 2: RED_CALL(2) break;
-                case 3: RED_CALL(3) break;
-                default: RED_CALL(4) break;
-            }
-#undef RED_CALL
-            for (int64_t c = 0; c < C; ++c) {
-                double d[16];
-                for (int q = 0; q < 16; ++q) d[q] = fb.chd[16 * c + RED_LANE[q]] + (double)fb.chacc[16 * c + RED_LANE[q]];
-                for (int64_t s = 0; s <= K; ++s)
-                    for (int j = 0; j < 3; ++j) {
-                        double above = (s == 0) ? d[j] : d[3 * s + j];
-                        double beyond = (s == K) ? 0.0 : d[3 * (s + 1) + j];
-                        fb.local[(j * S + s) * Cc + c] += above - beyond;
-                    }
-            }
-            _Pragma("omp critical(repact_pq_reduce)")
-            for (int64_t j = 0; j < nacc; ++j) gcoef[j] += fb.local[j];
-        }
-        fold_free(&fb);
-    }
-    free(ctab);
-    free(afft);
-    return failed ? 2 : 0;
-}
-#else
-#define RED_OK 0
-static int sums_red_walk_f32(const float* x, const float* g, int64_t outer, int64_t C, int64_t inner,
-                             int64_t K, const float* t, const float* coef, int64_t Cc, int nthreads,
-                             double* out) {
-    (void)x; (void)g; (void)outer; (void)C; (void)inner; (void)K; (void)t; (void)coef; (void)Cc;
-    (void)nthreads; (void)out;
-    return -1;
-}
-static int bwd_red_walk_f32(const float* x, const float* g, float* gx, double* gcoef,
-                            const double* aff, int64_t outer, int64_t C, int64_t inner, int64_t K,
-                            const float* t, const float* coef, int64_t Cc, int nthreads) {
-    (void)x; (void)g; (void)gx; (void)gcoef; (void)aff; (void)outer; (void)C; (void)inner;
-    (void)K; (void)t; (void)coef; (void)Cc; (void)nthreads;
-    return -1;
-}
-#endif
-
 /* ------------------------------------------------------------------------------------------ */
 /* Entry points                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
@@ -926,24 +459,10 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
     if (total == 0) return 0;                                                                    \
     int nt = pick_threads(total, nthreads);                                                      \
     int failed = 0;                                                                              \
-    if (Cc > 1 && !(inner == 1 && C > 1)) {                                                      \
-        /* per-channel table over blocks: each thread one contiguous piece, in memory order */   \
-        T* ctab = (T*)malloc(sizeof(T) * (size_t)(Cc * 3 * S));                                  \
-        if (!ctab) return 2;                                                                     \
-        INTERLEAVE_TABLE(ctab, coef, Cc, S);                                                     \
-        _Pragma("omp parallel num_threads(nt)")                                                  \
-        {                                                                                        \
-            int tid = omp_get_thread_num(), nth = omp_get_num_threads();                         \
-            const int64_t start = total * tid / nth, end = total * (tid + 1) / nth;              \
-            KSWITCH(fwd_span, SUF, x, y, start, end, inner, C, t, ctab)                          \
-        }                                                                                        \
-        free(ctab);                                                                              \
-        return 0;                                                                                \
-    }                                                                                            \
     _Pragma("omp parallel num_threads(nt)")                                                      \
-    FOR_THREAD_SHARE_IN_ORDER(                                                                   \
+    FOR_THREAD_SHARE(0,                                                                          \
         KSWITCH(fwd_row, SUF, x + o * C, y + o * C, C, t, coef, S),                              \
-        KSWITCH(fwd_block, SUF, x + i, y + i, nblk, bs, len, t, coef, S, Cc, c))                 \
+        KSWITCH(fwd_block, SUF, x + i, y + i, len, t, coef, S, Cc, c); (void)nblk; (void)bs;)    \
     return failed ? 2 : 0;                                                                       \
 }                                                                                                \
                                                                                                  \
@@ -955,11 +474,6 @@ static int pq_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64
     const int64_t total = outer * C * inner;                                                     \
     memset(out, 0, sizeof(double) * 2 * Cc);                                                     \
     if (total == 0) return 0;                                                                    \
-    if (RED_OK && sizeof(T) == 4) {                                                              \
-        int red = sums_red_walk_f32((const float*)x, (const float*)g, outer, C, inner, K,        \
-                                    (const float*)t, (const float*)coef, Cc, nthreads, out);     \
-        if (red >= 0) return red;                                                                \
-    }                                                                                            \
     int nt = pick_threads(total, nthreads);                                                      \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
@@ -971,22 +485,14 @@ static int pq_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64
         } else {                                                                                 \
             FOR_THREAD_SHARE(1,                                                                  \
                 KSWITCH(stats_row, SUF, x + o * C, g ? g + o * C : NULL, C, t, coef, S, local),  \
-                KSWITCH(stats_block0, SUF, x + i, g ? g + i : NULL, nblk, bs, len, t, coef, S,   \
-                        Cc, c, local + c, NULL),                                                 \
-                KSWITCH(stats_block1, SUF, x + i, g ? g + i : NULL, 1, 0, len, t, coef, S, Cc,   \
-                        c, NULL, st),                                                            \
-                KSWITCH(stats_finish, SUF, st, local + c, Cc), state_stride(2))                  \
+                KSWITCH(stats_block, SUF, x + i, g ? g + i : NULL, nblk, bs, len, t, coef, S,    \
+                        Cc, c, local + c))                                                       \
             _Pragma("omp critical(repact_pq_reduce)")                                            \
             for (int64_t j = 0; j < 2 * Cc; ++j) out[j] += local[j];                             \
             free(local);                                                                         \
         }                                                                                        \
     }                                                                                            \
     return failed ? 2 : 0;                                                                       \
-}                                                                                                \
-                                                                                                 \
-int repact_pq_stats_##SUF(const T* x, int64_t outer, int64_t C, int64_t inner, int64_t K,        \
-                          const T* t, const T* coef, int64_t Cc, int nthreads, double* out) {    \
-    return pq_sums_##SUF(x, NULL, outer, C, inner, K, t, coef, Cc, nthreads, out);               \
 }                                                                                                \
                                                                                                  \
 int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const double* aff,    \
@@ -998,12 +504,6 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
     const int64_t nacc = 3 * S * Cc;                                                             \
     if (gcoef) memset(gcoef, 0, sizeof(double) * nacc);                                          \
     if (total == 0) return 0;                                                                    \
-    if (RED_OK && sizeof(T) == 4 && gcoef) {                                                     \
-        int red = bwd_red_walk_f32((const float*)x, (const float*)g, (float*)gx, gcoef, aff,     \
-                                   outer, C, inner, K, (const float*)t, (const float*)coef, Cc,  \
-                                   nthreads);                                                    \
-        if (red >= 0) return red;                                                                \
-    }                                                                                            \
     int nt = pick_threads(total, nthreads);                                                      \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
@@ -1016,11 +516,8 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
             FOR_THREAD_SHARE(gcoef != NULL,                                                      \
                 KSWITCH(bwd_row, SUF, x + o * C, g + o * C, gx ? gx + o * C : NULL, local, aff,  \
                         C, t, coef, S),                                                          \
-                KSWITCH(bwd_block0, SUF, x + i, g + i, gx ? gx + i : NULL, local, aff, nblk, bs,  \
-                        len, t, coef, S, Cc, c, NULL),                                           \
-                KSWITCH(bwd_block1, SUF, x + i, g + i, gx ? gx + i : NULL, NULL, aff, 1, 0, len, \
-                        t, coef, S, Cc, c, st),                                                  \
-                KSWITCH(bwd_finish, SUF, st, local + c, S, Cc), state_stride(3 + 3 * K))         \
+                KSWITCH(bwd_block, SUF, x + i, g + i, gx ? gx + i : NULL, local, aff, nblk, bs,   \
+                        len, t, coef, S, Cc, c))                                                 \
             if (local) {                                                                         \
                 _Pragma("omp critical(repact_pq_reduce)")                                        \
                 for (int64_t j = 0; j < nacc; ++j) gcoef[j] += local[j];                         \
@@ -1102,67 +599,24 @@ DEFINE_ENTRIES(double, f64)
         }                                                                                        \
     }
 
-/* Per-channel sums walk memory in order; a block's vector sums then go to its channel. With
- * AVX-512 float they are folded into one vector (two sums: lanes 0-7, 8-15; four: 0-3, 8-11,
- * 4-7, 12-15) added to the channel's running vector, which is flushed into doubles every
- * RED_FLUSH elements; elsewhere each block's sums are added up lane by lane. */
-#if RED_OK
-#define HSB_FOLD 1
-static const int HSB_OWNER[2][16] = {{0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},
-                                     {0, 0, 0, 0, 2, 2, 2, 2, 1, 1, 1, 1, 3, 3, 3, 3}};
-static void hsb_fold_flush(float* restrict fv, int64_t* restrict cnt, double* restrict o, int64_t os, int na) {
-    for (int l = 0; l < 16; ++l) { o[HSB_OWNER[na == 4][l] * os] += fv[l]; fv[l] = 0.0f; }
-    *cnt = 0;
-}
-static inline void hsb_fold_deposit(float* restrict fv, int64_t* restrict cnt, const void* acc, int na, int64_t m,
-                             double* restrict o, int64_t os) {
-    vf32 a[4];
-    memcpy(a, acc, sizeof(vf32) * (size_t)na);
-    vf32 v = red_pair(a[0], a[1], RED_A0, RED_A1);
-    if (na == 4) v = red_pair(v, red_pair(a[2], a[3], RED_A0, RED_A1), RED_B0, RED_B1);
-    vf32 cur;
-    memcpy(&cur, fv, sizeof cur);
-    cur += v;
-    memcpy(fv, &cur, sizeof cur);
-    *cnt += m;
-    if (*cnt >= RED_FLUSH) hsb_fold_flush(fv, cnt, o, os, na);
-}
-#else
-#define HSB_FOLD 0
-static void hsb_fold_flush(float* fv, int64_t* cnt, double* o, int64_t os, int na) {
-    (void)fv; (void)cnt; (void)o; (void)os; (void)na;
-}
-static void hsb_fold_deposit(float* fv, int64_t* cnt, const void* acc, int na, int64_t m, double* o, int64_t os) {
-    (void)fv; (void)cnt; (void)acc; (void)na; (void)m; (void)o; (void)os;
-}
-#endif
 
-/* a thread's per-channel store for the sums: na doubles per channel (planar, local[j * C + c])
- * and, when folding, a running vector and an element count per channel */
+/* a thread's per-channel store for the sums: na doubles per channel (planar, local[j * C + c]) */
 typedef struct {
     double* local;
-    float* fold;
-    int64_t* cnt;
 } HsbStore;
 
-static int hsb_store(HsbStore* st, int64_t C, int na, int fold) {
+static int hsb_store(HsbStore* st, int64_t C, int na) {
     st->local = (double*)calloc((size_t)(na * C), sizeof(double));
-    st->fold = fold ? (float*)aligned_alloc(64, (size_t)C * 64) : NULL;
-    st->cnt = fold ? (int64_t*)calloc((size_t)C, sizeof(int64_t)) : NULL;
-    if (st->fold) memset(st->fold, 0, (size_t)C * 64);
-    return st->local && (!fold || (st->fold && st->cnt));
+    return st->local != NULL;
 }
 
 /* flush the running vectors, add the store into out[j * Cc + c], free it */
 static void hsb_store_finish(HsbStore* st, int64_t C, int na, double* out, int ok) {
-    for (int64_t c = 0; ok && st->fold && c < C; ++c) hsb_fold_flush(st->fold + 16 * c, st->cnt + c, st->local + c, C, na);
     if (ok) {
         _Pragma("omp critical(repact_pq_reduce)")
         for (int64_t j = 0; j < na * C; ++j) out[j] += st->local[j];
     }
     free(st->local);
-    free(st->fold);
-    free(st->cnt);
 }
 
 /* 0 for the first VBYTES / sizeof(T) entries, all ones after: lane l of the vector loaded at
@@ -1178,7 +632,11 @@ static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 
     const VT ev = zero + e, av = zero + a, bv = zero + b, qv = zero + q;
 
 /* per-channel maps of L to 16 L elements run in straddling vectors (hsb_straddle) */
+#ifdef REPACT_NO_STRADDLE /* (for measuring what the straddling walk gains) */
+#define HSB_STRADDLE(T, inner) 0
+#else
 #define HSB_STRADDLE(T, inner) ((inner) >= VBYTES / (int64_t)sizeof(T) && (inner) < 16 * (VBYTES / (int64_t)sizeof(T)))
+#endif
 
 #define HSB_FWD 0
 #define HSB_SUMS 1
@@ -1197,8 +655,7 @@ static const int64_t HSB_KEEP64[2 * VBYTES / 8] = {[VBYTES / 8 ... 2 * VBYTES / 
         const VT acc_[NHSB] = {a0, a1, a2, a3};                                                  \
         double d_[NHSB] = {0.0, 0.0, 0.0, 0.0};                                                  \
         const int64_t ch_ = (CH);                                                                \
-        hsb_deposit_##SUF(acc_, na, (M), st->fold ? st->fold + 16 * ch_ : NULL,                  \
-                          st->cnt ? st->cnt + ch_ : NULL, st->local + ch_, C, d_);               \
+        hsb_deposit_##SUF(acc_, na, d_);                                                         \
         for (int j_ = 0; j_ < na; ++j_) st->local[j_ * C + ch_] += d_[j_];                       \
     }
 
@@ -1246,24 +703,17 @@ static inline VI hsb_keep_##SUF(int64_t n) {                                    
     return k;                                                                                    \
 }                                                                                                \
                                                                                                  \
-/* a run's or block's vector sums acc[na] (m elements) for one channel: folded into the channel's \
- * running vector (AVX-512 float; flushes into o[j * os]), or lane by lane added to d[j] */      \
-static inline void hsb_deposit_##SUF(const VT* acc, int na, int64_t m, float* fold, int64_t* cnt,  \
-                                     double* o, int64_t os, double* d) {                         \
+/* a run's or block's vector sums acc[na] for one channel, lane by lane added to d[j] */        \
+static inline void hsb_deposit_##SUF(const VT* acc, int na, double* d) {                         \
     enum { L = VBYTES / sizeof(T) };                                                             \
-    if (HSB_FOLD && sizeof(T) == 4 && fold) {                                                    \
-        hsb_fold_deposit(fold, cnt, acc, na, m, o, os);                                          \
-        return;                                                                                  \
-    }                                                                                            \
     for (int j = 0; j < na; ++j)                                                                 \
         for (int l = 0; l < L; ++l) d[j] += acc[j][l];                                           \
 }                                                                                                \
                                                                                                  \
 /* sum w and sum w s(x) (w = s, or g when gp) over a run of n elements of one channel, added to  \
- * o[0] and o[os] (with fold: the vector sums folded into the channel's running vector) */      \
+ * o[0] and o[os] */                                                                            \
 static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64_t n,             \
-                               const T* restrict cf, int64_t cs, double* restrict o, int64_t os,  \
-                               float* fold, int64_t* cnt) {                                       \
+                               const T* restrict cf, int64_t cs, double* restrict o, int64_t os) {\
     enum { L = VBYTES / sizeof(T) };                                                             \
     HSB_COEFS(T, VT)                                                                             \
     const VI keep = hsb_keep_##SUF(n);                                                           \
@@ -1292,22 +742,18 @@ static void hsb_sums_run_##SUF(const T* restrict xp, const T* restrict gp, int64
     }                                                                                            \
     const VT sv[2] = {s1, s2};                                                                   \
     double dd[2] = {d1, d2};                                                                     \
-    hsb_deposit_##SUF(sv, 2, n, fold, cnt, o, os, dd);                                           \
-    d1 = dd[0];                                                                                  \
-    d2 = dd[1];                                                                                  \
-    if (d1 != 0.0 || d2 != 0.0) { /* (with folding, only blocks that flushed) */                 \
-        o[0] += d1;                                                                              \
-        o[os] += d2;                                                                             \
-    }                                                                                            \
+    hsb_deposit_##SUF(sv, 2, dd);                                                                \
+    o[0] += dd[0];                                                                               \
+    o[os] += dd[1];                                                                              \
 }                                                                                                \
                                                                                                  \
 /* the backward over a run of n elements of one channel: h = g (af == NULL) or af[0] g +       \
  * af[as] s(x) + af[2 as], gx = h s'(x) (gxp != NULL), and (o != NULL) the four sums added to   \
- * o[j * os] (or folded, as in hsb_sums_run) */                                                  \
+ * o[j * os] */                                                                                  \
 static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* restrict gxp,        \
                               int64_t n, const T* restrict cf, int64_t cs,                        \
                               const double* restrict af, int64_t as, double* restrict o,          \
-                              int64_t os, float* fold, int64_t* cnt) {                            \
+                              int64_t os) {                                                       \
     enum { L = VBYTES / sizeof(T) };                                                             \
     HSB_COEFS(T, VT)                                                                             \
     const int has_aff = af != NULL, sums = o != NULL;                                            \
@@ -1348,10 +794,9 @@ static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* res
     }                                                                                            \
     if (sums) {                                                                                  \
         const VT av4[NHSB] = {a0, a1, a2, a3};                                                   \
-        hsb_deposit_##SUF(av4, NHSB, n, fold, cnt, o, os, d);                                    \
-    }                                                                                            \
-    if (sums && (d[0] != 0.0 || d[1] != 0.0 || d[2] != 0.0 || d[3] != 0.0))                      \
+        hsb_deposit_##SUF(av4, NHSB, d);                                                         \
         for (int j = 0; j < NHSB; ++j) o[j * os] += d[j];                                        \
+    }                                                                                            \
 }                                                                                                \
                                                                                                  \
 /* The full vectors of [pos, end) of a per-channel tensor with inner >= L, in vectors that may   \
@@ -1444,14 +889,12 @@ static inline __attribute__((always_inline)) void hsb_span_##SUF(               
         int64_t stop = Cc == 1 ? end : (blk + 1) * inner;                                        \
         if (stop > end) stop = end;                                                              \
         const int64_t len = stop - pos;                                                          \
-        float* fv = st->fold ? st->fold + 16 * c : NULL;                                         \
-        int64_t* cn = st->cnt ? st->cnt + c : NULL;                                              \
         double* o = st->local ? st->local + c : NULL;                                            \
         if (mode == HSB_FWD) hsb_fwd_run_##SUF(x + pos, out + pos, len, coef + c, Cc);           \
         else if (mode == HSB_SUMS)                                                               \
-            hsb_sums_run_##SUF(x + pos, g ? g + pos : NULL, len, coef + c, Cc, o, Cc, fv, cn);   \
+            hsb_sums_run_##SUF(x + pos, g ? g + pos : NULL, len, coef + c, Cc, o, Cc);           \
         else hsb_bwd_run_##SUF(x + pos, g + pos, out ? out + pos : NULL, len, coef + c, Cc,      \
-                               aff ? aff + c : NULL, Cc, o, Cc, fv, cn);                         \
+                               aff ? aff + c : NULL, Cc, o, Cc);                                 \
         pos = stop;                                                                              \
     }                                                                                            \
 }                                                                                                \
@@ -1466,7 +909,7 @@ static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
-        HsbStore none = {NULL, NULL, NULL};                                                      \
+        HsbStore none = {NULL};                                                      \
         hsb_span_##SUF(HSB_FWD, x, NULL, y, total * tid / nth, total * (tid + 1) / nth, C, inner, \
                        coef, Cc, NULL, &none);                                                   \
     }                                                                                            \
@@ -1488,8 +931,8 @@ static int hsb_pass_##SUF(const T* x, const T* g, T* gx, double* out, const doub
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
-        HsbStore st = {NULL, NULL, NULL};                                                        \
-        const int ok = !out || hsb_store(&st, Cc, na, HSB_FOLD && sizeof(T) == 4 && Cc > 1);     \
+        HsbStore st = {NULL};                                                        \
+        const int ok = !out || hsb_store(&st, Cc, na);                                           \
         const int64_t p0 = total * tid / nth, p1 = total * (tid + 1) / nth;                      \
         if (ok && sums) hsb_span_##SUF(HSB_SUMS, x, g, NULL, p0, p1, C, inner, coef, Cc, NULL, &st);\
         else if (ok) hsb_span_##SUF(HSB_BWD, x, g, gx, p0, p1, C, inner, coef, Cc, aff, &st);    \
@@ -1607,13 +1050,24 @@ DEFINE_BASIS_ENTRY(double, f64)
  * as a linear map of them, base and part (nb, S, 3) row-major:
  *     table[c] = sum_b w[c, b] * (base[b] + slope[c] * part[b]),   w = softmax(w_raw) for RepAct-II.
  * With K == HSWISH_BASIS, base and part are (nb, 4) and give the basis row (E, A, B, Q) instead.
- * gamma/beta (Cc) switch on RepAct-III's training BatchNorm (batch statistics over each table row).
+ * gamma/beta (Cc) switch on RepAct-III's BatchNorm, y = gamma (s(x) - mean) / sqrt(var + eps) + beta.
  *
- * forward:  y = s(x) (I/II), or gamma (s(x) - mean) / sqrt(var + eps) + beta with the batch mean
- *           and (biased) variance of s(x), written to mean/var (Cc, double) (III).
- * backward: gx, and the gradients of w_raw, slope, gamma, beta (each output may be NULL).
+ * BatchNorm modes (bn): BN_NONE (RepAct-I/II); BN_BATCH, the batch statistics of this call's x
+ * (the forward writes them to mean/var, (Cc) double); BN_GIVEN, batch statistics given: the
+ * forward reads mean/var (computed over several processes from repact_train_sums), the backward
+ * reads the sums of g and g (s - mean) over every process (gsums, (2, Cc)) and their count;
+ * BN_CONST, constant statistics (the running ones): y is an affine map of s, no gradient through
+ * mean/var.
+ *
+ * Statistics follow repact.ops.batchnorm: shifted sums S1 = sum(s - k), S2 = sum((s - k)^2) with
+ * k = s at each table's first element, mean = k + S1 / n, var = max(S2 / n - (S1 / n)^2, 0); the
+ * backward's sum of g (s - mean) is taken with the mean shifted out the same way.
  * Table math runs in double; the kernels see the table rounded to T, and so do the sums that use it.
  */
+#define BN_NONE 0
+#define BN_BATCH 1
+#define BN_GIVEN 2
+#define BN_CONST 3
 /* the table's shape in either form: S segments (0 for the basis), S3 coefficients per channel
  * (row-major in base/part), row sj's planar offset, and how many rows hold the constant term */
 #define TRAIN_SEGMENTS(K) ((K) == HSWISH_BASIS ? 0 : (K) + 1)
@@ -1648,41 +1102,103 @@ static void train_table_##SUF(const T* w_raw, const T* slope, const T* base, con
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
+/* s(v) in double from channel c's coefficients (planar, as the kernels read them) */            \
+static double train_eval_##SUF(double v, int64_t K, const T* t, const T* coef, int64_t Cc, int64_t c) {\
+    if (K == HSWISH_BASIS) {                                                                     \
+        double u = v + 3.0;                                                                      \
+        u = u > 0.0 ? (u < 6.0 ? u : 6.0) : 0.0;                                                 \
+        return (double)coef[c] + v * ((double)coef[Cc + c] + (v >= 0.0 ? (double)coef[2 * Cc + c] : 0.0)\
+                                      + (double)coef[3 * Cc + c] * u);                            \
+    }                                                                                            \
+    const int64_t S = K + 1;                                                                     \
+    int64_t seg = 0;                                                                             \
+    for (int64_t k = 0; k < K; ++k) seg += v >= (double)t[k];                                    \
+    const double a2 = (double)coef[(2 * S + seg) * Cc + c];                                      \
+    return (double)coef[seg * Cc + c] + v * ((double)coef[(S + seg) * Cc + c] + (a2 == 0.0 ? 0.0 : a2 * v));\
+}                                                                                                \
+                                                                                                 \
+/* coef with its constant rows lowered by shift[c] (s - shift, same kernels) into out */         \
+static void train_shift_##SUF(const T* coef, T* out, int64_t S, int64_t Cc, const double* shift) {\
+    memcpy(out, coef, sizeof(T) * (size_t)(TRAIN_ROWS(S) * Cc));                                 \
+    for (int64_t c = 0; c < Cc; ++c)                                                             \
+        for (int64_t js = 0; js < TRAIN_CONST(S); ++js) out[js * Cc + c] = (T)((double)coef[js * Cc + c] - shift[c]);\
+}                                                                                                \
+                                                                                                 \
+/* g == NULL: shift[c] = s at the table's first element, out = S1, S2 of s - shift; else out =   \
+ * sum g, sum g (s - shift) with the given shift (the mean) */                                   \
+static int train_shifted_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,\
+                                    int64_t K, const T* t, const T* coef, int64_t Cc, double* shift,\
+                                    double* out, int nth) {                                      \
+    const int64_t S = TRAIN_SEGMENTS(K);                                                         \
+    T* sc = (T*)malloc(sizeof(T) * (size_t)(TRAIN_ROWS(S) * Cc));                                \
+    if (!sc) return 2;                                                                           \
+    for (int64_t c = 0; !g && c < Cc; ++c) {                                                     \
+        const double k = train_eval_##SUF((double)x[Cc > 1 ? c * inner : 0], K, t, coef, Cc, c); \
+        shift[c] = isfinite(k) ? k : 0.0;                                                        \
+    }                                                                                            \
+    train_shift_##SUF(coef, sc, S, Cc, shift);                                                   \
+    const int rc = train_sums_##SUF(x, g, outer, C, inner, K, t, sc, Cc, nth, out);              \
+    free(sc);                                                                                    \
+    return rc;                                                                                   \
+}                                                                                                \
+                                                                                                 \
+/* the parameters' table: w (Cc, nb) and table (Cc, S3) in double, coef (planar, T) */           \
+typedef struct { double* w; double* table; T* coef; } TrainTable_##SUF;                          \
+static int train_build_##SUF(TrainTable_##SUF* tt, int64_t K, const T* w_raw, const T* slope,   \
+                             const T* base, const T* part, int64_t nb, int softmax, int64_t Cc) {\
+    const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S);                                     \
+    tt->w = (double*)malloc(sizeof(double) * (size_t)(Cc * (nb + S3)));                          \
+    tt->coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                        \
+    if (!tt->w || !tt->coef) return 2;                                                           \
+    tt->table = tt->w + Cc * nb;                                                                 \
+    train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, tt->w, tt->table, tt->coef); \
+    return 0;                                                                                    \
+}                                                                                                \
+static void train_free_##SUF(TrainTable_##SUF* tt) { free(tt->w); free(tt->coef); }             \
+                                                                                                 \
+int repact_train_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64_t inner,     \
+                            int64_t K, const T* t, const T* w_raw, const T* slope, const T* base,\
+                            const T* part, int64_t nb, int softmax, int64_t Cc, double* shift,   \
+                            double* out, int nthreads) {                                         \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+    TrainTable_##SUF tt;                                                                         \
+    int rc = train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc);               \
+    if (rc == 0) rc = train_shifted_sums_##SUF(x, g, outer, C, inner, K, t, tt.coef, Cc, shift, out, nthreads);\
+    train_free_##SUF(&tt);                                                                       \
+    return rc;                                                                                   \
+}                                                                                                \
+                                                                                                 \
 int repact_train_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,        \
                                int64_t K, const T* t, const T* w_raw, const T* slope,            \
                                const T* base, const T* part, int64_t nb, int softmax,            \
-                               int64_t Cc, const T* gamma, const T* beta, double eps,            \
+                               int64_t Cc, const T* gamma, const T* beta, double eps, int bn,    \
                                double* mean, double* var, int nthreads) {                        \
-    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1 || bn < BN_NONE || bn > BN_CONST) return 1;\
     const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S), total = outer * C * inner;          \
-    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + Cc * S3 + 2 * Cc));          \
-    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                         \
-    int rc = (w && coef) ? 0 : 2;                                                                \
-    if (rc == 0) {                                                                               \
-        double* table = w + Cc * nb;                                                             \
-        double* st = table + Cc * S3;                                                            \
-        train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
-        if (gamma) {                                                                             \
-            rc = train_sums_##SUF(x, NULL, outer, C, inner, K, t, coef, Cc, nthreads, st);       \
-            const double n = (double)(total / Cc);                                               \
-            for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
-                const double m = st[c] / n;                                                      \
-                double v = st[Cc + c] / n - m * m;                                               \
-                v = v > 0.0 ? v : 0.0;                                                           \
-                mean[c] = m;                                                                     \
-                var[c] = v;                                                                      \
-                const double scale = (double)gamma[c] / sqrt(v + eps);                           \
-                const double shift = (double)beta[c] - m * scale;                                \
-                for (int64_t js = 0; js < S3; ++js) { /* rows js < TRAIN_CONST(S): constants */  \
-                    T* q = coef + js * Cc + c;                                                   \
-                    *q = (T)((double)*q * scale + (js < TRAIN_CONST(S) ? shift : 0.0));          \
-                }                                                                                \
-            }                                                                                    \
+    TrainTable_##SUF tt;                                                                         \
+    double* st = (double*)malloc(sizeof(double) * (size_t)(3 * Cc));                             \
+    int rc = st ? train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc) : 2;      \
+    if (rc == 0 && bn == BN_BATCH) {                                                             \
+        rc = train_shifted_sums_##SUF(x, NULL, outer, C, inner, K, t, tt.coef, Cc, st, st + Cc, nthreads);\
+        const double n = (double)(total / Cc);                                                   \
+        for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                            \
+            const double d = st[Cc + c] / n, v = st[2 * Cc + c] / n - d * d;                     \
+            mean[c] = st[c] + d;                                                                 \
+            var[c] = v > 0.0 ? v : 0.0;                                                          \
         }                                                                                        \
-        if (rc == 0) rc = train_fwd_##SUF(x, y, outer, C, inner, K, t, coef, Cc, nthreads);      \
     }                                                                                            \
-    free(w);                                                                                     \
-    free(coef);                                                                                  \
+    for (int64_t c = 0; rc == 0 && bn != BN_NONE && c < Cc; ++c) {                               \
+        const double scale = (double)gamma[c] / sqrt(var[c] + eps);                              \
+        const double shift = (double)beta[c] - mean[c] * scale;                                  \
+        for (int64_t js = 0; js < S3; ++js) { /* rows js < TRAIN_CONST(S): constants */          \
+            T* q = tt.coef + js * Cc + c;                                                        \
+            *q = (T)(tt.table[c * S3 + (S ? (js % S) * 3 + (js / S) : js)] * scale               \
+                     + (js < TRAIN_CONST(S) ? shift : 0.0));                                     \
+        }                                                                                        \
+    }                                                                                            \
+    if (rc == 0) rc = train_fwd_##SUF(x, y, outer, C, inner, K, t, tt.coef, Cc, nthreads);       \
+    if (st) train_free_##SUF(&tt);                                                               \
+    free(st);                                                                                    \
     return rc;                                                                                   \
 }                                                                                                \
                                                                                                  \
@@ -1690,44 +1206,42 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
                                 int64_t inner, int64_t K, const T* t, const T* w_raw,            \
                                 const T* slope, const T* base, const T* part, int64_t nb,        \
                                 int softmax, int64_t Cc, const T* gamma, const double* mean,     \
-                                const double* var, double eps, T* g_w, T* g_slope, T* g_gamma,   \
-                                T* g_beta, int nthreads) {                                       \
-    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1) return 1;                            \
+                                const double* var, double eps, int bn, const double* gsums,      \
+                                double count, T* g_w, T* g_slope, T* g_gamma, T* g_beta,         \
+                                int nthreads) {                                                  \
+    if ((K < 0 && K != HSWISH_BASIS) || K > MAXK || nb < 1 || bn < BN_NONE || bn > BN_CONST) return 1;\
     const int64_t S = TRAIN_SEGMENTS(K), S3 = TRAIN_ROWS(S), total = outer * C * inner;          \
     const int need_table = g_w != NULL || g_slope != NULL;                                       \
-    double* w = (double*)malloc(sizeof(double) * (size_t)(Cc * nb + 2 * Cc * S3 + 3 * Cc + nb)); \
-    T* coef = (T*)malloc(sizeof(T) * (size_t)(Cc * S3));                                         \
-    int rc = (w && coef) ? 0 : 2;                                                                \
+    TrainTable_##SUF tt;                                                                         \
+    double* buf = (double*)malloc(sizeof(double) * (size_t)(Cc * S3 + 6 * Cc + nb));            \
+    int rc = buf ? train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc) : 2;     \
     if (rc == 0) {                                                                               \
-        double* table = w + Cc * nb;                                                             \
-        double* gc = table + Cc * S3;       /* planar sums from the kernel (see train_bwd) */    \
+        double* gc = buf;                   /* planar sums from the kernel (see train_bwd) */    \
         double* aff = gc + Cc * S3;         /* (3, Cc): alpha, beta, delta */                    \
-        double* gwb = aff + 3 * Cc;         /* (nb) scratch */                                   \
-        train_table_##SUF(w_raw, slope, base, part, nb, S, Cc, softmax, w, table, coef);         \
-        if (gamma) {                                                                             \
-            /* BN backward: dL/ds = alpha g + beta s + delta needs sum g and sum g s first */    \
-            rc = train_sums_##SUF(x, g, outer, C, inner, K, t, coef, Cc, nthreads, gc);          \
-            const double n = (double)(total / Cc);                                               \
-            for (int64_t c = 0; rc == 0 && c < Cc; ++c) {                                        \
-                const double sum_g = gc[c], sum_gs = gc[Cc + c];                                 \
-                const double invstd = 1.0 / sqrt(var[c] + eps);                                  \
-                const double sum_gshat = invstd * (sum_gs - mean[c] * sum_g);                    \
-                const double gam = (double)gamma[c];                                             \
-                const double alpha = gam * invstd;                                               \
-                const double be = -gam * invstd * invstd * sum_gshat / n;                        \
-                aff[c] = alpha;                                                                  \
-                aff[Cc + c] = be;                                                                \
-                aff[2 * Cc + c] = -alpha * sum_g / n - be * mean[c];                             \
-                if (g_gamma) g_gamma[c] = (T)sum_gshat;                                          \
-                if (g_beta) g_beta[c] = (T)sum_g;                                                \
-            }                                                                                    \
+        double* gs = aff + 3 * Cc;          /* (2, Cc): sum g, sum g (s - mean) */               \
+        double* gwb = gs + 2 * Cc;          /* (nb) scratch */                                   \
+        if (bn == BN_GIVEN) memcpy(gs, gsums, sizeof(double) * (size_t)(2 * Cc));                \
+        else if (bn != BN_NONE)                                                                  \
+            rc = train_shifted_sums_##SUF(x, g, outer, C, inner, K, t, tt.coef, Cc, (double*)mean, gs, nthreads);\
+        const double n = bn == BN_GIVEN ? count : (double)(total / Cc);                          \
+        for (int64_t c = 0; rc == 0 && bn != BN_NONE && c < Cc; ++c) {                           \
+            /* the BatchNorm's backward: dL/ds = alpha g + beta s + delta */                     \
+            const double sum_g = gs[c], invstd = 1.0 / sqrt(var[c] + eps);                       \
+            const double sum_gshat = invstd * gs[Cc + c];                                        \
+            const double alpha = (double)gamma[c] * invstd;                                      \
+            const double be = bn == BN_CONST ? 0.0 : -alpha * invstd * sum_gshat / n;            \
+            aff[c] = alpha;                                                                      \
+            aff[Cc + c] = be;                                                                    \
+            aff[2 * Cc + c] = bn == BN_CONST ? 0.0 : -alpha * sum_g / n - be * mean[c];          \
+            if (g_gamma) g_gamma[c] = (T)sum_gshat;                                              \
+            if (g_beta) g_beta[c] = (T)sum_g;                                                    \
         }                                                                                        \
         if (rc == 0 && (gx || need_table))                                                       \
-            rc = train_bwd_##SUF(x, g, gx, need_table ? gc : NULL, gamma ? aff : NULL,           \
-                                 outer, C, inner, K, t, coef, Cc, nthreads);                     \
+            rc = train_bwd_##SUF(x, g, gx, need_table ? gc : NULL, bn != BN_NONE ? aff : NULL,   \
+                                 outer, C, inner, K, t, tt.coef, Cc, nthreads);                  \
         for (int64_t c = 0; rc == 0 && need_table && c < Cc; ++c) {                              \
             /* the table's VJP: d table[c] / d w[c, b] = base[b] + slope[c] part[b] */           \
-            const double* wc = w + c * nb;                                                       \
+            const double* wc = tt.w + c * nb;                                                    \
             const double sl = slope ? (double)slope[c] : 0.0;                                    \
             double gsl = 0.0, dot = 0.0;                                                         \
             for (int64_t b = 0; b < nb; ++b) {                                                   \
@@ -1746,12 +1260,13 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
             if (g_slope && slope) g_slope[c] = (T)gsl;                                           \
         }                                                                                        \
     }                                                                                            \
-    free(w);                                                                                     \
-    free(coef);                                                                                  \
+    if (buf) train_free_##SUF(&tt);                                                              \
+    free(buf);                                                                                   \
     return rc;                                                                                   \
 }
 
 DEFINE_TRAIN(float, f32)
 DEFINE_TRAIN(double, f64)
 
-int repact_native_abi_version(void) { return 5; }
+int repact_native_abi_version(void) { return REPACT_NATIVE_ABI; }
+int repact_native_vector_bytes(void) { return VBYTES; }

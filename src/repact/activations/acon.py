@@ -5,10 +5,11 @@
 * ACON-C (``acon_c``): (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x.
 * meta-ACON-C (``meta_acon``): ACON-C with beta generated from the input.
 
-The training form of all of them is one custom autograd function that keeps only the input and
-the small parameters for backward and recomputes the sigmoid there (the plain expression would
-keep about four input-sized tensors). Without gradients, and under tracing, ONNX export or
-torch.compile, the plain expression runs instead, so graphs hold only ordinary ops.
+The training form of all of them is ACON's op (:func:`repact.ops.acon`): under autograd one
+function that keeps only the input and the small parameters for backward and recomputes the
+sigmoid there (the plain expression would keep about four input-sized tensors). Without
+gradients, and under tracing, ONNX export or torch.compile, the plain expression runs instead, so
+graphs hold only ordinary ops.
 
 Inits: ACON-C follows the official code (p1, p2 ~ N(0, 1), beta = 1, per channel). ACON-A and
 ACON-B have no official class; we use beta = 1 and, for ACON-B, p = 0.25 (PReLU's init).
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..registry import register_act
+from ..ops import acon
 from ._common import BatchNorm2dSafe, GranularActivation, check_choice, per_sample_mean, per_sample_view
 from .base import Activation
 
@@ -31,107 +33,8 @@ __all__ = ["acon_forward", "AconA", "AconB", "AconC", "MetaAconC", "META_GENERAT
 META_GENERATORS = ("layer", "channel", "pixel")
 
 
-def _diff(p1: torch.Tensor | None, p2: torch.Tensor | None) -> torch.Tensor | None:
-    """p1 - p2 with p1 = 1 and p2 = 0 when absent; None means exactly 1."""
-    if p1 is None and p2 is None:
-        return None
-    if p2 is None:
-        return p1
-    return (1 - p2) if p1 is None else (p1 - p2)
-
-
-def _acon_eager(x, p1, p2, beta, inplace=True):
-    """The plain expression; ``inplace`` reuses the sigmoid's buffer (only where autograd does not
-    need it, i.e. without grad or inside ``_AconFn``)."""
-    d = _diff(p1, p2)
-    u = x if d is None else x * d
-    z = u if beta is None else u * beta
-    if not inplace:
-        y = torch.sigmoid(z) * u
-        return y if p2 is None else y + x * p2
-    y = torch.sigmoid(z).mul_(u)  # a fresh tensor whose dtype already covers p2's (d holds p2)
-    return y if p2 is None else y.addcmul_(x, p2)
-
-
-def _sum_to(grad: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    if grad.shape != ref.shape:
-        grad = grad.sum_to_size(ref.shape)
-    return grad.to(ref.dtype)
-
-
-class _AconFn(torch.autograd.Function):
-    """y = d x sigmoid(beta d x) + p2 x with d = p1 - p2; saves x and the parameters only."""
-
-    @staticmethod
-    def forward(ctx, x, p1, p2, beta):
-        ctx.save_for_backward(x, p1, p2, beta)
-        return _acon_eager(x, p1, p2, beta)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, p1, p2, beta = ctx.saved_tensors
-        need_x, need_p1, need_p2, need_beta = ctx.needs_input_grad
-        d = _diff(p1, p2)
-        u = x if d is None else x * d
-        z = u if beta is None else u * beta
-        s = torch.sigmoid(z)
-        gx = gp1 = gp2 = gbeta = None
-        if need_beta:
-            # d/dbeta [u sigmoid(beta u)] = u^2 s (1 - s)
-            gbeta = _sum_to(g * u * u * s * (1 - s), beta)
-        if need_x or need_p1 or need_p2:
-            # core = d/du [u sigmoid(beta u)] = s (1 + beta u (1 - s))
-            core = s * (1 + z * (1 - s))
-            if need_x:
-                t = core if d is None else core * d
-                gx = _sum_to(g * (t if p2 is None else t + p2), x)
-            if need_p1 or need_p2:
-                gd = g * x * core
-                if need_p1:
-                    gp1 = _sum_to(gd, p1)
-                if need_p2:
-                    gp2 = _sum_to(g * x - gd, p2)
-        return gx, gp1, gp2, gbeta
-
-
-def _as_operand(t: torch.Tensor | None, x: torch.Tensor, name: str) -> torch.Tensor | None:
-    if t is None:
-        return None
-    if t.numel() == 1:
-        return t.reshape([1] * x.dim())
-    if t.dim() != x.dim() or torch.broadcast_shapes(t.shape, x.shape) != x.shape:
-        raise ValueError(
-            f"acon_forward: {name} of shape {tuple(t.shape)} must broadcast to the input shape {tuple(x.shape)} "
-            "with the same number of dims"
-        )
-    return t
-
-
-def acon_forward(
-    x: torch.Tensor,
-    p1: torch.Tensor | None = None,
-    p2: torch.Tensor | None = None,
-    beta: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x, memory-lean under autograd.
-
-    ``p1`` defaults to 1, ``p2`` to 0 and ``beta`` to 1 (so ``acon_forward(x, beta=b)`` is Swish). Each
-    given tensor has one element or the input's number of dims and broadcasts to the input.
-    """
-    p1, p2, beta = (_as_operand(t, x, n) for t, n in ((p1, "p1"), (p2, "p2"), (beta, "beta")))
-    operands = [t for t in (x, p1, p2, beta) if t is not None]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
-    tracing = _tracing()
-    if needs_grad and not tracing:
-        return _AconFn.apply(x, p1, p2, beta)
-    # tracers see one graph whatever the grad mode: the out-of-place expression
-    return _acon_eager(x, p1, p2, beta, inplace=not (needs_grad or tracing))
-
-
-def _tracing() -> bool:
-    # tracers and compilers see the plain expression (no Python op in the graph; the compiler
-    # chooses what to recompute itself)
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+#: ACON's training op (:func:`repact.ops.acon`) under this module's historical name
+acon_forward = acon
 
 
 class AconA(GranularActivation):

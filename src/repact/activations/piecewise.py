@@ -5,27 +5,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .. import fuse
-from ..ops.piecewise import (
-    _use_native,
-    native_basis_forward,
-    native_basis_table,
-    native_forward_prepared,
-    native_table,
-    piecewise_quadratic,
-    piecewise_quadratic_torch,
-)
-from .base import Activation
+from ..ops.piecewise import piecewise_quadratic, piecewise_quadratic_torch
+from .base import Activation, check_float_input
 
 __all__ = ["PiecewiseQuadratic"]
-
-
-def _version(t: torch.Tensor) -> int:
-    """In-place modification counter; inference tensors have none (and cannot be modified in place
-    outside inference mode), so -1 stands for them and the cache is keyed on their storage only."""
-    return -1 if t.is_inference() else t._version
 
 
 class PiecewiseQuadratic(Activation):
@@ -101,44 +86,18 @@ class PiecewiseQuadratic(Activation):
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        nd = x.dim()
         coeffs = self.coeffs
-        cc = coeffs.shape[0]
-        cd = x.dim() - 1 if (self.channels_last or x.dim() == 1) else 1
-        if cc > 1 and (x.dim() < 2 or x.shape[cd] != cc):
+        cd = nd - 1 if (self.channels_last or nd == 1) else 1
+        if coeffs.shape[0] > 1 and (nd < 2 or x.shape[cd] != coeffs.shape[0]):
             self.check_channels(x)
-        if not (x.requires_grad and torch.is_grad_enabled()) and _use_native(x):
-            # the kernel's table is cached and rebuilt when the buffers change (in place or moved);
-            # a canonical RepAct table runs in RepAct's own basis (about half the arithmetic)
-            key = (x.dtype, coeffs.data_ptr(), _version(coeffs), self.knots.data_ptr(), _version(self.knots))
-            cache = self.__dict__.get("_table_cache")
-            if cache is None or cache[0] != key:
-                basis = native_basis_table(self.knots, coeffs, x.dtype) if self.hardswish_form else None
-                cache = (key, basis if basis is not None else native_table(self.knots, coeffs, x.dtype))
-                self.__dict__["_table_cache"] = cache
-            if torch.is_tensor(cache[1]):
-                y = native_basis_forward(x, cache[1], cd)
-            else:
-                y = native_forward_prepared(x, cache[1], cc, cd)
-            if y is not None:
-                return y
-        if self.hardswish_form and torch.compiler.is_compiling():
-            return self._hardswish_basis(x, cd)
-        return piecewise_quadratic(x, self.knots, coeffs, cd)
-
-    def _hardswish_basis(self, x: torch.Tensor, cd: int) -> torch.Tensor:
-        # E + A x + B relu(x) + D hardswish(x), read off the table in the graph and written as
-        # x (A + D/6 clamp(x + 3, 0, 6)) + B relu(x) + E: fewer ops than the where-chain for the
-        # compiler to fuse, and no division (same function; rounding differs at the 1e-7 level)
-        c = self.coeffs.to(x.dtype)
-        shape = [1] * x.dim()
-        if c.shape[0] > 1:
-            shape[cd] = c.shape[0]
-        e, a = c[:, 0, 0].reshape(shape), c[:, 0, 1].reshape(shape)
-        d6 = c[:, 1, 2].reshape(shape)
-        b = (c[:, 2, 1] - c[:, 1, 1]).reshape(shape)
-        return x * (a + d6 * torch.clamp(x + 3.0, 0.0, 6.0)) + b * torch.relu(x) + e
+        # the kernels' form of the table (RepAct's basis for a canonical table) is cached in
+        # _table_cache and rebuilt when the buffers change (in place or moved)
+        cache = None if torch.compiler.is_compiling() else self.__dict__
+        return piecewise_quadratic(x, self.knots, coeffs, cd, basis_ok=self.hardswish_form, cache=cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(x, "PiecewiseQuadratic")
         if not torch.jit.is_scripting():
             return self._forward_eager(x)
         return piecewise_quadratic_torch(x, self.knots, self.coeffs, self._channel_dim(x))

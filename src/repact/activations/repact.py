@@ -18,7 +18,7 @@ computes the literal branch sum, for checks and as the reference.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,17 +26,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import fuse
-from ..ops.piecewise import (
-    _NATIVE_DTYPES,
-    _use_native,
-    get_backend,
-    native_available,
-    native_train_backward,
-    native_train_forward,
-    piecewise_quadratic,
-    piecewise_quadratic_backward,
-)
-from .base import Activation, NotDeployableError
+from ..ops import repact_train
+from ..ops.batchnorm import batch_stats, sync_group, update_running
+from ..ops.layout import channel_shape
+from .base import Activation, NotDeployableError, broadcast_channel
 from .piecewise import PiecewiseQuadratic
 
 __all__ = ["RepAct", "repact_branch_fn", "VARIANTS", "GRANULARITIES"]
@@ -72,158 +65,6 @@ def repact_branch_fn(name: str):
         return _BRANCH_FNS[name]
     except KeyError:
         raise ValueError(f"unknown RepAct branch {name!r}; choose from {', '.join(sorted(_BRANCH_FNS))}") from None
-
-
-class _BatchNormFoldFn(torch.autograd.Function):
-    """Training-mode BN over the piecewise quadratic, keeping only the input for backward.
-
-    Forward: s = PQ(x; coeffs), batch mean/var of s over ``dims``, y = gamma (s - mean) / std + beta.
-    Backward recomputes s from x.
-    """
-
-    @staticmethod
-    def forward(ctx, x, knots, coeffs, gamma, beta, eps, channel_dim, dims):
-        with torch.no_grad():  # (a compiler tracing this may not have switched grad off itself)
-            s = piecewise_quadratic(x, knots, coeffs, channel_dim)
-        var, mean = torch.var_mean(s, dim=dims, unbiased=False, keepdim=True)
-        invstd = torch.rsqrt(var + eps)
-        g = gamma.reshape(mean.shape) if gamma.numel() > 1 else gamma.reshape([1] * x.dim())
-        b = beta.reshape(mean.shape) if beta.numel() > 1 else beta.reshape([1] * x.dim())
-        y = s.sub_(mean).mul_(invstd * g).add_(b)
-        ctx.save_for_backward(x, knots, coeffs, gamma, mean, invstd)
-        ctx.channel_dim = channel_dim
-        ctx.dims = dims
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, gy, _gmean, _gvar):
-        x, knots, coeffs, gamma, mean, invstd = ctx.saved_tensors
-        dims = ctx.dims
-        with torch.no_grad():
-            s = piecewise_quadratic(x, knots, coeffs, ctx.channel_dim)
-            shat = s.sub_(mean).mul_(invstd)
-            n = x.numel() // max(mean.numel(), 1)
-            gbeta = gy.sum(dim=dims, keepdim=True)
-            ggamma = (gy * shat).sum(dim=dims, keepdim=True)
-            g = gamma.reshape(mean.shape) if gamma.numel() > 1 else gamma.reshape([1] * x.dim())
-            gs = shat.mul_(ggamma / n).neg_().add_(gy).sub_(gbeta / n).mul_(invstd * g)
-            gx, gc = piecewise_quadratic_backward(gs, x, knots, coeffs, ctx.channel_dim, ctx.needs_input_grad[0],
-                                                  ctx.needs_input_grad[2])
-        return gx, None, gc, ggamma.reshape(gamma.shape), gbeta.reshape(gamma.shape), None, None, None
-
-
-def _fused_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax: bool, eps: float, cd: int):
-    """RepAct's training forward in one native call: ``(y, mean, var)``, mean/var empty for I/II.
-
-    The C entry point builds the table from the branch weights, and for RepAct-III with batch
-    statistics makes a statistics pass and folds the BatchNorm into the table before its one pass
-    over the input (mean/var (Cc,) float64 are then the batch statistics).
-    """
-    out = native_train_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd)
-    if out is None:
-        raise RuntimeError(f"the native RepAct kernel does not apply to this input ({x.dtype}, shape "
-                           f"{tuple(x.shape)}, channels on dim {cd})")
-    return out
-
-
-def _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, need_x, need_table):
-    """Gradients ``(gx, g_w_raw, g_slope, g_gamma, g_beta)`` (None where not needed or not present)."""
-    out = native_train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd,
-                                need_x, need_table)
-    if out is None:
-        raise RuntimeError(f"the native RepAct kernel does not apply to this gradient ({g.dtype}, shape "
-                           f"{tuple(g.shape)})")
-    return out
-
-
-class _FusedRepActFn(torch.autograd.Function):
-    """Eager autograd wrapper of the fused op (no dispatcher overhead); keeps the input and the
-    tiny parameters only."""
-
-    @staticmethod
-    def forward(ctx, x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd):
-        with torch.no_grad():
-            y, mean, var = _fused_forward(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd)
-        ctx.save_for_backward(x, w_raw, slope, gamma, mean, var, knots, base, part)
-        ctx.conf = (softmax, eps, cd)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    def backward(ctx, g, _gmean, _gvar):
-        x, w_raw, slope, gamma, mean, var, knots, base, part = ctx.saved_tensors
-        softmax, eps, cd = ctx.conf
-        with torch.no_grad():
-            grads = _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd,
-                                    ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:3]))
-        return (*grads, None, None, None, None, None, None)
-
-
-# The same op registered with the dispatcher, for torch.compile (which cannot trace a ctypes call
-# but keeps a registered op as one opaque node). Defined through torch.library.Library rather than
-# torch.library.custom_op: the plain CPU kernel costs ~70 us less per compiled forward + backward
-# (custom_op's wrapper runs at every call), the same outputs.
-_LIB = torch.library.Library("repact", "DEF")
-_LIB.define(
-    "repact_train(Tensor x, Tensor w_raw, Tensor? slope, Tensor? gamma, Tensor? beta, Tensor knots, Tensor base, "
-    "Tensor part, bool softmax, float eps, int cd) -> (Tensor, Tensor, Tensor)"
-)
-_LIB.define(
-    "repact_train_backward(Tensor g, Tensor x, Tensor w_raw, Tensor? slope, Tensor? gamma, Tensor mean, "
-    "Tensor var, Tensor knots, Tensor base, Tensor part, bool softmax, float eps, int cd) -> Tensor[]"
-)
-
-
-def _train_backward_kernel(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd):
-    grads = _fused_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, True, True)
-    return [t if t is not None else x.new_empty(0) for t in grads]
-
-
-_LIB.impl("repact_train", _fused_forward, "CPU")
-_LIB.impl("repact_train_backward", _train_backward_kernel, "CPU")
-
-
-@torch.library.register_fake("repact::repact_train", lib=_LIB)
-def _(x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd):
-    n = 0 if gamma is None else gamma.numel()
-    return torch.empty_like(x), x.new_empty(n, dtype=torch.float64), x.new_empty(n, dtype=torch.float64)
-
-
-@torch.library.register_fake("repact::repact_train_backward", lib=_LIB)
-def _(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd):
-    empty = x.new_empty(0)
-    return [torch.empty_like(x), torch.empty_like(w_raw), torch.empty_like(slope) if slope is not None else empty,
-            torch.empty_like(gamma) if gamma is not None else empty,
-            torch.empty_like(gamma) if gamma is not None else empty]
-
-
-_repact_train_op = torch.ops.repact.repact_train.default
-_repact_train_backward_op = torch.ops.repact.repact_train_backward.default
-
-
-def _setup(ctx, inputs, output):
-    x, w_raw, slope, gamma, beta, knots, base, part, softmax, eps, cd = inputs
-    _, mean, var = output
-    ctx.save_for_backward(x, w_raw, slope, gamma, mean, var, knots, base, part)
-    ctx.conf = (softmax, eps, cd, slope is not None, gamma is not None)
-
-
-def _backward(ctx, g, _gmean, _gvar):
-    x, w_raw, slope, gamma, mean, var, knots, base, part = ctx.saved_tensors
-    softmax, eps, cd, has_slope, has_bn = ctx.conf
-    gx, gw, gslope, ggamma, gbeta = _repact_train_backward_op(g, x, w_raw, slope, gamma, mean, var, knots, base,
-                                                              part, softmax, eps, cd)
-    return (gx, gw, gslope if has_slope else None, ggamma if has_bn else None, gbeta if has_bn else None,
-            None, None, None, None, None, None)
-
-
-torch.library.register_autograd("repact::repact_train", _backward, setup_context=_setup, lib=_LIB)
-
-
-@torch._dynamo.assume_constant_result
-def _native_ok() -> bool:
-    return get_backend() != "torch" and native_available()
 
 
 class RepAct(Activation):
@@ -290,15 +131,15 @@ class RepAct(Activation):
     # --- construction ----------------------------------------------------------------------------
     def _fuse_constants(self, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
         """The fuse buffers, computed in float64 and rounded once to ``dtype``: the knots, the table's
-        linear map (``_basis``, ``_slope_basis``) and what the native training op reads
-        (``_native_base/_part``: the maps onto RepAct's own basis where the branch set has one, as
-        the paper's does, with half the arithmetic of the table; else the table's)."""
+        linear map (``_basis``, ``_slope_basis``) and what the training op reads (``_op_base/_part``:
+        the maps onto RepAct's own basis where the branch set has one, as the paper's does, with
+        half the arithmetic of the table; else the table's)."""
         knots, base, part = fuse.linear_basis(self.branches, dtype=torch.float64)
         maps = fuse.hardswish_basis_map(self.branches, dtype=torch.float64)
         if maps is None:
             maps = base.reshape(base.shape[0], -1), part.reshape(part.shape[0], -1)
         consts = {"_knots": torch.tensor(knots, dtype=torch.float64), "_basis": base, "_slope_basis": part,
-                  "_native_base": maps[0], "_native_part": maps[1]}
+                  "_op_base": maps[0], "_op_part": maps[1]}
         return {k: v.to(device=device, dtype=dtype).contiguous() for k, v in consts.items()}
 
     def _apply(self, fn, recurse=True):
@@ -366,114 +207,55 @@ class RepAct(Activation):
         # one value per group has no variance: fall back to the running statistics (batch size 1)
         return per_group > 1
 
-    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-        bn = self.bn
-        if not (self.training and bn.track_running_stats):
-            return
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            unbiased = var.reshape(-1) * (n / max(n - 1, 1))
-            bn.running_mean.mul_(1 - factor).add_(mean.reshape(-1).to(bn.running_mean.dtype), alpha=factor)
-            bn.running_var.mul_(1 - factor).add_(unbiased.to(bn.running_var.dtype), alpha=factor)
-
-    def _fused_applies(self, x: torch.Tensor) -> bool:
-        """Whether the native training op runs this call (eagerly, or as custom ops when compiled)."""
-        if not x.is_cpu or x.dtype not in _NATIVE_DTYPES or self.branch_weight.dtype != x.dtype:
-            return False
-        if torch.compiler.is_compiling():
-            if not _native_ok():
-                return False
-        elif type(x) is not torch.Tensor or x.numel() == 0 or not _use_native(x):
-            return False
-        if self.variant != "bn":
-            return True
-        return self._use_batch_stats(x) and self.bn.weight is not None and self.bn.weight.dtype == x.dtype
-
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.infer_channels(x)
         self.check_channels(x)
         if not self.piecewise:
             return self._forward_generic(x)
-        cd = self.channel_dim(x)
-        if self._fused_applies(x):
-            bn = self.variant == "bn"
-            fn = _repact_train_op if torch.compiler.is_compiling() else _FusedRepActFn.apply
-            y, mean, var = fn(
-                x, self.branch_weight, self.prelu_weight, self.bn.weight if bn else None,
-                self.bn.bias if bn else None, self._knots, self._native_base, self._native_part,
-                self.variant == "softmax", self.bn.eps if bn else 0.0, cd,
-            )
-            if bn:
-                self._update_running(mean, var, x.numel() // mean.numel())
-            return y
-        knots, coeffs = self.piece_table()
-        if self.variant != "bn":
-            return piecewise_quadratic(x, knots, coeffs, cd)
-        if not self._use_batch_stats(x):
-            scale, shift = self._bn_affine()
-            return piecewise_quadratic(x, knots, fuse.fold_affine(coeffs, scale, shift), cd)
-        if torch.compiler.is_compiling():
-            # plain ops, recomputed from x in backward (left to itself, the compiler's partitioner
-            # keeps one boolean mask per knot instead, which costs memory and is slow to store)
-            y, mean, var = checkpoint(self._pq_batchnorm, x, knots, coeffs, cd, use_reentrant=False)
-            self._update_running(mean, var, x.numel() // mean.numel())
-            return y
-        dims = self._reduce_dims(x)
-        y, mean, var = _BatchNormFoldFn.apply(x, knots, coeffs, self.bn.weight, self.bn.bias, self.bn.eps, cd, dims)
-        self._update_running(mean, var, x.numel() // mean.numel())
+        bn = self.bn if self.variant == "bn" else None
+        batch = bn is not None and self._use_batch_stats(x)
+        constant = bn is not None and not batch
+        y, mean, var, count = repact_train(
+            x, self.branch_weight, self.prelu_weight, bn.weight if bn is not None else None,
+            bn.bias if bn is not None else None, bn.running_mean if constant else None,
+            bn.running_var if constant else None, self._knots, self._op_base, self._op_part,
+            self.variant == "softmax", bn.eps if bn is not None else 0.0, self.channel_dim(x),
+            group=sync_group(bn) if batch else None,
+        )
+        if mean is not None:
+            update_running(bn, mean, var, count)
         return y
-
-    def _pq_batchnorm(self, x, knots, coeffs, cd):
-        """Training-mode BatchNorm over the piecewise quadratic in plain ops; returns (y, mean, var)."""
-        s = piecewise_quadratic(x, knots, coeffs, cd)
-        dims = self._reduce_dims(x)
-        # two plain reductions: the compiler vectorizes sums far better than a Welford var_mean
-        mean = s.mean(dim=dims, keepdim=True)
-        var = (s - mean).square().mean(dim=dims, keepdim=True)
-        gamma, beta = self.bn.weight, self.bn.bias
-        if gamma.numel() > 1:
-            gamma, beta = self._per_channel(gamma, x, cd), self._per_channel(beta, x, cd)
-        y = (s - mean) * torch.rsqrt(var + self.bn.eps) * gamma + beta
-        return y, mean.detach(), var.detach()
 
     def _branch_sum(self, x: torch.Tensor) -> torch.Tensor:
         w = self.branch_weights()
-        cd = self.channel_dim(x)
         slope = self.prelu_weight
-        if slope is not None and slope.numel() > 1:
-            slope = self._per_channel(slope, x, cd)
+        if slope is not None:
+            slope = broadcast_channel(slope, x, self.channel_dim(x) != 1)
         out = None
         for k, name in enumerate(self.branches):
-            wk = w[:, k]
-            wk = self._per_channel(wk, x, cd) if wk.numel() > 1 else wk.reshape([1] * x.dim())
-            term = wk * repact_branch_fn(name)(x, slope)
+            term = broadcast_channel(w[:, k], x, self.channel_dim(x) != 1) * repact_branch_fn(name)(x, slope)
             out = term if out is None else out + term
         return out
 
     @staticmethod
     def _per_channel(t: torch.Tensor, x: torch.Tensor, cd: int) -> torch.Tensor:
-        shape = [1] * x.dim()
-        shape[cd] = t.numel()
-        return t.reshape(shape)
+        """A (C,) tensor viewed to broadcast against ``x`` with channels on ``cd``."""
+        return t.reshape(channel_shape(x.dim(), cd, t.numel()))
 
     def _batchnorm(self, s: torch.Tensor, update: bool) -> torch.Tensor:
-        dims = self._reduce_dims(s)
-        cd = self.channel_dim(s)
+        last = self.channel_dim(s) != 1
+        bn = self.bn
         if self._use_batch_stats(s):
-            var, mean = torch.var_mean(s, dim=dims, unbiased=False, keepdim=True)
+            group = sync_group(bn)
+            mean, var, count = batch_stats(s, self._reduce_dims(s), group)
             if update:
-                self._update_running(mean, var, s.numel() // mean.numel())
-            invstd = torch.rsqrt(var + self.bn.eps)
-            gamma, beta = self.bn.weight, self.bn.bias
-            if gamma.numel() > 1:
-                gamma, beta = self._per_channel(gamma, s, cd), self._per_channel(beta, s, cd)
-            return (s - mean) * invstd * gamma + beta
+                update_running(bn, mean, var, count)
+            scale = torch.rsqrt(var + bn.eps) * bn.weight
+            y = (s - broadcast_channel(mean, s, last)) * broadcast_channel(scale, s, last)
+            return (y + broadcast_channel(bn.bias, s, last)).to(s.dtype)
         scale, shift = self._bn_affine()
-        if scale.numel() > 1:
-            scale, shift = self._per_channel(scale, s, cd), self._per_channel(shift, s, cd)
-        return s * scale + shift
+        return s * broadcast_channel(scale, s, last) + broadcast_channel(shift, s, last)
 
     def _forward_generic(self, x: torch.Tensor) -> torch.Tensor:
         # non-piecewise branch sets: recompute the branches in backward instead of storing them

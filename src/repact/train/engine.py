@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
-from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, setup_distributed
+from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
 from .evaluate import evaluate, topk_correct
 from .logs import RunLogger, activation_snapshot
 from .optim import build_optimizer, build_scheduler
@@ -225,7 +225,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
                                   + " ".join(str(exc).splitlines()[:3])) from None
     model.to(device)
     if env.enabled and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model)
     seed_all(cfg.seed + env.rank)
 
     train_loader, sampler, gen, val_loader = make_loaders(cfg, train_set, val_set, env, device)

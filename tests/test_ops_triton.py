@@ -1,0 +1,29 @@
+"""The Triton kernels' checks (``tests/ops_triton_cases.py``) in a fresh process: on CPU tensors
+with Triton's interpreter, which must be switched on before Triton is first imported."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CASES = Path(__file__).with_name("ops_triton_cases.py")
+
+
+def test_triton_kernels_match_the_reference():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs",
+                           str(CASES)], env=env, capture_output=True, text=True, timeout=1200)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " passed" in summary and "failed" not in summary, summary
+    skips = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all("needs a CUDA device" in line for line in skips), skips  # only the GPU-only checks skip
