@@ -1,0 +1,369 @@
+"""Reparameterize, verify and export detection and segmentation models.
+
+* :func:`verify_task_reparameterization`: reparameterizes a copy and compares the network's raw
+  outputs (detector logits and box regressions, segmentation logits; relative error) and the task
+  outputs (detections; masks) of the two forms, by default after randomizing every BatchNorm's
+  statistics and every activation's parameters.
+* :func:`deploy_task_model`: the deploy pipeline for these models: both checks (the model's own
+  statistics and randomized ones), ONNX export of the :class:`~repact.models.task_backbone.DenseView`
+  (segmentation: the whole model; detectors: backbone + heads), checker, onnxruntime parity at
+  batch 1, B and B+1, deploy weights (a repact checkpoint that ``repact.checkpoint.build_model``
+  rebuilds as the full task model, checked by a reload), and a JSON report that lists what was
+  not exported. Files land in ``out_dir`` only when every check passed.
+
+**Equal detections.** Detections are compared as sets per image: every detection must find one in
+the other form with the same label, a score within ``score_tol`` and a box within ``box_tol``
+pixels. A detector's post-processing sorts scores, so candidates whose scores tie (untrained and
+randomized detectors have many exactly equal scores) may come out in another order, and with them
+NMS and the top-k cut may keep a different one of several equally scored boxes. Such pairs (same
+label and score, different box) are counted as ``tie_swaps``; any other difference is a
+``mismatch`` and fails the check, except after a tie swap: the box NMS kept instead suppresses
+other boxes, so later differences cannot be told from real ones, and ``equal`` is then None
+(the dense comparison decides; both numbers are reported). Masks likewise: a pixel whose predicted class differs counts as
+a mismatch unless its two top logits are within the logits' measured error of each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..checkpoint import atomic_write_text, build_model, save_checkpoint
+from ..models.task_backbone import DenseView
+from ..reparam import VerifyResult, randomize_activations_, randomize_batchnorm_, reparameterize, verify
+from .cost import count_flops, count_params
+from .onnx_export import export_onnx, last_export_forms, onnx_parity
+from .pipeline import DeployError, DeployResult, _json_ready, _versions
+
+__all__ = ["NOT_EXPORTED", "TaskVerifyResult", "compare_detections", "compare_masks", "deploy_task_model",
+           "dense_view", "task_of", "verify_task_reparameterization"]
+
+NOT_EXPORTED = {
+    "SSD": ["the resize to the model's fixed input size (the ONNX model takes float RGB images in [0, 1], "
+            "already resized; the normalization is inside)",
+            "anchor (default box) generation and box decoding", "score threshold, per-class top-k and NMS"],
+    "FasterRCNN": ["the resize and padding transform (the ONNX model takes float RGB images in [0, 1], already "
+                   "resized; the normalization is inside)",
+                   "anchor generation, proposal decoding, RPN NMS and proposal selection",
+                   "the second stage: MultiScaleRoIAlign, the box head and predictor, box decoding, score threshold "
+                   "and NMS"],
+    "segmentation": ["the input resize (the ONNX model takes ImageNet-normalized images of the exported size)"],
+}
+
+
+def task_of(model: nn.Module) -> str:
+    """``"detection"`` or ``"segmentation"`` for a torchvision task model or its dense view."""
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+    from torchvision.models.detection.ssd import SSD
+
+    from ..models.detection import DenseFasterRCNN, DenseSSD
+    from ..models.segmentation import DenseSegmentation
+
+    if isinstance(model, (SSD, FasterRCNN, DenseSSD, DenseFasterRCNN)):
+        return "detection"
+    if isinstance(model, DenseSegmentation) or hasattr(model, "classifier") and hasattr(model, "backbone"):
+        return "segmentation"
+    raise ValueError(f"{type(model).__name__} is neither a torchvision detector (SSD, FasterRCNN) nor a "
+                     "segmentation model (LRASPP, DeepLabV3)")
+
+
+def dense_view(model: nn.Module) -> DenseView:
+    """The tensor-output view of ``model`` (same weights); a dense view is returned as it is."""
+    from torchvision.models.detection.faster_rcnn import FasterRCNN
+    from torchvision.models.detection.ssd import SSD
+
+    from ..models.detection import DenseFasterRCNN, DenseSSD
+    from ..models.segmentation import DenseSegmentation
+
+    if isinstance(model, DenseView):
+        return model
+    if isinstance(model, SSD):
+        return DenseSSD(model)
+    if isinstance(model, FasterRCNN):
+        return DenseFasterRCNN(model)
+    task_of(model)
+    return DenseSegmentation(model)
+
+
+def _not_exported(model: nn.Module) -> list[str]:
+    name = getattr(model, "wrapped_type", type(model).__name__)
+    return NOT_EXPORTED.get(name, NOT_EXPORTED["segmentation"])
+
+
+# --------------------------------------------------------------------------------------------------
+# comparing task outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def compare_detections(reference: Sequence[Mapping[str, torch.Tensor]], candidate: Sequence[Mapping[str, torch.Tensor]],
+                       *, score_tol: float = 1e-5, box_tol: float = 1e-3) -> dict[str, Any]:
+    """Match two lists of torchvision detections (one dict per image); see the module docstring."""
+    out = {"detections": 0, "matched": 0, "tie_swaps": 0, "mismatched": 0, "max_score_error": 0.0,
+           "max_box_error": 0.0}
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(reference)} images of reference detections but {len(candidate)} of candidate")
+    for r, c in zip(reference, candidate):
+        rb, rs, rl = r["boxes"].double(), r["scores"].double(), r["labels"]
+        cb, cs, cl = c["boxes"].double(), c["scores"].double(), c["labels"]
+        out["detections"] += len(rs)
+        free = torch.ones(len(cs), dtype=torch.bool)
+        left: list[int] = []
+        for i in range(len(rs)):
+            box_err = (cb - rb[i]).abs().amax(dim=1) if len(cs) else cb.new_zeros(0)
+            ok = free & (cl == rl[i]) & ((cs - rs[i]).abs() <= score_tol) & (box_err <= box_tol)
+            if ok.any():
+                j = int(torch.where(ok, box_err, torch.full_like(box_err, float("inf"))).argmin())
+                free[j] = False
+                out["matched"] += 1
+                out["max_score_error"] = max(out["max_score_error"], float((cs[j] - rs[i]).abs()))
+                out["max_box_error"] = max(out["max_box_error"], float(box_err[j]))
+            else:
+                left.append(i)
+        for i in left:  # same label and score, another box: a different pick among tied candidates
+            ok = free & (cl == rl[i]) & ((cs - rs[i]).abs() <= score_tol)
+            if ok.any():
+                free[int(ok.nonzero()[0])] = False
+                out["tie_swaps"] += 1
+            else:
+                out["mismatched"] += 1
+        out["mismatched"] += int(free.sum())
+    # a pick among tied boxes changes what NMS suppresses next: after a tie swap, later differences
+    # cannot be told from real ones here (the dense comparison decides); without one they are real
+    out["equal"] = True if out["mismatched"] == 0 else (None if out["tie_swaps"] else False)
+    return out
+
+
+def compare_masks(reference_logits: torch.Tensor, candidate_logits: torch.Tensor) -> dict[str, Any]:
+    """Predicted classes (argmax over dim 1) of two logit tensors; a differing pixel whose two top
+    reference logits are within twice the largest logit error of each other is a tie, not a mismatch."""
+    r, c = reference_logits.double(), candidate_logits.double()
+    err = float((r - c).abs().max()) if r.numel() else 0.0
+    differ = r.argmax(1) != c.argmax(1)
+    top2 = r.topk(2, dim=1).values if r.shape[1] > 1 else torch.cat([r, r], 1)
+    margin = top2[:, 0] - top2[:, 1]
+    mismatched = int((differ & (margin > 2 * err)).sum())
+    return {"pixels": int(differ.numel()), "differing": int(differ.sum()), "mismatched": mismatched,
+            "equal": mismatched == 0}
+
+
+# --------------------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskVerifyResult:
+    """Dense outputs (``dense``: max abs / rel error) and task outputs (``outputs``) of two forms."""
+
+    task: str
+    dense: VerifyResult
+    outputs: dict[str, Any] = field(default_factory=dict)
+    randomized: bool = False
+
+    def ok(self, rtol: float = 1e-5) -> bool:
+        """Dense outputs within ``rtol``, and task outputs equal (or, for detections after a tie swap,
+        undecidable: ``equal`` is None, and the dense comparison decides)."""
+        return self.dense.ok(rtol) and self.outputs.get("equal") is not False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "randomized": self.randomized, "dense": self.dense.as_dict(),
+                "outputs": dict(self.outputs)}
+
+    def __str__(self) -> str:
+        o = self.outputs
+        if self.task == "detection":
+            what = (f"detections: {o['matched']}/{o['detections']} matched, {o['tie_swaps']} tie swap(s), "
+                    f"{o['mismatched']} mismatched (max score err {o['max_score_error']:.1e}, box err "
+                    f"{o['max_box_error']:.1e} px)")
+        else:
+            what = f"masks: {o['differing']} differing pixel(s) of {o['pixels']}, {o['mismatched']} not explained by ties"
+        return f"dense outputs: {self.dense}; {what}"
+
+
+@torch.no_grad()
+def _task_outputs(model: nn.Module, images: torch.Tensor, task: str):
+    if task == "detection":
+        return model(list(images))
+    out = model(images)
+    return out["out"] if isinstance(out, Mapping) else (out[0] if isinstance(out, tuple) else out)
+
+
+def _compare(reference: nn.Module, candidate: nn.Module, images: torch.Tensor, task: str, randomized: bool,
+             score_tol: float) -> TaskVerifyResult:
+    dense = verify(dense_view(reference), dense_view(candidate), images)
+    modes = [(m, m.training) for m in (*reference.modules(), *candidate.modules())]
+    reference.eval()
+    candidate.eval()
+    try:
+        a, b = _task_outputs(reference, images, task), _task_outputs(candidate, images, task)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if task == "detection":
+        box_tol = max(1e-3, 10 * dense.max_rel * float(images.shape[-1]))
+        outputs = compare_detections(a, b, score_tol=score_tol, box_tol=box_tol)
+    else:
+        outputs = compare_masks(a, b)
+    return TaskVerifyResult(task, dense, outputs, randomized)
+
+
+def verify_task_reparameterization(model: nn.Module, images: torch.Tensor, *, randomize: bool = True, seed: int = 0,
+                                   score_tol: float = 1e-5) -> tuple[TaskVerifyResult, nn.Module]:
+    """Reparameterize a copy of ``model`` and compare it with the training form on ``images``
+    (a float batch N x 3 x S x S: detectors take [0, 1] images, segmenters normalized ones).
+
+    ``randomize`` first gives a copy of the model random BatchNorm statistics and activation
+    parameters (``model`` itself is not changed). Returns ``(result, deployed copy)``.
+    """
+    task = task_of(model)
+    ref = copy.deepcopy(model).eval()
+    if randomize:
+        randomize_batchnorm_(ref, seed)
+        randomize_activations_(ref, seed)
+    deployed = reparameterize(ref, inplace=False).eval()
+    return _compare(ref, deployed, images, task, randomize, score_tol), deployed
+
+
+# --------------------------------------------------------------------------------------------------
+# the deploy pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def _default_size(model: nn.Module) -> int:
+    transform = getattr(model, "transform", None)
+    if transform is not None:
+        fixed = getattr(transform, "fixed_size", None)
+        return int(fixed[0]) if fixed else int(transform.min_size[0])
+    return 512
+
+
+def _saved_config(model_config: Mapping[str, Any] | None, size: int) -> dict[str, Any]:
+    cfg = copy.deepcopy(dict(model_config or {}))
+    kwargs = dict(cfg.get("kwargs", {}))
+    for k in ("weights", "weights_kind", "outputs"):  # the checkpoint holds the weights; rebuild the full model
+        kwargs.pop(k, None)
+    cfg["kwargs"] = kwargs
+    cfg["reparameterized"] = True
+    cfg["input_shape"] = [3, size, size]
+    return cfg
+
+
+def deploy_task_model(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    img_size: int | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    name: str = "model",
+    rtol: float = 1e-5,
+    parity_tol: float = 1e-4,
+    opset: int = 17,
+    onnx_form: str = "auto",
+    batch: int = 2,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> DeployResult:
+    """Check, export and save a detection or segmentation model (see the module docstring).
+
+    ``img_size``: the square input side for the checks and the export (default: the detector's own
+    input size; 512 for segmentation). ``model_config``: ``create_model`` arguments (``name``,
+    ``act``, ``num_classes``, ``kwargs``) recorded with the deploy weights. The model's weights and
+    train/eval modes are left as they were.
+    """
+    say = log or (lambda s: None)
+    if not name or any(ch in name for ch in "/\\") or name.startswith("."):
+        raise ValueError(f"name must be a plain file stem, got {name!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    task = task_of(model)
+    base = model
+    size = int(img_size or _default_size(base))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, size, size, generator=gen)
+    if task == "segmentation":
+        x = (x - 0.45) / 0.226  # about ImageNet-normalized
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        checks = {}
+        for randomized in (False, True):
+            res, _ = verify_task_reparameterization(model, x, randomize=randomized, seed=seed)
+            label = "randomized_bn_and_activations" if randomized else "own_statistics"
+            say(f"verify ({label.replace('_', ' ')}): {res}")
+            checks[label] = res.as_dict()
+            if not res.ok(rtol):
+                raise DeployError(f"the deploy form differs from the model ({label.replace('_', ' ')}): {res}; "
+                                  f"tolerance rtol={rtol:g}; nothing was written")
+        deployed = reparameterize(model, inplace=False).eval()
+        dense_train, dense_deploy = dense_view(model), dense_view(deployed)
+        return _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks,
+                                _saved_config(model_config, size), name, rtol, parity_tol, opset, onnx_form, batch,
+                                gen, say)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks, cfg, name, rtol,
+                     parity_tol, opset, onnx_form, batch, gen, say) -> DeployResult:
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".repact-deploy-", dir=out))
+    try:
+        onnx_tmp = export_onnx(dense_deploy, x, stage / f"{name}.onnx", opset=opset, form=onnx_form)
+        forms = last_export_forms()
+        noise = (torch.rand(batch + 1, 3, size, size, generator=gen) - 0.45) / 0.226 if task == "segmentation" \
+            else torch.rand(batch + 1, 3, size, size, generator=gen)
+        batches = [x, x[:1], noise]
+        parity = onnx_parity(dense_deploy, onnx_tmp, batches)
+        say(f"onnx: exported opset {opset} and checked; onnxruntime parity max abs diff {parity:.3e} "
+            f"(batches {[int(b.shape[0]) for b in batches]})")
+        if not parity <= parity_tol:
+            raise DeployError(f"onnxruntime differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
+                              "nothing was written")
+        tpath, jpath = save_checkpoint(stage / f"{name}_deploy", deployed, model_config=cfg)
+        reload_err = None
+        if "name" in cfg:
+            rebuilt = build_model(tpath).eval()
+            reload = verify(dense_deploy, dense_view(rebuilt), x)
+            reload_err = reload.max_abs
+            say(f"reload: build_model({tpath.name}) matches the deploy model (max abs diff {reload_err:.1e})")
+            if reload_err != 0.0:
+                raise DeployError(f"the saved deploy weights do not rebuild the deploy model (max abs diff {reload_err:.3e})")
+        fl_train, fl_deploy = count_flops(dense_train, x[:1]), count_flops(dense_deploy, x[:1])
+        exported = ("the whole model (logits at the input size)" if task == "segmentation"
+                    else "backbone + heads (raw regressions and logits, no post-processing)")
+        report = {
+            "format": "repact-deploy-report", "version": 1, "task": task, "model_config": cfg,
+            "tolerances": {"rtol": rtol, "parity_tol": parity_tol}, "verify": checks,
+            "onnx": {"file": f"{name}.onnx", "opset": int(opset), "dynamic_batch": True, "input_size": size,
+                     "exported": exported, "not_exported": _not_exported(dense_train),
+                     "export_forms": forms.counts() if forms else {}, "checker": "passed", "parity_max_abs": parity,
+                     "parity_batches": [int(b.shape[0]) for b in batches]},
+            "weights": {"file": tpath.name, "header": jpath.name, "reload_max_abs": reload_err},
+            "cost": {"params_train": count_params(model), "params_deploy": count_params(deployed),
+                     "flops_train": fl_train.total, "flops_deploy": fl_deploy.total,
+                     "activation_flops_train": fl_train.activation, "activation_flops_deploy": fl_deploy.activation},
+            "versions": _versions(),
+        }
+        rpath = stage / f"{name}_deploy_report.json"
+        atomic_write_text(rpath, json.dumps(_json_ready(report), indent=2, sort_keys=True) + "\n")
+        final = {}
+        for p in (onnx_tmp, tpath, jpath, rpath):
+            os.replace(p, out / p.name)
+            final[p.name] = out / p.name
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    say(f"not exported: {'; '.join(_not_exported(dense_train))}")
+    say(f"wrote {', '.join(str(p) for p in final.values())}")
+    return DeployResult(out, final[f"{name}.onnx"], final[f"{name}_deploy.safetensors"], final[f"{name}_deploy.json"],
+                        final[f"{name}_deploy_report.json"], report)
