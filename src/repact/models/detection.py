@@ -35,7 +35,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extract
 
 from .registry import register_model
 from .task_backbone import (OUTPUTS, DenseView, build_mobilenet_v3_large, check_choice, load_full_weights,
-                            read_state_dict, swap_head_activations, swap_summary, weights_kind)
+                            read_weights, swap_head_activations, swap_summary)
 
 __all__ = ["ActTwoMLPHead", "DenseSSD", "DenseFasterRCNN", "fasterrcnn_mobilenet_v3_large_320_fpn",
            "ssdlite320_mobilenet_v3_large"]
@@ -101,13 +101,6 @@ def _finish(model: nn.Module, outputs: str, dense: type[DenseView], info: dict[s
     return model
 
 
-def _read_weights(weights: Any, kind: str) -> tuple[dict[str, torch.Tensor] | None, str | None]:
-    if weights is None:
-        return None, None
-    state = read_state_dict(weights)
-    return state, weights_kind(state, kind)
-
-
 @register_model("ssdlite320_mobilenet_v3_large", family="detection")
 def ssdlite320_mobilenet_v3_large(
     act: Any = None, num_classes: int = 21, *, convention: str = "repact", swap_heads: bool = False,
@@ -121,7 +114,7 @@ def ssdlite320_mobilenet_v3_large(
     Other keywords go to torchvision's ``SSD`` (``score_thresh``, ``nms_thresh``, ``detections_per_img``...).
     """
     check_choice(outputs, OUTPUTS, "outputs")
-    state, kind = _read_weights(weights, weights_kind)
+    state, kind = read_weights(weights, weights_kind)
     if reduced_tail is None:
         reduced_tail = kind != "backbone"
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
@@ -162,7 +155,7 @@ def fasterrcnn_mobilenet_v3_large_320_fpn(
     ``max_size``, ``rpn_*``, ``box_*``); the defaults are torchvision's 320 variant's.
     """
     check_choice(outputs, OUTPUTS, "outputs")
-    state, kind = _read_weights(weights, weights_kind)
+    state, kind = read_weights(weights, weights_kind)
     frcnn_kwargs = _detector_kwargs(FasterRCNN, kwargs, {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150,
                                                          "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05},
                                     {"backbone", "num_classes", "rpn_anchor_generator", "box_head"})

@@ -22,7 +22,7 @@ from torchvision.models.segmentation.lraspp import _lraspp_mobilenetv3
 
 from .registry import register_model
 from .task_backbone import (OUTPUTS, DenseView, build_mobilenet_v3_large, check_choice, load_full_weights,
-                            read_state_dict, swap_head_activations, swap_summary, weights_kind)
+                            read_weights, swap_head_activations, swap_summary)
 
 __all__ = ["DenseSegmentation", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
 
@@ -44,8 +44,7 @@ class DenseSegmentation(DenseView):
 def _build(arch: str, act: Any, num_classes: int, convention: str, swap_heads: bool, act_init: str, weights: Any,
            kind: str, outputs: str, aux_loss: bool) -> nn.Module:
     check_choice(outputs, OUTPUTS, "outputs")
-    state = read_state_dict(weights) if weights is not None else None
-    kind = weights_kind(state, kind) if state is not None else None
+    state, kind = read_weights(weights, kind)
     backbone, bb_report, loaded = build_mobilenet_v3_large(
         act, convention=convention, norm_layer=nn.BatchNorm2d, reduced_tail=False, dilated=True,
         weights_state=state if kind == "backbone" else None, act_init=act_init)

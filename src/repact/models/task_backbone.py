@@ -32,7 +32,7 @@ from ..surgery import SwapReport, swap_activations
 from .torchvision_models import MOBILENET_V3_CONVENTIONS
 
 __all__ = ["WEIGHT_KINDS", "DenseView", "backbone_activation_paths", "build_mobilenet_v3_large", "load_full_weights",
-           "read_state_dict", "swap_head_activations", "weights_kind"]
+           "read_state_dict", "read_weights", "swap_head_activations", "weights_kind"]
 
 WEIGHT_KINDS = ("auto", "backbone", "full")
 OUTPUTS = ("default", "dense")
@@ -67,7 +67,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (unpickling refusals and corrupt files raise many types)
-        raise ValueError(f"cannot read weights file {p} with weights_only=True: {type(exc).__name__}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read weights file {p} with weights_only=True: {type(exc).__name__}: {first}") from None
     for key in ("model", "state_dict", "model_state"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -88,6 +89,15 @@ def weights_kind(state: Mapping[str, torch.Tensor], kind: str = "auto") -> str:
         return "backbone"
     raise ValueError("cannot tell whether the weights file is a backbone (keys features.*) or a whole model "
                      f"(keys backbone.*): its first keys are {', '.join(list(state)[:3])}")
+
+
+def read_weights(weights: Any, kind: str = "auto") -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """``(state dict, "backbone" | "full")`` of a local weights file, ``(None, None)`` without one."""
+    check_choice(kind, WEIGHT_KINDS, "weights_kind")
+    if weights is None:
+        return None, None
+    state = read_state_dict(weights)
+    return state, weights_kind(state, kind)
 
 
 def _activation_keys(model: nn.Module) -> set[str]:

@@ -3,7 +3,8 @@
 **Detection** (:class:`DetectionMeter`): torchmetrics' ``MeanAveragePrecision`` with its COCO
 backend (pycocotools; ``pip install repact[metrics]``): ``map50`` (AP at IoU 0.5), ``map`` (AP
 averaged over IoU 0.5:0.95), ``map75``, ``mar100`` and per-class AP (``map_per_class``, 0.5:0.95).
-These are COCO-style figures (101-point interpolated precision), not the VOC devkit's 11-point
+These are COCO-style figures (101-point interpolated precision, each image's 100 highest-scoring
+detections), not the VOC devkit's 11-point
 (VOC2007) or all-point (VOC2010+) AP@0.5; they differ by a fraction of a point.
 VOC's ``difficult`` objects are passed as COCO's ``iscrowd``: they count neither as positives nor,
 when a detection matches them, as false positives, as in VOC. The one difference: COCO matches a
@@ -45,6 +46,7 @@ class DetectionMeter:
                                                backend="pycocotools")
         except ModuleNotFoundError as exc:
             raise ImportError(f"detection mAP needs pycocotools ({exc}): pip install 'repact[metrics]'") from None
+        self.metric.warn_on_many_detections = False  # COCO scores each image's 100 best detections, as documented
         self.device = torch.device(device)  # the states' device: DDP gathers them there (CUDA for NCCL)
         self.metric.to(self.device)
         self.classes = list(classes)
