@@ -112,8 +112,8 @@ class Task(ABC):
     def check_model(self, name: str) -> None:
         family = get_model_spec(name).family
         if family not in self.model_families:
-            raise ValueError(f"model {name!r} is a {family or 'classification'} model; task {self.name} takes models "
-                             f"of family {', '.join(f or 'classification' for f in self.model_families)}")
+            raise ValueError(f"model {name!r} is a {family} model; task {self.name} takes models of family "
+                             f"{', '.join(self.model_families)}")
 
     def build_model(self, name: str | None = None, *, act: Any = None, info: DataInfo,
                     **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
