@@ -43,14 +43,18 @@ def test_compare_detections_tells_tie_swaps_from_mismatches():
 
 
 def test_compare_masks_forgives_only_ties():
-    ref = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # 1 x 2 classes x 1 x 2
+    ref = torch.tensor([[[[1.0, 0.0, 0.5]], [[0.0, 1.0, 0.5]]]])  # 1 x 2 classes x 1 x 3; the last pixel a tie
     assert compare_masks(ref, ref.clone())["equal"] is True
     flipped = ref.flip(1)
     r = compare_masks(ref, flipped)
-    assert r["differing"] == 2 and r["mismatched"] == 2 and r["equal"] is False
-    tie = torch.tensor([[[[0.5]], [[0.5]]]])
-    near = torch.tensor([[[[0.5]], [[0.5 + 1e-7]]]])
-    assert compare_masks(tie, near)["equal"] is True  # the top two logits differ by less than the error
+    assert r["pixels"] == 3 and r["differing"] == 2 and r["mismatched"] == 2 and r["equal"] is False
+    near_tie = ref.clone()
+    near_tie[0, 0, 0, 2] -= 1e-6  # within the accepted error, the tied pixel changes class
+    r = compare_masks(ref, near_tie, rtol=1e-5)
+    assert r["differing"] == 1 and r["mismatched"] == 0 and r["equal"] is True
+    small = ref.clone()
+    small[0, 0, 0, 0] = -1e-3  # a clear pixel flipped by an error far below the logits' scale: still a mismatch
+    assert compare_masks(ref, small, rtol=1e-5)["mismatched"] == 1
 
 
 @pytest.mark.parametrize("name,kwargs,size", [

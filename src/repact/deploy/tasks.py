@@ -16,11 +16,14 @@ the other form with the same label, a score within ``score_tol`` and a box withi
 pixels. A detector's post-processing sorts scores, so candidates whose scores tie (untrained and
 randomized detectors have many exactly equal scores) may come out in another order, and with them
 NMS and the top-k cut may keep a different one of several equally scored boxes. Such pairs (same
-label and score, different box) are counted as ``tie_swaps``; any other difference is a
+label and score, different box, the score shared by another detection of that label) are counted
+as ``tie_swaps``; any other difference is a
 ``mismatch`` and fails the check, except after a tie swap: the box NMS kept instead suppresses
 other boxes, so later differences cannot be told from real ones, and ``equal`` is then None
-(the dense comparison decides; both numbers are reported). Masks likewise: a pixel whose predicted class differs counts as
-a mismatch unless its two top logits are within the logits' measured error of each other.
+(the dense comparison decides; both numbers are reported). Masks likewise: a pixel whose predicted
+class differs counts as a mismatch unless its two top reference logits are within twice the
+accepted error (``rtol`` times the logits' largest magnitude) of each other. The tolerances are
+the accepted ones, never the measured error: a form that is off changes masks and boxes beyond them.
 """
 
 from __future__ import annotations
@@ -128,9 +131,11 @@ def compare_detections(reference: Sequence[Mapping[str, torch.Tensor]], candidat
                 out["max_box_error"] = max(out["max_box_error"], float(box_err[j]))
             else:
                 left.append(i)
-        for i in left:  # same label and score, another box: a different pick among tied candidates
-            ok = free & (cl == rl[i]) & ((cs - rs[i]).abs() <= score_tol)
-            if ok.any():
+        for i in left:  # same label and score, another box, where that score is tied: another pick among ties
+            same_r = (rl == rl[i]) & ((rs - rs[i]).abs() <= score_tol)
+            same_c = (cl == rl[i]) & ((cs - rs[i]).abs() <= score_tol)
+            ok = free & same_c
+            if ok.any() and max(int(same_r.sum()), int(same_c.sum())) >= 2:
                 free[int(ok.nonzero()[0])] = False
                 out["tie_swaps"] += 1
             else:
@@ -142,15 +147,16 @@ def compare_detections(reference: Sequence[Mapping[str, torch.Tensor]], candidat
     return out
 
 
-def compare_masks(reference_logits: torch.Tensor, candidate_logits: torch.Tensor) -> dict[str, Any]:
+def compare_masks(reference_logits: torch.Tensor, candidate_logits: torch.Tensor, *, rtol: float = 1e-5
+                  ) -> dict[str, Any]:
     """Predicted classes (argmax over dim 1) of two logit tensors; a differing pixel whose two top
-    reference logits are within twice the largest logit error of each other is a tie, not a mismatch."""
+    reference logits are within ``2 * rtol * max|reference|`` of each other is a tie, not a mismatch."""
     r, c = reference_logits.double(), candidate_logits.double()
-    err = float((r - c).abs().max()) if r.numel() else 0.0
+    tol = rtol * float(r.abs().max()) if r.numel() else 0.0
     differ = r.argmax(1) != c.argmax(1)
     top2 = r.topk(2, dim=1).values if r.shape[1] > 1 else torch.cat([r, r], 1)
     margin = top2[:, 0] - top2[:, 1]
-    mismatched = int((differ & (margin > 2 * err)).sum())
+    mismatched = int((differ & (margin > 2 * tol)).sum())
     return {"pixels": int(differ.numel()), "differing": int(differ.sum()), "mismatched": mismatched,
             "equal": mismatched == 0}
 
@@ -198,7 +204,7 @@ def _task_outputs(model: nn.Module, images: torch.Tensor, task: str):
 
 
 def _compare(reference: nn.Module, candidate: nn.Module, images: torch.Tensor, task: str, randomized: bool,
-             score_tol: float) -> TaskVerifyResult:
+             score_tol: float, rtol: float) -> TaskVerifyResult:
     dense = verify(dense_view(reference), dense_view(candidate), images)
     modes = [(m, m.training) for m in (*reference.modules(), *candidate.modules())]
     reference.eval()
@@ -209,20 +215,21 @@ def _compare(reference: nn.Module, candidate: nn.Module, images: torch.Tensor, t
         for m, mode in modes:
             m.training = mode
     if task == "detection":
-        box_tol = max(1e-3, 10 * dense.max_rel * float(images.shape[-1]))
+        box_tol = max(1e-3, 10 * rtol * float(images.shape[-1]))  # regressions scale with the image side
         outputs = compare_detections(a, b, score_tol=score_tol, box_tol=box_tol)
     else:
-        outputs = compare_masks(a, b)
+        outputs = compare_masks(a, b, rtol=rtol)
     return TaskVerifyResult(task, dense, outputs, randomized)
 
 
 def verify_task_reparameterization(model: nn.Module, images: torch.Tensor, *, randomize: bool = True, seed: int = 0,
-                                   score_tol: float = 1e-5) -> tuple[TaskVerifyResult, nn.Module]:
+                                   score_tol: float = 1e-5, rtol: float = 1e-5) -> tuple[TaskVerifyResult, nn.Module]:
     """Reparameterize a copy of ``model`` and compare it with the training form on ``images``
     (a float batch N x 3 x S x S: detectors take [0, 1] images, segmenters normalized ones).
 
     ``randomize`` first gives a copy of the model random BatchNorm statistics and activation
-    parameters (``model`` itself is not changed). Returns ``(result, deployed copy)``.
+    parameters (``model`` itself is not changed). ``rtol``: the accepted relative error, which also
+    sets the box tolerance and the mask tie margin. Returns ``(result, deployed copy)``.
     """
     task = task_of(model)
     ref = copy.deepcopy(model).eval()
@@ -230,7 +237,7 @@ def verify_task_reparameterization(model: nn.Module, images: torch.Tensor, *, ra
         randomize_batchnorm_(ref, seed)
         randomize_activations_(ref, seed)
     deployed = reparameterize(ref, inplace=False).eval()
-    return _compare(ref, deployed, images, task, randomize, score_tol), deployed
+    return _compare(ref, deployed, images, task, randomize, score_tol, rtol), deployed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,7 +304,7 @@ def deploy_task_model(
         model.eval()
         checks = {}
         for randomized in (False, True):
-            res, _ = verify_task_reparameterization(model, x, randomize=randomized, seed=seed)
+            res, _ = verify_task_reparameterization(model, x, randomize=randomized, seed=seed, rtol=rtol)
             label = "randomized_bn_and_activations" if randomized else "own_statistics"
             say(f"verify ({label.replace('_', ' ')}): {res}")
             checks[label] = res.as_dict()
