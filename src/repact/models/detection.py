@@ -34,8 +34,8 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor as 
 from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor as _ssd_extractor, _normal_init
 
 from .registry import register_model
-from .task_backbone import (OUTPUTS, DenseView, build_mobilenet_v3_large, check_choice, load_full_weights,
-                            read_weights, swap_head_activations, swap_summary)
+from .task_backbone import (OUTPUTS, DenseView, build_mobilenet_v3_large, check_choice, finish_task_model,
+                            read_weights)
 
 __all__ = ["ActTwoMLPHead", "DenseSSD", "DenseFasterRCNN", "fasterrcnn_mobilenet_v3_large_320_fpn",
            "ssdlite320_mobilenet_v3_large"]
@@ -94,13 +94,6 @@ def _detector_kwargs(cls: type, kwargs: dict[str, Any], defaults: dict[str, Any]
     return {**defaults, **kwargs}
 
 
-def _finish(model: nn.Module, outputs: str, dense: type[DenseView], info: dict[str, Any]) -> nn.Module:
-    if outputs == "dense":
-        model = dense(model)
-    model.repact_info = info
-    return model
-
-
 @register_model("ssdlite320_mobilenet_v3_large", family="detection")
 def ssdlite320_mobilenet_v3_large(
     act: Any = None, num_classes: int = 21, *, convention: str = "repact", swap_heads: bool = False,
@@ -132,14 +125,9 @@ def ssdlite320_mobilenet_v3_large(
     channels = det_utils.retrieve_out_channels(extractor, size)
     head = SSDLiteHead(channels, anchors.num_anchors_per_location(), num_classes, norm_layer)
     model = SSD(extractor, anchors, size, num_classes, head=head, **ssd_kwargs)
-    head_report = None
-    if act is not None and swap_heads:
-        head_report = swap_head_activations(model, act, ["backbone.extra", "head"], act_init=act_init)
-    if kind == "full":
-        loaded = load_full_weights(model, state)
-    info = {"backbone_swap": swap_summary(bb_report), "head_swap": swap_summary(head_report), "weights": loaded,
-            "img_size": int(img_size)}
-    return _finish(model, outputs, DenseSSD, info)
+    return finish_task_model(model, act=act, swap_heads=swap_heads, heads=["backbone.extra", "head"],
+                             act_init=act_init, kind=kind, state=state, backbone_report=bb_report, loaded=loaded,
+                             outputs=outputs, dense=DenseSSD, img_size=int(img_size))
 
 
 @register_model("fasterrcnn_mobilenet_v3_large_320_fpn", family="detection")
@@ -168,11 +156,6 @@ def fasterrcnn_mobilenet_v3_large_320_fpn(
     resolution = 7  # torchvision's MultiScaleRoIAlign output size
     box_head = ActTwoMLPHead(extractor.out_channels * resolution**2, 1024)
     model = FasterRCNN(extractor, num_classes, rpn_anchor_generator=anchors, box_head=box_head, **frcnn_kwargs)
-    head_report = None
-    if act is not None and swap_heads:
-        head_report = swap_head_activations(model, act, ["rpn.head", "roi_heads.box_head"], act_init=act_init)
-    if kind == "full":
-        loaded = load_full_weights(model, state)
-    info = {"backbone_swap": swap_summary(bb_report), "head_swap": swap_summary(head_report), "weights": loaded,
-            "img_size": int(frcnn_kwargs["min_size"])}
-    return _finish(model, outputs, DenseFasterRCNN, info)
+    return finish_task_model(model, act=act, swap_heads=swap_heads, heads=["rpn.head", "roi_heads.box_head"],
+                             act_init=act_init, kind=kind, state=state, backbone_report=bb_report, loaded=loaded,
+                             outputs=outputs, dense=DenseFasterRCNN, img_size=int(frcnn_kwargs["min_size"]))

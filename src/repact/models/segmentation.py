@@ -21,8 +21,8 @@ from torchvision.models.segmentation.deeplabv3 import _deeplabv3_mobilenetv3
 from torchvision.models.segmentation.lraspp import _lraspp_mobilenetv3
 
 from .registry import register_model
-from .task_backbone import (OUTPUTS, DenseView, build_mobilenet_v3_large, check_choice, load_full_weights,
-                            read_weights, swap_head_activations, swap_summary)
+from .task_backbone import (OUTPUTS, DenseView, build_mobilenet_v3_large, check_choice, finish_task_model,
+                            read_weights)
 
 __all__ = ["DenseSegmentation", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
 
@@ -54,16 +54,9 @@ def _build(arch: str, act: Any, num_classes: int, convention: str, swap_heads: b
     else:
         model = _deeplabv3_mobilenetv3(backbone, num_classes, aux_loss)
         heads = ["classifier", "aux_classifier"]
-    head_report = None
-    if act is not None and swap_heads:
-        head_report = swap_head_activations(model, act, heads, act_init=act_init)
-    if kind == "full":
-        loaded = load_full_weights(model, state)
-    if outputs == "dense":
-        model = DenseSegmentation(model)
-    model.repact_info = {"backbone_swap": swap_summary(bb_report), "head_swap": swap_summary(head_report),
-                         "weights": loaded}
-    return model
+    return finish_task_model(model, act=act, swap_heads=swap_heads, heads=heads, act_init=act_init, kind=kind,
+                             state=state, backbone_report=bb_report, loaded=loaded, outputs=outputs,
+                             dense=DenseSegmentation)
 
 
 @register_model("lraspp_mobilenet_v3_large", family="segmentation")

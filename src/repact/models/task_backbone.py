@@ -31,7 +31,7 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..surgery import SwapReport, swap_activations
 from .torchvision_models import MOBILENET_V3_CONVENTIONS
 
-__all__ = ["WEIGHT_KINDS", "DenseView", "backbone_activation_paths", "build_mobilenet_v3_large", "load_full_weights",
+__all__ = ["WEIGHT_KINDS", "DenseView", "backbone_activation_paths", "build_mobilenet_v3_large", "finish_task_model", "load_full_weights",
            "read_state_dict", "read_weights", "swap_head_activations", "weights_kind"]
 
 WEIGHT_KINDS = ("auto", "backbone", "full")
@@ -207,6 +207,23 @@ def swap_head_activations(model: nn.Module, act: Any, prefixes: Iterable[str], *
     """
     include = [f"^{re.escape(p)}\\." for p in prefixes]
     return swap_activations(model, act, include=include, init=act_init)
+
+
+def finish_task_model(model: nn.Module, *, act: Any, swap_heads: bool, heads: Iterable[str], act_init: str,
+                      kind: str | None, state: Mapping[str, torch.Tensor] | None, backbone_report: SwapReport | None,
+                      loaded: dict[str, Any] | None, outputs: str, dense: type["DenseView"],
+                      **info: Any) -> nn.Module:
+    """The builders' common tail: swap the heads' activations, load a full weights file, wrap in the
+    dense view when asked, and record what was done in ``model.repact_info``."""
+    head_report = swap_head_activations(model, act, heads, act_init=act_init) if act is not None and swap_heads \
+        else None
+    if kind == "full":
+        loaded = load_full_weights(model, state)
+    if outputs == "dense":
+        model = dense(model)
+    model.repact_info = {"backbone_swap": swap_summary(backbone_report), "head_swap": swap_summary(head_report),
+                         "weights": loaded, **info}
+    return model
 
 
 def swap_summary(report: SwapReport | None) -> dict[str, Any]:

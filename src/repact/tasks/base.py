@@ -35,6 +35,7 @@ Contract:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -43,7 +44,7 @@ from torch import nn
 from ..data.common import DataError, DataInfo
 from ..models import create_model, get_model_spec
 
-__all__ = ["Task", "TASKS", "get_task", "list_tasks", "register_task", "to_device"]
+__all__ = ["Task", "TASKS", "eval_batches", "get_task", "list_tasks", "register_task", "to_device"]
 
 TASKS: dict[str, type["Task"]] = {}
 
@@ -74,6 +75,20 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
+
+
+@contextmanager
+def eval_batches(model: nn.Module, loader: Iterable, device: torch.device, limit: int | None, amp: bool):
+    """``with eval_batches(...) as (batches, autocast):`` the loader's first ``limit`` batches with the
+    model in eval mode (restored on exit) and the autocast context to run the forward in."""
+    was = model.training
+    model.eval()
+    ctx = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
+    batches = (b for i, b in enumerate(loader) if limit is None or i < limit)
+    try:
+        yield batches, ctx
+    finally:
+        model.train(was)
 
 
 class Task(ABC):

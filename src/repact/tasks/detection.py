@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 from ..data.common import DataInfo
 from ..data.voc import VOCDetection
 from ..data.voc_transforms import DETECTION_AUGMENTS, detection_collate, detection_transforms
-from .base import Task, register_task, to_device
+from .base import Task, eval_batches, register_task, to_device
 from .metrics import DetectionMeter
 
 __all__ = ["DetectionTask"]
@@ -70,18 +69,11 @@ class DetectionTask(Task):
             names = getattr(getattr(loader, "dataset", None), "classes", None)
             classes = ["__background__", *names] if names else []
         meter = DetectionMeter(classes, device=device)
-        was = model.training
-        model.eval()
-        ctx = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
-        try:
-            for i, (images, targets) in enumerate(loader):
-                if limit is not None and i >= limit:
-                    break
-                with ctx:
+        with eval_batches(model, loader, device, limit, amp) as (batches, autocast):
+            for images, targets in batches:
+                with autocast:
                     preds = model(to_device(list(images), device))
                 meter.update(preds, targets)
-        finally:
-            model.train(was)
         if meter.images == 0:
             raise ValueError("evaluation saw no images (empty validation split or limit 0)")
         return meter.compute()

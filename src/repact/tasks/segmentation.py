@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -13,7 +12,7 @@ from ..data.common import DataInfo
 from ..data.voc import IGNORE_INDEX, VOCSegmentation
 from ..data.voc_transforms import (IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION_AUGMENTS, segmentation_collate,
                                    segmentation_transforms)
-from .base import Task, register_task
+from .base import Task, eval_batches, register_task
 from .metrics import SegmentationMeter
 
 __all__ = ["SegmentationTask", "segmentation_logits"]
@@ -85,22 +84,15 @@ class SegmentationTask(Task):
         meter = SegmentationMeter(classes, IGNORE_INDEX, device=device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         pixels = 0
-        was = model.training
-        model.eval()
-        ctx = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
-        try:
-            for i, (images, masks) in enumerate(loader):
-                if limit is not None and i >= limit:
-                    break
+        with eval_batches(model, loader, device, limit, amp) as (batches, autocast):
+            for images, masks in batches:
                 masks = masks.to(device)
-                with ctx:
+                with autocast:
                     out, _ = segmentation_logits(model(images.to(device)))
                 out = out.float()
                 loss_sum += F.cross_entropy(out, masks, ignore_index=IGNORE_INDEX, reduction="sum").double()
                 pixels += int((masks != IGNORE_INDEX).sum())
                 meter.update(out, masks)
-        finally:
-            model.train(was)
         if meter.images == 0:
             raise ValueError("evaluation saw no images (empty validation split or limit 0)")
         summary = meter.compute()
