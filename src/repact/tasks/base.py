@@ -59,7 +59,7 @@ def list_tasks() -> list[str]:
 
 
 def get_task(name: str) -> "Task":
-    """A task by name (``classification``, ``detection``, ``segmentation``)."""
+    """A registered task by name: ``detection`` or ``segmentation`` (classification is the engine's own)."""
     key = str(name).strip().lower()
     if key not in TASKS:
         raise ValueError(f"unknown task {name!r}; accepted: {', '.join(TASKS)}")
