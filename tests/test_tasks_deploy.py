@@ -30,9 +30,13 @@ def test_compare_detections_tells_tie_swaps_from_mismatches():
     same = [_det([[20, 20, 30, 30], [0, 0, 10, 10]], [0.5, 0.9], [2, 1])]  # another order
     r = compare_detections(ref, same)
     assert r["equal"] is True and r["matched"] == 2 and r["mismatched"] == 0
-    swapped = [_det([[0, 0, 10, 10], [40, 40, 50, 50]], [0.9, 0.5], [1, 2])]  # same score, other box
-    r = compare_detections(ref, swapped)
+    tied = [_det([[0, 0, 10, 10], [20, 20, 30, 30], [60, 60, 70, 70]], [0.9, 0.5, 0.5], [1, 2, 2])]
+    swapped = [_det([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.9, 0.5, 0.5], [1, 2, 2])]
+    r = compare_detections(tied, swapped)  # NMS kept the other of two boxes scored 0.5
     assert r["tie_swaps"] == 1 and r["mismatched"] == 0 and r["equal"] is True
+    moved = [_det([[0, 0, 10, 10], [40, 40, 50, 50]], [0.9, 0.5], [1, 2])]  # an untied score, another box
+    r = compare_detections(ref, moved)
+    assert r["tie_swaps"] == 0 and r["mismatched"] == 2 and r["equal"] is False
     other = [_det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.4], [1, 2])]  # a score moved
     r = compare_detections(ref, other)
     assert r["mismatched"] == 2 and r["equal"] is False  # the reference one unmatched, the candidate one extra
