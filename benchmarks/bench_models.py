@@ -13,6 +13,8 @@ onnxruntime as low as possible. Usage::
     python benchmarks/bench_models.py                       # 224 px, batch 1 and 32, all engines
     python benchmarks/bench_models.py --quick               # tiny settings: checks that it runs
     python benchmarks/bench_models.py --engines eager onnxruntime --rounds 40 --json out.json
+    python benchmarks/bench_models.py --device cuda        # eager and torch.compile on the GPU: CUDA-event
+                                                           # timing, peak torch.cuda.max_memory_allocated
 
 Prints a table and writes JSON (default ``benchmarks/results/bench_models.json``).
 """
@@ -28,8 +30,15 @@ from pathlib import Path
 import torch
 
 from repact.checkpoint import atomic_write_text
-from repact.deploy.bench import ENGINES, build_variants, cost_report
+from repact.deploy import bench_device
+from repact.deploy.bench import CUDA_ENGINES, ENGINES, build_variants, cost_report
 from repact.models import create_model
+
+
+def _fail(message: str) -> None:
+    """Bad input: one line on stderr, exit 2 (no usage block)."""
+    print(f"bench_models.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def parse_args(argv=None):
@@ -38,7 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--act", default="repact", help="activation of the training/deploy forms (default repact)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=None,
+                   help="default: all on the CPU, eager and compile on CUDA")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and onnxruntime")
@@ -46,7 +57,17 @@ def parse_args(argv=None):
     p.add_argument("--no-ort-spinning", action="store_true", help="onnxruntime idle threads do not busy-wait")
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "bench_models.json"))
     p.add_argument("--quick", action="store_true", help="64 px, batch 1 and 2, 3 rounds: checks that everything runs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.device = bench_device(args.device)
+    except ValueError as exc:  # one line, no usage block: e.g. --device cuda on a machine without a GPU
+        _fail(str(exc))
+    cuda = args.device.type == "cuda"
+    if args.engines is None:
+        args.engines = list(CUDA_ENGINES if cuda else ENGINES)
+    elif cuda and not set(args.engines) <= set(CUDA_ENGINES):
+        _fail(f"--engines onnxruntime runs on the CPU only; with --device {args.device} use {' '.join(CUDA_ENGINES)}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -63,7 +84,7 @@ def main(argv=None) -> int:
     report = cost_report(args.model, args.act, baseline_act="hardswish", input_shape=shape,
                          batch_sizes=args.batch_sizes, engines=args.engines, warmup=args.warmup, rounds=args.rounds,
                          threads=args.threads, onnx_form=args.onnx_form, variants=variants,
-                         ort_spinning=not args.no_ort_spinning)
+                         ort_spinning=not args.no_ort_spinning, device=args.device)
     report.notes = notes + report.notes
     # ratios to the stock model too: per engine and batch, deploy / stock from the paired medians
     for row in report.latency:

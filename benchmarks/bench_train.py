@@ -10,6 +10,8 @@ backward, optimizer step (no weight decay on activation parameters, as in ``repa
 * **Memory**: on CUDA the peak allocated memory of a training step (``max_memory_allocated``);
   on CPU the bytes autograd saves for backward (exact, from saved-tensor hooks) and the peak
   RSS growth of a few steps in a fresh process per variant.
+* **CUDA** (``--device cuda``): each timed sample is measured by CUDA events around its steps
+  (synchronized), ``--amp`` runs the steps under float16 autocast with a gradient scaler.
 
 Targets from the issue (reported, never asserted): RepAct-I throughput >= 0.77x HardSwish
 (<= 1.3x time per step) and peak memory <= 1.2x.
@@ -18,6 +20,7 @@ Targets from the issue (reported, never asserted): RepAct-I throughput >= 0.77x 
     python benchmarks/bench_train.py --quick               # smoke run: 32 px, batch 8, few rounds
     python benchmarks/bench_train.py --sizes 32 --rounds 20 --out results/train32.json
     python benchmarks/bench_train.py --compile             # the same steps with torch.compile'd models
+    python benchmarks/bench_train.py --device cuda --sizes 224 --batch 128 --amp   # on a GPU
 
 With ``--compile`` the forward (and with it the backward) of every variant is ``torch.compile``d
 before the timed rounds; the saved-for-backward bytes are still those of the eager model.
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import repact
-from repact.deploy import compile_cache_room, time_interleaved
+from repact.deploy import bench_device, compile_cache_room, cuda_peak_bytes, time_interleaved
 from repact.models import create_model, list_models
 from repact.train import TrainConfig
 from repact.train.optim import build_optimizer
@@ -57,15 +60,26 @@ def build(model_name: str, act: str, size: int, num_classes: int, device: torch.
     return model, opt
 
 
-def make_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, device: torch.device):
-    def step():
-        loss = F.cross_entropy(model(x), y)
+def make_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, device: torch.device, amp: bool = False):
+    """One SGD training step; with ``amp`` (CUDA) under float16 autocast with a gradient scaler.
+    Nothing synchronizes: on CUDA the timer's events do."""
+    if not amp:
+        def step():
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+    scaler = torch.amp.GradScaler(device.type)
+
+    def amp_step():
+        with torch.autocast(device.type, dtype=torch.float16):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return step
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return amp_step
 
 
 def saved_for_backward_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -84,14 +98,6 @@ def saved_for_backward_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor)
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(seen.values())
-
-
-def cuda_peak_bytes(step, device: torch.device) -> int:
-    step()  # optimizer state exists from here on
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step()
-    return torch.cuda.max_memory_allocated(device)
 
 
 def _rss_bytes() -> int:
@@ -129,12 +135,12 @@ def bench_size(args, size: int, device: torch.device) -> dict:
     x = torch.randn(args.batch, 3, size, size, generator=g).to(device)
     y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
     models = {act: build(args.model, act, size, args.classes, device) for act in args.acts}
-    runners = {act: make_step(torch.compile(m) if args.compile else m, o, x, y, device)
+    runners = {act: make_step(torch.compile(m) if args.compile else m, o, x, y, device, args.amp)
                for act, (m, o) in models.items()}
     # the variants share MobileNetV3.forward: one cache entry each, or a loud failure, never eager
     with compile_cache_room(2 * len(models)) if args.compile else contextlib.nullcontext():
         timings = time_interleaved(runners, baseline=args.acts[0], warmup=args.warmup, rounds=args.rounds,
-                                   inner=args.steps)
+                                   inner=args.steps, device=device)
     rows = {}
     for act, (m, o) in models.items():
         t = timings[act]
@@ -147,6 +153,7 @@ def bench_size(args, size: int, device: torch.device) -> dict:
                                  for mm in m.modules()),
                "saved_for_backward_bytes": saved_for_backward_bytes(m, x, y)}
         if device.type == "cuda":
+            runners[act]()  # the optimizer state exists from here on
             row["peak_bytes"] = cuda_peak_bytes(runners[act], device)
             row["peak_kind"] = "cuda max_memory_allocated during one step"
         elif not args.no_rss:
@@ -198,7 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     p.add_argument("--rss-steps", type=int, default=3)
     p.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS measurement (CPU)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda[:N]")
+    p.add_argument("--amp", action="store_true", help="float16 autocast and a gradient scaler (CUDA only)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile every model before timing")
     p.add_argument("--quick", action="store_true", help="smoke run: 32 px, batch 8, 3 rounds of 1 step")
@@ -211,8 +219,14 @@ def main(argv=None) -> int:
         p.error(f"model {args.model!r} is not registered (have: {', '.join(list_models())})")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if args.device == "auto" else args.device))
+    try:
+        device = bench_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    except ValueError as exc:  # one line, no usage block: e.g. --device cuda on a machine without a GPU
+        print(f"bench_train.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.amp and device.type != "cuda":
+        print("bench_train.py: error: --amp runs on CUDA only; drop it or use --device cuda", file=sys.stderr)
+        return 2
     sizes = [int(s) for s in args.sizes.split(",")]
     t0 = time.time()
     results = {str(s): bench_size(args, s, device) for s in sizes}

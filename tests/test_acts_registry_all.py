@@ -119,3 +119,37 @@ def test_channelwise_flag_matches_the_default_build(name):
     """``channelwise`` in the registry means: per-channel state by default (so channels matter)."""
     m = repact.create_act(name)
     assert get_act_spec(name).channelwise == bool(getattr(m, "needs_channels", False))
+
+
+INT_DTYPES = [torch.int64, torch.int32, torch.uint8, torch.bool]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=str)
+def test_integer_input_raises_or_is_exact(name, dtype):
+    """repact's activations refuse non-float input, naming the dtype (as F.hardswish refuses it);
+    torch's own modules registered by name either raise too or compute the float function exactly."""
+    x = torch.tensor([-5, -3, -1, 0, 1, 3, 5]).reshape(1, 7, 1, 1).repeat(2, 1, 2, 2).to(dtype)
+    m = repact.create_act(name, channels=7).eval()
+    if isinstance(m, Activation):
+        with pytest.raises(TypeError, match=rf"{type(m).__name__} takes a floating-point input.*{dtype}"):
+            m(x)
+        if getattr(m, "deployable", False):
+            with pytest.raises((TypeError, RuntimeError)):
+                repact.reparameterize(m, inplace=False)(x)
+        return
+    try:
+        with torch.no_grad():
+            y = m(x)
+    except (RuntimeError, TypeError):  # NotImplementedError is a RuntimeError
+        return
+    with torch.no_grad():
+        expect = m(x.float())
+    assert torch.equal(y.float(), expect), f"{name} on {dtype} is neither refused nor exact"
+
+
+def test_integer_input_error_is_the_one_hardswish_would_give_a_user():
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.hardswish(torch.arange(4))
+    with pytest.raises(TypeError, match="RepAct takes a floating-point input.*torch.int64.*x.float"):
+        repact.create_act("repact")(torch.arange(4))

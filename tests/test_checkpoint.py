@@ -88,3 +88,38 @@ def test_checkpoint_files_get_the_usual_permissions(tmp_path):
     os.umask(mask)
     for p in save_checkpoint(tmp_path / "ck", m, model_config=CFG):
         assert (p.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda h: ["not", "a", "mapping"], ["not a repact checkpoint"]),
+    (lambda h: {**h, "version": "2"}, ["version '2'"]),
+    (lambda h: {**h, "model_config": [1]}, ["'model_config' is a list"]),
+    (lambda h: {**h, "state": "x"}, ["'state' is a str"]),
+    (lambda h: {**h, "state": {"a": {"__list__": 3}}}, ["state cannot be read"]),
+    (lambda h: {**h, "state": {"a": {"__intkeys__": True}}}, ["state cannot be read"]),
+])
+def test_crafted_headers_are_refused_with_the_file_named(tmp_path, change, words):
+    from safetensors.torch import save_file
+
+    m, _ = _trained_model()
+    tpath, jpath = save_checkpoint(tmp_path / "ck", m, model_config=CFG, state={"epoch": 1})
+    header = json.loads(jpath.read_text())
+    jpath.unlink()
+    tensors = {k: v for k, v in load_checkpoint(tpath).model_state.items()}
+    save_file({f"model.{k}": v for k, v in tensors.items()}, str(tpath), metadata={"repact": json.dumps(change(header))})
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tpath)
+    assert str(tpath) in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_crafted_model_config_is_refused_by_build_model(tmp_path):
+    m, _ = _trained_model()
+    save_checkpoint(tmp_path / "ck", m, model_config={**CFG, "num_classes": "ten"})
+    with pytest.raises(CheckpointError, match="num_classes.*'ten'"):
+        build_model(tmp_path / "ck")
+    save_checkpoint(tmp_path / "ck2", m, model_config={**CFG, "kwargs": {"width": -1}})
+    with pytest.raises(CheckpointError, match="cannot be built.*width"):
+        build_model(tmp_path / "ck2")
+

@@ -100,7 +100,7 @@ def test_failed_check_writes_nothing(tmp_path):
     (out_dir / "model.onnx").write_bytes(b"old")
     model = nn.Sequential(nn.Conv2d(3, 4, 3), _Drifting(), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(DeployError, match="differs from the model.*nothing was written"):
-        deploy_model(model, out_dir, input_shape=(3, 8, 8))
+        deploy_model(model, out_dir, input_shape=(3, 8, 8), overwrite=True)
     assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx"]
     assert (out_dir / "model.onnx").read_bytes() == b"old"
 
@@ -134,7 +134,7 @@ def test_verify_cli_model_name_and_failure_exit_code(capsys):
     res = json.loads(out)
     assert res["ok"] and res["max_rel"] <= 1e-5 and res["randomized_bn"]
     rc, out, err = _run(capsys, "verify", "_test_drifting_net", "--image-size", "8")
-    assert rc == 1 and "FAILED" in out
+    assert rc == 1 and "FAILED: above the tolerance" in err
     rc, out, err = _run(capsys, "verify", "small_cnn", "--rtol", "-1")
     assert rc == 2 and "--rtol must be positive" in err
 

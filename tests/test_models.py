@@ -165,3 +165,22 @@ def test_timm_builder_swaps_every_call_site():
     assert res.max_rel <= 1e-5
     with pytest.raises(ValueError, match="needs model_name="):
         create_model("timm")
+
+
+@pytest.mark.parametrize("name, kwargs, words", [
+    ("small_cnn", {"width": -5}, ["small_cnn", "width", "-5"]),
+    ("small_cnn", {"width": True}, ["width", "True"]),
+    ("small_cnn", {"in_channels": 0}, ["in_channels", "0"]),
+    ("small_cnn", {"dropout": 1.0}, ["dropout", "[0, 1)"]),
+    ("mobilenet_v2", {"width_mult": 0}, ["width_mult", "above 0"]),
+    ("mobilenet_v3_small", {"small_input": "yes"}, ["small_input", "true or false"]),
+    ("resnet18", {"small_input": 1}, ["small_input"]),
+    ("tfnet_0_5", {"small_input": None}, ["small_input"]),
+    ("small_cnn", {"num_classes": 0}, ["num_classes", "0"]),
+    ("small_cnn", {"num_classes": True}, ["num_classes", "True"]),
+])
+def test_impossible_builder_arguments_raise_before_building(name, kwargs, words):
+    with pytest.raises(ValueError) as e:
+        create_model(name, act="repact", **kwargs)
+    for w in words:
+        assert w in str(e.value)

@@ -22,9 +22,16 @@ def test_unknown_name_suggests_close_matches():
         repact.create_act("repactt")
 
 
-def test_none_and_empty_give_no_activation():
+def test_none_gives_no_activation_and_an_empty_name_is_an_error():
     assert repact.create_act(None) is None
-    assert repact.create_act("") is None
+    for empty in ("", "   "):
+        with pytest.raises(ValueError, match="activation name is empty.*'identity'"):
+            repact.create_act(empty)
+
+
+def test_channels_last_goes_only_to_factories_that_take_it():
+    assert repact.create_act("repact", channels=4, granularity="channel", channels_last=True).channels_last
+    assert isinstance(repact.create_act("gelu", channels_last=True), nn.GELU)  # fixed functions ignore the hint
 
 
 def test_classes_and_callables():

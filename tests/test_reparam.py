@@ -14,7 +14,7 @@ from torch import nn
 import repact
 from repact import PiecewiseQuadratic, RepAct
 from repact.models import create_model
-from repact.reparam import dense_grid
+from repact.reparam import NonFiniteError, branch_reference, check_finite, dense_grid
 
 VARIANTS = ["origin", "softmax", "bn"]
 GRANULARITIES = ["layer", "channel"]
@@ -81,26 +81,6 @@ def test_property_exact_for_any_parameters(w, slope, mean, var, gamma, beta, var
     assert float((got - ref).detach().abs().max()) <= 1e-5 * max(scale, 1e-3)
 
 
-class _Literal(nn.Module):
-    """Runs a RepAct as its literal branch sum (the official-style training form)."""
-
-    def __init__(self, act):
-        super().__init__()
-        self.act = act
-
-    def forward(self, x):
-        return self.act.forward_branches(x)
-
-
-def _literal_copy(model):
-    ref = copy.deepcopy(model)
-    for name, mod in list(ref.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, RepAct):
-                setattr(mod, child_name, _Literal(child))
-    return ref
-
-
 @pytest.mark.parametrize("act,kw", [("repact", {}), ("repact_softmax", {}), ("repact_bn", {}),
                                     ("repact_bn", {"granularity": "channel"}), ("repact", {"granularity": "channel"})])
 def test_whole_model_deploys_exactly(act, kw):
@@ -109,7 +89,7 @@ def test_whole_model_deploys_exactly(act, kw):
     repact.randomize_activations_(model, seed=4)
     model.eval()
     x = torch.randn(8, 1, 8, 8) * 2
-    reference = _literal_copy(model)
+    reference = branch_reference(model)
     deployed = repact.reparameterize(model, inplace=False)
     assert not any(isinstance(m, RepAct) for m in deployed.modules())
     assert sum(isinstance(m, PiecewiseQuadratic) for m in deployed.modules()) == 3
@@ -126,6 +106,53 @@ def test_verify_reparameterization_randomizes_bn_first():
     assert result.max_rel <= 1e-5
     assert isinstance(deployed.features[2], PiecewiseQuadratic)
     assert isinstance(model.features[2], RepAct)  # the model itself keeps its training form
+
+
+def test_verify_reparameterization_against_the_literal_branch_sum():
+    """reference="branches" catches a wrong table that the fused eval forward shares with the deploy form."""
+    model = create_model("small_cnn", act="repact_bn", num_classes=10)
+    repact.randomize_activations_(model, seed=1)
+    x = torch.randn(4, 1, 8, 8)
+    for reference in ("module", "branches"):
+        res, _ = repact.verify_reparameterization(copy.deepcopy(model), x, reference=reference)
+        assert res.ok(1e-5), (reference, str(res))
+    broken = copy.deepcopy(model)
+    for m in broken.modules():
+        if isinstance(m, RepAct):
+            m._basis.add_(0.05)  # as if fuse.linear_basis were wrong: eval forward and deploy form agree
+    res_module, _ = repact.verify_reparameterization(copy.deepcopy(broken), x, reference="module")
+    res_branches, _ = repact.verify_reparameterization(copy.deepcopy(broken), x, reference="branches")
+    assert res_module.ok(1e-5) and res_module.max_abs == 0.0
+    assert not res_branches.ok(1e-5) and res_branches.max_rel > 1e-3
+    with pytest.raises(ValueError, match="reference must be one of module, branches"):
+        repact.verify_reparameterization(model, x, reference="branch")
+    with pytest.raises(ValueError, match="has no RepAct"):
+        repact.verify_reparameterization(create_model("small_cnn", act="acon_c"), x, reference="branches")
+    act = RepAct(variant="softmax")  # a lone activation is its own branch reference
+    res, deployed = repact.verify_reparameterization(act, reference="branches")
+    assert res.ok(1e-5) and isinstance(deployed, PiecewiseQuadratic)
+
+
+def test_non_finite_weights_and_outputs_never_pass():
+    model = create_model("small_cnn", act="repact", num_classes=10).eval()
+    check_finite(model)  # finite: no error
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.features[2].branch_weight[1] = float("nan")
+        bad.classifier.bias[0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"parameter features\.2\.branch_weight holds 1 NaN/inf value\(s\) of 4 "
+                                            r"\(and 1 more tensor"):
+        check_finite(bad)
+    bn_bad = copy.deepcopy(model)
+    bn_bad.features[1].running_var.fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match=r"buffer features\.1\.running_var"):
+        check_finite(bn_bad)
+    # NaN at the same places in both outputs used to be skipped (and an all-NaN pair was "OK")
+    x = torch.randn(2, 1, 8, 8)
+    res = repact.verify(bad, repact.reparameterize(bad, inplace=False), x)
+    assert not res.ok(1e-5) and "reference output 0 holds" in res.nonfinite and "NOT FINITE" in str(res)
+    res = repact.verify(model, repact.reparameterize(model, inplace=False), x)
+    assert res.ok(1e-5) and res.nonfinite == ""
 
 
 def test_verify_detects_a_wrong_candidate_and_restores_modes():

@@ -66,3 +66,40 @@ def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (to show that a failed command changed nothing)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------
+# running the command line: in-process through repact.cli.main, or as `python -m repact`
+# ------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+#: one quick epoch on digits
+FAST = ["--epochs", "1", "--batch-size", "32", "--limit-batches", "2", "--quiet"]
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``repact ARGV`` run in this process."""
+    from repact.cli import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as exc:  # argparse's --help
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``python -m repact`` subprocess: this checkout's sources, one thread."""
+    import os
+
+    return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", **extra)
+
+
+def run_cli(*argv: str, env: dict[str, str] | None = None, **kw):
+    """``python -m repact ARGV`` in a subprocess (text output captured)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "repact", *argv], env=env or cli_env(), capture_output=True,
+                          text=True, timeout=600, **kw)

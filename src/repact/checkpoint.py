@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "build_model",
+    "check_model_config",
 ]
 
 FORMAT_VERSION = 1
@@ -67,7 +68,10 @@ def checkpoint_paths(name: str | Path) -> tuple[Path, Path]:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _named(exc, path) from exc
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as fh:
@@ -75,10 +79,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _named(exc, path) from exc
         raise
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """The same OS error (same class and errno) naming the file that could not be written."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path)) if exc.errno else exc
 
 
 def current_umask() -> int:
@@ -211,27 +222,42 @@ def load_checkpoint(name: str | Path) -> Checkpoint:
     try:
         tensors = st_load(data)
         header_text = _metadata(data).get("repact")
-    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+    except (SafetensorError, ValueError, RuntimeError, OSError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{tpath} is not a readable safetensors file: {exc}") from None
     if header_text is None:
         if jpath.exists():
-            header_text = jpath.read_text(encoding="utf-8")
+            try:
+                header_text = jpath.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise CheckpointError(f"{jpath} is not a readable repact header: {exc}") from None
         else:
             # a bare state dict saved by safetensors: all keys are model keys
             return Checkpoint(model_state=dict(tensors), path=tpath)
     try:
         header = json.loads(header_text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{tpath} has a malformed repact header: {exc}") from None
-    if header.get("format") != "repact-checkpoint":
-        raise CheckpointError(f"{tpath} is not a repact checkpoint")
-    if int(header.get("version", 0)) > FORMAT_VERSION:
+    if not isinstance(header, dict) or header.get("format") != "repact-checkpoint":
+        raise CheckpointError(f"{tpath} is not a repact checkpoint (its header is not a repact-checkpoint mapping)")
+    version = header.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{tpath} has a malformed repact header: version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{tpath} was written by a newer repact (format {header.get('version')}); this one reads up to {FORMAT_VERSION}"
+            f"{tpath} was written by a newer repact (format {version}); this one reads up to {FORMAT_VERSION}"
         )
+    for key in ("model_config", "state"):
+        if not isinstance(header.get(key, {}), dict):
+            raise CheckpointError(f"{tpath} has a malformed repact header: {key!r} is a "
+                                  f"{type(header[key]).__name__}, not a mapping")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     others = {k: v for k, v in tensors.items() if not k.startswith("model.")}
-    state = unflatten_state(header.get("state", {}), others)
+    try:
+        state = unflatten_state(header.get("state", {}), others)
+    except (TypeError, AttributeError, ValueError, KeyError, RecursionError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise CheckpointError(f"{tpath}: {exc}") from None
+        raise CheckpointError(f"{tpath} has a malformed repact header: its state cannot be read ({exc})") from None
     return Checkpoint(model_state=model_state, model_config=dict(header.get("model_config", {})), state=state,
                       tensors=others, path=tpath)
 
@@ -261,8 +287,12 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
         raise CheckpointError(
             f"{ckpt.path} records no model config (name, act, num_classes); load its state dict into a model you build"
         )
-    model = create_model(cfg["name"], act=cfg.get("act"), num_classes=int(cfg.get("num_classes", 1000)),
-                         **dict(cfg.get("kwargs", {})))
+    check_model_config(cfg, ckpt.path)
+    try:
+        model = create_model(cfg["name"], act=cfg.get("act"), num_classes=cfg.get("num_classes", 1000),
+                             **cfg.get("kwargs", {}))
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt.path} records a model that cannot be built: {exc}") from None
     _prime_lazy(model, cfg)
     if cfg.get("reparameterized"):
         model = reparameterize(model)
@@ -275,6 +305,28 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
             + " ".join(line.strip() for line in first[:4])
         ) from None
     return model
+
+
+#: the model config's entries and the JSON types each may have
+_MODEL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "act": (str, type(None)), "num_classes": (int,), "kwargs": (dict,), "input_shape": (list,),
+    "reparameterized": (bool,),
+}
+
+
+def check_model_config(cfg: Mapping[str, Any], path: Path | None) -> None:
+    """Refuse, naming the file, a model config whose entries have the wrong types."""
+    for key, types in _MODEL_CONFIG_TYPES.items():
+        if key not in cfg:
+            continue
+        v = cfg[key]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise CheckpointError(f"{path}: its model config's {key!r} is {v!r} ({type(v).__name__}), not a {want}; "
+                                  "the file is damaged or was not written by repact")
+    shape = cfg.get("input_shape")
+    if shape is not None and not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise CheckpointError(f"{path}: its model config's input_shape {shape!r} is not a list of positive integers")
 
 
 def _prime_lazy(model: nn.Module, cfg: Mapping[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 Names are lower case; ``-`` and ``_`` are interchangeable; aliases resolve to one canonical name.
 Every registered factory is called as ``factory(channels=..., **kwargs)`` when it accepts
-``channels`` and as ``factory(**kwargs)`` otherwise; an ``inplace`` keyword is dropped for
-factories that do not take it (timm's ``act_layer(inplace=True)`` convention).
+``channels`` and as ``factory(**kwargs)`` otherwise; ``inplace`` (timm's
+``act_layer(inplace=True)`` convention) and ``channels_last`` (a layout hint that only channel-wise
+layers use) are dropped for factories that do not take them.
 """
 
 from __future__ import annotations
@@ -153,10 +154,15 @@ def _accepts(fn: Callable, param: str) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+#: keywords passed only to factories that take them
+_OPTIONAL_KWARGS = ("inplace", "channels_last")
+
+
 def _call_factory(factory: Callable[..., nn.Module], channels: int | None, kwargs: dict[str, Any]) -> nn.Module:
     kwargs = dict(kwargs)
-    if "inplace" in kwargs and not _accepts(factory, "inplace"):
-        kwargs.pop("inplace")
+    for hint in _OPTIONAL_KWARGS:
+        if hint in kwargs and not _accepts(factory, hint):
+            kwargs.pop(hint)
     if _accepts(factory, "channels"):
         kwargs["channels"] = channels
     module = factory(**kwargs)
@@ -175,10 +181,14 @@ def create_act(
     ``name`` is a registered name or alias (``"repact"``, ``"acon_c"``, ``"hard_swish"`` ...), an
     ``nn.Module`` class, or any callable returning a module. ``channels`` is passed to factories
     that take it (channel-wise activations infer it on the first forward when it is ``None``).
-    ``None`` or ``""`` returns ``None`` (no activation).
+    ``None`` returns ``None`` (no activation); an empty name is an error (``"identity"`` is the
+    explicit no-op).
     """
-    if name is None or (isinstance(name, str) and name.strip() == ""):
+    if name is None:
         return None
+    if isinstance(name, str) and name.strip() == "":
+        raise ValueError("the activation name is empty; give a registered name (see repact.list_acts()), "
+                         "'identity' for no activation, or None")
     if isinstance(name, nn.Module):
         raise TypeError(
             f"create_act got a module instance ({type(name).__name__}); pass its class or a registered name "

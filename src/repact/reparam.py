@@ -3,7 +3,10 @@
 ``reparameterize`` swaps every activation that has an exact single-branch form for that form.
 ``verify`` compares two modules in eval mode; ``verify_reparameterization`` does the whole check
 the way RepVGG's verify does: randomize BatchNorm statistics (and activation parameters), convert
-a copy, compare on dense inputs that include the knots.
+a copy, compare on dense inputs that include the knots, against the model itself or against the
+literal branch sum of every RepAct (``reference="branches"``). Non-finite values never pass:
+``check_finite`` names the first parameter or buffer holding NaN/inf, and a ``VerifyResult``
+whose outputs hold any is not ``ok``.
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .activations.base import Activation, NotDeployableError
 
 __all__ = [
+    "NonFiniteError",
+    "check_finite",
+    "nonfinite_tensors",
+    "branch_reference",
+    "REFERENCES",
     "reparameterize",
     "deployable_modules",
     "verify",
@@ -28,6 +37,33 @@ __all__ = [
     "randomize_batchnorm_",
     "randomize_activations_",
 ]
+
+
+class NonFiniteError(ValueError):
+    """A parameter, buffer or output holds NaN or infinity."""
+
+
+def nonfinite_tensors(module: nn.Module) -> list[tuple[str, str, int, int]]:
+    """``(kind, name, non-finite count, numel)`` of every floating parameter or buffer holding NaN/inf."""
+    out = []
+    for kind, items in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for name, t in items:
+            if is_lazy(t) or t.is_meta or not (t.is_floating_point() or t.is_complex()):
+                continue
+            bad = int((~torch.isfinite(t.detach())).sum())
+            if bad:
+                out.append((kind, name, bad, t.numel()))
+    return out
+
+
+def check_finite(module: nn.Module, what: str = "the model") -> None:
+    """``NonFiniteError`` naming the first parameter or buffer of ``module`` that holds NaN or inf."""
+    bad = nonfinite_tensors(module)
+    if bad:
+        kind, name, n, numel = bad[0]
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise NonFiniteError(f"{what} has non-finite weights: {kind} {name or '<root>'} holds {n} NaN/inf value(s) "
+                             f"of {numel}{more}")
 
 
 def deployable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -95,15 +131,18 @@ class VerifyResult:
     ref_scale: float
     numel: int
     outputs: int
+    nonfinite: str = ""  # which output holds NaN/inf, and how many ("" when all are finite)
 
     def ok(self, rtol: float = 1e-5, atol: float = 0.0) -> bool:
-        return self.max_abs <= atol or self.max_rel <= rtol
+        """Within tolerance, and every output value finite (NaN/inf never pass, even where both agree)."""
+        return not self.nonfinite and (self.max_abs <= atol or self.max_rel <= rtol)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def __str__(self) -> str:
-        return f"max abs error {self.max_abs:.3e}, max rel error {self.max_rel:.3e} (output scale {self.ref_scale:.3e})"
+        text = f"max abs error {self.max_abs:.3e}, max rel error {self.max_rel:.3e} (output scale {self.ref_scale:.3e})"
+        return text + (f"; NOT FINITE: {self.nonfinite}" if self.nonfinite else "")
 
 
 def _knots_of(module: nn.Module) -> list[float]:
@@ -188,22 +227,27 @@ def verify(
     max_abs = 0.0
     scale = 0.0
     numel = 0
-    for r, c in zip(ref, cand):
+    nonfinite: list[str] = []
+    for i, (r, c) in enumerate(zip(ref, cand)):
         if r.shape != c.shape:
             raise ValueError(f"output shapes differ: reference {tuple(r.shape)}, candidate {tuple(c.shape)}")
         r64, c64 = r.detach().double(), c.detach().double()
-        if not (torch.isfinite(r64).all() and torch.isfinite(c64).all()):
-            same_nonfinite = torch.equal(~torch.isfinite(r64), ~torch.isfinite(c64))
-            if not same_nonfinite:
-                return VerifyResult(math.inf, math.inf, float("nan"), numel, len(ref))
-            keep = torch.isfinite(r64)
+        fin_r, fin_c = torch.isfinite(r64), torch.isfinite(c64)
+        for who, fin in (("reference", fin_r), ("candidate", fin_c)):
+            bad = int((~fin).sum())
+            if bad:
+                nonfinite.append(f"{who} output {i} holds {bad} NaN/inf value(s) of {r.numel()}")
+        keep = fin_r & fin_c
+        if not bool(keep.all()):
+            if not torch.equal(fin_r, fin_c):  # non-finite in one output only: no finite bound on the error
+                max_abs = math.inf
             r64, c64 = r64[keep], c64[keep]
         if r64.numel():
             max_abs = max(max_abs, float((r64 - c64).abs().max()))
             scale = max(scale, float(r64.abs().max()))
         numel += r.numel()
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    return VerifyResult(max_abs, rel, scale, numel, len(ref))
+    return VerifyResult(max_abs, rel, scale, numel, len(ref), "; ".join(nonfinite))
 
 
 @torch.no_grad()
@@ -237,6 +281,47 @@ def randomize_activations_(model: nn.Module, seed: int = 0, scale: float = 0.5) 
     return model
 
 
+#: what ``verify_reparameterization`` compares the deploy form with
+REFERENCES = ("module", "branches")
+
+
+class _LiteralBranchSum(nn.Module):
+    """Runs a RepAct's ``forward_branches`` (each branch on its own, then the weighted sum)."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act.forward_branches(x)
+
+
+def branch_reference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in which every module with ``forward_branches`` (RepAct) computes its
+    literal branch sum instead of its fused forward: a reference that shares no table with the
+    deploy form. ``ValueError`` when the model has no such module."""
+    ref = copy.deepcopy(model)
+    if hasattr(ref, "forward_branches"):
+        return _LiteralBranchSum(ref)
+    found: dict[int, nn.Module] = {}
+
+    def swap(parent: nn.Module) -> None:
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if hasattr(child, "forward_branches"):
+                found.setdefault(id(child), _LiteralBranchSum(child))
+                setattr(parent, name, found[id(child)])
+            else:
+                swap(child)
+
+    swap(ref)
+    if not found:
+        raise ValueError("reference='branches' compares with the literal branch sum of every RepAct, but the model "
+                         "has no RepAct (no module with forward_branches); use reference='module'")
+    return ref
+
+
 def verify_reparameterization(
     model: nn.Module,
     inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -244,11 +329,17 @@ def verify_reparameterization(
     randomize_bn: bool = True,
     randomize_acts: bool = False,
     seed: int = 0,
+    reference: str = "module",
 ) -> tuple[VerifyResult, nn.Module]:
     """Randomize BN statistics (optional), re-parameterize a copy, compare; returns (result, deployed).
 
+    ``reference="module"`` compares with the model's own eval forward; ``"branches"`` with the
+    literal branch sum of every RepAct (``forward_branches``, see :func:`branch_reference`), which
+    does not go through the fused table the deploy form is built from.
     The model itself is changed only by the randomization (use a copy if that matters).
     """
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if randomize_bn:
         randomize_batchnorm_(model, seed)
     if randomize_acts:
@@ -256,4 +347,8 @@ def verify_reparameterization(
     if inputs is None and isinstance(model, Activation) and not model._built:
         raise ValueError("a lazy channel-wise activation needs inputs= (or channels=) before verification")
     deployed = reparameterize(model, inplace=False)
-    return verify(model, deployed, inputs), deployed
+    if reference == "module":
+        return verify(model, deployed, inputs), deployed
+    if inputs is None:
+        inputs = _default_inputs(model)  # the activation's own dense grid (the wrapper has none)
+    return verify(branch_reference(model), deployed, inputs), deployed

@@ -11,9 +11,13 @@ instance, in place, and returns a :class:`SwapReport`.
   activations never share parameters by accident. The parent becomes a ``GraphModule`` with the
   same children and state-dict keys (plus the new ones).
 * **Channels** come from one example forward (``example_input``: forward hooks record each call's
-  input shape) or, without it, from the layer just before the activation in a ``Sequential``
-  (BatchNorm, conv, linear). Unknown counts stay ``None``: repact activations then build their
-  parameters lazily on the first forward.
+  input shape and the layer that ran just before it) or, without it, from the layer just before
+  the activation in a ``Sequential``. The layer the activation follows says which dim holds the
+  channels: a convolution's ``out_channels`` or a BatchNorm's features on dim 1, a Linear's
+  ``out_features`` or a LayerNorm's shape on the last dim. Token tensors (N, L, C) or (N, H, W, C)
+  (ViT and Swin MLPs) so get the hidden width and ``channels_last=True``, not the token count.
+  Unknown counts stay ``None``: repact activations then build their parameters lazily on the
+  first forward.
 * **Functional calls** (``F.relu(x)``, ``torch.relu``, ``x.relu()``, ``F.hardswish`` ... inside a
   ``forward``) cannot be swapped; they are found during the example forward by a
   ``TorchFunctionMode`` (``__torch_function__``) scan that knows which module's forward is
@@ -27,17 +31,16 @@ instance, in place, and returns a :class:`SwapReport`.
 from __future__ import annotations
 
 import copy
-import itertools
-import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .activations.base import Activation
+from .fit import fit_activation, model_device_dtype
 from .registry import create_act
 
 __all__ = [
@@ -91,6 +94,7 @@ class SwapRecord:
     channels_from: str  # "example forward", "neighbouring layer" or "unknown (lazy)"
     untied_from: str | None = None  # the shared module's path when this site was untied
     fit_error: float | None = None  # max abs error on the fit grid (init="approximate")
+    channels_last: bool = False  # the new module was built with channels on the last dim
 
 
 @dataclass
@@ -134,6 +138,8 @@ class SwapReport:
                 notes = []
                 if r.untied_from is not None:
                     notes.append(f"untied from {r.untied_from}")
+                if r.channels_last:
+                    notes.append("channels last")
                 if r.fit_error is not None:
                     notes.append(f"fit max err {r.fit_error:.2e}")
                 ch = "lazy" if r.channels is None else str(r.channels)
@@ -201,36 +207,65 @@ def _parent_and_name(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return model, path
 
 
-def _channels_from_neighbour(model: nn.Module, path: str) -> int | None:
-    """Channel count from the layer just before ``path`` in a Sequential parent."""
+def _features_of(layer: nn.Module | None) -> tuple[int, bool] | None:
+    """(channels, on the last dim) of what ``layer`` outputs, for the layers that say it."""
+    if isinstance(layer, nn.modules.batchnorm._NormBase):
+        return int(layer.num_features), False
+    if isinstance(layer, nn.GroupNorm):
+        return int(layer.num_channels), False
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return int(layer.out_channels), False
+    if isinstance(layer, nn.Linear):
+        return int(layer.out_features), True
+    if isinstance(layer, nn.LayerNorm):
+        return int(layer.normalized_shape[-1]), True
+    return None
+
+
+def _passes_through(layer: nn.Module) -> bool:
+    """Layers that keep the shape and layout they get (skipped when looking for the layer before)."""
+    return isinstance(layer, (nn.Dropout, nn.Identity, Activation)) or isinstance(layer, DEFAULT_TARGETS)
+
+
+def _layout(shape: tuple[int, ...], before: nn.Module | None) -> tuple[int | None, bool]:
+    """(channels, channels_last) of an activation input of ``shape`` that follows layer ``before``.
+
+    The channel count is the one ``before`` produces, found on dim 1 or on the last dim of the
+    input (after any permute or reshape in between); when both fit, the layer's own layout
+    decides (last for Linear and LayerNorm). ``channels_last`` only for inputs of 3 dims or more.
+    Without a telling layer, dim 1.
+    """
+    if len(shape) < 2:
+        return None, False
+    feat = _features_of(before)
+    if feat is not None:
+        n, last = feat
+        on_first, on_last = shape[1] == n, shape[-1] == n
+        if on_last and (last or not on_first) and len(shape) >= 3:
+            return n, True
+        if on_first or on_last:
+            return n, False
+    return int(shape[1]), False
+
+
+def _channels_from_neighbour(model: nn.Module, path: str) -> tuple[int | None, bool]:
+    """(channels, channels_last) from the layer just before ``path`` in a Sequential parent."""
     if not path:
-        return None
+        return None, False
     parent, name = _parent_and_name(model, path)
     if not isinstance(parent, nn.Sequential):
-        return None
+        return None, False
     names = [n for n, _ in parent.named_children()]
     idx = names.index(name)
     for prev_name in reversed(names[:idx]):
         prev = getattr(parent, prev_name)
-        if isinstance(prev, nn.modules.batchnorm._NormBase):
-            return int(prev.num_features)
-        if isinstance(prev, nn.GroupNorm):
-            return int(prev.num_channels)
-        if isinstance(prev, nn.modules.conv._ConvNd):
-            return int(prev.out_channels)
-        if isinstance(prev, nn.Linear):
-            return int(prev.out_features)
-        if isinstance(prev, (nn.Dropout, nn.Identity)) or isinstance(prev, DEFAULT_TARGETS):
+        feat = _features_of(prev)
+        if feat is not None:
+            return feat  # a Linear's or LayerNorm's output has its features last, whatever its rank
+        if _passes_through(prev):
             continue
-        return None
-    return None
-
-
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return None, None
+        return None, False
+    return None, False
 
 
 class _FunctionalScan(TorchFunctionMode):
@@ -265,6 +300,11 @@ class _Call:
     module_id: int
     parent: str  # path of the module whose forward was running
     shape: tuple[int, ...]
+    before: nn.Module | None = None  # the last layer that ran before this call (shape-keeping ones skipped)
+
+    @property
+    def layout(self) -> tuple[int | None, bool]:
+        return _layout(self.shape, self.before)
 
 
 def _example_forward(model: nn.Module, example_input: Any, candidates: dict[int, nn.Module],
@@ -274,17 +314,20 @@ def _example_forward(model: nn.Module, example_input: Any, candidates: dict[int,
     calls: list[_Call] = []
     handles = []
     named = list(model.named_modules())
+    last_layer: list[nn.Module | None] = [None]
 
     def pre(path, mod):
         def hook(m, inputs):
             if id(m) in candidates and inputs and torch.is_tensor(inputs[0]):
-                calls.append(_Call(id(m), stack[-1][0] if stack else "", tuple(inputs[0].shape)))
+                calls.append(_Call(id(m), stack[-1][0] if stack else "", tuple(inputs[0].shape), last_layer[0]))
             stack.append((path, m))
         return hook
 
     def post(m, inputs, output):
         if stack:
             stack.pop()
+        if not any(True for _ in m.children()) and not _passes_through(m):
+            last_layer[0] = m
 
     for path, mod in named:
         handles.append(mod.register_forward_pre_hook(pre(path, mod)))
@@ -326,155 +369,6 @@ def _free_name(taken: set[str], base: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# approximate init
-# --------------------------------------------------------------------------------------------------
-
-
-def _grid_input(grid: torch.Tensor, channels: int | None, ndim: int) -> torch.Tensor:
-    c = channels or 1
-    x = grid.reshape(-1, 1).expand(-1, c)
-    if ndim >= 3:
-        x = x.reshape(x.shape[0], c, *([1] * (ndim - 2)))
-    return x.contiguous()
-
-
-def fit_activation(
-    new: nn.Module,
-    target: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    channels: int | None = None,
-    ndim: int = 4,
-    lo: float = -6.0,
-    hi: float = 6.0,
-    steps: int = 1201,
-    max_iter: int = 100,
-) -> float:
-    """Fit ``new``'s parameters so that ``new(x) ~ target(x)`` on a grid over [lo, hi]; returns max abs error.
-
-    RepAct-I and III (canonical or any piecewise branch set) are linear in their branch weights,
-    which are solved exactly by least squares (PReLU slope kept); every other activation is fitted by
-    L-BFGS on the mean squared error. The module is fitted in eval mode.
-    """
-    from .activations.repact import RepAct
-
-    was = new.training
-    new.eval()
-    grid = torch.linspace(lo, hi, steps, dtype=torch.float64)
-    x64 = _grid_input(grid, channels, ndim)
-    dev, dt = _model_device_dtype(new)
-    dt = dt or torch.float32
-    x = x64.to(device=dev, dtype=dt)
-    try:
-        with torch.no_grad():
-            y64 = _target_float64(target, x64.to(device=dev))
-            y = y64.to(dt) if y64 is not None else target(x.clone())
-            if isinstance(new, Activation):
-                new.infer_channels(x)
-        if isinstance(new, RepAct) and new.variant in ("origin", "bn"):
-            _fit_repact_linear(new, x64.to(device=dev), y64 if y64 is not None else y.double())
-        else:
-            _fit_lbfgs(new, x, y, max_iter)
-        with torch.no_grad():
-            err = float((new(x) - y).abs().max())
-    finally:
-        new.train(was)
-    return err
-
-
-def _target_float64(target: Callable, x64: torch.Tensor) -> torch.Tensor | None:
-    """The target function in float64 (exact fits stay exact), or None when it only runs in float32."""
-    fn = copy.deepcopy(target).double() if isinstance(target, nn.Module) else target
-    try:
-        y = fn(x64.clone())
-    except (RuntimeError, TypeError):
-        return None
-    return y.double() if torch.is_tensor(y) and y.shape == x64.shape else None
-
-
-@torch.no_grad()
-def _fit_repact_linear(new, x: torch.Tensor, y: torch.Tensor) -> None:
-    from .activations.repact import repact_branch_fn
-
-    xs = x.double()
-    ys = y.double()
-    slope = new.prelu_weight.double() if new.prelu_weight is not None else None
-    cd = new.channel_dim(xs)
-    if slope is not None and slope.numel() > 1:
-        slope = new._per_channel(slope, xs, cd)
-    elif slope is not None:
-        slope = slope.reshape([1] * xs.dim())
-    if new.variant == "bn":  # eval-mode BN: y = scale * s + shift, so fit s to (y - shift) / scale
-        scale, shift = (t.double() for t in new._bn_affine())
-        if scale.numel() > 1:
-            scale, shift = new._per_channel(scale, xs, cd), new._per_channel(shift, xs, cd)
-        ys = (ys - shift) / scale
-    feats = torch.stack([repact_branch_fn(b)(xs, slope) for b in new.branches], dim=-1)  # (..., nb)
-    if new.branch_weight.dim() == 1:  # one weight vector for the layer
-        sol = _sparsest_lstsq(feats.reshape(1, -1, feats.shape[-1]), ys.reshape(1, -1, 1)).reshape(-1)
-    else:  # one per channel
-        f = feats.movedim(cd, 0).reshape(feats.shape[cd], -1, feats.shape[-1])
-        t = ys.movedim(cd, 0).reshape(ys.shape[cd], -1, 1)
-        sol = _sparsest_lstsq(f, t)
-    new.branch_weight.copy_(sol.to(new.branch_weight.dtype))
-
-
-def _sparsest_lstsq(f: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Least-squares weights (C, nb) of ``f`` (C, N, nb) for ``t`` (C, N, 1), preferring the fewest branches.
-
-    The canonical branches are linearly dependent (prelu = a x + (1 - a) relu), so a target that
-    some subset fits exactly (HardSwish, ReLU, identity, a PReLU slope) gets that subset, e.g.
-    (0, 0, 0, 1) for HardSwish; anything else gets the minimum-norm least-squares solution.
-    """
-    c, _, nb = f.shape
-    sol = torch.linalg.lstsq(f, t).solution.squeeze(-1)  # (C, nb)
-    scale = t.abs().amax(dim=(1, 2)).clamp_min(1.0)
-    done = torch.zeros(c, dtype=torch.bool)
-    for k in range(1, nb):
-        for cols in itertools.combinations(range(nb), k):
-            idx = list(cols)
-            sub = f[..., idx]
-            w = torch.linalg.lstsq(sub, t).solution  # (C, k, 1)
-            exact = ((sub @ w - t).abs().amax(dim=(1, 2)) <= 1e-9 * scale) & ~done
-            if bool(exact.any()):
-                full = torch.zeros(c, nb, dtype=sol.dtype)
-                full[:, idx] = w.squeeze(-1)
-                sol = torch.where(exact.unsqueeze(1), full, sol)
-                done |= exact
-        if bool(done.all()):
-            break
-    return sol
-
-
-def _fit_lbfgs(new: nn.Module, x: torch.Tensor, y: torch.Tensor, max_iter: int) -> None:
-    params = [p for p in new.parameters() if p.requires_grad and p.is_floating_point()]
-    if not params:
-        return
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-15,
-                            history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.mean((new(x) - y) ** 2)
-        loss.backward()
-        return loss
-
-    best = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        best_loss = float(torch.mean((new(x) - y) ** 2))
-    try:
-        opt.step(closure)
-    except RuntimeError:
-        pass
-    with torch.no_grad():
-        loss = float(torch.mean((new(x) - y) ** 2))
-        if not math.isfinite(loss) or loss > best_loss:  # never end worse than the default init
-            for p, b in zip(params, best):
-                p.copy_(b)
-    for p in params:
-        p.grad = None
-
-
-# --------------------------------------------------------------------------------------------------
 # the swap
 # --------------------------------------------------------------------------------------------------
 
@@ -490,6 +384,7 @@ class _Site:
     channels_from: str
     ndim: int
     untied_from: str | None = None
+    channels_last: bool = False  # channels on the last dim (token tensors)
 
 
 def swap_activations(
@@ -573,24 +468,24 @@ def swap_activations(
                     report.skipped.append((path, f"registered {len(siblings)} times in {parent_path or 'the root'} "
                                                  f"but called {len(here)} times from it; left shared"))
                     continue
-                chans = {_channels_of(c.shape, mod) for c in here}
-                if len(chans) == 1:
-                    ch = chans.pop()
+                layouts = {c.layout for c in here}
+                if len(layouts) == 1:
+                    ch, last = layouts.pop()
                 elif isinstance(model.get_submodule(parent_path) if parent_path else model, nn.Sequential):
-                    ch = _channels_of(here[siblings.index(path)].shape, mod)  # a Sequential calls in order
+                    ch, last = here[siblings.index(path)].layout  # a Sequential calls in order
                 else:
-                    ch = None
+                    ch, last = None, False
                 src = "example forward" if ch is not None else "unknown (lazy)"
-                sites.append(_Site(parent_path, attr, mod, ch, src, len(here[0].shape)))
+                sites.append(_Site(parent_path, attr, mod, ch, src, len(here[0].shape), channels_last=last))
                 continue
             if len(here) <= 1:
                 if here:
-                    ch, src, nd = _channels_of(here[0].shape, mod), "example forward", len(here[0].shape)
+                    (ch, last), src, nd = here[0].layout, "example forward", len(here[0].shape)
                 else:
-                    ch = _channels_from_neighbour(model, path)
+                    ch, last = _channels_from_neighbour(model, path)
                     src = "neighbouring layer" if ch is not None else "unknown (lazy)"
                     nd = 4
-                sites.append(_Site(parent_path, attr, mod, ch, src, nd))
+                sites.append(_Site(parent_path, attr, mod, ch, src, nd, channels_last=last))
                 continue
             # called len(here) times from the parent's forward: untie with torch.fx
             if not parent_path:
@@ -614,14 +509,18 @@ def swap_activations(
             for i, (node, call) in enumerate(zip(nodes, here)):
                 name = attr if i == 0 else _free_name(taken, attr)
                 node.target = name
-                sites.append(_Site(parent_path, name, mod, _channels_of(call.shape, mod), "example forward",
-                                   len(call.shape), untied_from=path))
+                ch, last = call.layout
+                sites.append(_Site(parent_path, name, mod, ch, "example forward", len(call.shape), untied_from=path,
+                                   channels_last=last))
 
     # 4. build every new module before changing anything
-    device, dtype = _model_device_dtype(model)
+    device, dtype = model_device_dtype(model)
     built: list[tuple[_Site, nn.Module, float | None]] = []
     for s in sites:
-        new = create_act(act, channels=s.channels)
+        new = create_act(act, channels=s.channels, **({"channels_last": True} if s.channels_last else {}))
+        if s.channels_last and getattr(new, "needs_channels", False) and not getattr(new, "channels_last", False):
+            raise ValueError(f"{s.parent_path}.{s.attr} gets token tensors (channels on the last dim) but "
+                             f"{_act_label(act)} did not take channels_last=True; give a factory that accepts it")
         if device is not None:
             new = new.to(device=device)
             if dtype is not None and dtype != torch.float32:
@@ -637,13 +536,15 @@ def swap_activations(
             ref = copy.deepcopy(s.old).eval()
             # layer-wise activations share one function over channels: fit on one channel
             per_channel = getattr(new, "needs_channels", True) or _channel_params(s.old)
-            err = fit_activation(new, ref, channels=s.channels if per_channel else 1, ndim=s.ndim)
+            # (N, C) has its channels on dim 1 and on the last dim: one grid for both layouts
+            err = fit_activation(new, ref, channels=s.channels if per_channel else 1,
+                                 ndim=2 if s.channels_last else s.ndim)
         built.append((s, new, err))
 
     for s, new, err in built:
         path = f"{s.parent_path}.{s.attr}" if s.parent_path else s.attr
         report.swapped.append(SwapRecord(path, type(s.old).__name__, type(new).__name__, s.channels, s.channels_from,
-                                         s.untied_from, err))
+                                         s.untied_from, err, bool(getattr(new, "channels_last", False))))
     if dry_run:
         return report
 
@@ -661,12 +562,6 @@ def swap_activations(
 def _channel_params(mod: nn.Module) -> bool:
     """Whether the replaced module differs per channel (e.g. PReLU(num_parameters=C))."""
     return any(p.numel() > 1 for p in mod.parameters())
-
-
-def _channels_of(shape: tuple[int, ...], mod: nn.Module) -> int | None:
-    if len(shape) < 2:
-        return None
-    return int(shape[1])
 
 
 def untie_calls(model: nn.Module, example_input: Any, *, targets: Sequence[type[nn.Module]] | None = None) -> nn.Module:

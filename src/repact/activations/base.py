@@ -2,6 +2,8 @@
 
 * **Shapes.** Channels are on dim 1 for (N, C), (N, C, L) and (N, C, H, W) inputs, or on the last
   dim for token tensors (N, ..., C) when ``channels_last=True``.
+* **Dtypes.** Inputs are floating point; ``infer_channels``, called first in every ``forward``,
+  refuses integer, bool and complex tensors with a ``TypeError`` (as ``F.hardswish`` does).
 * **Lazy channels.** A channel-wise activation built with ``channels=None`` creates its
   parameters on the first forward (or when a state dict is loaded into it), so
   ``act_layer(inplace=True)`` construction works. Create the optimizer after one forward pass.
@@ -18,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Activation", "NotDeployableError", "channel_view_shape", "broadcast_channel"]
+__all__ = ["Activation", "NotDeployableError", "channel_view_shape", "broadcast_channel", "check_float_input"]
 
 
 class NotDeployableError(ValueError):
@@ -39,6 +41,17 @@ def broadcast_channel(t: torch.Tensor, x: torch.Tensor, channels_last: bool) -> 
     if t.numel() == 1:
         return t.reshape([1] * x.dim()) if x.dim() else t.reshape(())
     return t.reshape(channel_view_shape(x.dim(), t.numel(), channels_last))
+
+
+def check_float_input(x: torch.Tensor, who: str) -> None:
+    """``TypeError`` for a non-floating-point input (integer, bool, complex), as ``F.hardswish`` refuses one.
+
+    Integer inputs would otherwise be promoted in some ops and truncated in others, and the
+    result would be neither the integer nor the float function.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"{who} takes a floating-point input (float16, bfloat16, float32 or float64), got {x.dtype}; "
+                        "convert it first, e.g. x.float()")
 
 
 class Activation(nn.Module):
@@ -92,7 +105,8 @@ class Activation(nn.Module):
         self._built = True
 
     def infer_channels(self, x: torch.Tensor) -> None:
-        """Build lazily from an input tensor (called at the start of ``forward``)."""
+        """Check the input's dtype and build lazily from it (called at the start of ``forward``)."""
+        check_float_input(x, type(self).__name__)
         if self._built:
             return
         if x.dim() < 2:

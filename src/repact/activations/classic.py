@@ -94,6 +94,7 @@ class Elliott(_Pointwise):
     flops_train = 5.0
 
     def forward(self, x):
+        self.infer_channels(x)
         return 0.5 * x / (1 + x.abs()) + 0.5
 
 
@@ -103,6 +104,7 @@ class LiSHT(_Pointwise):
     flops_train = 2.0
 
     def forward(self, x):
+        self.infer_channels(x)
         return x * torch.tanh(x)
 
 
@@ -119,6 +121,7 @@ class ABReLU(_Pointwise):
     flops_train = 3.0
 
     def forward(self, x):
+        self.infer_channels(x)
         if x.dim() <= 2:
             m = x.mean(dim=-1, keepdim=True)
         elif self.channels_last:

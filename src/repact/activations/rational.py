@@ -173,6 +173,7 @@ class PAU(Activation):
         self.denominator = nn.Parameter(b.to(torch.float32))
 
     def forward(self, x):
+        self.infer_channels(x)
         return rational_safe(x, self.numerator, self.denominator)
 
     def extra_repr(self) -> str:

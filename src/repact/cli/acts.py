@@ -16,6 +16,11 @@ def run(args) -> int:
     from ..registry import get_act_spec, list_acts
 
     names = list_acts(family=args.family)
+    if not names:
+        from . import CLIError
+
+        families = sorted({get_act_spec(n).family for n in list_acts()})
+        raise CLIError(f"unknown family {args.family!r}; accepted: {', '.join(families)}")
     rows = []
     for n in names:
         s = get_act_spec(n)

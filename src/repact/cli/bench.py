@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import CLIError
-from ._model_arg import parse_model_args
+from ._model_arg import add_shape_flags, build_named, input_shape_of, parse_model_args, probe_input
 
 
 def add_parser(sub) -> None:
@@ -22,10 +22,12 @@ def add_parser(sub) -> None:
     p.add_argument("--baseline-act", default="hardswish", help="activation of the baseline model (default hardswish)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="builder keyword (repeatable)")
-    p.add_argument("--image-size", type=int, default=224, help="square RGB input size (default 224)")
+    add_shape_flags(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="default: 1 32")
-    p.add_argument("--engines", nargs="+", default=["eager", "compile", "onnxruntime"],
-                   choices=("eager", "compile", "onnxruntime"), help="default: all three")
+    p.add_argument("--engines", nargs="+", default=None, choices=("eager", "compile", "onnxruntime"),
+                   help="default: all three on the CPU, eager and compile on CUDA")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: CUDA-event timing and peak memory "
+                                                   "(torch.cuda.max_memory_allocated)")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per engine and batch size (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per model first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
@@ -38,22 +40,34 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..checkpoint import atomic_write_text
-    from ..deploy import cost_report
+    from ..deploy import CUDA_ENGINES, ENGINES, bench_device, cost_report
     from ..models import get_model_spec
 
+    device = bench_device(args.device)  # before anything is built: a clear line without a GPU
+    engines = args.engines or list(CUDA_ENGINES if device.type == "cuda" else ENGINES)
+    if device.type == "cuda" and not set(engines) <= set(CUDA_ENGINES):
+        raise CLIError(f"--engines onnxruntime runs on the CPU only; with --device {args.device} use "
+                       f"{' '.join(CUDA_ENGINES)}")
     get_model_spec(args.model)  # unknown names: a clear error listing the choices
-    if args.image_size < 1 or args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_sizes):
-        raise CLIError("--image-size, --rounds and --batch-sizes must be positive and --warmup >= 0")
+    if args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_sizes):
+        raise CLIError("--rounds and --batch-sizes must be positive and --warmup >= 0")
+    if args.image_size is not None and args.image_size < 1:
+        raise CLIError(f"--image-size must be a positive integer, got {args.image_size}")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be a positive integer, got {args.threads}")
     out = Path(args.json or f"bench-{args.model}-{args.act}.json")
     if out.exists() and out.is_dir():
         raise CLIError(f"--json {out} is a folder; give a file name")
+    kwargs = parse_model_args(args.model_arg)
+    probe = build_named(args.model, args.baseline_act, args.num_classes, kwargs)
+    build_named(args.model, args.act, args.num_classes, kwargs)  # an unknown --act fails here, in one line
+    shape = input_shape_of(args, {"name": args.model}, probe, batch=max(args.batch_sizes))
+    probe_input(probe, shape, f"model {args.model}")
     report = cost_report(
-        args.model, args.act, baseline_act=args.baseline_act, input_shape=(3, args.image_size, args.image_size),
-        batch_sizes=args.batch_sizes, engines=args.engines, warmup=args.warmup, rounds=args.rounds,
-        num_classes=args.num_classes, threads=args.threads, model_kwargs=parse_model_args(args.model_arg),
-        onnx_form=args.onnx_form, seed=args.seed, ort_spinning=not args.no_ort_spinning,
+        args.model, args.act, baseline_act=args.baseline_act, input_shape=shape,
+        batch_sizes=args.batch_sizes, engines=engines, warmup=args.warmup, rounds=args.rounds,
+        num_classes=args.num_classes, threads=args.threads, model_kwargs=kwargs,
+        onnx_form=args.onnx_form, seed=args.seed, ort_spinning=not args.no_ort_spinning, device=device,
     )
     print(report.table())
     atomic_write_text(out, json.dumps(report.as_dict(), indent=2) + "\n")

@@ -18,8 +18,9 @@ def add_parser(sub) -> None:
         "compare", help="run an act x model x dataset x seed grid and summarize it",
         description="Train every combination in sequence (finished runs are skipped and interrupted ones resumed, "
                     "so re-running the same command continues a grid), then write compare.md, compare.csv, "
-                    "runs.csv and compare.png (means with 95%% CI error bars) under --out. The grid comes from "
-                    "flags or a YAML --grid file (keys acts, models, datasets, seeds, baseline, metric, train).")
+                    "runs.csv, compare.png (means with 95%% CI error bars) and compare_curves.png (learning curves, "
+                    "mean and band over seeds) under --out. The grid comes from flags or a YAML --grid file (keys "
+                    "acts, models, datasets, seeds, baseline, metric, train).")
     p.add_argument("--grid", default=None, help="YAML grid file (flags override its keys)")
     p.add_argument("--acts", default=None, help="comma-separated activations, e.g. hardswish,repact,acon_c_layer")
     p.add_argument("--models", default=None, help="comma-separated models (default small_cnn)")

@@ -1,6 +1,8 @@
 """``repact deploy CHECKPOINT_OR_MODEL --out DIR``: reparameterize, verify, export ONNX, check, save.
 
-Exit codes: 0 deployed, 1 a check failed (nothing written), 2 bad input.
+Exit codes: 0 deployed, 1 a check failed (nothing written), 2 bad input (including files of an
+earlier deploy in DIR without --overwrite, and a model with nothing to re-parameterize without
+--allow-unfused).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from . import CLIError
-from ._model_arg import add_model_flags, add_shape_flags, input_shape_of, load_target
+from ._model_arg import add_model_flags, add_shape_flags, input_shape_of, load_target, probe_input
 
 
 def add_parser(sub) -> None:
@@ -17,11 +19,15 @@ def add_parser(sub) -> None:
         description="Reparameterize a checkpoint (or a registered model built by name), verify that the deploy form "
                     "computes the same logits, export it to ONNX (dynamic batch), check the file with onnx.checker, "
                     "compare onnxruntime with PyTorch, and save the deploy weights (safetensors) and a JSON report. "
-                    "Nothing is written unless every check passes.",
+                    "Nothing is written unless every check passes, and files of an earlier deploy are replaced only "
+                    "with --overwrite.",
     )
     p.add_argument("target", metavar="CHECKPOINT_OR_MODEL", help="a repact checkpoint (.safetensors) or a model name")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--name", default="model", help="file stem of the outputs (default: model)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier deploy under --name in DIR")
+    p.add_argument("--allow-unfused", action="store_true",
+                   help="deploy a model with nothing to re-parameterize (e.g. ACON, GELU) as it is")
     add_model_flags(p)
     add_shape_flags(p)
     p.add_argument("--batch", type=int, default=2, help="batch size of the random check inputs (default 2)")
@@ -38,7 +44,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..deploy import DeployError, deploy_model
+    from pathlib import Path
+
+    from ..deploy import DeployError, deploy_model, deploy_outputs
 
     if args.opset < 17:
         raise CLIError(f"--opset must be at least 17, got {args.opset}")
@@ -46,17 +54,29 @@ def run(args) -> int:
         raise CLIError(f"--batch must be a positive integer, got {args.batch}")
     if not (args.rtol > 0 and args.parity_tol > 0):
         raise CLIError(f"--rtol and --parity-tol must be positive, got {args.rtol} and {args.parity_tol}")
+    if not args.name or any(c in args.name for c in "/\\") or args.name.startswith("."):
+        raise CLIError(f"--name must be a plain file stem (no folders, not starting with a dot), got {args.name!r}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder")
+    taken = [p.name for p in deploy_outputs(out, args.name) if p.exists() or p.is_symlink()]
+    if taken and not args.overwrite:
+        raise CLIError(f"--out {out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose "
+                       "another --out or --name")
     model, cfg, what = load_target(args)
-    shape = input_shape_of(args, cfg)
+    shape = input_shape_of(args, cfg, model)
+    probe_input(model, shape, what)
     print(f"deploying {what}, input {tuple(shape)}")
     try:
-        res = deploy_model(model, args.out, input_shape=shape, model_config=cfg, name=args.name, rtol=args.rtol,
+        res = deploy_model(model, out, input_shape=shape, model_config=cfg, name=args.name, rtol=args.rtol,
                            parity_tol=args.parity_tol, opset=args.opset, dynamic_batch=not args.static_batch,
                            onnx_form=args.onnx_form, randomize_bn=args.randomize_bn, batch=args.batch,
-                           seed=args.seed, log=print)
+                           seed=args.seed, overwrite=args.overwrite, allow_unfused=args.allow_unfused, log=print)
     except DeployError as exc:
         print(f"repact deploy: check failed: {exc}", file=sys.stderr)
         return 1
+    except FileExistsError as exc:  # written meanwhile by another process
+        raise CLIError(str(exc)) from None
     v = res.verify["logits"]
     print(f"deployed: max abs error {v['max_abs']:.3e}, max rel error {v['max_rel']:.3e}; "
           f"onnxruntime max abs diff {res.onnx_parity:.3e}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 __all__ = ["add_parser", "run", "MAX_ACC_CHANGE"]
@@ -29,7 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--reparameterize", action="store_true", help="also evaluate the re-parameterized model")
     p.add_argument("--save-reparameterized", default=None, metavar="PATH",
-                   help="write the re-parameterized model as a checkpoint (implies --reparameterize)")
+                   help="write the re-parameterized model as a checkpoint PATH.safetensors + PATH.json, once it has "
+                        "evaluated equal (implies --reparameterize)")
+    p.add_argument("--overwrite", action="store_true", help="let --save-reparameterized replace an existing checkpoint")
+    p.add_argument("--confusion", default=None, metavar="F.png", help="also write the confusion matrix picture "
+                   "(png, svg or pdf; torchmetrics), with its top-1/top-5")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -48,13 +53,75 @@ def _checkpoint_path(text: str) -> Path:
     return p
 
 
+def _save_target(text: str, source: Path, overwrite: bool) -> tuple[Path, Path]:
+    """The two files --save-reparameterized writes, checked before any work is done."""
+    from ..checkpoint import checkpoint_paths
+    from . import CLIError
+
+    p = Path(text)
+    if text.endswith(("/", "\\")) or p.is_dir():
+        raise CLIError(f"--save-reparameterized {text} is a folder; give a checkpoint name such as {p / 'deploy'}")
+    tpath, jpath = checkpoint_paths(p)
+    src = {q.resolve() for q in checkpoint_paths(source)}
+    if tpath.resolve() in src or jpath.resolve() in src:
+        raise CLIError(f"--save-reparameterized {text} would replace the checkpoint being evaluated ({source}); "
+                       "choose another name")
+    taken = [str(q) for q in (tpath, jpath) if q.exists()]
+    if taken and not overwrite:
+        raise CLIError(f"--save-reparameterized {text}: {' and '.join(taken)} already exist(s); pass --overwrite to "
+                       "replace, or choose another name")
+    return tpath, jpath
+
+
+def _finite_logits(model, what: str):
+    """A forward hook raising NonFiniteError when ``model``'s logits hold NaN or inf."""
+    import torch
+
+    from ..reparam import NonFiniteError
+
+    def hook(_module, _inputs, output):
+        if torch.is_tensor(output) and not bool(torch.isfinite(output).all()):
+            bad = int((~torch.isfinite(output)).sum())
+            raise NonFiniteError(f"the logits of {what} hold {bad} NaN/inf value(s) of {output.numel()}")
+
+    return model.register_forward_hook(hook)
+
+
+def _save_deployed(deployed, target: tuple[Path, Path], mc: dict, state: dict) -> None:
+    """Save, rebuild from the files and compare every tensor, then move both files into place."""
+    import os
+    import shutil
+    import tempfile
+
+    import torch
+
+    from ..checkpoint import build_model, save_checkpoint
+    from . import CLIError
+
+    tpath, jpath = target
+    tpath.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".repact-eval-", dir=tpath.parent))
+    try:
+        st, sj = save_checkpoint(stage / "deploy", deployed, model_config=mc, state=state)
+        rebuilt = build_model(st).state_dict()
+        mine = deployed.state_dict()
+        if set(rebuilt) != set(mine) or any(not torch.equal(rebuilt[k], mine[k].cpu()) for k in mine):
+            raise CLIError(f"the saved checkpoint does not rebuild the re-parameterized model; nothing written to "
+                           f"{tpath}")
+        os.replace(st, tpath)
+        os.replace(sj, jpath)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def run(args) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from ..checkpoint import build_model, load_checkpoint, save_checkpoint
+    from ..checkpoint import build_model, load_checkpoint
     from ..data import build_datasets, dataset_channels
-    from ..reparam import reparameterize
+    from ..reparam import NonFiniteError, check_finite, reparameterize
+    from ..train.config import img_size_problem
     from ..train.evaluate import evaluate, evaluate_pair
     from . import CLIError
 
@@ -62,9 +129,17 @@ def run(args) -> int:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if img_size_problem(args.img_size):
+        raise CLIError(f"--img-size {img_size_problem(args.img_size)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device} was asked for but torch sees no CUDA device; use --device cpu")
-    ckpt = load_checkpoint(_checkpoint_path(args.checkpoint))
+    if args.confusion:
+        from ..analysis.figures import output_path
+
+        args.confusion = str(output_path(args.confusion, None, "confusion", "--confusion")[0])  # fails before any work
+    source = _checkpoint_path(args.checkpoint)
+    target = _save_target(args.save_reparameterized, source, args.overwrite) if args.save_reparameterized else None
+    ckpt = load_checkpoint(source)
     model = build_model(ckpt)
     cfg = dict(ckpt.state.get("config", {}))
     mc = ckpt.model_config
@@ -94,35 +169,56 @@ def run(args) -> int:
     model.to(device)
     rows = []
     label = f"{mc.get('name')} act={mc.get('act')}" + (" (reparameterized)" if mc.get("reparameterized") else "")
+    written: list[str] = []
     if args.reparameterize or args.save_reparameterized:
         deployed = reparameterize(copy.deepcopy(model))
-        res = evaluate_pair(model, deployed, loader, device, limit=args.limit_batches)
+        hooks = [_finite_logits(model, "the model"), _finite_logits(deployed, "the re-parameterized model")]
+        try:
+            check_finite(model, f"{ckpt.path}")
+            check_finite(deployed, "the re-parameterized model")
+            res = evaluate_pair(model, deployed, loader, device, limit=args.limit_batches)
+        except NonFiniteError as exc:
+            print(f"repact eval: FAILED: {exc}" + ("; nothing written" if target else ""), file=sys.stderr)
+            return 1
+        finally:
+            for h in hooks:
+                h.remove()
         rows = [(label, res["reference"]), (label + " reparameterized", res["candidate"])]
         change = abs(res["candidate"]["acc1"] - res["reference"]["acc1"])
         extra = {"max_abs_logit_error": res["max_abs_logit_error"], "top1_flips": res["top1_flips"],
                  "acc1_change": change}
-        if args.save_reparameterized:
+        if target and change <= MAX_ACC_CHANGE:
             mc2 = {**mc, "reparameterized": True}
-            save_checkpoint(args.save_reparameterized, deployed.cpu(), model_config=mc2,
-                            state={"config": cfg, "source": str(ckpt.path)})
+            _save_deployed(deployed.cpu(), target, mc2, {"config": cfg, "source": str(ckpt.path)})
+            written = [str(p) for p in target]
     else:
         rows = [(label, evaluate(model, loader, device, limit=args.limit_batches))]
         extra = {}
+    if args.confusion:
+        from ..analysis.confusion import write_confusion
+
+        conf = write_confusion(model, loader, info.num_classes, args.confusion, device, args.limit_batches, info.classes)
+        extra["confusion"] = {"path": str(args.confusion), "acc1": conf.acc1, "acc5": conf.acc5, "n": conf.n}
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt.path), "dataset": dataset, "split": args.split,
-                          "results": [{"model": r[0], **r[1]} for r in rows], **extra}, indent=2))
+                          "results": [{"model": r[0], **r[1]} for r in rows], **extra,
+                          **({"written": written} if target else {})}, indent=2))
     else:
         print(f"{ckpt.path} on {dataset} ({args.split}, {rows[0][1]['n']} images)")
         print(f"{'model':<48} {'top-1 %':>9} {'top-5 %':>9} {'loss':>8}")
         for name, r in rows:
             print(f"{name:<48} {r['acc1']:>9.2f} {r['acc5']:>9.2f} {r['loss']:>8.4f}")
-        if extra:
+        if "confusion" in extra:
+            c = extra["confusion"]
+            print(f"wrote {c['path']} (confusion matrix, torchmetrics: top-1 {c['acc1']:.2f}%, top-5 {c['acc5']:.2f}%)")
+        if "acc1_change" in extra:
             print(f"re-parameterization: top-1 change {extra['acc1_change']:.4f} points, "
                   f"{extra['top1_flips']} changed predictions, max |logit error| {extra['max_abs_logit_error']:.3e}")
-        if args.save_reparameterized:
-            print(f"wrote {args.save_reparameterized}")
-    if extra and extra["acc1_change"] > MAX_ACC_CHANGE:
+        if written:
+            print(f"wrote {' and '.join(written)} (the re-parameterized model; it rebuilds with repact.checkpoint."
+                  "build_model)")
+    if extra.get("acc1_change", 0.0) > MAX_ACC_CHANGE:
         print(f"repact eval: re-parameterization changed top-1 by {extra['acc1_change']:.4f} points "
-              f"(more than {MAX_ACC_CHANGE})", file=__import__("sys").stderr)
+              f"(more than {MAX_ACC_CHANGE})" + ("; nothing written" if target else ""), file=sys.stderr)
         return 1
     return 0

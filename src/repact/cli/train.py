@@ -71,6 +71,8 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     r.add_argument("--limit-val-batches", type=int, default=S, help="at most this many val batches per epoch")
     r.add_argument("--sync-bn", action="store_true", default=S, help="synchronized BatchNorm under DDP")
     r.add_argument("--quiet", action="store_true", default=S, help="no progress bar; one line per epoch")
+    r.add_argument("--tensorboard", action="store_true", default=S, help="also log scalars and the activation "
+                   "shapes to tensorboard/ in the run folder (needs tensorboard: pip install 'repact[tensorboard]')")
 
 
 _NOT_CONFIG = {"command", "func", "config", "resume", "overwrite", "acts", "models", "datasets", "seeds", "baseline",
@@ -93,8 +95,10 @@ def add_parser(sub) -> None:
                     "summary.json. Under torchrun it trains with DDP (batch size per process).")
     add_train_options(p)
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_OR_CHECKPOINT",
-                   help="continue a run from its last checkpoint (a run folder or checkpoint; alone: --out's folder)")
-    p.add_argument("--overwrite", action="store_true", help="train into a --out folder that already holds a run")
+                   help="continue a run from its last checkpoint, in the folder named here (a run folder or "
+                        "checkpoint; alone: --out's folder); with --out OTHER, continue a copy of it there")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (kept intact until the new run's first checkpoint)")
     p.set_defaults(func=run)
 
 
@@ -104,12 +108,13 @@ def run(args) -> int:
 
     overrides = explicit_options(args)
     file_values = load_config_file(args.config) if args.config else {}
-    if args.resume is not None and args.overwrite:
-        raise CLIError("--resume continues a run and --overwrite starts one afresh; give one of them")
+    if args.resume is not None and args.overwrite and (args.resume == "auto" or "out" not in overrides):
+        raise CLIError("--resume continues a run in its folder and --overwrite replaces a run; give one of them "
+                       "(--resume RUN --out OTHER --overwrite continues a copy of RUN in OTHER, replacing OTHER)")
     try:
         if args.resume is not None:
             cfg = config_for_resume(args.resume, {**file_values, **overrides}, out=overrides.get("out"))
-            result = train(cfg, resume=args.resume, keep_model=False)
+            result = train(cfg, resume=args.resume, overwrite=args.overwrite, keep_model=False)
         else:
             cfg = resolve_config(file_values, overrides)
             result = train(cfg, overwrite=args.overwrite, keep_model=False)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from .bench import ENGINES, CostReport, build_variants, compile_cache_room, cost_report
+from .bench import CUDA_ENGINES, ENGINES, CostReport, build_variants, compile_cache_room, cost_report
 from .cost import FlopsReport, activation_modules, count_flops, count_params
-from .latency import Timing, steady_malloc, time_interleaved
+from .latency import Timing, bench_device, cuda_peak_bytes, steady_malloc, time_interleaved
 from .onnx_export import EXPORTERS, MIN_OPSET, check_onnx, export_onnx, last_export_forms, onnx_parity, ort_session
 from .onnx_forms import ONNX_FORMS, HardSwishBasis, PlainBasis, basis_coefficients, prepare_for_export
-from .pipeline import DeployError, DeployResult, deploy_model
+from .pipeline import (DeployError, DeployResult, NothingToFuseError, deploy_model, deploy_outputs, describe_activations,
+                       unfused_activations)
 
 __all__ = [
+    "CUDA_ENGINES",
     "ENGINES",
     "EXPORTERS",
     "MIN_OPSET",
@@ -18,23 +20,29 @@ __all__ = [
     "DeployError",
     "DeployResult",
     "FlopsReport",
+    "NothingToFuseError",
     "HardSwishBasis",
     "PlainBasis",
     "Timing",
     "activation_modules",
     "basis_coefficients",
+    "bench_device",
     "build_variants",
     "check_onnx",
     "compile_cache_room",
     "steady_malloc",
     "cost_report",
+    "cuda_peak_bytes",
     "count_flops",
     "count_params",
     "deploy_model",
+    "deploy_outputs",
+    "describe_activations",
     "export_onnx",
     "last_export_forms",
     "onnx_parity",
     "ort_session",
     "prepare_for_export",
     "time_interleaved",
+    "unfused_activations",
 ]

@@ -9,7 +9,9 @@ weights; no download):
 
 and reports parameters, FLOPs (activations included, see :mod:`repact.deploy.cost`) and latency
 per engine (``eager``, ``compile``, ``onnxruntime``) and batch size, with every variant timed in
-the same interleaved rounds and the ratio to the baseline taken per round.
+the same interleaved rounds and the ratio to the baseline taken per round. ``device="cuda"`` runs
+the PyTorch engines on the GPU, timed by CUDA events, with each row's peak
+``torch.cuda.max_memory_allocated`` (onnxruntime runs on the CPU only here).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from torch import nn
 
 from ..reparam import randomize_activations_, reparameterize
 from .cost import count_flops, count_params
-from .latency import time_interleaved
+from .latency import cuda_peak_bytes, time_interleaved
 
-__all__ = ["ENGINES", "CostReport", "build_variants", "cost_report"]
+__all__ = ["ENGINES", "CUDA_ENGINES", "CostReport", "build_variants", "cost_report"]
 
 ENGINES = ("eager", "compile", "onnxruntime")
+#: engines that run on a CUDA device
+CUDA_ENGINES = ("eager", "compile")
 
 
 @dataclass
@@ -58,12 +62,16 @@ class CostReport:
         for v, s in self.static.items():
             lines.append(f"{v:<9} {s['params']:>12,} {s['flops'] / 1e6:>10.2f} {s['activation_flops'] / 1e6:>11.2f}")
         if self.latency:
+            peak = any("peak_bytes" in r for r in self.latency)
             lines.append("")
-            lines.append(f"{'engine':<12} {'batch':>5} {'variant':<9} {'median ms':>10} {'p25-p75 ms':>17} {'x baseline':>10}")
+            lines.append(f"{'engine':<12} {'batch':>5} {'variant':<9} {'median ms':>10} {'p25-p75 ms':>17} {'x baseline':>10}"
+                         + (f" {'peak MB':>9}" if peak else ""))
             for r in self.latency:
                 band = f"{r['p25_ms']:.2f}-{r['p75_ms']:.2f}"
                 ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
-                lines.append(f"{r['engine']:<12} {r['batch']:>5} {r['variant']:<9} {r['median_ms']:>10.2f} {band:>17} {ratio:>10}")
+                mem = f" {r['peak_bytes'] / 2**20:>9.1f}" if peak and "peak_bytes" in r else (f" {'':>9}" if peak else "")
+                lines.append(f"{r['engine']:<12} {r['batch']:>5} {r['variant']:<9} {r['median_ms']:>10.2f} {band:>17} "
+                             f"{ratio:>10}{mem}")
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
@@ -132,9 +140,13 @@ def compile_cache_room(entries: int):
 
     Compiled variants of one class share their ``forward`` code object (one entry per instance,
     input shape and grad mode), so past dynamo's default recompile limit (8) the later ones would
-    silently run eagerly, and a benchmark would time them as compiled."""
-    limit = max(int(torch._dynamo.config.recompile_limit), int(entries) + 8)
-    return torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True)
+    silently run eagerly, and a benchmark would time them as compiled. (torch < 2.7 names these
+    ``cache_size_limit`` and ``fail_on_cache_limit_hit``; torch < 2.6 cannot fail loudly.)"""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    fail = next((f for f in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(cfg, f)), None)
+    limit = max(int(getattr(cfg, name)), int(entries) + 8)
+    return cfg.patch(**{name: limit, **({fail: True} if fail else {})})
 
 
 def _compile_limits(engine: str, compiles: int):
@@ -160,15 +172,20 @@ def cost_report(
     workdir: str | Path | None = None,
     variants: dict[str, nn.Module] | None = None,
     ort_spinning: bool = True,
+    device: str | torch.device = "cpu",
 ) -> CostReport:
     """Params, FLOPs and latency of the baseline, training-form and deploy-form models; see the module docstring.
 
     ``variants`` replaces the built models (a dict name -> model; the first is the baseline).
     ``ort_spinning=False`` keeps onnxruntime's idle threads from busy-waiting (steadier on a shared machine).
+    ``device``: ``"cpu"`` or a CUDA device (engines ``eager`` and ``compile``; the models are moved there).
     """
+    device = torch.device(device)
     for e in engines:
         if e not in ENGINES:
             raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
+        if device.type == "cuda" and e not in CUDA_ENGINES:
+            raise ValueError(f"engine {e!r} runs on the CPU only here; on {device} choose from {', '.join(CUDA_ENGINES)}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     shape = [int(s) for s in input_shape]
@@ -177,13 +194,13 @@ def cost_report(
     torch.set_num_threads(threads)
     try:
         return _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes,
-                            threads, model_kwargs, onnx_form, seed, workdir, variants, ort_spinning)
+                            threads, model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes, threads,
-                 model_kwargs, onnx_form, seed, workdir, variants, ort_spinning) -> CostReport:
+                 model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device) -> CostReport:
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randn(1, *shape, generator=gen)
     notes: list[str] = []
@@ -195,7 +212,11 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
         "torch": torch.__version__, "threads": threads, "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
         "ort_spinning": ort_spinning, "warmup": warmup, "rounds": rounds, "onnx_form": onnx_form,
+        "device": str(device),
     }
+    if device.type == "cuda":
+        report.environment["gpu"] = torch.cuda.get_device_name(device)
+        report.environment["timing"] = "CUDA events, synchronized"
     try:
         import onnxruntime
 
@@ -207,21 +228,29 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
         report.static[k] = {"params": count_params(m), "flops": f.total, "activation_flops": f.activation,
                             "activation_sites": f.sites, "flops_deploy_form": f.total_deploy}
     baseline = next(iter(variants))
+    if device.type == "cuda":
+        variants = {k: m.to(device) for k, m in variants.items()}
     tmp = tempfile.TemporaryDirectory(prefix="repact-bench-") if workdir is None else None
     wd = Path(tmp.name if tmp is not None else workdir)
     wd.mkdir(parents=True, exist_ok=True)
     try:
         for engine in engines:
             for b in batch_sizes:
-                x = torch.randn(int(b), *shape, generator=gen)
+                x = torch.randn(int(b), *shape, generator=gen).to(device)
+                peaks: dict[str, int] = {}
                 with _compile_limits(engine, len(variants) * len(batch_sizes)):
                     runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning)
                     with torch.inference_mode():
-                        timings = time_interleaved(runners, baseline=baseline, warmup=warmup, rounds=rounds)
+                        timings = time_interleaved(runners, baseline=baseline, warmup=warmup, rounds=rounds,
+                                                   device=device)
+                        if device.type == "cuda":
+                            peaks = {k: cuda_peak_bytes(fn, device) for k, fn in runners.items()}
                 for k, t in timings.items():
                     row = {"engine": engine, "batch": int(b), "variant": k, **t.as_dict()}
                     if k in setup:
                         row["setup_s"] = setup[k]
+                    if k in peaks:
+                        row["peak_bytes"] = peaks[k]
                     report.latency.append(row)
     finally:
         if tmp is not None:

@@ -2,7 +2,9 @@
 
 Every candidate runs once per round, in an order that rotates from round to round, so slow
 drifts of a shared machine hit all candidates alike; the ratio to the baseline is the median of
-the per-round ratios (paired), which cancels most of that drift.
+the per-round ratios (paired), which cancels most of that drift. On a CUDA device each sample is
+timed with CUDA events recorded around the calls and waited for (``device=``), so the time is the
+GPU's, not the launch's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Timing", "time_interleaved", "steady_malloc"]
+import torch
+
+__all__ = ["Timing", "time_interleaved", "steady_malloc", "bench_device", "cuda_peak_bytes"]
 
 
 @dataclass
@@ -60,11 +64,61 @@ def steady_malloc() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def bench_device(text: str) -> torch.device:
+    """The device a benchmark runs on: ``cpu``, ``cuda`` or ``cuda:N``; ``ValueError`` in one line when
+    it is not one of those or CUDA is not there."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {text!r} is not a device; use cpu or cuda (cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {text!r}: benchmarks run on cpu or cuda (cuda:N), not {dev.type}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: torch sees no CUDA GPU on this machine "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak ``torch.cuda.max_memory_allocated`` during one call of ``fn`` (after a synchronize)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device))
+
+
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
     if len(xs) == 1:
         return xs[0], xs[0], xs[0]
     q = statistics.quantiles(xs, n=4, method="inclusive")
     return q[0], statistics.median(xs), q[2]
+
+
+def _clock_sampler(clock: Callable[[], float]) -> Callable[[Callable[[], Any], int], float]:
+    def sample(fn, inner):
+        t0 = clock()
+        for _ in range(inner):
+            fn()
+        return (clock() - t0) * 1e3
+    return sample
+
+
+def _cuda_sampler(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
+    def sample(fn, inner):
+        with torch.cuda.device(device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+    return sample
 
 
 def time_interleaved(
@@ -75,11 +129,15 @@ def time_interleaved(
     rounds: int = 20,
     inner: int = 1,
     clock: Callable[[], float] = time.perf_counter,
+    device: torch.device | str | None = None,
 ) -> dict[str, Timing]:
     """Time each runner ``rounds`` times (``inner`` calls per sample), interleaved; returns per-runner timings.
 
-    ``baseline`` names the runner the ratios are taken against (default: the first).
+    ``baseline`` names the runner the ratios are taken against (default: the first). With a CUDA
+    ``device`` every sample is measured by CUDA events (synchronized) instead of ``clock``.
     """
+    dev = torch.device(device) if device is not None else None
+    sample = _cuda_sampler(dev) if dev is not None and dev.type == "cuda" else _clock_sampler(clock)
     if not runners:
         raise ValueError("nothing to time: runners is empty")
     if rounds < 1 or inner < 1 or warmup < 0:
@@ -95,11 +153,7 @@ def time_interleaved(
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            fn = runners[name]
-            t0 = clock()
-            for _ in range(inner):
-                fn()
-            samples[name].append((clock() - t0) * 1e3 / inner)
+            samples[name].append(sample(runners[name], inner) / inner)
     out: dict[str, Timing] = {}
     base = samples[baseline]
     for name in names:

@@ -10,7 +10,11 @@
 * ``NAME_deploy_report.json``: what was checked, with the numbers.
 
 Files are first written to a staging folder inside ``out_dir`` and moved into place at the end,
-so a failed check leaves ``out_dir`` as it was.
+so a failed check leaves ``out_dir`` as it was. Files of a previous deploy under the same name
+are replaced only with ``overwrite=True``. Weights, BatchNorm statistics and outputs that are not
+finite fail the checks. A model with nothing to re-parameterize (ACON, GELU ...) and no deploy
+form in it is refused unless ``allow_unfused=True``; the report lists the activations that stay
+as they are either way.
 """
 
 from __future__ import annotations
@@ -27,16 +31,55 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..activations.piecewise import PiecewiseQuadratic
 from ..checkpoint import atomic_write_text, build_model, save_checkpoint
-from ..reparam import deployable_modules, randomize_batchnorm_, reparameterize, verify
-from .cost import count_flops, count_params
+from ..reparam import NonFiniteError, check_finite, deployable_modules, randomize_batchnorm_, reparameterize, verify
+from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
 
-__all__ = ["DeployError", "DeployResult", "deploy_model"]
+__all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_model", "deploy_outputs", "describe_activations",
+           "unfused_activations"]
 
 
 class DeployError(ValueError):
-    """A deploy check failed (the deploy form differs from the model, or onnxruntime differs)."""
+    """A deploy check failed (the deploy form differs from the model, onnxruntime differs, or a
+    weight or output is not finite)."""
+
+
+class NothingToFuseError(ValueError):
+    """The model has nothing to re-parameterize and was not re-parameterized before."""
+
+
+def deploy_outputs(out_dir: str | os.PathLike, name: str = "model") -> list[Path]:
+    """The files ``deploy_model`` writes into ``out_dir`` for ``name``."""
+    out = Path(out_dir)
+    return [out / f"{name}.onnx", out / f"{name}_deploy.safetensors", out / f"{name}_deploy.json",
+            out / f"{name}_deploy_report.json"]
+
+
+def _refuse_existing(out: Path, name: str) -> None:
+    taken = [p.name for p in deploy_outputs(out, name) if p.exists() or p.is_symlink()]
+    if taken:
+        raise FileExistsError(f"{out} already holds {', '.join(taken)} from an earlier deploy; pass overwrite=True "
+                              "(--overwrite) to replace them, or choose another folder or name")
+
+
+def unfused_activations(model: nn.Module) -> dict[str, list[str]]:
+    """``type name -> paths`` of the activation modules that are not deploy forms (they stay as they are)."""
+    out: dict[str, list[str]] = {}
+    for path, m in activation_modules(model).items():
+        if not isinstance(m, PiecewiseQuadratic):
+            out.setdefault(type(m).__name__, []).append(path)
+    return out
+
+
+def describe_activations(acts: dict[str, list[str]], limit: int = 3) -> str:
+    """``"3 x GELU (features.2, features.5, features.8)"`` for each type in ``acts``."""
+    parts = []
+    for kind, paths in acts.items():
+        shown = ", ".join(paths[:limit]) + (", ..." if len(paths) > limit else "")
+        parts.append(f"{len(paths)} x {kind} ({shown})")
+    return "; ".join(parts) or "no activation modules"
 
 
 @dataclass
@@ -85,6 +128,8 @@ def deploy_model(
     randomize_bn: bool = False,
     batch: int = 2,
     seed: int = 0,
+    overwrite: bool = False,
+    allow_unfused: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> DeployResult:
     """Reparameterize ``model``, check it, export and save it under ``out_dir``; see the module docstring.
@@ -98,6 +143,9 @@ def deploy_model(
         randomize_bn: also verify a copy whose BatchNorm statistics are randomized (a stricter
             check of the fold; the saved model keeps its own statistics).
         batch: batch size of the random check inputs (onnxruntime also runs batch 1 and batch+1).
+        overwrite: replace the files of an earlier deploy under ``name`` (``FileExistsError`` otherwise).
+        allow_unfused: deploy a model with nothing to re-parameterize as it is (``NothingToFuseError``
+            otherwise, naming its activations).
         log: called with one line per step (e.g. ``print``).
 
     The model's train/eval mode is restored afterwards; its weights are not changed.
@@ -111,27 +159,52 @@ def deploy_model(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    if not overwrite:
+        _refuse_existing(out, name)
     modes = [(m, m.training) for m in model.modules()]
     try:
         return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
-                       randomize_bn, batch, seed, say)
+                       randomize_bn, batch, seed, overwrite, allow_unfused, say)
     finally:
         for m, mode in modes:
             m.training = mode
 
 
+def _finite(module: nn.Module, what: str) -> None:
+    try:
+        check_finite(module, what)
+    except NonFiniteError as exc:
+        raise DeployError(f"{exc}; nothing was written") from None
+
+
 def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form, randomize_bn,
-            batch, seed, say) -> DeployResult:
+            batch, seed, overwrite, allow_unfused, say) -> DeployResult:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=gen)
     model.eval()
     _prime(model, x)
+    _finite(model, "the model")
 
-    already = not deployable_modules(model)
-    deployed = model if already else reparameterize(model, inplace=False).eval()
+    fusible = {id(m) for _, m in deployable_modules(model)}
+    had_deploy_forms = any(isinstance(m, PiecewiseQuadratic) for m in model.modules())
+    already = not fusible and (had_deploy_forms or bool((model_config or {}).get("reparameterized")))
+    deployed = reparameterize(model, inplace=False).eval() if fusible else model
+    unfused = unfused_activations(deployed)
+    if not fusible and not already:
+        if not allow_unfused:
+            raise NothingToFuseError(
+                f"nothing to re-parameterize: the model has no activation with an exact deploy form (RepAct), so "
+                f"its activations stay as they are: {describe_activations(unfused)}; pass allow_unfused=True "
+                "(--allow-unfused) to export it unchanged")
+        say(f"nothing to re-parameterize; exporting as it is: {describe_activations(unfused)}")
+    elif fusible:
+        say(f"re-parameterized {len(fusible)} activation(s); staying as they are: {describe_activations(unfused)}")
+    _finite(deployed, "the deploy form")
     res = verify(model, deployed, x)
     say(f"verify: {res}")
     checks: dict[str, Any] = {"logits": res.as_dict()}
+    if res.nonfinite:
+        raise DeployError(f"the logits are not finite: {res.nonfinite}; nothing was written")
     if not res.ok(rtol):
         raise DeployError(f"the deploy form differs from the model: {res}, above the tolerance rtol={rtol:g}; "
                           "nothing was written")
@@ -176,6 +249,8 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             "version": 1,
             "model_config": cfg,
             "already_reparameterized": already,
+            "reparameterized_activations": len(fusible),
+            "unfused_activations": {k: len(v) for k, v in unfused.items()},
             "tolerances": {"rtol": rtol, "parity_tol": parity_tol},
             "verify": checks,
             "onnx": {"file": f"{name}.onnx", "opset": int(opset), "dynamic_batch": dynamic_batch,
@@ -190,6 +265,8 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
         }
         rpath = stage / f"{name}_deploy_report.json"
         atomic_write_text(rpath, json.dumps(_json_ready(report), indent=2, sort_keys=True) + "\n")
+        if not overwrite:  # again, right before the move: another process may have written meanwhile
+            _refuse_existing(out, name)
         final = {}
         for p in (onnx_tmp, tpath, jpath, rpath):
             dest = out / p.name

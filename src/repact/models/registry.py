@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec"]
+__all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec", "positive_int",
+           "probability", "positive_number", "flag"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,50 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, act: Any = None, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
-    """Build a registered model with activation ``act`` and ``num_classes`` outputs."""
+    """Build a registered model with activation ``act`` and ``num_classes`` outputs.
+
+    Arguments a builder cannot take, or values it cannot build with (``width=-5``), raise
+    ``ValueError`` naming the argument before any tensor is allocated.
+    """
     spec = get_model_spec(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    positive_int(spec.name, "num_classes", num_classes)
+    params = inspect.signature(spec.builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ValueError(f"{spec.name} does not take {', '.join(unknown)}; it takes "
+                             f"{', '.join(k for k in params if k not in ('act', 'num_classes'))}")
     return spec.builder(act=act, num_classes=num_classes, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# argument checks for builders: a clear ValueError instead of a failure deep inside torch
+# ------------------------------------------------------------------------------------------------
+
+
+def positive_int(model: str, key: str, value: Any, *, most: int = 1 << 20) -> int:
+    """``value`` as an int in [1, most], else ValueError naming the model and argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValueError(f"{model}: {key} must be an integer from 1 to {most}, got {value!r}")
+    return value
+
+
+def probability(model: str, key: str, value: Any) -> float:
+    """``value`` as a float in [0, 1), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{model}: {key} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def positive_number(model: str, key: str, value: Any, *, most: float = 64.0) -> float:
+    """``value`` as a float in (0, most], else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= most:
+        raise ValueError(f"{model}: {key} must be a number above 0 and at most {most:g}, got {value!r}")
+    return float(value)
+
+
+def flag(model: str, key: str, value: Any) -> bool:
+    """``value`` as a bool (true/false), else ValueError."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{model}: {key} must be true or false, got {value!r}")
+    return value

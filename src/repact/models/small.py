@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..registry import create_act
-from .registry import register_model
+from .registry import positive_int, probability, register_model
 
 __all__ = ["SmallCNN", "small_cnn"]
 
@@ -44,5 +44,8 @@ def small_cnn(act: Any = None, num_classes: int = 10, in_channels: int = 1, widt
               **kwargs: Any) -> SmallCNN:
     """A 3-layer CNN for 8x8 to 32x32 images (digits, MNIST, CIFAR)."""
     if kwargs:
-        raise ValueError(f"small_cnn does not take {', '.join(sorted(kwargs))}")
+        raise ValueError(f"small_cnn does not take {', '.join(sorted(kwargs))}; it takes in_channels, width, dropout")
+    positive_int("small_cnn", "in_channels", in_channels)
+    positive_int("small_cnn", "width", width)
+    dropout = probability("small_cnn", "dropout", dropout)
     return SmallCNN(act=act, num_classes=num_classes, in_channels=in_channels, width=width, dropout=dropout)

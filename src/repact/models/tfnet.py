@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..registry import create_act
-from .registry import register_model
+from .registry import flag, register_model
 
 __all__ = ["FunnelAct", "TFBlock", "TFNet", "TFNET_SIZES"]
 
@@ -141,6 +141,7 @@ def _register(size: float) -> None:
     def builder(act: Any = None, num_classes: int = 1000, *, small_input: bool = False, **kwargs: Any) -> TFNet:
         if kwargs:
             raise ValueError(f"{name} does not take {', '.join(sorted(kwargs))}")
+        flag(name, "small_input", small_input)
         return TFNet(size, num_classes=num_classes, act=act, small_input=small_input)
 
     builder.__name__ = name

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .registry import register_model
+from .registry import flag, positive_int, register_model
 
 __all__ = ["timm_model"]
 
@@ -23,8 +23,10 @@ def timm_model(act: Any = None, num_classes: int = 1000, *, model_name: str | No
                targets: Sequence[Any] | None = None, include: Any = None, exclude: Any = None,
                input_size: int = 224, **kwargs: Any) -> nn.Module:
     """A timm model (``model_name=``) with activations of ``targets`` replaced by ``act`` (timm's own when None)."""
-    if not model_name:
+    if not model_name or not isinstance(model_name, str):
         raise ValueError("the timm builder needs model_name=, e.g. create_model('timm', model_name='mobilenetv3_small_100')")
+    positive_int("timm", "input_size", input_size, most=8192)
+    flag("timm", "pretrained", pretrained)
     try:
         import timm
     except ModuleNotFoundError:

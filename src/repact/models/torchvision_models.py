@@ -29,7 +29,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops.misc import Conv2dNormActivation
 
 from ..registry import create_act
-from .registry import register_model
+from .registry import flag, positive_number, probability, register_model
 
 __all__ = ["MOBILENET_V3_CONVENTIONS", "RESNET_CONVENTIONS", "ActBasicBlock", "ActBottleneck"]
 
@@ -68,6 +68,8 @@ def _stem_stride_one(conv: nn.Conv2d) -> None:
 def _mobilenet_v3(arch: str, act: Any, num_classes: int, convention: str, small_input: bool, weights: Any,
                   dropout: float) -> nn.Module:
     _check_choice(convention, MOBILENET_V3_CONVENTIONS, "convention")
+    flag(arch, "small_input", small_input)
+    dropout = probability(arch, "dropout", dropout)
     builder = getattr(torchvision.models, arch)
     model = builder(weights=weights, num_classes=num_classes, dropout=dropout)
     if small_input:
@@ -127,6 +129,7 @@ def _replace_in_sequentials(model: nn.Module, act: Any, kind: type[nn.Module]) -
 
 
 def _shufflenet_v2(arch: str, act: Any, num_classes: int, small_input: bool, weights: Any) -> nn.Module:
+    flag(arch, "small_input", small_input)
     model = getattr(torchvision.models, arch)(weights=weights, num_classes=num_classes)
     if small_input:
         _stem_stride_one(model.conv1[0])
@@ -159,6 +162,9 @@ def mobilenet_v2(act: Any = None, num_classes: int = 1000, *, small_input: bool 
                  dropout: float = 0.2, width_mult: float = 1.0, **kwargs: Any) -> nn.Module:
     """MobileNetV2; every ReLU6 is replaced."""
     _no_extra("mobilenet_v2", kwargs)
+    flag("mobilenet_v2", "small_input", small_input)
+    dropout = probability("mobilenet_v2", "dropout", dropout)
+    width_mult = positive_number("mobilenet_v2", "width_mult", width_mult)
     model = torchvision.models.mobilenet_v2(weights=weights, num_classes=num_classes, dropout=dropout,
                                             width_mult=width_mult)
     if small_input:
@@ -210,6 +216,7 @@ class ActBottleneck(Bottleneck):
 def _resnet(block: type[nn.Module], layers: list[int], weights_enum: Any, act: Any, num_classes: int,
             convention: str, small_input: bool, weights: Any) -> ResNet:
     _check_choice(convention, RESNET_CONVENTIONS, "convention")
+    flag("resnet", "small_input", small_input)
     if weights is not None:
         weights = weights_enum.verify(weights)
         if num_classes != len(weights.meta["categories"]):

@@ -3,7 +3,8 @@
 Each run lives in ``OUT/runs/<dataset>/<model>/<act>/seed<k>/`` as an ordinary training run: a
 finished run is skipped, an interrupted one resumes from its last checkpoint. The summary gives per
 cell the mean, sample std, 95% CI of the mean (t distribution) and the difference to the baseline
-activation with Welch's 95% interval, as Markdown and CSV, plus a bar plot with error bars.
+activation with Welch's 95% interval, as Markdown and CSV, plus a bar plot with error bars and the
+learning curves of every cell (mean and band over seeds).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ __all__ = ["Grid", "load_grid_file", "run_grid", "summarize_grid", "write_report
 METRICS = {"last": "last_acc1", "best": "best_acc1"}
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
-_FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size"}
+_FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "tensorboard"}
 
 
 @dataclass
@@ -262,4 +263,9 @@ def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) ->
     plot = bar_plot(grid, rows, out / "compare.png")
     if plot is not None:
         paths["plot"] = plot
+        from ..analysis.runs import write_compare_curves
+
+        curves = write_compare_curves(records, out / "compare_curves.png")
+        if curves is not None:
+            paths["curves"] = curves
     return paths

@@ -15,8 +15,20 @@ __all__ = ["TrainConfig", "ConfigError", "RECIPES", "OPTIMIZERS", "SCHEDULES", "
            "load_config_file", "validate_config", "RESUME_MAY_CHANGE"]
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
+#: the largest input side accepted (a 3 x 4096 x 4096 float image is 192 MiB)
+MAX_IMG_SIZE = 4096
+#: the most data-loader worker processes accepted
+MAX_WORKERS = 256
 SCHEDULES = ("cosine", "linear", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def img_size_problem(size: int | None) -> str | None:
+    """Why an input side is refused (``"{size} is too large: ..."``), or None when it is accepted."""
+    if size is None or size <= MAX_IMG_SIZE:
+        return None
+    return (f"{size} is too large: one 3-channel image alone would take {3 * 4 * size ** 2 / 2**30:,.1f} GiB; "
+            f"accepted: 1 to {MAX_IMG_SIZE}")
 
 
 class ConfigError(ValueError):
@@ -61,6 +73,7 @@ class TrainConfig:
     out: str | None = None
     recipe: str | None = None
     quiet: bool = False
+    tensorboard: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +94,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: keys a resumed run may change; every other key must match the checkpoint's config
 RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
-                               "data_dir", "download"})
+                               "data_dir", "download", "tensorboard"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -202,8 +215,14 @@ def validate_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and v < 1:
             bad(f"{name} must be a positive integer (or unset), got {v}")
-    if cfg.workers < 0:
-        bad(f"workers must be 0 or more, got {cfg.workers}")
+    if img_size_problem(cfg.img_size):
+        bad(f"img_size {img_size_problem(cfg.img_size)}")
+    if cfg.workers < 0 or cfg.workers > MAX_WORKERS:
+        bad(f"workers must be from 0 to {MAX_WORKERS}, got {cfg.workers}")
+    if not 0 <= cfg.seed < 2**63:
+        bad(f"seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
+    if not all(isinstance(k, str) and k.isidentifier() for k in cfg.model_kwargs):
+        bad(f"model_kwargs keys must be argument names, got {list(cfg.model_kwargs)}")
     for name in ("lr", "min_lr", "weight_decay", "momentum", "warmup_epochs", "gamma"):
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < 0:

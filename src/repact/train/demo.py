@@ -137,48 +137,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _plots(out: Path, results: dict[str, Any], deployed: nn.Module) -> dict[str, str]:
-    """Training curves of both runs and the learned RepAct-I layer shapes (deploy form) against HardSwish."""
+    """Learning curves of both runs and the learned RepAct-I layers (deploy form) against HardSwish."""
+    from ..analysis.figures import MissingDependency, save_figure
+    from ..analysis.layers import plot_layers
+    from ..analysis.runs import plot_compare_curves
+
+    records = [{"dataset": "digits", "model": "small_cnn", "act": DEMO_ACTS[act], "seed": 0, "run_dir": res.run_dir}
+               for act, res in results.items()]
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        fig, _ = plot_compare_curves(records)
+        files = {"curves_plot": str(save_figure(fig, out / "curves.png"))}
+        fig, _ = plot_layers(deployed, title="learned RepAct-I layers (deploy form); HardSwish dashed")
+        files["activations_plot"] = str(save_figure(fig, out / "repact_layers.png"))
+    except MissingDependency:
         return {}
-    files = {}
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for act, res in results.items():
-        ep = [h["epoch"] for h in res.history]
-        a1.plot(ep, [h["val_acc1"] for h in res.history], marker="o", ms=3, label=DEMO_ACTS[act])
-        a2.plot(ep, [h["train_loss"] for h in res.history], marker="o", ms=3, label=DEMO_ACTS[act])
-    a1.set(xlabel="epoch", ylabel="val top-1 %", title="digits: validation accuracy")
-    a2.set(xlabel="epoch", ylabel="train loss", title="training loss", yscale="log")
-    a1.legend()
-    a2.legend()
-    fig.tight_layout()
-    files["curves_plot"] = _save(fig, out / "curves.png", plt)
-
-    from .optim import activation_modules
-
-    xs = torch.linspace(-6, 6, 601)
-    fig, ax = plt.subplots(figsize=(5, 3.8))
-    with torch.no_grad():
-        ax.plot(xs, nn.functional.hardswish(xs), "k--", lw=1, label="HardSwish")
-        for name, m in activation_modules(deployed):
-            ax.plot(xs, m(xs.reshape(-1, 1)).reshape(-1), label=f"RepAct-I {name}")
-    ax.axhline(0, color="0.8", lw=0.5)
-    ax.axvline(0, color="0.8", lw=0.5)
-    ax.set(xlabel="x", ylabel="y", title="learned RepAct-I layers (deploy form)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    files["activations_plot"] = _save(fig, out / "repact_layers.png", plt)
     return files
-
-
-def _save(fig, path: Path, plt) -> str:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return str(path)
-

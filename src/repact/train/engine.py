@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -21,20 +22,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, save_checkpoint
+from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, setup_distributed
 from .evaluate import evaluate, topk_correct
-from .logs import GradProbe, RunLogger, activation_snapshot
+from .logs import RunLogger, activation_snapshot
 from .optim import build_optimizer, build_scheduler
+from .pictures import TracedGradProbe, log_tensorboard_pictures, write_run_pictures
 from .setup import build_data, build_model_for, make_loaders, pick_device
-from .state import capture_rng, is_run_dir, resolve_resume, restore_rng, seed_all
+from .run_dir import RunFolder, RunFolderBusy, same_folder
+from .state import (capture_rng, check_train_state, locate_resume, nonfinite_tensors, resolve_resume, restore_rng,
+                    seed_all)
 
-__all__ = ["train", "RunResult", "TrainingDiverged", "config_for_resume"]
+__all__ = ["train", "RunResult", "TrainingDiverged", "RunWriteError", "config_for_resume"]
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, the weights or the validation loss became NaN or infinite; the last good
+    checkpoint (every weight finite) is kept."""
+
+
+class RunWriteError(OSError):
+    """Writing the run's files failed (disk full, quota, I/O error); the last good checkpoint is kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass
@@ -48,16 +60,24 @@ class RunResult:
 def config_for_resume(resume: str | Path, overrides: dict[str, Any] | None = None, out: str | None = None
                       ) -> TrainConfig:
     """The saved config of the run to resume, with ``overrides`` applied (only keys in
-    ``RESUME_MAY_CHANGE`` may differ; others raise :class:`ConfigError`)."""
-    ckpt, _ = resolve_resume(resume, out)
+    ``RESUME_MAY_CHANGE`` may differ; others raise :class:`ConfigError`). Its ``out`` is the folder
+    named by ``out`` (or ``overrides["out"]``), else the folder the checkpoint is in, wherever the
+    run was first trained."""
+    ckpt, ckpt_dir = resolve_resume(resume, out)
     saved = dict(ckpt.state["config"])
     overrides = dict(overrides or {})
     for k, v in overrides.items():
         if k in saved and k not in RESUME_MAY_CHANGE and saved[k] != v and k != "recipe":
             raise ConfigError(f"cannot change {k!r} when resuming ({saved[k]!r} in {ckpt.path}, {v!r} asked); "
                               f"a resumed run may change only {', '.join(sorted(RESUME_MAY_CHANGE))}")
+    saved.pop("recipe", None)
+    try:
+        resolve_config(saved)
+    except ConfigError as exc:
+        raise CheckpointError(f"{ckpt.path} records a training config that is not valid here: {exc}") from None
     saved.update(overrides)
     saved.pop("recipe", None)
+    saved["out"] = str(out or overrides.get("out") or ckpt_dir)
     cfg = resolve_config(saved)
     cfg.recipe = ckpt.state["config"].get("recipe")
     return cfg
@@ -83,32 +103,110 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, overwrite: bool
           keep_model: bool = True) -> RunResult:
     """Train ``cfg`` (optionally resuming from a run folder or checkpoint); returns the run's summary.
 
+    The run folder is ``cfg.out`` (default ``runs/<name>``; when resuming, the folder of the
+    checkpoint). It is locked for this process (:class:`~repact.train.run_dir.RunFolderBusy` if
+    another one holds it). A new run goes only into a missing or empty folder, or one whose run
+    never finished an epoch; ``overwrite=True`` replaces a run, which stays intact until the new
+    run's first checkpoint. Resuming into another folder copies the run there first (refused for
+    a folder that holds a run unless ``overwrite``).
+
     Raises :class:`ConfigError` / ``DataError`` / ``CheckpointError`` (all ``ValueError``) for bad
-    input before anything is written, and :class:`TrainingDiverged` on a NaN/Inf loss.
+    input before anything is written, :class:`TrainingDiverged` when the loss, weights or
+    validation loss stop being finite, and :class:`RunWriteError` when the run's files cannot be
+    written.
     """
     validate_config(cfg)
-    ckpt = None
-    if resume is not None:
-        ckpt, ckpt_dir = resolve_resume(resume, cfg.out)
-        _check_resume_config(cfg, ckpt.state["config"], ckpt.path)
-        run_dir = Path(cfg.out) if cfg.out else ckpt_dir
-    else:
-        run_dir = Path(cfg.out) if cfg.out else Path("runs") / cfg.run_name()
-        if is_run_dir(run_dir) and not overwrite:
-            raise ConfigError(f"run folder {run_dir} already holds a run; continue it with --resume {run_dir}, "
-                              "or choose another --out")
-    cfg = dataclasses.replace(cfg, out=str(run_dir))
-
     env = setup_distributed("cuda" if (cfg.device.startswith("cuda") or (cfg.device == "auto" and
                                                                           torch.cuda.is_available())) else "cpu")
     try:
-        return _run(cfg, env, run_dir, ckpt, keep_model)
+        folder, ckpt, note = _open_folder(cfg, resume, overwrite, env)
+        try:
+            cfg = dataclasses.replace(cfg, out=str(folder.target))
+            if note:
+                _say(f"note: {note}", cfg, env)
+            return _run(cfg, env, folder, ckpt, keep_model)
+        finally:
+            folder.close()
     finally:
         env.shutdown()
 
 
-def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) -> RunResult:
+def _open_folder(cfg: TrainConfig, resume, overwrite: bool, env: DistEnv):
+    """(locked RunFolder, checkpoint to resume or None, note). Rank 0 locks and prepares the
+    folder; the other ranks learn of its error, or read the checkpoint once it is in place."""
+    error, result = None, None
+    if env.is_main:
+        try:
+            result = _prepare_folder(cfg, resume, overwrite)
+        except (ValueError, RunFolderBusy, OSError) as exc:
+            error = exc
+    errors = all_gather_objects(None if error is None else (isinstance(error, RunFolderBusy), str(error)), env)
+    if error is not None:
+        raise error
+    if errors[0] is not None:
+        busy, msg = errors[0]
+        raise (RunFolderBusy if busy else ConfigError)(msg)
+    if result is not None:
+        return result
+    target = Path(cfg.out) if cfg.out else None
+    ckpt = None
+    if resume is not None:
+        ckpt, ckpt_dir = resolve_resume(resume, cfg.out)
+        target = target or ckpt_dir
+    return RunFolder(target or Path("runs") / cfg.run_name()), ckpt, None
+
+
+def _prepare_folder(cfg: TrainConfig, resume, overwrite: bool):
+    if resume is None:
+        folder = RunFolder(Path(cfg.out) if cfg.out else Path("runs") / cfg.run_name()).lock()
+        try:
+            return folder, None, folder.start_fresh(overwrite)
+        except BaseException:
+            folder.close()
+            raise
+    stem = locate_resume(resume, cfg.out)
+    source = checkpoint_paths(stem)[0].parent
+    target = Path(cfg.out) if cfg.out else source
+    folder = RunFolder(target)
+    in_place = same_folder(target, source)
+    if in_place and overwrite:
+        raise ConfigError(f"--resume continues the run in {target} and --overwrite would replace it; give one of "
+                          "them (or --out another folder to continue a copy of the run there)")
+    try:
+        folder.lock()
+        ckpt = load_checkpoint(stem)
+        check_train_state(ckpt)
+        _check_resume_config(cfg, ckpt.state["config"], ckpt.path)
+        if not in_place:  # copy the run, then continue the copy (re-read: the source was unlocked above)
+            folder.start_copy(source, stem, overwrite)
+            ckpt = load_checkpoint(folder.target / "last")
+            check_train_state(ckpt)
+        return folder, ckpt, None
+    except BaseException:
+        folder.close()
+        raise
+
+
+def _kept(folder: RunFolder) -> str:
+    """What the user still has after a run stops early."""
+    if folder.pending:
+        return f"{folder.target} keeps the run it held before ({folder.replaces}), untouched"
+    last = checkpoint_paths(folder.target / "last")[0]
+    if last.exists():
+        return f"The last good checkpoint stays at {last}"
+    return "No epoch had finished, so there is no checkpoint (and nothing is lost)"
+
+
+def _diverged_advice(folder: RunFolder) -> str:
+    if checkpoint_paths(folder.target / "last")[0].exists() or folder.pending:
+        return ("Train again with a lower --lr, --grad-clip or --warmup-epochs (into another --out, or with "
+                "--overwrite to replace this run)")
+    return f"Train into {folder.target} again with a lower --lr, --grad-clip or --warmup-epochs"
+
+
+def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bool) -> RunResult:
     barrier(env)  # every rank has checked the run folder before rank 0 writes into it
+    run_dir = folder.target
     device = pick_device(cfg, env)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -118,7 +216,7 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
 
     seed_all(cfg.seed)
     train_set, val_set, info = build_data(cfg)
-    model, model_config = build_model_for(cfg, info)
+    model, model_config = build_model_for(cfg, info, device)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt.model_state)
@@ -138,28 +236,33 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
-    probe = GradProbe(model)
     n_params = sum(p.numel() for p in model.parameters())
 
     start, best_acc1, best_epoch, history = 0, -1.0, 0, []
-    logger = RunLogger(run_dir, enabled=env.is_main)
+    logger = RunLogger(folder.path, enabled=env.is_main)
     if ckpt is not None:
         st = ckpt.state
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        if scaler is not None and st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
+        try:
+            opt.load_state_dict(st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            if scaler is not None and st.get("scaler"):
+                scaler.load_state_dict(st["scaler"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt.path}: its optimizer or scheduler state does not fit this run "
+                                  f"({type(exc).__name__}: {exc})") from None
         start, best_acc1, best_epoch = int(st["epoch"]), float(st["best_acc1"]), int(st["best_epoch"])
-        history = list(st.get("history", []))
-        logger.truncate_after(start)
-    elif env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        history = list(st["history"])
+    if env.is_main:
         import yaml
 
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-        logger.truncate_after(0)  # --overwrite: no records of an earlier run stay in the logs
-        logger.log_init_acts(activation_snapshot(model))
-    logger.open_tensorboard(start)
+        atomic_write_text(folder.path / "config.yaml", yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+        logger.truncate_after(start)  # a new run keeps no earlier records; a resumed one none past its checkpoint
+        if ckpt is None:
+            logger.log_init_acts(activation_snapshot(model))
+    if cfg.tensorboard and not logger.open_tensorboard(start):
+        _say("--tensorboard: tensorboard is not installed, so this run writes no TensorBoard logs "
+             "(pip install 'repact[tensorboard]')", cfg, env)
+    probe = TracedGradProbe(model, folder.path, steps, start, enabled=env.is_main)
 
     net = model
     if env.enabled:
@@ -167,16 +270,22 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if ckpt is not None:  # last: everything above may have drawn random numbers
         rngs = ckpt.state["rng"]
-        if isinstance(rngs, list):
-            if len(rngs) != env.world and env.is_main:
-                _say(f"note: resuming a {len(rngs)}-process run on {env.world}; data order stays exact, "
-                     "augmentation randomness does not", cfg, env)
-            restore_rng(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
-        else:
-            restore_rng(rngs)
+        try:
+            if isinstance(rngs, list):
+                if len(rngs) != env.world and env.is_main:
+                    _say(f"note: resuming a {len(rngs)}-process run on {env.world}; data order stays exact, "
+                         "augmentation randomness does not", cfg, env)
+                restore_rng(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
+            else:
+                restore_rng(rngs)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"{ckpt.path}: its random-number states cannot be restored "
+                                  f"({type(exc).__name__}: {exc})") from None
 
     if env.is_main:
         what = f"resuming {run_dir} at epoch {start + 1}" if ckpt is not None else f"training into {run_dir}"
+        if ckpt is not None and start >= cfg.epochs:
+            what = f"{run_dir} has finished its {cfg.epochs} epochs (give a larger --epochs to train longer)"
         _say(f"{what}: {cfg.model} act={cfg.act} on {info.name} ({info.train_size} train / {info.val_size} val, "
              f"{info.img_size}px), {n_params:,} params, {env.world} process(es) on {device}", cfg, env)
 
@@ -188,10 +297,11 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
         probe.reset()
         t0 = time.perf_counter()
         tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, criterion, autocast, probe, cfg, env,
-                          device, epoch, run_dir)
+                          device, epoch, folder)
         train_time = time.perf_counter() - t0
         val = evaluate(model if not env.enabled else net.module, val_loader, device, env=env, amp=cfg.amp,
                        limit=cfg.limit_val_batches or cfg.limit_batches)
+        _check_epoch_finite(model, tr, val, env, epoch, folder, device)
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **tr, "val_loss": val["loss"],
                   "val_acc1": val["acc1"], "val_acc5": val["acc5"], "val_images": val["n"],
                   "epoch_time_s": time.perf_counter() - t0,
@@ -202,29 +312,44 @@ def _run(cfg: TrainConfig, env: DistEnv, run_dir: Path, ckpt, keep_model: bool) 
             best_acc1, best_epoch = val["acc1"], epoch + 1
         rngs = all_gather_objects(capture_rng(), env)
         if env.is_main:
-            logger.log_epoch(record, activation_snapshot(model))
             state = {"epoch": epoch + 1, "best_acc1": best_acc1, "best_epoch": best_epoch, "history": history,
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
                      "world_size": env.world, "sampler": {"seed": cfg.seed, "next_epoch": epoch + 1},
                      "config": cfg.as_dict(), "data": info.as_dict(), "grad_probe": probe.names()}
-            if improved:
-                save_checkpoint(run_dir / "best", model, model_config=model_config, state=state)
-            save_checkpoint(run_dir / "last", model, model_config=model_config, state=state)
-            _write_summary(run_dir, cfg, history, best_epoch, n_params, complete=epoch + 1 >= cfg.epochs)
+            try:
+                logger.log_epoch(record, activation_snapshot(model))
+                log_tensorboard_pictures(logger, model, epoch + 1)
+                if improved:
+                    save_checkpoint(folder.path / "best", model, model_config=model_config, state=state)
+                save_checkpoint(folder.path / "last", model, model_config=model_config, state=state)
+                _write_summary(folder.path, run_dir, cfg, history, best_epoch, n_params,
+                               complete=epoch + 1 >= cfg.epochs)
+            except OSError as exc:
+                where = exc.filename or folder.path
+                then = ("" if folder.pending or not checkpoint_paths(run_dir / "last")[0].exists()
+                        else f"; once it can be written, continue with --resume {run_dir}")
+                raise RunWriteError(exc.errno, f"cannot write {where}: {exc.strerror or exc}; stopping in epoch "
+                                    f"{epoch + 1}. {_kept(folder)}{then}") from exc
+            if folder.pending:  # the replacing run has its first checkpoint: swap it in
+                folder.commit()
+                logger.relocate(folder.path)
+                probe.relocate(folder.path)
             _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['train_loss']:.4f}  train {tr['train_acc1']:.2f}%  "
                  f"val {val['acc1']:.2f}% (top-5 {val['acc5']:.2f}%)  best {best_acc1:.2f}% @{best_epoch}  "
                  f"{record['train_images_per_s']:.0f} img/s", cfg, env)
         barrier(env)
     if start >= cfg.epochs and env.is_main:
-        _write_summary(run_dir, cfg, history, best_epoch, n_params, complete=True)
+        _write_summary(folder.path, run_dir, cfg, history, best_epoch, n_params, complete=True)
+    if env.is_main:
+        write_run_pictures(folder.path, model, lambda m: _say(m, cfg, env))
     logger.close()
-    summary = json.loads((run_dir / "summary.json").read_text()) if env.is_main else {}
+    summary = json.loads((folder.path / "summary.json").read_text()) if env.is_main else {}
     return RunResult(run_dir, summary, history, model if keep_model else None)
 
 
 def _train_epoch(net, model, loader, steps, opt, sched, scaler, criterion, autocast, probe, cfg, env, device, epoch,
-                 run_dir) -> dict[str, float]:
+                 folder) -> dict[str, float]:
     from tqdm import tqdm
 
     net.train()
@@ -242,7 +367,7 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, criterion, autoc
             logits = net(x)
             loss = criterion(logits.float(), y)
         if i % check_every == 0 or i == steps - 1:
-            _check_finite(loss, env, epoch, i, opt, run_dir)
+            _check_finite(loss, env, epoch, i, opt, folder)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -274,21 +399,37 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, criterion, autoc
     return {"train_loss": loss_sum / max(n, 1), "train_acc1": 100.0 * correct / max(n, 1), "train_images": int(n)}
 
 
-def _check_finite(loss: torch.Tensor, env: DistEnv, epoch: int, step: int, opt, run_dir: Path) -> None:
+def _check_finite(loss: torch.Tensor, env: DistEnv, epoch: int, step: int, opt, folder: RunFolder) -> None:
     bad = (~torch.isfinite(loss.detach())).to(torch.float64).reshape(1)
     all_reduce_sum(bad, env)
     if bad.item() > 0:
-        last = checkpoint_paths(run_dir / "last")[0]
-        kept = (f"the last good checkpoint stays at {last}" if last.exists()
-                else "no epoch had finished, so there is no checkpoint")
         raise TrainingDiverged(
             f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
-            f"(lr {opt.param_groups[0]['lr']:.3g}); stopping. {kept}. Lower --lr, add --grad-clip or --warmup-epochs, "
-            "or resume from the checkpoint with other settings")
+            f"(lr {opt.param_groups[0]['lr']:.3g}); stopping. {_kept(folder)}. {_diverged_advice(folder)}")
 
 
-def _write_summary(run_dir: Path, cfg: TrainConfig, history: list[dict], best_epoch: int, n_params: int,
-                   complete: bool) -> None:
+def _check_epoch_finite(model: nn.Module, tr: dict[str, float], val: dict[str, float], env: DistEnv, epoch: int,
+                        folder: RunFolder, device: torch.device) -> None:
+    """After an epoch: every weight and buffer, the mean training loss and the validation loss must
+    be finite, or the epoch is not saved (its checkpoint would not be a good one)."""
+    bad = nonfinite_tensors(model.state_dict())
+    losses = [f"{k} {v}" for k, v in (("train loss", tr["train_loss"]), ("val loss", val["loss"]))
+              if not math.isfinite(v)]
+    flag = torch.tensor([float(len(bad) + len(losses))], dtype=torch.float64, device=device)
+    if all_reduce_sum(flag, env).item() == 0:
+        return
+    what = []
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        what.append(f"{len(bad)} weight/buffer tensor(s) hold NaN or Inf ({shown})")
+    what += losses
+    raise TrainingDiverged(f"epoch {epoch + 1} ended with non-finite values: {'; '.join(what)}; it is not saved, "
+                           f"stopping. {_kept(folder)}. {_diverged_advice(folder)}")
+
+
+def _write_summary(where: Path, run_dir: Path, cfg: TrainConfig, history: list[dict], best_epoch: int,
+                   n_params: int, complete: bool) -> None:
+    """Write ``summary.json`` into ``where`` (the folder being written) describing the run at ``run_dir``."""
     if not history:
         return
     last = history[-1]
@@ -306,4 +447,4 @@ def _write_summary(run_dir: Path, cfg: TrainConfig, history: list[dict], best_ep
         "checkpoints": {"last": str(checkpoint_paths(run_dir / "last")[0]),
                         "best": str(checkpoint_paths(run_dir / "best")[0])},
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(where / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -44,12 +44,30 @@ class RunLogger:
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.dir = Path(run_dir)
         self.enabled = enabled
-        self.metrics_path = self.dir / "metrics.jsonl"
-        self.csv_path = self.dir / "metrics.csv"
-        self.acts_path = self.dir / "act_params.jsonl"
         self._tb = None
+        self._tb_epoch = 0
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def acts_path(self) -> Path:
+        return self.dir / "act_params.jsonl"
+
+    def relocate(self, run_dir: Path) -> None:
+        """Write into ``run_dir`` from now on (the run's folder was swapped into place)."""
+        reopen = self._tb is not None
+        self.close()
+        self.dir = Path(run_dir)
+        if reopen:
+            self.open_tensorboard(self._tb_epoch)
 
     def truncate_after(self, epoch: int) -> None:
         """Drop records past ``epoch`` (left by a run killed between its logs and its checkpoint)."""
@@ -61,14 +79,17 @@ class RunLogger:
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
         self._write_csv()
 
-    def open_tensorboard(self, start_epoch: int) -> None:
+    def open_tensorboard(self, start_epoch: int) -> bool:
+        """Log to ``tensorboard/`` in the run folder too; False when tensorboard is not installed."""
         if not self.enabled:
-            return
+            return True
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard not installed
-            return
+        except ImportError:  # tensorboard not installed
+            return False
         self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_epoch + 1)
+        self._tb_epoch = start_epoch
+        return True
 
     def log_epoch(self, record: dict[str, Any], acts: dict[str, Any] | None) -> None:
         if not self.enabled:
@@ -84,6 +105,7 @@ class RunLogger:
                 if isinstance(v, (int, float)) and k != "epoch":
                     self._tb.add_scalar(k, v, record["epoch"])
             self._tb.flush()
+            self._tb_epoch = int(record["epoch"])
 
     def log_init_acts(self, acts: dict[str, Any]) -> None:
         """Activation parameters before training (epoch 0)."""
@@ -157,12 +179,15 @@ class GradProbe:
         self.steps = 0
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self) -> dict[str, torch.Tensor]:
+        """Add this step's values to the epoch's sums; returns them (device tensors)."""
+        now = {}
         for key, (_, w) in self.targets.items():
             if w.grad is not None:
-                v = w.grad.detach().abs().mean().float()
+                v = now[key] = w.grad.detach().abs().mean().float()
                 self.sums[key] = self.sums[key] + v if key in self.sums else v
         self.steps += 1
+        return now
 
     def epoch_means(self) -> dict[str, float]:
         n = max(1, self.steps)

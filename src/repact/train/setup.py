@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import random
 from typing import Any
 
@@ -16,7 +17,8 @@ from ..models import create_model, get_model_spec
 from .config import ConfigError, TrainConfig
 from .dist import DistEnv, ShardSampler
 
-__all__ = ["pick_device", "model_act", "build_data", "build_model_for", "prime_lazy", "make_loaders", "seed_worker"]
+__all__ = ["pick_device", "model_act", "build_data", "build_model_for", "check_model_fits", "prime_lazy",
+           "make_loaders", "seed_worker"]
 
 
 def pick_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
@@ -54,8 +56,12 @@ def build_data(cfg: TrainConfig):
                           download=cfg.download, channels=channels)
 
 
-def build_model_for(cfg: TrainConfig, info) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, model_config) where model_config rebuilds it with ``repact.checkpoint.build_model``."""
+def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, model_config) where model_config rebuilds it with ``repact.checkpoint.build_model``.
+
+    Bad builder arguments, and a model too large for ``device``'s memory (counted on the meta
+    device first), raise :class:`ConfigError` before its weights are allocated.
+    """
     params = _builder_params(cfg.model)
     kwargs = dict(cfg.model_kwargs)
     if "in_channels" in params and "in_channels" not in kwargs:
@@ -64,14 +70,58 @@ def build_model_for(cfg: TrainConfig, info) -> tuple[nn.Module, dict[str, Any]]:
         kwargs["small_input"] = True
     act = model_act(cfg)
     try:
+        check_model_fits(cfg.model, act, info.num_classes, kwargs, device or torch.device("cpu"))
         model = create_model(cfg.model, act=act, num_classes=info.num_classes, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"model {cfg.model!r} rejected its options {kwargs}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"model {cfg.model!r} cannot be built with {kwargs}: {exc}") from None
     input_shape = [info.in_channels, info.img_size, info.img_size]
     prime_lazy(model, input_shape)
+    from ..analysis.preprocess import preprocess_record
+
     config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": kwargs,
-              "input_shape": input_shape}
+              "input_shape": input_shape, "preprocess": preprocess_record(info, cfg.augment)}
     return model, config
+
+
+#: bytes per parameter while training: the weight, its gradient and up to two optimizer slots (fp32)
+TRAIN_BYTES_PER_PARAM = 16
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` (physical RAM for the CPU), or None where unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def check_model_fits(name: str, act: Any, num_classes: int, kwargs: dict[str, Any], device: torch.device) -> None:
+    """Count the model's parameters on the meta device (nothing allocated) and refuse a model whose
+    weights, gradients and optimizer state alone exceed ``device``'s memory. Bad arguments raise
+    here as they would in the real build."""
+    built = None
+    with torch.random.fork_rng(devices=[]):
+        for a in (act, None):  # some activations cannot be built on meta; their parameters are few
+            try:
+                with torch.device("meta"):
+                    built = create_model(name, act=a, num_classes=num_classes, **kwargs)
+                break
+            except (ValueError, TypeError):
+                raise
+            except Exception:  # noqa: BLE001 - a builder that cannot run on meta: no estimate
+                continue
+    if built is None:
+        return
+    n = sum(p.numel() for p in built.parameters() if not isinstance(p, nn.parameter.UninitializedParameter))
+    need, have = n * TRAIN_BYTES_PER_PARAM, memory_bytes(device)
+    if have is not None and need > have:
+        raise ConfigError(f"model {name!r} with {kwargs} has {n:,} parameters: training it needs about "
+                          f"{need / 2**30:,.1f} GiB for weights, gradients and optimizer state, more than the "
+                          f"{have / 2**30:,.1f} GiB of {device.type}; choose smaller model arguments")
 
 
 @torch.no_grad()

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+from ..checkpoint import CheckpointError, check_model_config, checkpoint_paths, load_checkpoint
 
-__all__ = ["seed_all", "capture_rng", "restore_rng", "resolve_resume", "is_run_dir"]
+__all__ = ["seed_all", "capture_rng", "restore_rng", "resolve_resume", "locate_resume", "check_train_state", "nonfinite_tensors"]
 
 
 def seed_all(seed: int) -> None:
@@ -47,31 +47,80 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in state["cuda"]])
 
 
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` already holds a training run (config or checkpoint)."""
-    return (path / "config.yaml").exists() or checkpoint_paths(path / "last")[0].exists()
-
-
 def resolve_resume(resume: str | Path, out: str | Path | None = None):
     """Load the checkpoint to resume from: a run folder (its ``last``), or a checkpoint file/stem.
 
-    Returns ``(checkpoint, run_dir)``. Raises :class:`CheckpointError` naming the path when there is
-    nothing to resume or the checkpoint holds no training state.
+    Returns ``(checkpoint, run_dir)`` where ``run_dir`` is the folder as the caller named it (not
+    the one recorded inside the checkpoint). Raises :class:`CheckpointError` naming the path when
+    there is nothing to resume or the checkpoint holds no usable training state.
     """
+    ckpt = load_checkpoint(locate_resume(resume, out))
+    check_train_state(ckpt)
+    return ckpt, ckpt.path.parent
+
+
+def locate_resume(resume: str | Path, out: str | Path | None = None) -> Path:
+    """The checkpoint stem ``--resume`` names: a run folder's ``last``, or a checkpoint file/stem
+    (``auto``: the folder ``out``)."""
     p = Path(resume) if str(resume) not in ("auto", "") else None
     if p is None:
         if out is None:
             raise CheckpointError("--resume without a path needs --out naming the run folder to continue")
         p = Path(out)
-    if p.is_dir():
-        stem = p / "last"
-        if not checkpoint_paths(stem)[0].exists():
-            raise CheckpointError(f"cannot resume: run folder {p} has no last checkpoint ({stem}.safetensors); "
-                                  "it never finished an epoch, so start it again without --resume")
-    else:
-        stem = p
-    ckpt = load_checkpoint(stem)
-    if "optimizer" not in ckpt.state or "config" not in ckpt.state:
+    if not p.is_dir():
+        return p
+    stem = p / "last"
+    if not checkpoint_paths(stem)[0].exists():
+        raise CheckpointError(f"cannot resume: run folder {p} has no last checkpoint ({stem}.safetensors); it never "
+                              f"finished an epoch, so nothing is lost: start it afresh with repact train --out {p} "
+                              "(without --resume)")
+    return stem
+
+
+#: the training state a resumable checkpoint holds, and the JSON types of its entries
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "epoch": (int,), "best_acc1": (int, float), "best_epoch": (int,), "history": (list,), "optimizer": (dict,),
+    "scheduler": (dict,), "config": (dict,), "rng": (dict, list),
+}
+
+
+def check_train_state(ckpt) -> None:
+    """Refuse (naming the file) a checkpoint whose training state is missing, of the wrong types, or
+    whose weights are not finite."""
+    check_model_config(ckpt.model_config, ckpt.path)
+    st = ckpt.state
+    if not isinstance(st, dict) or "optimizer" not in st or "config" not in st:
         raise CheckpointError(f"{ckpt.path} holds weights only, not a training state; resume needs a run's "
                               "'last' (or 'best') checkpoint written by repact train")
-    return ckpt, ckpt.path.parent
+    for key, types in _STATE_TYPES.items():
+        v = st.get(key)
+        if not isinstance(v, types) or isinstance(v, bool):
+            want = " or ".join(t.__name__ for t in types)
+            raise CheckpointError(f"{ckpt.path}: its training state's {key!r} is {_kind(v)}, not a {want}; the file "
+                                  "is damaged or was not written by repact train")
+    if st["epoch"] < 0 or st["best_epoch"] < 0:
+        raise CheckpointError(f"{ckpt.path}: its training state's epoch {st['epoch']} is negative")
+    if not all(isinstance(h, dict) for h in st["history"]):
+        raise CheckpointError(f"{ckpt.path}: its training state's 'history' holds something other than records")
+    if st.get("scaler") is not None and not isinstance(st["scaler"], dict):
+        raise CheckpointError(f"{ckpt.path}: its training state's 'scaler' is {_kind(st['scaler'])}, not a dict")
+    bad = nonfinite_tensors(ckpt.model_state)
+    if bad:
+        raise CheckpointError(f"{ckpt.path} holds non-finite weights ({_names(bad)}); it is not a good checkpoint "
+                              "to resume from")
+
+
+def _kind(v: Any) -> str:
+    return "missing" if v is None else f"a {type(v).__name__}"
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def nonfinite_tensors(tensors) -> list[str]:
+    """Names of the floating tensors holding a NaN or an infinity (a state dict or ``named_*`` pairs)."""
+    items = tensors.items() if hasattr(tensors, "items") else tensors
+    return [name for name, t in items
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -1,0 +1,159 @@
+"""``repact plot act|layers|evolution|features|grads`` on real runs and torchvision models, every
+format; ``repact train`` writes curves.png/activations.png and handles --tensorboard; bad input exits 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis_fixtures import assert_picture, digit_png, rgb_png, shared_run
+from repact.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, " ".join(err.split())
+
+
+def test_plot_act_in_a_real_process(tmp_path):
+    out = tmp_path / "act.png"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "repact", "plot", "act", "repact", "hardswish", "repact_bn",
+                           "--range", "-4", "4", "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "repact: f(0) = 0.0000, f(1) = 0.9167, knots: -3, 0, 3" in proc.stdout
+    assert "hardswish: f(0) = 0.0000, f(1) = 0.6667, knots: -3, 3" in proc.stdout
+    assert_picture(out)
+
+
+def test_plot_act_formats_and_tensor_values(tmp_path, capsys):
+    rc, out, _ = _run(capsys, "plot", "act", "repact", "--param", "branch_weight=[0,0,0,1]", "--format", "svg",
+                      "--out", tmp_path / "hs")
+    assert rc == 0 and "f(1) = 0.6667" in out  # only the HardSwish branch: HardSwish
+    assert_picture(tmp_path / "hs.svg")
+    rc, _, _ = _run(capsys, "plot", "act", "gelu", "frelu", "--out", tmp_path / "a.pdf")
+    assert rc == 0
+    assert_picture(tmp_path / "a.pdf")
+
+
+def test_plot_layers_of_a_run_a_checkpoint_and_a_model_name(tmp_path, capsys):
+    run = shared_run("small")
+    rc, out, _ = _run(capsys, "plot", "layers", run, "--out", tmp_path / "run.png")
+    assert rc == 0 and "3 activation layers (RepAct)" in out and "RepAct branch weights" in out
+    assert_picture(tmp_path / "run.png")
+    rc, out, _ = _run(capsys, "plot", "layers", run / "last.safetensors", "--out", tmp_path / "ckpt.png")
+    assert rc == 0 and "3 activation layers (RepAct)" in out
+    assert_picture(tmp_path / "ckpt.png")
+    rc, out, _ = _run(capsys, "plot", "layers", "mobilenet_v3_small", "--act", "repact_softmax", "--num-classes", "10",
+                      "--range", "-3", "3", "--out", tmp_path / "tv.png")
+    assert rc == 0 and "identity 0.250, relu 0.250, prelu 0.250, hardswish 0.250" in out
+    assert_picture(tmp_path / "tv.png")
+
+
+def test_plot_evolution_of_runs(tmp_path, capsys):
+    rc, out, _ = _run(capsys, "plot", "evolution", shared_run("small"), "--out", tmp_path / "e.png")
+    assert rc == 0 and "3 layers x 4 epochs (0..3)" in out and "features.8: +0.396 ->" in out
+    assert_picture(tmp_path / "e.png")
+    rc, out, _ = _run(capsys, "plot", "evolution", shared_run("mnv3"), "--out", tmp_path / "m.pdf")
+    assert rc == 0 and "23 layers x 3 epochs" in out
+    assert_picture(tmp_path / "m.pdf")
+
+
+def test_plot_features_of_a_run_and_a_torchvision_model(tmp_path, capsys):
+    img, _ = digit_png(tmp_path / "d.png", 5)
+    rc, out, _ = _run(capsys, "plot", "features", shared_run("small"), img, "--layer", "features.2", "--top-k", "3",
+                      "--out", tmp_path / "f.png")
+    assert rc == 0 and "features.2 (RepAct): 512 input values, shape [1, 8, 8, 8]" in out
+    assert_picture(tmp_path / "f.png")
+    rgb = rgb_png(tmp_path / "rgb.png", 50)
+    rc, out, _ = _run(capsys, "plot", "features", "resnet18", rgb, "--image-size", "32", "--layer", "layer1.0.act2",
+                      "--out", tmp_path / "r.png")
+    assert rc == 0 and "layer1.0.act2 (ReLU): 4096 input values, shape [1, 64, 8, 8]" in out and "[0, inf)" in out
+    assert_picture(tmp_path / "r.png")
+    rc, out, _ = _run(capsys, "plot", "features", shared_run("mnv3"), img, "--out", tmp_path / "m.png")
+    assert rc == 0 and "features.0.2 (RepAct)" in out  # digits repeated to the model's 3 channels
+    assert_picture(tmp_path / "m.png")
+
+
+def test_plot_grads_of_several_runs(tmp_path, capsys):
+    rc, out, _ = _run(capsys, "plot", "grads", shared_run("small"), shared_run("mnv3"), "--labels", "cnn,mnv3",
+                      "--out", tmp_path / "g.png")
+    assert rc == 0 and "cnn (grads.jsonl, 9 points)" in out and "mnv3 (grads.jsonl, 4 points)" in out
+    assert_picture(tmp_path / "g.png")
+
+
+def test_train_writes_run_pictures_and_reports_a_missing_tensorboard(tmp_path, capsys):
+    run = shared_run("hardswish")
+    assert_picture(run / "curves.png")
+    assert_picture(run / "activations.png")
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+
+        has_tb = True
+    except ImportError:
+        has_tb = False
+    rc, out, _ = _run(capsys, "train", "--act", "repact", "--model-kw", "width=8", "--epochs", "1",
+                      "--limit-batches", "2", "--quiet", "--tensorboard", "--out", tmp_path / "tb")
+    assert rc == 0
+    assert_picture(tmp_path / "tb" / "curves.png")
+    if has_tb:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+        acc.Reload()
+        assert "activations" in acc.Tags()["images"] and {"val_acc1", "train_loss"} <= set(acc.Tags()["scalars"])
+    else:
+        assert "tensorboard is not installed" in out and "repact[tensorboard]" in out
+        assert not (tmp_path / "tb" / "tensorboard").exists()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["act", "nosuchact"], ["unknown activation 'nosuchact'"]),
+    (["act", "acon_c", "repact", "--param", "beta_init=2"], ["repact:", "'beta_init'", "branch_weight, prelu_weight"]),
+    (["act", "repact", "--range", "3", "-3"], ["LO < HI"]),
+    (["act", "repact", "--out", "x.jpg"], ["unknown picture format .jpg"]),
+    (["act", "repact", "--out", "x.png", "--format", "svg"], ["--format is svg"]),
+    (["act", "repact", "--dpi", "5"], ["--dpi must lie in [10, 1200], got 5"]),
+    (["layers", "nosuchmodel"], ["neither a checkpoint", "nosuchmodel"]),
+    (["evolution", "missing_run"], ["missing_run does not exist"]),
+    (["grads", "missing_run"], ["missing_run does not exist"]),
+])
+def test_bad_input_exits_2_with_one_line(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _run(capsys, "plot", *argv)
+    assert rc == 2 and err.startswith("repact plot: error:") and "Traceback" not in err
+    for w in words:
+        assert w in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_bad_run_input_exits_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = _run(capsys, "plot", "layers", empty)
+    assert rc == 2 and "holds no best or last checkpoint" in err
+    rc, _, err = _run(capsys, "plot", "evolution", shared_run("hardswish"), "--out", tmp_path / "e.png")
+    assert rc == 2 and "no activation parameters" in err
+    img, _ = digit_png(tmp_path / "d.png")
+    rc, _, err = _run(capsys, "plot", "features", shared_run("small"), img, "--layer", "features.99",
+                      "--out", tmp_path / "f.png")
+    assert rc == 2 and "its activation layers are: features.2, features.5, features.8" in err
+    rc, _, err = _run(capsys, "plot", "features", shared_run("small"), tmp_path / "nope.png", "--out", tmp_path / "f.png")
+    assert rc == 2 and "nope.png does not exist" in err
+    (tmp_path / "bad.png").write_text("not an image")
+    rc, _, err = _run(capsys, "plot", "features", shared_run("small"), tmp_path / "bad.png", "--out", tmp_path / "f.png")
+    assert rc == 2 and "cannot read" in err
+    rc, _, err = _run(capsys, "plot", "layers", shared_run("small"), "--act", "relu", "--out", tmp_path / "l.png")
+    assert rc == 2 and "records its own model" in err
+    assert not (tmp_path / "f.png").exists() and not (tmp_path / "l.png").exists()
