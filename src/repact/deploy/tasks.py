@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import atomic_write_text, build_model, save_checkpoint
-from ..models.task_backbone import DenseView
+from ..models.task_backbone import DenseView, rebuild_kwargs
 from ..reparam import VerifyResult, randomize_activations_, randomize_batchnorm_, reparameterize, verify
 from .cost import count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
@@ -253,12 +253,10 @@ def _default_size(model: nn.Module) -> int:
     return 512
 
 
-def _saved_config(model_config: Mapping[str, Any] | None, size: int) -> dict[str, Any]:
+def _saved_config(model: nn.Module, model_config: Mapping[str, Any] | None, size: int) -> dict[str, Any]:
     cfg = copy.deepcopy(dict(model_config or {}))
-    kwargs = dict(cfg.get("kwargs", {}))
-    for k in ("weights", "weights_kind", "outputs"):  # the checkpoint holds the weights; rebuild the full model
-        kwargs.pop(k, None)
-    cfg["kwargs"] = kwargs
+    cfg["kwargs"] = rebuild_kwargs(model, cfg.get("kwargs", {}))  # the checkpoint holds the weights
+    cfg["task"] = task_of(model)
     cfg["reparameterized"] = True
     cfg["input_shape"] = [3, size, size]
     return cfg
@@ -314,7 +312,7 @@ def deploy_task_model(
         deployed = reparameterize(model, inplace=False).eval()
         dense_train, dense_deploy = dense_view(model), dense_view(deployed)
         return _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks,
-                                _saved_config(model_config, size), name, rtol, parity_tol, opset, onnx_form, batch,
+                                _saved_config(model, model_config, size), name, rtol, parity_tol, opset, onnx_form, batch,
                                 gen, say)
     finally:
         for m, mode in modes:

@@ -127,7 +127,8 @@ def ssdlite320_mobilenet_v3_large(
     model = SSD(extractor, anchors, size, num_classes, head=head, **ssd_kwargs)
     return finish_task_model(model, act=act, swap_heads=swap_heads, heads=["backbone.extra", "head"],
                              act_init=act_init, kind=kind, state=state, backbone_report=bb_report, loaded=loaded,
-                             outputs=outputs, dense=DenseSSD, img_size=int(img_size))
+                             outputs=outputs, dense=DenseSSD, img_size=int(img_size),
+                             arch={"reduced_tail": bool(reduced_tail)})
 
 
 @register_model("fasterrcnn_mobilenet_v3_large_320_fpn", family="detection")

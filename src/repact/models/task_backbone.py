@@ -31,8 +31,9 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..surgery import SwapReport, swap_activations
 from .torchvision_models import MOBILENET_V3_CONVENTIONS
 
-__all__ = ["WEIGHT_KINDS", "DenseView", "backbone_activation_paths", "build_mobilenet_v3_large", "finish_task_model", "load_full_weights",
-           "read_state_dict", "read_weights", "swap_head_activations", "weights_kind"]
+__all__ = ["WEIGHT_KINDS", "DenseView", "backbone_activation_paths", "build_mobilenet_v3_large", "finish_task_model",
+           "load_full_weights", "read_state_dict", "read_weights", "rebuild_kwargs", "swap_head_activations",
+           "weights_kind"]
 
 WEIGHT_KINDS = ("auto", "backbone", "full")
 OUTPUTS = ("default", "dense")
@@ -224,6 +225,15 @@ def finish_task_model(model: nn.Module, *, act: Any, swap_heads: bool, heads: It
     model.repact_info = {"backbone_swap": swap_summary(backbone_report), "head_swap": swap_summary(head_report),
                          "weights": loaded, **info}
     return model
+
+
+def rebuild_kwargs(model: nn.Module, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The builder keywords that rebuild ``model``'s architecture without its weights file: ``weights``,
+    ``weights_kind`` and ``outputs`` dropped, and the choices a weights file made pinned (``repact_info["arch"]``,
+    e.g. SSDlite's ``reduced_tail``, which a backbone file turns off)."""
+    out = {k: v for k, v in kwargs.items() if k not in ("weights", "weights_kind", "outputs")}
+    out.update(getattr(model, "repact_info", {}).get("arch", {}))
+    return out
 
 
 def swap_summary(report: SwapReport | None) -> dict[str, Any]:

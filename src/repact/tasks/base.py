@@ -20,8 +20,9 @@ Contract:
   background; segmentation: every mask value but 255), ``info.classes`` names them in index order.
   Bad names or folders raise :class:`repact.data.DataError` (one line, naming the value).
 * ``build_model(name, *, act, info, **kwargs) -> (model, model_config)``; ``model_config``
-  (``name``, ``act``, ``num_classes``, ``kwargs``, ``input_shape``) rebuilds the architecture with
-  :func:`repact.checkpoint.build_model`. Models of another task's family are refused.
+  (``name``, ``act``, ``num_classes``, ``kwargs``, ``input_shape``, ``task``) rebuilds the
+  architecture with :func:`repact.checkpoint.build_model` without the weights file (its ``kwargs``
+  are :func:`~repact.models.task_backbone.rebuild_kwargs`). Models of another task's family are refused.
 * ``collate_fn``: the loader's collate function (``None``: PyTorch's default).
 * ``loss(model, batch, device) -> (loss, logs)``: the training loss of one batch (moved to
   ``device`` here) with the model in train mode; ``logs`` holds floats (the loss parts).
@@ -43,6 +44,7 @@ from torch import nn
 
 from ..data.common import DataError, DataInfo
 from ..models import create_model, get_model_spec
+from ..models.task_backbone import rebuild_kwargs
 
 __all__ = ["Task", "TASKS", "eval_batches", "get_task", "list_tasks", "register_task", "to_device"]
 
@@ -136,8 +138,8 @@ class Task(ABC):
         name = name or self.default_model
         self.check_model(name)
         model = create_model(name, act=act, num_classes=info.num_classes, **kwargs)
-        config = {"name": name, "act": act, "num_classes": info.num_classes, "kwargs": dict(kwargs),
-                  "input_shape": [info.in_channels, info.img_size, info.img_size]}
+        config = {"name": name, "act": act, "num_classes": info.num_classes, "kwargs": rebuild_kwargs(model, kwargs),
+                  "input_shape": [info.in_channels, info.img_size, info.img_size], "task": self.name}
         return model, config
 
     def example_input(self, info: DataInfo, batch: int = 1) -> Any:
