@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,8 +38,9 @@ from ..reparam import NonFiniteError, check_finite, deployable_modules, randomiz
 from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
 
-__all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_model", "deploy_outputs", "describe_activations",
-           "unfused_activations"]
+__all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_cost", "deploy_model", "deploy_outputs",
+           "describe_activations", "export_checked", "json_ready", "publish", "refuse_existing", "save_deploy_weights", "staging_folder",
+           "unfused_activations", "versions"]
 
 
 class DeployError(ValueError):
@@ -57,7 +59,8 @@ def deploy_outputs(out_dir: str | os.PathLike, name: str = "model") -> list[Path
             out / f"{name}_deploy_report.json"]
 
 
-def _refuse_existing(out: Path, name: str) -> None:
+def refuse_existing(out: Path, name: str) -> None:
+    """``FileExistsError`` when ``out`` holds files of an earlier deploy under ``name``."""
     taken = [p.name for p in deploy_outputs(out, name) if p.exists() or p.is_symlink()]
     if taken:
         raise FileExistsError(f"{out} already holds {', '.join(taken)} from an earlier deploy; pass overwrite=True "
@@ -109,7 +112,8 @@ def _prime(model: nn.Module, x: torch.Tensor) -> None:
     model.train(was)
 
 
-def _json_ready(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON values (anything else as its string)."""
     return json.loads(json.dumps(obj, default=lambda o: str(o)))
 
 
@@ -160,7 +164,7 @@ def deploy_model(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     if not overwrite:
-        _refuse_existing(out, name)
+        refuse_existing(out, name)
     modes = [(m, m.training) for m in model.modules()]
     try:
         return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
@@ -217,33 +221,14 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             raise DeployError(f"with randomized BatchNorm statistics the deploy form differs: {rb}, above rtol={rtol:g}; "
                               "nothing was written")
 
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".repact-deploy-", dir=out))
-    try:
-        onnx_tmp = export_onnx(deployed, x, stage / f"{name}.onnx", opset=opset, dynamic_batch=dynamic_batch,
-                               form=onnx_form)
-        forms = last_export_forms()
-        say(f"onnx: exported opset {opset}, checked by onnx.checker ({(forms.counts() if forms else {})})")
-        batches = [x, torch.randn(1, *shape, generator=gen), torch.randn(batch + 1, *shape, generator=gen)]
-        parity = onnx_parity(deployed, onnx_tmp, batches if dynamic_batch else [x])
-        say(f"onnxruntime parity: max abs diff {parity:.3e} (batches {[b.shape[0] for b in batches] if dynamic_batch else [batch]})")
-        if not parity <= parity_tol:
-            raise DeployError(f"onnxruntime differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
-                              "nothing was written")
-        cfg = dict(model_config or {})
-        cfg["reparameterized"] = True
-        cfg["input_shape"] = shape
-        tpath, jpath = save_checkpoint(stage / f"{name}_deploy", deployed, model_config=cfg)
-        reload_err = None
-        if "name" in cfg:
-            rebuilt = build_model(tpath).eval()
-            with torch.no_grad():
-                reload_err = float((rebuilt(x) - deployed(x)).abs().max())
-            say(f"reload: build_model({tpath.name}) matches the deploy model (max abs diff {reload_err:.1e})")
-            if reload_err != 0.0:
-                raise DeployError(f"the saved deploy weights do not rebuild the deploy model (max abs diff {reload_err:.3e})")
-        fl_model = count_flops(model, x[:1])
-        fl_dep = count_flops(deployed, x[:1])
+    cfg = dict(model_config or {})
+    cfg["reparameterized"] = True
+    cfg["input_shape"] = shape
+    batches = [x, torch.randn(1, *shape, generator=gen), torch.randn(batch + 1, *shape, generator=gen)]
+    with staging_folder(out) as stage:
+        onnx_report = export_checked(deployed, x, batches, stage / f"{name}.onnx", opset=opset,
+                                     dynamic_batch=dynamic_batch, onnx_form=onnx_form, parity_tol=parity_tol, say=say)
+        weights = save_deploy_weights(deployed, cfg, stage, name, x, say=say)
         report = {
             "format": "repact-deploy-report",
             "version": 1,
@@ -253,33 +238,88 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             "unfused_activations": {k: len(v) for k, v in unfused.items()},
             "tolerances": {"rtol": rtol, "parity_tol": parity_tol},
             "verify": checks,
-            "onnx": {"file": f"{name}.onnx", "opset": int(opset), "dynamic_batch": dynamic_batch,
-                     "export_forms": forms.counts() if forms else {}, "checker": "passed",
-                     "parity_max_abs": parity, "parity_batches": [int(b.shape[0]) for b in batches] if dynamic_batch
-                     else [batch]},
-            "weights": {"file": tpath.name, "header": jpath.name, "reload_max_abs": reload_err},
-            "cost": {"params_train": count_params(model), "params_deploy": count_params(deployed),
-                     "flops_train": fl_model.total, "flops_deploy": fl_dep.total,
-                     "activation_flops_train": fl_model.activation, "activation_flops_deploy": fl_dep.activation},
-            "versions": _versions(),
+            "onnx": onnx_report,
+            "weights": weights,
+            "cost": deploy_cost(model, deployed, model, deployed, x),
+            "versions": versions(),
         }
-        rpath = stage / f"{name}_deploy_report.json"
-        atomic_write_text(rpath, json.dumps(_json_ready(report), indent=2, sort_keys=True) + "\n")
-        if not overwrite:  # again, right before the move: another process may have written meanwhile
-            _refuse_existing(out, name)
-        final = {}
-        for p in (onnx_tmp, tpath, jpath, rpath):
-            dest = out / p.name
-            os.replace(p, dest)
-            final[p.name] = dest
+        return publish(stage, out, name, report, overwrite, say)
+
+
+@contextmanager
+def staging_folder(out: Path):
+    """A fresh hidden folder inside ``out`` (created) for a deploy's files; removed with what is left in it."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".repact-deploy-", dir=out))
+    try:
+        yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    say(f"wrote {', '.join(str(p) for p in final.values())}")
-    return DeployResult(out, final[f"{name}.onnx"], final[f"{name}_deploy.safetensors"],
-                        final[f"{name}_deploy.json"], final[f"{name}_deploy_report.json"], report)
 
 
-def _versions() -> dict[str, str]:
+def export_checked(deployed: nn.Module, x: torch.Tensor, batches: Sequence[torch.Tensor], path: Path, *, opset: int,
+                   dynamic_batch: bool, onnx_form: str, parity_tol: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """Export ``deployed`` (a module of tensor outputs) to ``path``, check it with onnx.checker and run it
+    with onnxruntime on ``batches`` (on ``x`` alone for a static batch); the report's ``onnx`` entry.
+    :class:`DeployError` when onnxruntime differs by more than ``parity_tol``."""
+    onnx_file = export_onnx(deployed, x, path, opset=opset, dynamic_batch=dynamic_batch, form=onnx_form)
+    forms = last_export_forms()
+    say(f"onnx: exported opset {opset}, checked by onnx.checker ({(forms.counts() if forms else {})})")
+    used = list(batches) if dynamic_batch else [x]
+    parity = onnx_parity(deployed, onnx_file, used)
+    say(f"onnxruntime parity: max abs diff {parity:.3e} (batches {[int(b.shape[0]) for b in used]})")
+    if not parity <= parity_tol:
+        raise DeployError(f"onnxruntime differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
+                          "nothing was written")
+    return {"file": path.name, "opset": int(opset), "dynamic_batch": dynamic_batch,
+            "export_forms": forms.counts() if forms else {}, "checker": "passed", "parity_max_abs": parity,
+            "parity_batches": [int(b.shape[0]) for b in used]}
+
+
+def save_deploy_weights(deployed: nn.Module, cfg: dict[str, Any], stage: Path, name: str, x: torch.Tensor, *,
+                        view: Callable[[nn.Module], nn.Module] = lambda m: m,
+                        say: Callable[[str], None]) -> dict[str, Any]:
+    """Save ``deployed`` as ``NAME_deploy`` in ``stage`` and, when ``cfg`` names its model, rebuild it with
+    ``build_model`` and compare every output on ``x`` (:func:`verify`, so models of several outputs too;
+    ``view`` gives the module whose outputs are compared). The report's ``weights`` entry."""
+    tpath, jpath = save_checkpoint(stage / f"{name}_deploy", deployed, model_config=cfg)
+    reload_err = None
+    if "name" in cfg:
+        rebuilt = build_model(tpath).eval()
+        reload_err = verify(view(deployed), view(rebuilt), x).max_abs
+        say(f"reload: build_model({tpath.name}) matches the deploy model (max abs diff {reload_err:.1e})")
+        if reload_err != 0.0:
+            raise DeployError(f"the saved deploy weights do not rebuild the deploy model (max abs diff {reload_err:.3e})")
+    return {"file": tpath.name, "header": jpath.name, "reload_max_abs": reload_err}
+
+
+def deploy_cost(model: nn.Module, deployed: nn.Module, model_view: nn.Module, deployed_view: nn.Module,
+                x: torch.Tensor) -> dict[str, Any]:
+    """Parameters of the two forms and FLOPs of their views (the exported modules) on one sample."""
+    fl_model, fl_dep = count_flops(model_view, x[:1]), count_flops(deployed_view, x[:1])
+    return {"params_train": count_params(model), "params_deploy": count_params(deployed),
+            "flops_train": fl_model.total, "flops_deploy": fl_dep.total,
+            "activation_flops_train": fl_model.activation, "activation_flops_deploy": fl_dep.activation}
+
+
+def publish(stage: Path, out: Path, name: str, report: dict[str, Any], overwrite: bool,
+            say: Callable[[str], None]) -> DeployResult:
+    """Write the report into ``stage`` and move the four files of :func:`deploy_outputs` into ``out``
+    (refusing files of an earlier deploy there unless ``overwrite``)."""
+    onnx_file, tpath, jpath, rpath = deploy_outputs(stage, name)
+    atomic_write_text(rpath, json.dumps(json_ready(report), indent=2, sort_keys=True) + "\n")
+    if not overwrite:  # again, right before the move: another process may have written meanwhile
+        refuse_existing(out, name)
+    final = []
+    for p in (onnx_file, tpath, jpath, rpath):
+        os.replace(p, out / p.name)
+        final.append(out / p.name)
+    say(f"wrote {', '.join(str(p) for p in final)}")
+    return DeployResult(out, *final, report)
+
+
+def versions() -> dict[str, str]:
+    """The versions of repact, torch, onnx and onnxruntime, for reports."""
     from .. import __version__
 
     out = {"repact": __version__, "torch": torch.__version__}

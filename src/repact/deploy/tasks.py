@@ -29,10 +29,7 @@ the accepted ones, never the measured error: a form that is off changes masks an
 from __future__ import annotations
 
 import copy
-import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -40,12 +37,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_text, build_model, save_checkpoint
 from ..models.task_backbone import DenseView, rebuild_kwargs
 from ..reparam import VerifyResult, randomize_activations_, randomize_batchnorm_, reparameterize, verify
-from .cost import count_flops, count_params
-from .onnx_export import export_onnx, last_export_forms, onnx_parity
-from .pipeline import DeployError, DeployResult, _json_ready, _versions
+from .pipeline import (DeployError, DeployResult, deploy_cost, export_checked, publish, refuse_existing,
+                       save_deploy_weights, staging_folder, versions)
 
 __all__ = ["NOT_EXPORTED", "TaskVerifyResult", "compare_detections", "compare_masks", "deploy_task_model",
            "dense_view", "task_of", "verify_task_reparameterization"]
@@ -275,13 +270,16 @@ def deploy_task_model(
     onnx_form: str = "auto",
     batch: int = 2,
     seed: int = 0,
+    overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> DeployResult:
     """Check, export and save a detection or segmentation model (see the module docstring).
 
     ``img_size``: the square input side for the checks and the export (default: the detector's own
     input size; 512 for segmentation). ``model_config``: ``create_model`` arguments (``name``,
-    ``act``, ``num_classes``, ``kwargs``) recorded with the deploy weights. The model's weights and
+    ``act``, ``num_classes``, ``kwargs``) recorded with the deploy weights. Files of an earlier deploy
+    under ``name`` in ``out_dir`` are replaced only with ``overwrite`` (``FileExistsError`` otherwise).
+    The staging, ONNX checks, reload check and report are :func:`repact.deploy.deploy_model`'s. The model's weights and
     train/eval modes are left as they were.
     """
     say = log or (lambda s: None)
@@ -290,6 +288,8 @@ def deploy_task_model(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
+    if not overwrite:
+        refuse_existing(out, name)
     task = task_of(model)
     base = model
     size = int(img_size or _default_size(base))
@@ -313,62 +313,29 @@ def deploy_task_model(
         dense_train, dense_deploy = dense_view(model), dense_view(deployed)
         return _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks,
                                 _saved_config(model, model_config, size), name, rtol, parity_tol, opset, onnx_form, batch,
-                                gen, say)
+                                gen, overwrite, say)
     finally:
         for m, mode in modes:
             m.training = mode
 
 
 def _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks, cfg, name, rtol,
-                     parity_tol, opset, onnx_form, batch, gen, say) -> DeployResult:
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".repact-deploy-", dir=out))
-    try:
-        onnx_tmp = export_onnx(dense_deploy, x, stage / f"{name}.onnx", opset=opset, form=onnx_form)
-        forms = last_export_forms()
-        noise = (torch.rand(batch + 1, 3, size, size, generator=gen) - 0.45) / 0.226 if task == "segmentation" \
-            else torch.rand(batch + 1, 3, size, size, generator=gen)
-        batches = [x, x[:1], noise]
-        parity = onnx_parity(dense_deploy, onnx_tmp, batches)
-        say(f"onnx: exported opset {opset} and checked; onnxruntime parity max abs diff {parity:.3e} "
-            f"(batches {[int(b.shape[0]) for b in batches]})")
-        if not parity <= parity_tol:
-            raise DeployError(f"onnxruntime differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
-                              "nothing was written")
-        tpath, jpath = save_checkpoint(stage / f"{name}_deploy", deployed, model_config=cfg)
-        reload_err = None
-        if "name" in cfg:
-            rebuilt = build_model(tpath).eval()
-            reload = verify(dense_deploy, dense_view(rebuilt), x)
-            reload_err = reload.max_abs
-            say(f"reload: build_model({tpath.name}) matches the deploy model (max abs diff {reload_err:.1e})")
-            if reload_err != 0.0:
-                raise DeployError(f"the saved deploy weights do not rebuild the deploy model (max abs diff {reload_err:.3e})")
-        fl_train, fl_deploy = count_flops(dense_train, x[:1]), count_flops(dense_deploy, x[:1])
+                     parity_tol, opset, onnx_form, batch, gen, overwrite, say) -> DeployResult:
+    noise = torch.rand(batch + 1, 3, size, size, generator=gen)
+    if task == "segmentation":
+        noise = (noise - 0.45) / 0.226
+    with staging_folder(out) as stage:
+        onnx_report = export_checked(dense_deploy, x, [x, x[:1], noise], stage / f"{name}.onnx", opset=opset,
+                                     dynamic_batch=True, onnx_form=onnx_form, parity_tol=parity_tol, say=say)
+        weights = save_deploy_weights(deployed, cfg, stage, name, x, view=dense_view, say=say)
         exported = ("the whole model (logits at the input size)" if task == "segmentation"
                     else "backbone + heads (raw regressions and logits, no post-processing)")
+        onnx_report.update({"input_size": size, "exported": exported, "not_exported": _not_exported(dense_train)})
         report = {
             "format": "repact-deploy-report", "version": 1, "task": task, "model_config": cfg,
-            "tolerances": {"rtol": rtol, "parity_tol": parity_tol}, "verify": checks,
-            "onnx": {"file": f"{name}.onnx", "opset": int(opset), "dynamic_batch": True, "input_size": size,
-                     "exported": exported, "not_exported": _not_exported(dense_train),
-                     "export_forms": forms.counts() if forms else {}, "checker": "passed", "parity_max_abs": parity,
-                     "parity_batches": [int(b.shape[0]) for b in batches]},
-            "weights": {"file": tpath.name, "header": jpath.name, "reload_max_abs": reload_err},
-            "cost": {"params_train": count_params(model), "params_deploy": count_params(deployed),
-                     "flops_train": fl_train.total, "flops_deploy": fl_deploy.total,
-                     "activation_flops_train": fl_train.activation, "activation_flops_deploy": fl_deploy.activation},
-            "versions": _versions(),
+            "tolerances": {"rtol": rtol, "parity_tol": parity_tol}, "verify": checks, "onnx": onnx_report,
+            "weights": weights, "cost": deploy_cost(model, deployed, dense_train, dense_deploy, x),
+            "versions": versions(),
         }
-        rpath = stage / f"{name}_deploy_report.json"
-        atomic_write_text(rpath, json.dumps(_json_ready(report), indent=2, sort_keys=True) + "\n")
-        final = {}
-        for p in (onnx_tmp, tpath, jpath, rpath):
-            os.replace(p, out / p.name)
-            final[p.name] = out / p.name
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    say(f"not exported: {'; '.join(_not_exported(dense_train))}")
-    say(f"wrote {', '.join(str(p) for p in final.values())}")
-    return DeployResult(out, final[f"{name}.onnx"], final[f"{name}_deploy.safetensors"], final[f"{name}_deploy.json"],
-                        final[f"{name}_deploy_report.json"], report)
+        say(f"not exported: {'; '.join(_not_exported(dense_train))}")
+        return publish(stage, out, name, report, overwrite, say)

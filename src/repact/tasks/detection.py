@@ -74,6 +74,7 @@ class DetectionTask(Task):
                 with autocast:
                     preds = model(to_device(list(images), device))
                 meter.update(preds, targets)
-        if meter.images == 0:
+        summary = meter.compute()
+        if summary["n"] == 0:
             raise ValueError("evaluation saw no images (empty validation split or limit 0)")
-        return meter.compute()
+        return summary

@@ -12,6 +12,9 @@ detection to a crowd region by intersection over the detection's area rather tha
 after the non-crowd objects), so a detection lying inside a difficult box is ignored even when its
 IoU with it is below the threshold.
 
+Under DDP (an initialized process group, each rank updating with its shard) ``compute()`` is
+collective: torchmetrics gathers the states, and the image counts are summed over the ranks.
+
 **Segmentation** (:class:`SegmentationMeter`): a confusion matrix over the pixels whose label is not
 255 (torchmetrics ``MulticlassConfusionMatrix``): ``miou`` (mean over the classes that occur in
 the labels or the predictions of the IoU TP / (TP + FP + FN); classes absent from both are left
@@ -24,7 +27,19 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-__all__ = ["DetectionMeter", "SegmentationMeter", "segmentation_scores"]
+__all__ = ["DetectionMeter", "SegmentationMeter", "segmentation_scores", "sum_across_ranks"]
+
+
+def sum_across_ranks(values: Sequence[float], device: torch.device | str) -> list[float]:
+    """``values`` summed over the processes of an initialized process group (as they are otherwise).
+    A collective call: under DDP every rank must make it, as torchmetrics' ``compute`` is."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
 
 
 def _torchmetrics(what: str):
@@ -66,7 +81,7 @@ class DetectionMeter:
         self.images += len(preds)
 
     def compute(self) -> dict[str, Any]:
-        r = self.metric.compute()
+        r = _compute(self.metric)
         per_class: dict[str, float | None] = {}
         cls_ids = r.get("classes", torch.tensor([]))
         values = r.get("map_per_class", torch.tensor([]))
@@ -75,7 +90,17 @@ class DetectionMeter:
                 name = self.classes[c] if 0 <= c < len(self.classes) else str(c)
                 per_class[name] = None if v < 0 else 100.0 * v
         return {"map50": _pct(r["map_50"]), "map": _pct(r["map"]), "map75": _pct(r["map_75"]),
-                "mar100": _pct(r["mar_100"]), "map_per_class": per_class, "n": self.images}
+                "mar100": _pct(r["mar_100"]), "map_per_class": per_class,
+                "n": int(sum_across_ranks([self.images], self.device)[0])}
+
+
+def _compute(metric) -> Any:
+    """``metric.compute()``; a process without updates (an empty DDP shard) takes part quietly."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*compute.* was called before the ``update``")
+        return metric.compute()
 
 
 def _pct(t: torch.Tensor) -> float:
@@ -115,6 +140,6 @@ class SegmentationMeter:
         self.images += int(masks.shape[0])
 
     def compute(self) -> dict[str, Any]:
-        out = segmentation_scores(self.metric.compute(), self.classes)
-        out["n"] = self.images
+        out = segmentation_scores(_compute(self.metric), self.classes)
+        out["n"] = int(sum_across_ranks([self.images], self.device)[0])
         return out

@@ -13,7 +13,7 @@ from ..data.voc import IGNORE_INDEX, VOCSegmentation
 from ..data.voc_transforms import (IMAGENET_MEAN, IMAGENET_STD, SEGMENTATION_AUGMENTS, segmentation_collate,
                                    segmentation_transforms)
 from .base import Task, eval_batches, register_task
-from .metrics import SegmentationMeter
+from .metrics import SegmentationMeter, sum_across_ranks
 
 __all__ = ["SegmentationTask", "segmentation_logits"]
 
@@ -93,8 +93,9 @@ class SegmentationTask(Task):
                 loss_sum += F.cross_entropy(out, masks, ignore_index=IGNORE_INDEX, reduction="sum").double()
                 pixels += int((masks != IGNORE_INDEX).sum())
                 meter.update(out, masks)
-        if meter.images == 0:
-            raise ValueError("evaluation saw no images (empty validation split or limit 0)")
         summary = meter.compute()
-        summary["loss"] = float(loss_sum) / max(pixels, 1)
+        if summary["n"] == 0:
+            raise ValueError("evaluation saw no images (empty validation split or limit 0)")
+        loss_total, pixels = sum_across_ranks([float(loss_sum), pixels], device)
+        summary["loss"] = loss_total / max(pixels, 1)
         return summary
