@@ -43,20 +43,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _checkpoint_path(text: str) -> Path:
-    from ..checkpoint import checkpoint_paths
-    from . import CLIError
-
-    p = Path(text)
-    if p.is_dir():
-        for name in ("best", "last"):
-            if checkpoint_paths(p / name)[0].exists():
-                return p / name
-        raise CLIError(f"{p} holds no best or last checkpoint (expected best.safetensors or last.safetensors in a "
-                       "run folder written by repact train)")
-    return p
-
-
 def _save_target(text: str, source: Path, overwrite: bool) -> tuple[Path, Path]:
     """The two files --save-reparameterized writes, checked before any work is done."""
     from ..checkpoint import checkpoint_paths
@@ -129,6 +115,7 @@ def run(args) -> int:
     from ..train.evaluate import evaluate, evaluate_pair
     from . import CLIError
     from ._eval_task import checkpoint_task, run_task_eval
+    from ._model_arg import run_checkpoint
 
     for name in ("batch_size", "limit_batches", "img_size"):
         v = getattr(args, name)
@@ -142,7 +129,7 @@ def run(args) -> int:
         from ..analysis.figures import output_path
 
         args.confusion = str(output_path(args.confusion, None, "confusion", "--confusion")[0])  # fails before any work
-    source = _checkpoint_path(args.checkpoint)
+    source = run_checkpoint(args.checkpoint)
     target = _save_target(args.save_reparameterized, source, args.overwrite) if args.save_reparameterized else None
     ckpt = load_checkpoint(source)
     task = checkpoint_task(ckpt.model_config)

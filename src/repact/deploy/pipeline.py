@@ -39,7 +39,7 @@ from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
 
 __all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_cost", "deploy_model", "deploy_outputs",
-           "describe_activations", "export_checked", "json_ready", "publish", "refuse_existing", "save_deploy_weights", "staging_folder",
+           "check_finite_weights", "check_fusible", "describe_activations", "export_checked", "json_ready", "publish", "refuse_existing", "save_deploy_weights", "staging_folder",
            "unfused_activations", "versions"]
 
 
@@ -174,7 +174,26 @@ def deploy_model(
             m.training = mode
 
 
-def _finite(module: nn.Module, what: str) -> None:
+def check_fusible(model: nn.Module, model_config: dict[str, Any] | None, allow_unfused: bool,
+                  say: Callable[[str], None]) -> tuple[int, bool]:
+    """(number of activations to re-parameterize, whether the model is a deploy form already).
+    :class:`NothingToFuseError` for a model with neither, unless ``allow_unfused``."""
+    fusible = len({id(m) for _, m in deployable_modules(model)})
+    had_deploy_forms = any(isinstance(m, PiecewiseQuadratic) for m in model.modules())
+    already = not fusible and (had_deploy_forms or bool((model_config or {}).get("reparameterized")))
+    if not fusible and not already:
+        unfused = describe_activations(unfused_activations(model))
+        if not allow_unfused:
+            raise NothingToFuseError(
+                f"nothing to re-parameterize: the model has no activation with an exact deploy form (RepAct), so "
+                f"its activations stay as they are: {unfused}; pass allow_unfused=True (--allow-unfused) to export "
+                "it unchanged")
+        say(f"nothing to re-parameterize; exporting as it is: {unfused}")
+    return fusible, already
+
+
+def check_finite_weights(module: nn.Module, what: str) -> None:
+    """:class:`DeployError` when a weight, buffer or BatchNorm statistic of ``module`` is not finite."""
     try:
         check_finite(module, what)
     except NonFiniteError as exc:
@@ -187,23 +206,14 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
     x = torch.randn(batch, *shape, generator=gen)
     model.eval()
     _prime(model, x)
-    _finite(model, "the model")
+    check_finite_weights(model, "the model")
 
-    fusible = {id(m) for _, m in deployable_modules(model)}
-    had_deploy_forms = any(isinstance(m, PiecewiseQuadratic) for m in model.modules())
-    already = not fusible and (had_deploy_forms or bool((model_config or {}).get("reparameterized")))
+    fusible, already = check_fusible(model, model_config, allow_unfused, say)
     deployed = reparameterize(model, inplace=False).eval() if fusible else model
     unfused = unfused_activations(deployed)
-    if not fusible and not already:
-        if not allow_unfused:
-            raise NothingToFuseError(
-                f"nothing to re-parameterize: the model has no activation with an exact deploy form (RepAct), so "
-                f"its activations stay as they are: {describe_activations(unfused)}; pass allow_unfused=True "
-                "(--allow-unfused) to export it unchanged")
-        say(f"nothing to re-parameterize; exporting as it is: {describe_activations(unfused)}")
-    elif fusible:
-        say(f"re-parameterized {len(fusible)} activation(s); staying as they are: {describe_activations(unfused)}")
-    _finite(deployed, "the deploy form")
+    if fusible:
+        say(f"re-parameterized {fusible} activation(s); staying as they are: {describe_activations(unfused)}")
+    check_finite_weights(deployed, "the deploy form")
     res = verify(model, deployed, x)
     say(f"verify: {res}")
     checks: dict[str, Any] = {"logits": res.as_dict()}
@@ -234,7 +244,7 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             "version": 1,
             "model_config": cfg,
             "already_reparameterized": already,
-            "reparameterized_activations": len(fusible),
+            "reparameterized_activations": fusible,
             "unfused_activations": {k: len(v) for k, v in unfused.items()},
             "tolerances": {"rtol": rtol, "parity_tol": parity_tol},
             "verify": checks,

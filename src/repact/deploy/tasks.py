@@ -39,11 +39,11 @@ from torch import nn
 
 from ..models.task_backbone import DenseView, rebuild_kwargs
 from ..reparam import VerifyResult, randomize_activations_, randomize_batchnorm_, reparameterize, verify
-from .pipeline import (DeployError, DeployResult, deploy_cost, export_checked, publish, refuse_existing,
-                       save_deploy_weights, staging_folder, versions)
+from .pipeline import (DeployError, DeployResult, check_finite_weights, check_fusible, deploy_cost, export_checked,
+                       publish, refuse_existing, save_deploy_weights, staging_folder, versions)
 
-__all__ = ["NOT_EXPORTED", "TaskVerifyResult", "compare_detections", "compare_masks", "deploy_task_model",
-           "dense_view", "task_of", "verify_task_reparameterization"]
+__all__ = ["NOT_EXPORTED", "TaskVerifyResult", "check_images", "compare_detections", "compare_masks",
+           "default_input_size", "deploy_task_model", "dense_view", "task_of", "verify_task_reparameterization"]
 
 NOT_EXPORTED = {
     "SSD": ["the resize to the model's fixed input size (the ONNX model takes float RGB images in [0, 1], "
@@ -240,7 +240,15 @@ def verify_task_reparameterization(model: nn.Module, images: torch.Tensor, *, ra
 # --------------------------------------------------------------------------------------------------
 
 
-def _default_size(model: nn.Module) -> int:
+def check_images(task: str, batch: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random inputs for the checks: [0, 1] images for detectors (they normalize inside), about
+    ImageNet-normalized ones for segmenters."""
+    x = torch.rand(batch, 3, size, size, generator=generator)
+    return (x - 0.45) / 0.226 if task == "segmentation" else x
+
+
+def default_input_size(model: nn.Module) -> int:
+    """The detector's own input size (its transform's), else 512 (segmentation)."""
     transform = getattr(model, "transform", None)
     if transform is not None:
         fixed = getattr(transform, "fixed_size", None)
@@ -271,6 +279,7 @@ def deploy_task_model(
     batch: int = 2,
     seed: int = 0,
     overwrite: bool = False,
+    allow_unfused: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> DeployResult:
     """Check, export and save a detection or segmentation model (see the module docstring).
@@ -278,7 +287,9 @@ def deploy_task_model(
     ``img_size``: the square input side for the checks and the export (default: the detector's own
     input size; 512 for segmentation). ``model_config``: ``create_model`` arguments (``name``,
     ``act``, ``num_classes``, ``kwargs``) recorded with the deploy weights. Files of an earlier deploy
-    under ``name`` in ``out_dir`` are replaced only with ``overwrite`` (``FileExistsError`` otherwise).
+    under ``name`` in ``out_dir`` are replaced only with ``overwrite`` (``FileExistsError`` otherwise);
+    a model with nothing to re-parameterize is refused unless ``allow_unfused``, and one whose weights
+    are not finite fails (:class:`DeployError`).
     The staging, ONNX checks, reload check and report are :func:`repact.deploy.deploy_model`'s. The model's weights and
     train/eval modes are left as they were.
     """
@@ -291,15 +302,14 @@ def deploy_task_model(
     if not overwrite:
         refuse_existing(out, name)
     task = task_of(model)
-    base = model
-    size = int(img_size or _default_size(base))
+    size = int(img_size or default_input_size(model))
     gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, 3, size, size, generator=gen)
-    if task == "segmentation":
-        x = (x - 0.45) / 0.226  # about ImageNet-normalized
+    x = check_images(task, batch, size, gen)
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
+        check_finite_weights(model, "the model")
+        check_fusible(model, model_config, allow_unfused, say)
         checks = {}
         for randomized in (False, True):
             res, _ = verify_task_reparameterization(model, x, randomize=randomized, seed=seed, rtol=rtol)
@@ -321,9 +331,7 @@ def deploy_task_model(
 
 def _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks, cfg, name, rtol,
                      parity_tol, opset, onnx_form, batch, gen, overwrite, say) -> DeployResult:
-    noise = torch.rand(batch + 1, 3, size, size, generator=gen)
-    if task == "segmentation":
-        noise = (noise - 0.45) / 0.226
+    noise = check_images(task, batch + 1, size, gen)
     with staging_folder(out) as stage:
         onnx_report = export_checked(dense_deploy, x, [x, x[:1], noise], stage / f"{name}.onnx", opset=opset,
                                      dynamic_batch=True, onnx_form=onnx_form, parity_tol=parity_tol, say=say)
