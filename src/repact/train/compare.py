@@ -23,7 +23,7 @@ from .stats import summarize, welch_delta
 
 __all__ = ["Grid", "load_grid_file", "run_grid", "summarize_grid", "write_reports", "METRICS"]
 
-METRICS = {"last": "last_acc1", "best": "best_acc1"}
+METRICS = {"last": "last_acc1", "best": "best_acc1"}  # classification; a task grid uses its primary metric
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
 _FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "tensorboard"}
@@ -38,6 +38,7 @@ class Grid:
     baseline: str | None = None
     metric: str = "last"
     train: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         if not self.acts:
@@ -49,7 +50,25 @@ class Grid:
         if self.baseline is not None and self.baseline not in self.acts:
             raise ConfigError(f"baseline {self.baseline!r} is not one of the grid's acts ({', '.join(self.acts)})")
         if self.metric not in METRICS:
-            raise ConfigError(f"unknown metric {self.metric!r}; accepted: {', '.join(METRICS)} (epoch's val top-1)")
+            raise ConfigError(f"unknown metric {self.metric!r}; accepted: {', '.join(METRICS)} (the epoch whose val metric is reported)")
+
+    @property
+    def primary(self) -> str:
+        """The summary metric runs are ranked by: ``acc1`` (top-1), ``map50`` or ``miou``."""
+        from .objective import primary_metric
+
+        return primary_metric(self.task)
+
+    def metric_key(self, which: str | None = None) -> str:
+        """The summary key of the ``last`` or ``best`` epoch's primary metric (``last_acc1``, ``best_map50``...)."""
+        return f"{which or self.metric}_{self.primary}"
+
+    @property
+    def metric_name(self) -> str:
+        """The primary metric for people: ``top-1``, ``mAP@0.5`` or ``mIoU``."""
+        from .objective import METRIC_LABELS
+
+        return METRIC_LABELS[self.primary]
 
     def cells(self) -> list[tuple[str, str, str, int]]:
         return [(d, m, a, s) for d in self.datasets for m in self.models for a in self.acts for s in self.seeds]
@@ -143,11 +162,12 @@ def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = Non
                 status = "diverged"
                 say(f"{tag}: diverged: {exc}")
         rec = {"dataset": d, "model": m, "act": a, "seed": s, "status": status, "run_dir": str(run_dir)}
-        for k in ("last_acc1", "best_acc1", "best_epoch", "last_acc5", "params", "train_images_per_s",
-                  "train_time_s"):
+        last, best = grid.metric_key("last"), grid.metric_key("best")
+        extra = ("last_acc5",) if grid.task == "classification" else ()
+        for k in (last, best, "best_epoch", *extra, "params", "train_images_per_s", "train_time_s"):
             rec[k] = summary.get(k)
         if status == "done":
-            say(f"{tag}: last-epoch top-1 {rec['last_acc1']:.2f}%, best {rec['best_acc1']:.2f}% "
+            say(f"{tag}: last-epoch val {grid.metric_name} {rec[last]:.2f}%, best {rec[best]:.2f}% "
                 f"(epoch {rec['best_epoch']})")
         records.append(rec)
     return records
@@ -155,8 +175,8 @@ def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = Non
 
 def summarize_grid(grid: Grid, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, model, act) with statistics of the chosen metric over seeds."""
-    key = METRICS[grid.metric]
-    other = METRICS["best" if grid.metric == "last" else "last"]
+    key = grid.metric_key()
+    other = grid.metric_key("best" if grid.metric == "last" else "last")
     rows = []
     for d in grid.datasets:
         for m in grid.models:
@@ -185,9 +205,9 @@ def _fmt(v: float, digits: int = 2, sign: bool = False) -> str:
 
 
 def markdown_table(grid: Grid, rows: list[dict[str, Any]]) -> str:
-    key = METRICS[grid.metric]
+    key = grid.metric_key()
     other = "best" if grid.metric == "last" else "last"
-    head = ["dataset", "model", "act", "n", f"{grid.metric}-epoch top-1 % (mean ± std)", "95% CI"]
+    head = ["dataset", "model", "act", "n", f"{grid.metric}-epoch {grid.metric_name} % (mean ± std)", "95% CI"]
     if grid.baseline:
         head.append(f"Δ vs {grid.baseline} (95% CI)")
     head.append(f"{other}-epoch mean")
@@ -199,9 +219,9 @@ def markdown_table(grid: Grid, rows: list[dict[str, Any]]) -> str:
         if grid.baseline:
             cells.append("—" if r["act"] == grid.baseline else
                          f"{_fmt(r['delta'], sign=True)} (± {_fmt(r['delta_ci95'])})")
-        cells.append(_fmt(r[f"mean_{METRICS[other]}"]))
+        cells.append(_fmt(r[f"mean_{grid.metric_key(other)}"]))
         lines.append("| " + " | ".join(cells) + " |")
-    note = (f"\nMetric: validation top-1 at the {grid.metric} epoch ({key}), over seeds {grid.seeds}. "
+    note = (f"\nMetric: val {grid.metric_name} at the {grid.metric} epoch ({key}), over seeds {grid.seeds}. "
             "CI: mean ± t(0.975, n-1)·std/√n. Δ: difference of means with Welch's 95% interval.\n")
     return "\n".join(lines) + "\n" + note
 
@@ -243,7 +263,7 @@ def bar_plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path | None:
             pad = max(0.5, 0.15 * (hi - lo))
             ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
         ax.set_title(f"{d} / {m}")
-        ax.set_ylabel(f"{grid.metric}-epoch val top-1 % (95% CI)")
+        ax.set_ylabel(f"{grid.metric}-epoch val {grid.metric_name} % (95% CI)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -265,7 +285,7 @@ def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) ->
         paths["plot"] = plot
         from ..analysis.runs import write_compare_curves
 
-        curves = write_compare_curves(records, out / "compare_curves.png")
+        curves = write_compare_curves(records, out / "compare_curves.png", grid.primary)
         if curves is not None:
             paths["curves"] = curves
     return paths
