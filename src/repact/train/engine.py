@@ -300,6 +300,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, objective, autocast, probe, cfg, env,
                           device, epoch, folder)
         train_time = time.perf_counter() - t0
+        _share_buffers(model, env)
         val = objective.evaluate(model if not env.enabled else net.module, val_loader, device, env, cfg.amp,
                                  cfg.limit_val_batches or cfg.limit_batches)
         _check_epoch_finite(model, tr, val, env, epoch, folder, device)
@@ -402,6 +403,17 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
     *values, n = totals.tolist()
     means = {f"train_{k}": v / max(n, 1) for k, v in zip(keys, values)}
     return {**means, "train_images": int(n)}
+
+
+def _share_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) before validation: DDP broadcasts them
+    at the start of each training forward, so after the last one every rank holds its own batch's
+    update, and the ranks would validate (and rank 0 save) different models."""
+    if env.enabled:
+        import torch.distributed as dist
+
+        for b in model.buffers():
+            dist.broadcast(b, 0)
 
 
 def _check_finite(loss: torch.Tensor, env: DistEnv, epoch: int, step: int, opt, folder: RunFolder) -> None:
