@@ -310,7 +310,7 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
 #: the model config's entries and the JSON types each may have
 _MODEL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "act": (str, type(None)), "num_classes": (int,), "kwargs": (dict,), "input_shape": (list,),
-    "reparameterized": (bool,),
+    "reparameterized": (bool,), "task": (str,),
 }
 
 

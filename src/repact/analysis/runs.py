@@ -20,12 +20,17 @@ __all__ = ["RunCurves", "CompareCurves", "read_metrics", "run_curves", "plot_run
 CURVE_KEYS = ("train_loss", "val_loss", "train_acc1", "val_acc1")
 
 
+#: the metric a run's curves show beside the loss, by task: top-1, else mAP@0.5, else mIoU
+CURVE_METRICS = {"acc1": "top-1 %", "map50": "mAP@0.5 %", "miou": "mIoU %"}
+
+
 @dataclass
 class RunCurves:
     """The numbers behind ``curves.png``: per-epoch values as recorded in ``metrics.jsonl``."""
 
     epochs: list[int]
-    values: dict[str, list[float]]  # CURVE_KEYS -> one value per epoch
+    values: dict[str, list[float]]  # CURVE_KEYS (with the run's metric for acc1) -> one value per epoch
+    metric: str = "acc1"  # the key of the metric curves (train_<metric>, val_<metric>)
 
 
 @dataclass
@@ -54,27 +59,34 @@ def _num(v: Any) -> float:
 
 def run_curves(run_dir: str | Path) -> RunCurves:
     recs = read_metrics(run_dir)
-    return RunCurves([int(r["epoch"]) for r in recs], {k: [_num(r.get(k)) for r in recs] for k in CURVE_KEYS})
+    metric = next((m for m in CURVE_METRICS if any(f"val_{m}" in r for r in recs)), "acc1")
+    keys = ("train_loss", "val_loss", f"train_{metric}", f"val_{metric}")
+    return RunCurves([int(r["epoch"]) for r in recs], {k: [_num(r.get(k)) for r in recs] for k in keys}, metric)
 
 
 def plot_run_curves(run_dir: str | Path, title: str | None = None):
-    """(figure, :class:`RunCurves`): loss and top-1 per epoch, train and val."""
+    """(figure, :class:`RunCurves`): loss and the run's metric per epoch (top-1, or a detection
+    run's mAP@0.5, or a segmentation run's mIoU), train and val; a split without values is left out."""
     data = run_curves(run_dir)
     if not data.epochs:
         raise ValueError(f"{Path(run_dir) / 'metrics.jsonl'} holds no epoch yet")
     plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    style = {"train": dict(ls="-", marker="o"), "val": dict(ls="--", marker="s")}
-    for split in ("train", "val"):
-        a1.plot(data.epochs, data.values[f"{split}_loss"], ms=3, label=split, **style[split])
-        a2.plot(data.epochs, data.values[f"{split}_acc1"], ms=3, label=split, **style[split])
+    style = {"train": dict(ls="-", marker="o", color="C0"), "val": dict(ls="--", marker="s", color="C1")}
+    for ax, kind in ((a1, "loss"), (a2, data.metric)):
+        for split in ("train", "val"):
+            ys = data.values[f"{split}_{kind}"]
+            if any(math.isfinite(v) for v in ys):
+                ax.plot(data.epochs, ys, ms=3, label=split, **style[split])
+    label = CURVE_METRICS[data.metric]
     a1.set(xlabel="epoch", ylabel="loss", title="loss")
-    a2.set(xlabel="epoch", ylabel="top-1 %", title="top-1 accuracy")
+    a2.set(xlabel="epoch", ylabel=label, title="top-1 accuracy" if data.metric == "acc1" else "val " + label[:-2])
     losses = [v for k in ("train_loss", "val_loss") for v in data.values[k] if v > 0]
     if losses and max(losses) / min(losses) > 20:
         a1.set_yscale("log")
     for ax in (a1, a2):
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title or Path(run_dir).name, fontsize=9)
     fig.tight_layout()
@@ -104,7 +116,8 @@ def compare_curves(records: Iterable[dict[str, Any]], keys: tuple[str, ...] = ("
     return out
 
 
-_LABELS = {"val_acc1": "val top-1 %", "train_loss": "train loss", "val_loss": "val loss", "train_acc1": "train top-1 %"}
+_LABELS = {"val_acc1": "val top-1 %", "train_loss": "train loss", "val_loss": "val loss", "train_acc1": "train top-1 %",
+           **{f"val_{k}": f"val {v}" for k, v in CURVE_METRICS.items() if k != "acc1"}}
 
 
 def plot_compare_curves(records: Iterable[dict[str, Any]], keys: tuple[str, ...] = ("val_acc1", "train_loss")):
@@ -139,10 +152,11 @@ def plot_compare_curves(records: Iterable[dict[str, Any]], keys: tuple[str, ...]
     return fig, data
 
 
-def write_compare_curves(records: Iterable[dict[str, Any]], path: str | Path) -> Path | None:
-    """``plot_compare_curves`` written to ``path`` (a grid's ``compare_curves.png``); None when no run finished."""
+def write_compare_curves(records: Iterable[dict[str, Any]], path: str | Path, metric: str = "acc1") -> Path | None:
+    """``plot_compare_curves`` of ``val_<metric>`` and the train loss written to ``path`` (a grid's
+    ``compare_curves.png``); None when no run finished."""
     records = [r for r in records if r.get("status", "done") == "done"]
     if not records:
         return None
-    fig, _ = plot_compare_curves(records)
+    fig, _ = plot_compare_curves(records, (f"val_{metric}", "train_loss"))
     return save_figure(fig, path)

@@ -18,6 +18,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import Sequence
 
 __all__ = ["CLIError", "main", "SUBCOMMANDS"]
@@ -99,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         command = args.command
-        rc = args.func(args)
+        with warnings.catch_warnings():  # restores the previous showwarning afterwards
+            warnings.showwarning = _warning_printer(command, warnings.showwarning)
+            rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return int(rc or 0)
     except BrokenPipeError:
@@ -125,6 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = f"{type(exc).__name__}: {text} (a fault at run time; rerun with --debug for the full traceback)"
         _say(command, text)
         return code
+
+
+def _warning_printer(command: str, default):
+    """Warnings of repact's own kinds (e.g. the VOC loaders' DataWarning: dropped boxes, missing
+    images) as one line ``repact CMD: warning: ...``; others as Python prints them."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("repact."):
+            print(f"repact {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _silence_stdout() -> None:

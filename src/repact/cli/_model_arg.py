@@ -9,8 +9,8 @@ from typing import Any
 
 from . import CLIError
 
-__all__ = ["add_model_flags", "add_shape_flags", "build_named", "load_target", "input_shape_of", "parse_model_args", "probe_input",
-           "MAX_INPUT_ELEMENTS"]
+__all__ = ["add_model_flags", "add_shape_flags", "build_named", "load_target", "input_shape_of", "parse_model_args",
+           "probe_input", "run_checkpoint", "MAX_INPUT_ELEMENTS"]
 
 #: most elements the random check inputs of verify/deploy may hold (batch included): 2^28 floats = 1 GiB
 MAX_INPUT_ELEMENTS = 2**28
@@ -44,6 +44,20 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def run_checkpoint(text: str) -> Path:
+    """The checkpoint a path names: a run folder's best checkpoint (else its last), or the path itself."""
+    from ..checkpoint import checkpoint_paths
+
+    p = Path(text)
+    if p.is_dir():
+        for name in ("best", "last"):
+            if checkpoint_paths(p / name)[0].exists():
+                return p / name
+        raise CLIError(f"{p} holds no best or last checkpoint (expected best.safetensors or last.safetensors in a "
+                       "run folder written by repact train)")
+    return p
+
+
 def _is_checkpoint(target: str) -> bool:
     from ..checkpoint import checkpoint_paths
 
@@ -63,7 +77,7 @@ def load_target(args) -> tuple[Any, dict[str, Any], str]:
         if args.act is not None or args.model_arg:
             raise CLIError(f"{target} is a checkpoint, which records its own model and activation; "
                            "--act and --model-arg apply to model names only")
-        ckpt = load_checkpoint(target)
+        ckpt = load_checkpoint(run_checkpoint(target))
         model = build_model(ckpt)
         return model, dict(ckpt.model_config), f"checkpoint {ckpt.path}"
     try:

@@ -21,15 +21,17 @@ def add_parser(sub) -> None:
                     "parallel processes, or as submitit jobs (SLURM); then write compare.md, compare.csv, runs.csv, "
                     "compare.png (means with 95% CI error bars) and compare_curves.png (learning curves, mean and "
                     "band over seeds) under --out. The grid comes from flags or a YAML --grid file (keys acts, "
-                    "models, datasets, seeds, baseline, metric, train; see configs/studies/).")
+                    "models, datasets, seeds, baseline, metric, train; see configs/studies/). With --task detection or "
+                    "segmentation the runs are ranked by val mAP@0.5 or mIoU.")
     p.add_argument("--grid", default=None, help="YAML grid file (flags override its keys)")
     p.add_argument("--acts", default=None, help="comma-separated activations, e.g. hardswish,repact,acon_c_layer")
-    p.add_argument("--models", default=None, help="comma-separated models (default small_cnn)")
-    p.add_argument("--datasets", default=None, help="comma-separated datasets (default digits)")
+    p.add_argument("--models", default=None, help="comma-separated models (default small_cnn; the task's with --task)")
+    p.add_argument("--datasets", default=None, help="comma-separated datasets (default digits; the task's with --task)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--baseline", default=None, help="activation the others are compared with (default: the first)")
     p.add_argument("--metric", default=None, choices=("last", "best"),
-                   help="val top-1 of the last epoch (default) or of the best epoch")
+                   help="the primary val metric (top-1; mAP@0.5 for --task detection, mIoU for segmentation) of the "
+                        "last epoch (default) or of the best epoch")
     p.add_argument("--out", default="runs/compare", help="output folder (default ./runs/compare)")
     x = p.add_argument_group("where the runs go")
     x.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process with the cores split "
@@ -73,9 +75,16 @@ def run(args) -> int:
         if k in train_values:
             raise CLIError(f"the grid's train options may not set {k!r}; use the grid keys "
                            "(acts, models, datasets, seeds) and --out")
-    grid = Grid(acts=[str(a) for a in data["acts"]], models=[str(m) for m in data.get("models", ["small_cnn"])],
-                datasets=[str(d) for d in data.get("datasets", ["digits"])], seeds=data["seeds"],
-                baseline=data.get("baseline"), metric=data.get("metric", "last"), train=train_values)
+    task = str(overrides.get("task", train_values.get("task", "classification"))).strip().lower()
+    models, datasets = ["small_cnn"], ["digits"]
+    if task != "classification":
+        from ..tasks import get_task
+
+        t = get_task(task)
+        models, datasets = [t.default_model], [t.default_dataset]
+    grid = Grid(acts=[str(a) for a in data["acts"]], models=[str(m) for m in data.get("models", models)],
+                datasets=[str(d) for d in data.get("datasets", datasets)], seeds=data["seeds"],
+                baseline=data.get("baseline"), metric=data.get("metric", "last"), train=train_values, task=task)
     overrides.setdefault("quiet", True)
     if args.jobs < 1:
         raise CLIError(f"--jobs must be at least 1, got {args.jobs}")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import sys
 
 from . import CLIError
+from ._eval_task import checkpoint_task
 from ._model_arg import add_model_flags, add_shape_flags, input_shape_of, load_target, probe_input
+from ._task_models import deploy_task
 
 
 def add_parser(sub) -> None:
@@ -20,9 +22,13 @@ def add_parser(sub) -> None:
                     "computes the same logits, export it to ONNX (dynamic batch), check the file with onnx.checker, "
                     "compare onnxruntime with PyTorch, and save the deploy weights (safetensors) and a JSON report. "
                     "Nothing is written unless every check passes, and files of an earlier deploy are replaced only "
-                    "with --overwrite.",
+                    "with --overwrite. Detection and segmentation models (checkpoints of repact train --task ..., or "
+                    "their names) are checked on their task outputs too (boxes, scores, labels; masks), with their "
+                    "own and with randomized statistics; the segmenters are exported whole, the detectors' backbone "
+                    "+ heads (raw outputs), and what is not exported (resize, box decoding, NMS) is listed.",
     )
-    p.add_argument("target", metavar="CHECKPOINT_OR_MODEL", help="a repact checkpoint (.safetensors) or a model name")
+    p.add_argument("target", metavar="CHECKPOINT_OR_MODEL", help="a repact checkpoint (.safetensors), a run folder "
+                   "(its best checkpoint, else last) or a model name")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--name", default="model", help="file stem of the outputs (default: model)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier deploy under --name in DIR")
@@ -64,6 +70,9 @@ def run(args) -> int:
         raise CLIError(f"--out {out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose "
                        "another --out or --name")
     model, cfg, what = load_target(args)
+    task = checkpoint_task(cfg)
+    if task is not None:
+        return deploy_task(args, model, cfg, what, task)
     shape = input_shape_of(args, cfg, model)
     probe_input(model, shape, what)
     print(f"deploying {what}, input {tuple(shape)}")

@@ -1,4 +1,5 @@
-"""``repact eval CHECKPOINT``: top-1 / top-5 / loss of a checkpoint, optionally re-parameterized."""
+"""``repact eval CHECKPOINT``: top-1 / top-5 / loss of a checkpoint, optionally re-parameterized; mAP or
+mIoU of a detection or segmentation checkpoint (:mod:`repact.cli._eval_task`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ MAX_ACC_CHANGE = 0.01
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint (top-1, top-5, loss)",
-        description="Evaluate a checkpoint on a dataset's val split (or train split). CHECKPOINT is a run folder "
+        "eval", help="evaluate a checkpoint (top-1, top-5, loss; mAP or mIoU for detection and segmentation)",
+        description="Evaluate a checkpoint on a dataset's val split (or train split). A detection checkpoint reports "
+                    "mAP@0.5, mAP@0.5:0.95 and per-class AP; a segmentation one mIoU, per-class IoU and global pixel "
+                    "accuracy. CHECKPOINT is a run folder "
                     "(its best checkpoint, else last) or a checkpoint file. With --reparameterize the deploy form is "
                     "evaluated too, and the command fails (exit 1) if top-1 moves by more than 0.01 points.")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
@@ -24,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split (default val)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 256; 8 for detection and "
+                   "segmentation)")
     p.add_argument("--limit-batches", type=int, default=None, help="evaluate only this many batches")
     p.add_argument("--workers", type=int, default=0, help="data loader workers")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -37,20 +41,6 @@ def add_parser(sub) -> None:
                    "(png, svg or pdf; torchmetrics), with its top-1/top-5")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
-
-
-def _checkpoint_path(text: str) -> Path:
-    from ..checkpoint import checkpoint_paths
-    from . import CLIError
-
-    p = Path(text)
-    if p.is_dir():
-        for name in ("best", "last"):
-            if checkpoint_paths(p / name)[0].exists():
-                return p / name
-        raise CLIError(f"{p} holds no best or last checkpoint (expected best.safetensors or last.safetensors in a "
-                       "run folder written by repact train)")
-    return p
 
 
 def _save_target(text: str, source: Path, overwrite: bool) -> tuple[Path, Path]:
@@ -124,6 +114,8 @@ def run(args) -> int:
     from ..train.config import img_size_problem
     from ..train.evaluate import evaluate, evaluate_pair
     from . import CLIError
+    from ._eval_task import checkpoint_task, run_task_eval
+    from ._model_arg import run_checkpoint
 
     for name in ("batch_size", "limit_batches", "img_size"):
         v = getattr(args, name)
@@ -137,9 +129,12 @@ def run(args) -> int:
         from ..analysis.figures import output_path
 
         args.confusion = str(output_path(args.confusion, None, "confusion", "--confusion")[0])  # fails before any work
-    source = _checkpoint_path(args.checkpoint)
+    source = run_checkpoint(args.checkpoint)
     target = _save_target(args.save_reparameterized, source, args.overwrite) if args.save_reparameterized else None
     ckpt = load_checkpoint(source)
+    task = checkpoint_task(ckpt.model_config)
+    if task is not None:
+        return run_task_eval(args, ckpt, task)
     model = build_model(ckpt)
     cfg = dict(ckpt.state.get("config", {}))
     mc = ckpt.model_config
@@ -164,7 +159,7 @@ def run(args) -> int:
     ds = val_set if args.split == "val" else train_set
     if args.split == "train":
         ds.transform = val_set.transform  # no augmentation when measuring
-    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+    loader = DataLoader(ds, batch_size=args.batch_size or 256, shuffle=False, num_workers=args.workers)
     device = torch.device(args.device)
     model.to(device)
     rows = []

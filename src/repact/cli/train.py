@@ -28,17 +28,31 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     """The training options shared by ``train`` and ``compare`` (defaults live in TrainConfig;
     only flags given on the command line override the YAML file and the recipe)."""
     g = p.add_argument_group("what to train" if not grid else "training options for every run")
+    g.add_argument("--task", default=S, help="classification (default), detection (--dataset voc) or segmentation "
+                   "(--dataset voc_seg); the task sets the default model, loss and metrics")
     if not grid:
         g.add_argument("--model", default=S, help="model name (repact.models.list_models(); default small_cnn)")
         g.add_argument("--act", default=S, help="activation name (repact acts; default repact = RepAct-I; "
                        "'default' keeps the model's own)")
         g.add_argument("--dataset", default=S, help="digits (default), mnist, fashion_mnist, cifar10, cifar100, "
-                       "imagefolder, imagenet100")
+                       "imagefolder, imagenet100; voc (detection), voc_seg (segmentation)")
         g.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
         g.add_argument("--out", default=S, help="run folder (default runs/<dataset>-<model>-<act>-s<seed>)")
     g.add_argument("--model-kw", dest="model_kwargs", action="append", type=_kv, default=S, metavar="KEY=VALUE",
                    help="extra model builder argument (repeatable), e.g. width=16")
-    g.add_argument("--data-dir", default=S, help="dataset folder (default ./data; not used by digits)")
+    g.add_argument("--data-dir", default=S, help="dataset folder (default ./data; not used by digits; for detection and "
+                   "segmentation the VOC-format root, or a VOCdevkit holding VOC2007/VOC2012)")
+    t = p.add_argument_group("detection and segmentation")
+    t.add_argument("--weights", default=S, metavar="PATH", help="local weights file: a MobileNetV3-Large backbone "
+                   "(keys features.*) or the whole task model; nothing is downloaded")
+    t.add_argument("--swap-heads", action="store_true", default=S, help="also swap the activations of the task's "
+                   "heads (default: the backbone's only)")
+    t.add_argument("--classes", default=S, help="voc (the 20 VOC classes, default), auto (the names found in the "
+                   "train split's annotations), or names separated by commas")
+    t.add_argument("--year", default=S, help="VOC2007 / VOC2012 inside a VOCdevkit (default: the one found)")
+    t.add_argument("--data-kw", dest="data_kwargs", action="append", type=_kv, default=S, metavar="KEY=VALUE",
+                   help="extra data option (repeatable): keep_difficult=true, train_split=trainval, "
+                   "val_split=test, resize=short (detection)")
     g.add_argument("--download", action="store_true", default=S, help="download mnist/fashion_mnist/cifar (online)")
     g.add_argument("--img-size", type=int, default=S, help="input size (default: the dataset's own)")
     g.add_argument("--augment", default=S, help="auto (default), none, crop-flip, imagenet, repact-paper")
@@ -89,15 +103,17 @@ _NOT_CONFIG = {"command", "func", "config", "resume", "overwrite", "acts", "mode
 def explicit_options(args: argparse.Namespace) -> dict[str, Any]:
     """TrainConfig keys given on the command line (flags left out are absent from the namespace)."""
     out = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    if "model_kwargs" in out:
-        out["model_kwargs"] = dict(out["model_kwargs"])
+    for key in ("model_kwargs", "data_kwargs"):
+        if key in out:
+            out[key] = dict(out[key])
     return out
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model (any activation x model x dataset)",
-        description="Train a classifier. Options come from defaults, then --recipe, then --config FILE, then flags. "
+        description="Train a classifier, a detector (--task detection) or a segmenter (--task segmentation). "
+                    "Options come from defaults, then --recipe, then --config FILE, then flags. "
                     "The run folder gets config.yaml, metrics.csv/jsonl, act_params.jsonl, last/best checkpoints and "
                     "summary.json. Under torchrun it trains with DDP (batch size per process).")
     add_train_options(p)
@@ -129,7 +145,14 @@ def run(args) -> int:
         print(f"repact train: stopped: {exc}", file=sys.stderr)
         return 1
     s = result.summary
-    if s:
+    if s and s.get("task", "classification") != "classification":
+        from ..train.objective import METRIC_LABELS
+
+        main, *rest = [k for k in ("map50", "map", "miou", "pixel_acc") if k in s]
+        more = f" ({METRIC_LABELS[rest[0]]} {s[rest[0]]:.2f}%)" if rest else ""
+        print(f"best epoch {s['best_epoch']}: {METRIC_LABELS[main]} {s[main]:.2f}%{more}  |  last epoch "
+              f"{s['last_epoch']}: {METRIC_LABELS[main]} {s['last_' + main]:.2f}%")
+    elif s:
         print(f"best epoch {s['best_epoch']}: top-1 {s['best_acc1']:.2f}%  |  last epoch {s['last_epoch']}: "
               f"top-1 {s['last_acc1']:.2f}% (top-5 {s['last_acc5']:.2f}%)")
         print(f"run folder: {result.run_dir} (summary.json, metrics.csv, act_params.jsonl, last/best checkpoints)")

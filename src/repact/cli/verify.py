@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from . import CLIError
+from ._eval_task import checkpoint_task
 from ._model_arg import add_model_flags, add_shape_flags, input_shape_of, load_target, probe_input
+from ._task_models import verify_task
 
 
 def add_parser(sub) -> None:
@@ -24,9 +26,11 @@ def add_parser(sub) -> None:
                     "first, as RepVGG's verify does (with default statistics the check is nearly trivial). "
                     "--reference branches compares with the literal branch sum of every RepAct instead of the "
                     "model's fused forward. --onnx FILE also compares onnxruntime on FILE with the deploy form. "
-                    "Weights or logits that are not finite fail the check.",
+                    "Weights or logits that are not finite fail the check. A detection or segmentation model is "
+                    "checked on its raw outputs (relative error) and its task outputs (detections; masks).",
     )
-    p.add_argument("target", metavar="CHECKPOINT_OR_MODEL", help="a repact checkpoint (.safetensors) or a model name")
+    p.add_argument("target", metavar="CHECKPOINT_OR_MODEL", help="a repact checkpoint (.safetensors), a run folder "
+                   "(its best checkpoint, else last) or a model name")
     add_model_flags(p)
     add_shape_flags(p)
     p.add_argument("--batch", type=int, default=4, help="batch size of the random inputs (default 4)")
@@ -79,6 +83,9 @@ def run(args) -> int:
     except NonFiniteError as exc:
         print(f"repact verify: FAILED: {exc}", file=sys.stderr)
         return 1
+    task = checkpoint_task(cfg)
+    if task is not None:
+        return verify_task(args, model, cfg, what, task, session)
     if args.reference == "branches" and not any(hasattr(m, "forward_branches") for m in model.modules()):
         raise CLIError(f"--reference branches compares with every RepAct's literal branch sum, but {what} has no "
                        "RepAct; use --reference module")

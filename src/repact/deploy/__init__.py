@@ -9,6 +9,7 @@ from .onnx_export import EXPORTERS, MIN_OPSET, check_onnx, export_onnx, last_exp
 from .onnx_forms import ONNX_FORMS, HardSwishBasis, PlainBasis, basis_coefficients, prepare_for_export
 from .pipeline import (DeployError, DeployResult, NothingToFuseError, deploy_model, deploy_outputs, describe_activations,
                        unfused_activations)
+from .tasks import deploy_task_model, verify_task_reparameterization
 
 __all__ = [
     "CUDA_ENGINES",
@@ -37,6 +38,7 @@ __all__ = [
     "count_params",
     "deploy_model",
     "deploy_outputs",
+    "deploy_task_model",
     "describe_activations",
     "export_onnx",
     "last_export_forms",
@@ -45,4 +47,5 @@ __all__ = [
     "prepare_for_export",
     "time_interleaved",
     "unfused_activations",
+    "verify_task_reparameterization",
 ]

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,8 +38,9 @@ from ..reparam import NonFiniteError, check_finite, deployable_modules, randomiz
 from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
 
-__all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_model", "deploy_outputs", "describe_activations",
-           "unfused_activations"]
+__all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_cost", "deploy_model", "deploy_outputs",
+           "check_finite_weights", "check_fusible", "describe_activations", "export_checked", "json_ready", "publish", "refuse_existing", "save_deploy_weights", "staging_folder",
+           "unfused_activations", "versions"]
 
 
 class DeployError(ValueError):
@@ -57,7 +59,8 @@ def deploy_outputs(out_dir: str | os.PathLike, name: str = "model") -> list[Path
             out / f"{name}_deploy_report.json"]
 
 
-def _refuse_existing(out: Path, name: str) -> None:
+def refuse_existing(out: Path, name: str) -> None:
+    """``FileExistsError`` when ``out`` holds files of an earlier deploy under ``name``."""
     taken = [p.name for p in deploy_outputs(out, name) if p.exists() or p.is_symlink()]
     if taken:
         raise FileExistsError(f"{out} already holds {', '.join(taken)} from an earlier deploy; pass overwrite=True "
@@ -109,7 +112,8 @@ def _prime(model: nn.Module, x: torch.Tensor) -> None:
     model.train(was)
 
 
-def _json_ready(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON values (anything else as its string)."""
     return json.loads(json.dumps(obj, default=lambda o: str(o)))
 
 
@@ -160,7 +164,7 @@ def deploy_model(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     if not overwrite:
-        _refuse_existing(out, name)
+        refuse_existing(out, name)
     modes = [(m, m.training) for m in model.modules()]
     try:
         return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
@@ -170,7 +174,26 @@ def deploy_model(
             m.training = mode
 
 
-def _finite(module: nn.Module, what: str) -> None:
+def check_fusible(model: nn.Module, model_config: dict[str, Any] | None, allow_unfused: bool,
+                  say: Callable[[str], None]) -> tuple[int, bool]:
+    """(number of activations to re-parameterize, whether the model is a deploy form already).
+    :class:`NothingToFuseError` for a model with neither, unless ``allow_unfused``."""
+    fusible = len({id(m) for _, m in deployable_modules(model)})
+    had_deploy_forms = any(isinstance(m, PiecewiseQuadratic) for m in model.modules())
+    already = not fusible and (had_deploy_forms or bool((model_config or {}).get("reparameterized")))
+    if not fusible and not already:
+        unfused = describe_activations(unfused_activations(model))
+        if not allow_unfused:
+            raise NothingToFuseError(
+                f"nothing to re-parameterize: the model has no activation with an exact deploy form (RepAct), so "
+                f"its activations stay as they are: {unfused}; pass allow_unfused=True (--allow-unfused) to export "
+                "it unchanged")
+        say(f"nothing to re-parameterize; exporting as it is: {unfused}")
+    return fusible, already
+
+
+def check_finite_weights(module: nn.Module, what: str) -> None:
+    """:class:`DeployError` when a weight, buffer or BatchNorm statistic of ``module`` is not finite."""
     try:
         check_finite(module, what)
     except NonFiniteError as exc:
@@ -183,23 +206,14 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
     x = torch.randn(batch, *shape, generator=gen)
     model.eval()
     _prime(model, x)
-    _finite(model, "the model")
+    check_finite_weights(model, "the model")
 
-    fusible = {id(m) for _, m in deployable_modules(model)}
-    had_deploy_forms = any(isinstance(m, PiecewiseQuadratic) for m in model.modules())
-    already = not fusible and (had_deploy_forms or bool((model_config or {}).get("reparameterized")))
+    fusible, already = check_fusible(model, model_config, allow_unfused, say)
     deployed = reparameterize(model, inplace=False).eval() if fusible else model
     unfused = unfused_activations(deployed)
-    if not fusible and not already:
-        if not allow_unfused:
-            raise NothingToFuseError(
-                f"nothing to re-parameterize: the model has no activation with an exact deploy form (RepAct), so "
-                f"its activations stay as they are: {describe_activations(unfused)}; pass allow_unfused=True "
-                "(--allow-unfused) to export it unchanged")
-        say(f"nothing to re-parameterize; exporting as it is: {describe_activations(unfused)}")
-    elif fusible:
-        say(f"re-parameterized {len(fusible)} activation(s); staying as they are: {describe_activations(unfused)}")
-    _finite(deployed, "the deploy form")
+    if fusible:
+        say(f"re-parameterized {fusible} activation(s); staying as they are: {describe_activations(unfused)}")
+    check_finite_weights(deployed, "the deploy form")
     res = verify(model, deployed, x)
     say(f"verify: {res}")
     checks: dict[str, Any] = {"logits": res.as_dict()}
@@ -217,69 +231,105 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             raise DeployError(f"with randomized BatchNorm statistics the deploy form differs: {rb}, above rtol={rtol:g}; "
                               "nothing was written")
 
-    out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".repact-deploy-", dir=out))
-    try:
-        onnx_tmp = export_onnx(deployed, x, stage / f"{name}.onnx", opset=opset, dynamic_batch=dynamic_batch,
-                               form=onnx_form)
-        forms = last_export_forms()
-        say(f"onnx: exported opset {opset}, checked by onnx.checker ({(forms.counts() if forms else {})})")
-        batches = [x, torch.randn(1, *shape, generator=gen), torch.randn(batch + 1, *shape, generator=gen)]
-        parity = onnx_parity(deployed, onnx_tmp, batches if dynamic_batch else [x])
-        say(f"onnxruntime parity: max abs diff {parity:.3e} (batches {[b.shape[0] for b in batches] if dynamic_batch else [batch]})")
-        if not parity <= parity_tol:
-            raise DeployError(f"onnxruntime differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
-                              "nothing was written")
-        cfg = dict(model_config or {})
-        cfg["reparameterized"] = True
-        cfg["input_shape"] = shape
-        tpath, jpath = save_checkpoint(stage / f"{name}_deploy", deployed, model_config=cfg)
-        reload_err = None
-        if "name" in cfg:
-            rebuilt = build_model(tpath).eval()
-            with torch.no_grad():
-                reload_err = float((rebuilt(x) - deployed(x)).abs().max())
-            say(f"reload: build_model({tpath.name}) matches the deploy model (max abs diff {reload_err:.1e})")
-            if reload_err != 0.0:
-                raise DeployError(f"the saved deploy weights do not rebuild the deploy model (max abs diff {reload_err:.3e})")
-        fl_model = count_flops(model, x[:1])
-        fl_dep = count_flops(deployed, x[:1])
+    cfg = dict(model_config or {})
+    cfg["reparameterized"] = True
+    cfg["input_shape"] = shape
+    batches = [x, torch.randn(1, *shape, generator=gen), torch.randn(batch + 1, *shape, generator=gen)]
+    with staging_folder(out) as stage:
+        onnx_report = export_checked(deployed, x, batches, stage / f"{name}.onnx", opset=opset,
+                                     dynamic_batch=dynamic_batch, onnx_form=onnx_form, parity_tol=parity_tol, say=say)
+        weights = save_deploy_weights(deployed, cfg, stage, name, x, say=say)
         report = {
             "format": "repact-deploy-report",
             "version": 1,
             "model_config": cfg,
             "already_reparameterized": already,
-            "reparameterized_activations": len(fusible),
+            "reparameterized_activations": fusible,
             "unfused_activations": {k: len(v) for k, v in unfused.items()},
             "tolerances": {"rtol": rtol, "parity_tol": parity_tol},
             "verify": checks,
-            "onnx": {"file": f"{name}.onnx", "opset": int(opset), "dynamic_batch": dynamic_batch,
-                     "export_forms": forms.counts() if forms else {}, "checker": "passed",
-                     "parity_max_abs": parity, "parity_batches": [int(b.shape[0]) for b in batches] if dynamic_batch
-                     else [batch]},
-            "weights": {"file": tpath.name, "header": jpath.name, "reload_max_abs": reload_err},
-            "cost": {"params_train": count_params(model), "params_deploy": count_params(deployed),
-                     "flops_train": fl_model.total, "flops_deploy": fl_dep.total,
-                     "activation_flops_train": fl_model.activation, "activation_flops_deploy": fl_dep.activation},
-            "versions": _versions(),
+            "onnx": onnx_report,
+            "weights": weights,
+            "cost": deploy_cost(model, deployed, model, deployed, x),
+            "versions": versions(),
         }
-        rpath = stage / f"{name}_deploy_report.json"
-        atomic_write_text(rpath, json.dumps(_json_ready(report), indent=2, sort_keys=True) + "\n")
-        if not overwrite:  # again, right before the move: another process may have written meanwhile
-            _refuse_existing(out, name)
-        final = {}
-        for p in (onnx_tmp, tpath, jpath, rpath):
-            dest = out / p.name
-            os.replace(p, dest)
-            final[p.name] = dest
+        return publish(stage, out, name, report, overwrite, say)
+
+
+@contextmanager
+def staging_folder(out: Path):
+    """A fresh hidden folder inside ``out`` (created) for a deploy's files; removed with what is left in it."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".repact-deploy-", dir=out))
+    try:
+        yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    say(f"wrote {', '.join(str(p) for p in final.values())}")
-    return DeployResult(out, final[f"{name}.onnx"], final[f"{name}_deploy.safetensors"],
-                        final[f"{name}_deploy.json"], final[f"{name}_deploy_report.json"], report)
 
 
-def _versions() -> dict[str, str]:
+def export_checked(deployed: nn.Module, x: torch.Tensor, batches: Sequence[torch.Tensor], path: Path, *, opset: int,
+                   dynamic_batch: bool, onnx_form: str, parity_tol: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """Export ``deployed`` (a module of tensor outputs) to ``path``, check it with onnx.checker and run it
+    with onnxruntime on ``batches`` (on ``x`` alone for a static batch); the report's ``onnx`` entry.
+    :class:`DeployError` when onnxruntime differs by more than ``parity_tol``."""
+    onnx_file = export_onnx(deployed, x, path, opset=opset, dynamic_batch=dynamic_batch, form=onnx_form)
+    forms = last_export_forms()
+    say(f"onnx: exported opset {opset}, checked by onnx.checker ({(forms.counts() if forms else {})})")
+    used = list(batches) if dynamic_batch else [x]
+    parity = onnx_parity(deployed, onnx_file, used)
+    say(f"onnxruntime parity: max abs diff {parity:.3e} (batches {[int(b.shape[0]) for b in used]})")
+    if not parity <= parity_tol:
+        raise DeployError(f"onnxruntime differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
+                          "nothing was written")
+    return {"file": path.name, "opset": int(opset), "dynamic_batch": dynamic_batch,
+            "export_forms": forms.counts() if forms else {}, "checker": "passed", "parity_max_abs": parity,
+            "parity_batches": [int(b.shape[0]) for b in used]}
+
+
+def save_deploy_weights(deployed: nn.Module, cfg: dict[str, Any], stage: Path, name: str, x: torch.Tensor, *,
+                        view: Callable[[nn.Module], nn.Module] = lambda m: m,
+                        say: Callable[[str], None]) -> dict[str, Any]:
+    """Save ``deployed`` as ``NAME_deploy`` in ``stage`` and, when ``cfg`` names its model, rebuild it with
+    ``build_model`` and compare every output on ``x`` (:func:`verify`, so models of several outputs too;
+    ``view`` gives the module whose outputs are compared). The report's ``weights`` entry."""
+    tpath, jpath = save_checkpoint(stage / f"{name}_deploy", deployed, model_config=cfg)
+    reload_err = None
+    if "name" in cfg:
+        rebuilt = build_model(tpath).eval()
+        reload_err = verify(view(deployed), view(rebuilt), x).max_abs
+        say(f"reload: build_model({tpath.name}) matches the deploy model (max abs diff {reload_err:.1e})")
+        if reload_err != 0.0:
+            raise DeployError(f"the saved deploy weights do not rebuild the deploy model (max abs diff {reload_err:.3e})")
+    return {"file": tpath.name, "header": jpath.name, "reload_max_abs": reload_err}
+
+
+def deploy_cost(model: nn.Module, deployed: nn.Module, model_view: nn.Module, deployed_view: nn.Module,
+                x: torch.Tensor) -> dict[str, Any]:
+    """Parameters of the two forms and FLOPs of their views (the exported modules) on one sample."""
+    fl_model, fl_dep = count_flops(model_view, x[:1]), count_flops(deployed_view, x[:1])
+    return {"params_train": count_params(model), "params_deploy": count_params(deployed),
+            "flops_train": fl_model.total, "flops_deploy": fl_dep.total,
+            "activation_flops_train": fl_model.activation, "activation_flops_deploy": fl_dep.activation}
+
+
+def publish(stage: Path, out: Path, name: str, report: dict[str, Any], overwrite: bool,
+            say: Callable[[str], None]) -> DeployResult:
+    """Write the report into ``stage`` and move the four files of :func:`deploy_outputs` into ``out``
+    (refusing files of an earlier deploy there unless ``overwrite``)."""
+    onnx_file, tpath, jpath, rpath = deploy_outputs(stage, name)
+    atomic_write_text(rpath, json.dumps(json_ready(report), indent=2, sort_keys=True) + "\n")
+    if not overwrite:  # again, right before the move: another process may have written meanwhile
+        refuse_existing(out, name)
+    final = []
+    for p in (onnx_file, tpath, jpath, rpath):
+        os.replace(p, out / p.name)
+        final.append(out / p.name)
+    say(f"wrote {', '.join(str(p) for p in final)}")
+    return DeployResult(out, *final, report)
+
+
+def versions() -> dict[str, str]:
+    """The versions of repact, torch, onnx and onnxruntime, for reports."""
     from .. import __version__
 
     out = {"repact": __version__, "torch": torch.__version__}

@@ -33,7 +33,7 @@ from .stats import summarize, welch_delta
 __all__ = ["Grid", "load_grid_file", "run_grid", "run_cell", "summarize_grid", "write_reports", "METRICS",
            "EXECUTORS"]
 
-METRICS = {"last": "last_acc1", "best": "best_acc1"}
+METRICS = {"last": "last_acc1", "best": "best_acc1"}  # classification; a task grid uses its primary metric
 EXECUTORS = ("local", "submitit")
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
@@ -49,6 +49,7 @@ class Grid:
     baseline: str | None = None
     metric: str = "last"
     train: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         if not self.acts:
@@ -60,7 +61,25 @@ class Grid:
         if self.baseline is not None and self.baseline not in self.acts:
             raise ConfigError(f"baseline {self.baseline!r} is not one of the grid's acts ({', '.join(self.acts)})")
         if self.metric not in METRICS:
-            raise ConfigError(f"unknown metric {self.metric!r}; accepted: {', '.join(METRICS)} (epoch's val top-1)")
+            raise ConfigError(f"unknown metric {self.metric!r}; accepted: {', '.join(METRICS)} (the epoch whose val metric is reported)")
+
+    @property
+    def primary(self) -> str:
+        """The summary metric runs are ranked by: ``acc1`` (top-1), ``map50`` or ``miou``."""
+        from .objective import primary_metric
+
+        return primary_metric(self.task)
+
+    def metric_key(self, which: str | None = None) -> str:
+        """The summary key of the ``last`` or ``best`` epoch's primary metric (``last_acc1``, ``best_map50``...)."""
+        return f"{which or self.metric}_{self.primary}"
+
+    @property
+    def metric_name(self) -> str:
+        """The primary metric for people: ``top-1``, ``mAP@0.5`` or ``mIoU``."""
+        from .objective import METRIC_LABELS
+
+        return METRIC_LABELS[self.primary]
 
     def cells(self) -> list[tuple[str, str, str, int]]:
         return [(d, m, a, s) for d in self.datasets for m in self.models for a in self.acts for s in self.seeds]
@@ -258,21 +277,21 @@ def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = Non
             results[i] = run_cell(cfg, resume)
     records = []
     for i, (cell, cfg) in enumerate(zip(cells, configs)):
-        rec = _record(cell, Path(cfg.out), results.get(i, {"status": "done"}))
+        rec = _record(grid, cell, Path(cfg.out), results.get(i, {"status": "done"}))
         if rec["status"] == "diverged":
             say(f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}: diverged: {results[i].get('message')}")
         elif i in results:
-            say(f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}: last-epoch top-1 {rec['last_acc1']:.2f}%, best "
-                f"{rec['best_acc1']:.2f}% (epoch {rec['best_epoch']})")
+            say(f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}: last-epoch val {grid.metric_name} "
+                f"{rec[grid.metric_key('last')]:.2f}%, best {rec[grid.metric_key('best')]:.2f}% "
+                f"(epoch {rec['best_epoch']})")
         records.append(rec)
     return records
 
 
-_RECORD_KEYS = ("last_acc1", "best_acc1", "best_epoch", "last_acc5", "params", "train_images_per_s", "train_time_s",
-                "epochs_done")
+_RECORD_KEYS = ("best_epoch", "params", "train_images_per_s", "train_time_s", "epochs_done")
 
 
-def _record(cell, run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+def _record(grid: Grid, cell, run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     """One row of runs.csv, read back from the run folder's summary.json."""
     d, m, a, s = cell
     status = result["status"]
@@ -280,7 +299,8 @@ def _record(cell, run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
     if status == "done" and not summary.get("complete"):
         raise RuntimeError(f"{run_dir} reports no finished run after training it; see its logs")
     rec = {"dataset": d, "model": m, "act": a, "seed": s, "status": status, "run_dir": str(run_dir)}
-    for k in _RECORD_KEYS:
+    extra = ("last_acc5",) if grid.task == "classification" else ()
+    for k in (grid.metric_key("last"), grid.metric_key("best"), *extra, *_RECORD_KEYS):
         rec[k] = summary.get(k)
     done = rec["epochs_done"]
     rec["epoch_time_s"] = rec["train_time_s"] / done if done and rec["train_time_s"] is not None else None
@@ -289,8 +309,8 @@ def _record(cell, run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
 
 def summarize_grid(grid: Grid, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, model, act) with statistics of the chosen metric over seeds."""
-    key = METRICS[grid.metric]
-    other = METRICS["best" if grid.metric == "last" else "last"]
+    key = grid.metric_key()
+    other = grid.metric_key("best" if grid.metric == "last" else "last")
     rows = []
     for d in grid.datasets:
         for m in grid.models:
@@ -328,12 +348,12 @@ def _fmt(v: float, digits: int = 2, sign: bool = False) -> str:
 
 
 def markdown_table(grid: Grid, rows: list[dict[str, Any]]) -> str:
-    key = METRICS[grid.metric]
+    key = grid.metric_key()
     other = "best" if grid.metric == "last" else "last"
-    head = ["dataset", "model", "act", "n", f"{grid.metric}-epoch top-1 % (mean ± std)", "95% CI"]
+    head = ["dataset", "model", "act", "n", f"{grid.metric}-epoch {grid.metric_name} % (mean ± std)", "95% CI"]
     if grid.baseline:
         head.append(f"Δ vs {grid.baseline} (95% CI)")
-    head += [f"{other}-epoch top-1 % (mean ± std)", "best epoch (mean)", "s / epoch", "train img/s"]
+    head += [f"{other}-epoch {grid.metric_name} % (mean ± std)", "best epoch (mean)", "s / epoch", "train img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["dataset"], r["model"], r["act"] + (" (baseline)" if r["act"] == grid.baseline else ""),
@@ -342,10 +362,10 @@ def markdown_table(grid: Grid, rows: list[dict[str, Any]]) -> str:
         if grid.baseline:
             cells.append("—" if r["act"] == grid.baseline else
                          f"{_fmt(r['delta'], sign=True)} (± {_fmt(r['delta_ci95'])})")
-        cells += [f"{_fmt(r[f'mean_{METRICS[other]}'])} ± {_fmt(r[f'std_{METRICS[other]}'])}",
+        cells += [f"{_fmt(r[f'mean_{grid.metric_key(other)}'])} ± {_fmt(r[f'std_{grid.metric_key(other)}'])}",
                   _fmt(r["best_epoch_mean"], 1), _fmt(r["epoch_time_s"], 1), _fmt(r["train_images_per_s"], 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    note = (f"\nMetric: validation top-1 at the {grid.metric} epoch ({key}), over seeds {grid.seeds}. "
+    note = (f"\nMetric: val {grid.metric_name} at the {grid.metric} epoch ({key}), over seeds {grid.seeds}. "
             "CI: mean ± t(0.975, n-1)·std/√n, clipped to [0, 100]. Δ: difference of means with Welch's 95% "
             "interval. s / epoch: wall time of an epoch (training and validation, data included), mean over the "
             "runs; train img/s: training images per second of the training phase.\n")
@@ -389,7 +409,7 @@ def bar_plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path | None:
             pad = max(0.5, 0.15 * (hi - lo))
             ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
         ax.set_title(f"{d} / {m}")
-        ax.set_ylabel(f"{grid.metric}-epoch val top-1 % (95% CI)")
+        ax.set_ylabel(f"{grid.metric}-epoch val {grid.metric_name} % (95% CI)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -411,7 +431,7 @@ def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) ->
         paths["plot"] = plot
         from ..analysis.runs import write_compare_curves
 
-        curves = write_compare_curves(records, out / "compare_curves.png")
+        curves = write_compare_curves(records, out / "compare_curves.png", grid.primary)
         if curves is not None:
             paths["curves"] = curves
     return paths

@@ -21,6 +21,9 @@ MAX_IMG_SIZE = 4096
 MAX_WORKERS = 256
 SCHEDULES = ("cosine", "linear", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+CLASSIFICATION = "classification"
+#: options that only the detection and segmentation tasks read, with their classification values
+TASK_ONLY = {"classes": "voc", "year": None, "weights": None, "swap_heads": False, "data_kwargs": {}}
 
 
 def img_size_problem(size: int | None) -> str | None:
@@ -39,11 +42,17 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Everything that defines a training run (see ``docs/training.md``)."""
 
+    task: str = CLASSIFICATION
     model: str = "small_cnn"
     act: str = "repact"
     model_kwargs: dict = field(default_factory=dict)
+    weights: str | None = None
+    swap_heads: bool = False
     dataset: str = "digits"
     data_dir: str | None = None
+    classes: str = "voc"
+    year: str | None = None
+    data_kwargs: dict = field(default_factory=dict)
     download: bool = False
     img_size: int | None = None
     augment: str = "auto"
@@ -151,9 +160,22 @@ def resolve_config(file_values: Mapping[str, Any] | None = None, overrides: Mapp
     values.update({k: v for k, v in overrides.items() if k != "recipe"})
     if recipe in ("", "none"):
         values["recipe"] = None
+    _task_defaults(values)
     cfg = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate_config(cfg)
     return cfg
+
+
+def _task_defaults(values: dict[str, Any]) -> None:
+    """A detection or segmentation run without ``model`` / ``dataset`` gets the task's defaults."""
+    task = str(values.get("task") or CLASSIFICATION).strip().lower()
+    if task == CLASSIFICATION:
+        return
+    from ..tasks import TASKS
+
+    if task in TASKS:
+        values.setdefault("model", TASKS[task].default_model)
+        values.setdefault("dataset", TASKS[task].default_dataset)
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -197,8 +219,13 @@ def validate_config(cfg: TrainConfig) -> None:
     def bad(msg: str) -> None:
         raise ConfigError(msg)
 
+    task = _validate_task(cfg)
     try:
-        cfg.dataset = normalize_name(cfg.dataset)
+        if task is None:
+            cfg.dataset = normalize_name(cfg.dataset)
+        else:
+            cfg.dataset = task.check_dataset(cfg.dataset)
+            task.check_model(cfg.model)
         get_model_spec(cfg.model)
         if cfg.act not in (None, "", "default"):
             resolve_name(cfg.act)
@@ -251,6 +278,44 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("--amp runs on CUDA only; it cannot be combined with --device cpu")
     from ..data import AUGMENTS
 
-    if str(cfg.augment).lower().replace("_", "-") not in AUGMENTS:
-        bad(f"unknown augmentation {cfg.augment!r}; accepted: {', '.join(AUGMENTS)}")
+    augments = AUGMENTS if task is None else task.augments
+    if str(cfg.augment).lower().replace("_", "-") not in augments:
+        bad(f"unknown augmentation {cfg.augment!r}" + ("" if task is None else f" for task {task.name}")
+            + f"; accepted: {', '.join(augments)}")
     cfg.augment = str(cfg.augment).lower().replace("_", "-")
+
+
+def _validate_task(cfg: TrainConfig):
+    """The run's :class:`repact.tasks.Task` (None for classification); refuses options of the other kind."""
+    from ..data import DATASETS
+    from ..models import get_model_spec
+    from ..tasks import TASKS
+
+    cfg.task = str(cfg.task).strip().lower()
+    if cfg.task != CLASSIFICATION and cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; accepted: {CLASSIFICATION}, {', '.join(TASKS)}")
+    if cfg.task == CLASSIFICATION:
+        key = str(cfg.dataset).strip().lower().replace("-", "_")
+        for name, t in TASKS.items():
+            if key in t.datasets:
+                raise ConfigError(f"dataset {cfg.dataset!r} is a {name} dataset; add --task {name} "
+                                  f"(classification takes {', '.join(DATASETS)})")
+        try:
+            family = get_model_spec(cfg.model).family
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if family in TASKS:
+            raise ConfigError(f"model {cfg.model!r} is a {family} model; add --task {family}")
+        given = [k for k, v in TASK_ONLY.items() if getattr(cfg, k) != v]
+        if given:
+            raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in given)} appl"
+                              f"{'ies' if len(given) == 1 else 'y'} to --task detection and segmentation only")
+        return None
+    if cfg.label_smoothing:
+        raise ConfigError(f"label_smoothing applies to classification only (task {cfg.task} has its own loss)")
+    if cfg.download:
+        raise ConfigError(f"--download fetches classification datasets only; task {cfg.task} reads a VOC-format "
+                          "folder from --data-dir")
+    if not all(isinstance(k, str) and k.isidentifier() for k in cfg.data_kwargs):
+        raise ConfigError(f"data_kwargs keys must be option names, got {list(cfg.data_kwargs)}")
+    return TASKS[cfg.task]()

@@ -25,8 +25,8 @@ from torch import nn
 from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
-from .evaluate import evaluate, topk_correct
 from .logs import RunLogger, activation_snapshot
+from .objective import Objective, objective_for
 from .optim import build_optimizer, build_scheduler
 from .pictures import TracedGradProbe, log_tensorboard_pictures, write_run_pictures
 from .setup import build_data, build_model_for, make_loaders, pick_device
@@ -215,8 +215,9 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         torch.backends.cudnn.benchmark = True
 
     seed_all(cfg.seed)
+    objective = objective_for(cfg)
     train_set, val_set, info = build_data(cfg)
-    model, model_config = build_model_for(cfg, info, device)
+    model, model_config = build_model_for(cfg, info, device, saved=ckpt.model_config if ckpt is not None else None)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt.model_state)
@@ -228,7 +229,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         model = convert_sync_batchnorm(model)
     seed_all(cfg.seed + env.rank)
 
-    train_loader, sampler, gen, val_loader = make_loaders(cfg, train_set, val_set, env, device)
+    train_loader, sampler, gen, val_loader = make_loaders(cfg, train_set, val_set, env, device, objective.collate_fn)
     steps = len(train_loader) if cfg.limit_batches is None else min(len(train_loader), cfg.limit_batches)
     if steps == 0:
         raise ConfigError(f"the train split of {info.name} has no batch of {cfg.batch_size} per process; "
@@ -238,7 +239,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     n_params = sum(p.numel() for p in model.parameters())
 
-    start, best_acc1, best_epoch, history = 0, -1.0, 0, []
+    start, best_score, best_epoch, history = 0, -1.0, 0, []
     logger = RunLogger(folder.path, enabled=env.is_main)
     if ckpt is not None:
         st = ckpt.state
@@ -250,7 +251,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
             raise CheckpointError(f"{ckpt.path}: its optimizer or scheduler state does not fit this run "
                                   f"({type(exc).__name__}: {exc})") from None
-        start, best_acc1, best_epoch = int(st["epoch"]), float(st["best_acc1"]), int(st["best_epoch"])
+        start, best_score, best_epoch = int(st["epoch"]), float(st.get("best_score", st.get("best_acc1"))), \
+            int(st["best_epoch"])
         history = list(st["history"])
     if env.is_main:
         import yaml
@@ -289,30 +291,30 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         _say(f"{what}: {cfg.model} act={cfg.act} on {info.name} ({info.train_size} train / {info.val_size} val, "
              f"{info.img_size}px), {n_params:,} params, {env.world} process(es) on {device}", cfg, env)
 
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cfg.amp else nullcontext
     for epoch in range(start, cfg.epochs):
         sampler.set_epoch(epoch)
         gen.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + env.rank)
         probe.reset()
         t0 = time.perf_counter()
-        tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, criterion, autocast, probe, cfg, env,
+        tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, objective, autocast, probe, cfg, env,
                           device, epoch, folder)
         train_time = time.perf_counter() - t0
-        val = evaluate(model if not env.enabled else net.module, val_loader, device, env=env, amp=cfg.amp,
-                       limit=cfg.limit_val_batches or cfg.limit_batches)
+        _share_buffers(model, env)
+        val = objective.evaluate(model if not env.enabled else net.module, val_loader, device, env, cfg.amp,
+                                 cfg.limit_val_batches or cfg.limit_batches)
         _check_epoch_finite(model, tr, val, env, epoch, folder, device)
-        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **tr, "val_loss": val["loss"],
-                  "val_acc1": val["acc1"], "val_acc5": val["acc5"], "val_images": val["n"],
+        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **tr, **objective.val_record(val),
                   "epoch_time_s": time.perf_counter() - t0,
                   "train_images_per_s": tr["train_images"] / max(train_time, 1e-9), **probe.epoch_means()}
         history.append(record)
-        improved = val["acc1"] > best_acc1
+        improved = objective.score(val) > best_score
         if improved:
-            best_acc1, best_epoch = val["acc1"], epoch + 1
+            best_score, best_epoch = objective.score(val), epoch + 1
         rngs = all_gather_objects(capture_rng(), env)
         if env.is_main:
-            state = {"epoch": epoch + 1, "best_acc1": best_acc1, "best_epoch": best_epoch, "history": history,
+            state = {"epoch": epoch + 1, "best_score": best_score, "best_metric": objective.primary,
+                     "best_epoch": best_epoch, "history": history,
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs,
                      "world_size": env.world, "sampler": {"seed": cfg.seed, "next_epoch": epoch + 1},
@@ -323,7 +325,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
                 if improved:
                     save_checkpoint(folder.path / "best", model, model_config=model_config, state=state)
                 save_checkpoint(folder.path / "last", model, model_config=model_config, state=state)
-                _write_summary(folder.path, run_dir, cfg, history, best_epoch, n_params,
+                _write_summary(folder.path, run_dir, cfg, objective, history, best_epoch, n_params,
                                complete=epoch + 1 >= cfg.epochs)
             except OSError as exc:
                 where = exc.filename or folder.path
@@ -335,12 +337,11 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
                 folder.commit()
                 logger.relocate(folder.path)
                 probe.relocate(folder.path)
-            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['train_loss']:.4f}  train {tr['train_acc1']:.2f}%  "
-                 f"val {val['acc1']:.2f}% (top-5 {val['acc5']:.2f}%)  best {best_acc1:.2f}% @{best_epoch}  "
-                 f"{record['train_images_per_s']:.0f} img/s", cfg, env)
+            _say(f"epoch {epoch + 1}/{cfg.epochs}  loss {tr['train_loss']:.4f}  {objective.describe(tr, val)}  "
+                 f"best {best_score:.2f}% @{best_epoch}  {record['train_images_per_s']:.0f} img/s", cfg, env)
         barrier(env)
     if start >= cfg.epochs and env.is_main:
-        _write_summary(folder.path, run_dir, cfg, history, best_epoch, n_params, complete=True)
+        _write_summary(folder.path, run_dir, cfg, objective, history, best_epoch, n_params, complete=True)
     if env.is_main:
         write_run_pictures(folder.path, model, lambda m: _say(m, cfg, env))
     logger.close()
@@ -348,24 +349,25 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     return RunResult(run_dir, summary, history, model if keep_model else None)
 
 
-def _train_epoch(net, model, loader, steps, opt, sched, scaler, criterion, autocast, probe, cfg, env, device, epoch,
-                 folder) -> dict[str, float]:
+def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objective, autocast, probe, cfg, env, device,
+                 epoch, folder) -> dict[str, float]:
+    """One epoch; returns ``train_loss``, ``train_<part>`` (the objective's logged parts, e.g.
+    ``train_acc1`` or the detector's loss terms; means over images) and ``train_images``."""
     from tqdm import tqdm
 
     net.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n
+    sums: dict[str, torch.Tensor] = {}  # loss and parts, each times the batch size
+    count = 0
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                # None: tqdm shows the bar on a terminal only, so logs get the per-epoch lines alone
                disable=True if (cfg.quiet or not env.is_main) else None, file=sys.stderr)
     t0 = time.perf_counter()
     check_every = 1 if device.type == "cpu" else 10
-    for i, (x, y) in enumerate(loader):
+    for i, batch in enumerate(loader):
         if i >= steps:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
-            logits = net(x)
-            loss = criterion(logits.float(), y)
+            loss, parts, n = objective.train_step(net, batch, device)
         if i % check_every == 0 or i == steps - 1:
             _check_finite(loss, env, epoch, i, opt, folder)
         opt.zero_grad(set_to_none=True)
@@ -384,19 +386,34 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, criterion, autoc
             opt.step()
         sched.step()
         with torch.no_grad():
-            n = y.shape[0]
-            sums += torch.stack([loss.detach().double() * n, topk_correct(logits.detach(), y, (1,))[0].double(),
-                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
+            for key, v in (("loss", loss.detach()), *parts.items()):
+                v = torch.as_tensor(v, dtype=torch.float64, device=device) * n
+                sums[key] = sums[key] + v if key in sums else v
+            count += n
         if not bar.disable:
             bar.update(1)
             if i % 5 == 0 or i == steps - 1:
-                s = sums.tolist()
-                bar.set_postfix(loss=f"{s[0] / s[2]:.3f}", acc=f"{100 * s[1] / s[2]:.1f}",
-                                img_s=f"{s[2] * env.world / (time.perf_counter() - t0):.0f}")
+                shown = {k: f"{float(v) / count:.3f}" if k == "loss" else f"{float(v) / count:.1f}"
+                         for k, v in sums.items() if k in ("loss", objective.primary)}
+                bar.set_postfix(**shown, img_s=f"{count * env.world / (time.perf_counter() - t0):.0f}")
     bar.close()
-    all_reduce_sum(sums, env)
-    loss_sum, correct, n = sums.tolist()
-    return {"train_loss": loss_sum / max(n, 1), "train_acc1": 100.0 * correct / max(n, 1), "train_images": int(n)}
+    keys = list(sums)
+    totals = torch.stack([*(sums[k] for k in keys), torch.tensor(float(count), dtype=torch.float64, device=device)])
+    all_reduce_sum(totals, env)
+    *values, n = totals.tolist()
+    means = {f"train_{k}": v / max(n, 1) for k, v in zip(keys, values)}
+    return {**means, "train_images": int(n)}
+
+
+def _share_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) before validation: DDP broadcasts them
+    at the start of each training forward, so after the last one every rank holds its own batch's
+    update, and the ranks would validate (and rank 0 save) different models."""
+    if env.enabled:
+        import torch.distributed as dist
+
+        for b in model.buffers():
+            dist.broadcast(b, 0)
 
 
 def _check_finite(loss: torch.Tensor, env: DistEnv, epoch: int, step: int, opt, folder: RunFolder) -> None:
@@ -413,8 +430,8 @@ def _check_epoch_finite(model: nn.Module, tr: dict[str, float], val: dict[str, f
     """After an epoch: every weight and buffer, the mean training loss and the validation loss must
     be finite, or the epoch is not saved (its checkpoint would not be a good one)."""
     bad = nonfinite_tensors(model.state_dict())
-    losses = [f"{k} {v}" for k, v in (("train loss", tr["train_loss"]), ("val loss", val["loss"]))
-              if not math.isfinite(v)]
+    losses = [f"{k} {v}" for k, v in (("train loss", tr["train_loss"]), ("val loss", val.get("loss")))
+              if v is not None and not math.isfinite(v)]
     flag = torch.tensor([float(len(bad) + len(losses))], dtype=torch.float64, device=device)
     if all_reduce_sum(flag, env).item() == 0:
         return
@@ -427,8 +444,8 @@ def _check_epoch_finite(model: nn.Module, tr: dict[str, float], val: dict[str, f
                            f"stopping. {_kept(folder)}. {_diverged_advice(folder)}")
 
 
-def _write_summary(where: Path, run_dir: Path, cfg: TrainConfig, history: list[dict], best_epoch: int,
-                   n_params: int, complete: bool) -> None:
+def _write_summary(where: Path, run_dir: Path, cfg: TrainConfig, objective: Objective, history: list[dict],
+                   best_epoch: int, n_params: int, complete: bool) -> None:
     """Write ``summary.json`` into ``where`` (the folder being written) describing the run at ``run_dir``."""
     if not history:
         return
@@ -437,9 +454,8 @@ def _write_summary(where: Path, run_dir: Path, cfg: TrainConfig, history: list[d
     speeds = [h["train_images_per_s"] for h in history if "train_images_per_s" in h]
     summary = {
         "complete": complete, "epochs_done": len(history), "epochs": cfg.epochs,
-        "best_epoch": best["epoch"], "best_acc1": best["val_acc1"], "best_acc5": best["val_acc5"],
-        "last_epoch": last["epoch"], "last_acc1": last["val_acc1"], "last_acc5": last["val_acc5"],
-        "last_val_loss": last["val_loss"], "last_train_loss": last["train_loss"],
+        "task": cfg.task, "primary_metric": objective.primary, "best_epoch": best["epoch"],
+        **objective.summary(best, last),
         "params": n_params, "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
         "train_time_s": sum(h.get("epoch_time_s", 0.0) for h in history),
         "model": cfg.model, "act": cfg.act, "dataset": cfg.dataset, "seed": cfg.seed,

@@ -120,7 +120,7 @@ class RunLogger:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows])
         atomic_write_text(self.csv_path, buf.getvalue())
 
     def close(self) -> None:

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import balanced_subset, build_datasets, dataset_channels
 from ..models import create_model, get_model_spec
-from .config import ConfigError, TrainConfig
+from .config import CLASSIFICATION, ConfigError, TrainConfig
 from .dist import DistEnv, ShardSampler
+from .task_setup import build_task_data, build_task_model
 
 __all__ = ["pick_device", "model_act", "build_data", "build_model_for", "check_model_fits", "prime_lazy",
            "set_bn_momentum", "make_loaders", "seed_worker"]
@@ -47,6 +48,8 @@ def _builder_params(name: str) -> set[str]:
 
 def build_data(cfg: TrainConfig):
     """(train set, val set, DataInfo), gray images repeated to 3 channels for models without ``in_channels``."""
+    if cfg.task != CLASSIFICATION:
+        return build_task_data(cfg)
     params = _builder_params(cfg.model)
     takes_channels = "in_channels" in params or "in_channels" in cfg.model_kwargs
     channels = None if takes_channels else 3
@@ -57,12 +60,17 @@ def build_data(cfg: TrainConfig):
                           skip_bad_images=cfg.skip_bad_images, train_subset=cfg.train_subset)
 
 
-def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None, saved: dict[str, Any] | None = None
+                    ) -> tuple[nn.Module, dict[str, Any]]:
     """(model, model_config) where model_config rebuilds it with ``repact.checkpoint.build_model``.
 
     Bad builder arguments, and a model too large for ``device``'s memory (counted on the meta
-    device first), raise :class:`ConfigError` before its weights are allocated.
+    device first), raise :class:`ConfigError` before its weights are allocated. Detection and
+    segmentation models are built by their task (a resumed one from its checkpoint's model
+    config ``saved``); they build no activation lazily, so need no priming forward.
     """
+    if cfg.task != CLASSIFICATION:
+        return build_task_model(cfg, info, model_act(cfg), saved)
     params = _builder_params(cfg.model)
     kwargs = dict(cfg.model_kwargs)
     if "in_channels" in params and "in_channels" not in kwargs:
@@ -155,9 +163,10 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
-def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: torch.device):
+def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: torch.device, collate_fn=None):
     """(train loader, its sampler, its generator, val loader). The train order depends only on
-    (seed, epoch): call ``sampler.set_epoch(e)`` and reseed the generator each epoch."""
+    (seed, epoch): call ``sampler.set_epoch(e)`` and reseed the generator each epoch. ``collate_fn``:
+    the task's (detection batches are lists of images and targets)."""
     sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=False)
     gen = torch.Generator()
@@ -166,11 +175,12 @@ def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: tor
     drop_last = per_rank > cfg.batch_size  # no 1-sample last batch for BatchNorm
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               pin_memory=pin, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
-                              persistent_workers=False)
+                              persistent_workers=False, collate_fn=collate_fn)
     val_batch = cfg.eval_batch_size or 2 * cfg.batch_size
-    val_limit = cfg.limit_val_batches or cfg.limit_batches  # a fixed class-balanced subset, not the first batches
-    val_set = balanced_subset(val_set, val_limit * val_batch * env.world if val_limit else None)
+    if cfg.task == CLASSIFICATION:  # a fixed class-balanced subset, not the first batches (tasks: the first batches)
+        val_limit = cfg.limit_val_batches or cfg.limit_batches
+        val_set = balanced_subset(val_set, val_limit * val_batch * env.world if val_limit else None)
     val_loader = DataLoader(val_set, batch_size=val_batch,
                             sampler=ShardSampler(val_set, env.rank, env.world), num_workers=cfg.workers,
-                            pin_memory=pin, worker_init_fn=seed_worker)
+                            pin_memory=pin, worker_init_fn=seed_worker, collate_fn=collate_fn)
     return train_loader, sampler, gen, val_loader

@@ -79,7 +79,7 @@ def locate_resume(resume: str | Path, out: str | Path | None = None) -> Path:
 
 #: the training state a resumable checkpoint holds, and the JSON types of its entries
 _STATE_TYPES: dict[str, tuple[type, ...]] = {
-    "epoch": (int,), "best_acc1": (int, float), "best_epoch": (int,), "history": (list,), "optimizer": (dict,),
+    "epoch": (int,), "best_score": (int, float), "best_epoch": (int,), "history": (list,), "optimizer": (dict,),
     "scheduler": (dict,), "config": (dict,), "rng": (dict, list),
 }
 
@@ -92,6 +92,8 @@ def check_train_state(ckpt) -> None:
     if not isinstance(st, dict) or "optimizer" not in st or "config" not in st:
         raise CheckpointError(f"{ckpt.path} holds weights only, not a training state; resume needs a run's "
                               "'last' (or 'best') checkpoint written by repact train")
+    if "best_score" not in st and "best_acc1" in st:  # written before the tasks: the best top-1
+        st["best_score"] = st["best_acc1"]
     for key, types in _STATE_TYPES.items():
         v = st.get(key)
         if not isinstance(v, types) or isinstance(v, bool):
