@@ -48,7 +48,8 @@ def test_data_info_counts_the_background(trained):
     assert info.classes == ["__background__", "Platelets", "RBC", "WBC"] and info.num_classes == 4
     assert (info.train_size, info.val_size) == (205, 87)
     assert config == {"name": "ssdlite320_mobilenet_v3_large", "act": "repact", "num_classes": 4,
-                      "kwargs": {"img_size": SIZE}, "input_shape": [3, SIZE, SIZE]}
+                      "kwargs": {"img_size": SIZE, "reduced_tail": True}, "input_shape": [3, SIZE, SIZE],
+                      "task": "detection"}
 
 
 def test_ssdlite_loss_falls_over_a_few_steps(trained):

@@ -107,12 +107,11 @@ def load_model_arg(target: str, args) -> tuple[Any, dict[str, Any], dict[str, An
     """(model, model_config, training state, label) for a run folder, a checkpoint or a model name."""
     from ..checkpoint import build_model, load_checkpoint
     from . import CLIError
-    from ._model_arg import _is_checkpoint, load_target
-    from .eval import _checkpoint_path
+    from ._model_arg import _is_checkpoint, load_target, run_checkpoint
 
     p = Path(target)
     if p.is_dir():
-        p = _checkpoint_path(target)
+        p = run_checkpoint(target)
     if _is_checkpoint(str(p)):
         if getattr(args, "act", None) is not None or getattr(args, "model_arg", None):
             raise CLIError(f"{target} is a checkpoint, which records its own model and activation; "
