@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -121,3 +122,65 @@ def test_bad_executor_options(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "c" / "runs").exists()
     rc, _, err = _run(capsys, *GRID, "--out", str(tmp_path / "d"), "--executor", "slurm")
     assert rc == 2 and "invalid choice: 'slurm'" in err
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_killing_compare_stops_its_workers_and_the_rerun_resumes(tmp_path):
+    """SIGKILL to `compare --jobs 2` leaves no worker training on (holding its run's lock): the rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "grid"
+    argv = [sys.executable, "-m", "repact", "compare", "--acts", "relu,repact", "--seeds", "0", "--epochs", "40",
+            "--batch-size", "32", "--limit-batches", "3", "--out", str(out), "--jobs", "2"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not all((_cell(out, a, 0) / "last.safetensors").exists()
+                                                      for a in ("relu", "repact")):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.5)
+        assert all((_cell(out, a, 0) / "last.safetensors").exists() for a in ("relu", "repact")), "no epoch in 240 s"
+        workers = [k for k in _children(proc.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
+        assert len(workers) == 2, workers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.5)
+        assert not any(_alive(w) for w in workers), "a worker outlived its compare process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = {a: len((_cell(out, a, 0) / "metrics.jsonl").read_text().splitlines()) for a in ("relu", "repact")}
+    assert all(0 < n < 40 for n in done.values()), done
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    for a in ("relu", "repact"):
+        log = (out / "logs" / f"digits-small_cnn-{a}-seed0.log").read_text()
+        at = re.search(rf"resuming {re.escape(str(_cell(out, a, 0)))} at epoch (\d+)", log)
+        assert at and 2 <= int(at.group(1)) <= done[a] + 1, log  # from its last checkpoint, not from scratch
+        assert len((_cell(out, a, 0) / "metrics.jsonl").read_text().splitlines()) == 40

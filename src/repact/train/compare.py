@@ -15,6 +15,7 @@ bar plot with error bars and the learning curves of every cell (mean and band ov
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import csv
 import io
@@ -22,6 +23,8 @@ import json
 import math
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -175,6 +178,26 @@ def run_cell(cfg: TrainConfig, resume: bool, threads: int | None = None, log: st
     return {"status": "done"}
 
 
+def _pool_cell(parent: int, cfg: TrainConfig, resume: bool, threads: int, log: str) -> dict[str, Any]:
+    """:func:`run_cell` in a pool worker that stops when ``parent`` (the compare process) is gone.
+
+    A killed ``repact compare`` (SIGTERM, SIGKILL, a closed terminal) would otherwise leave its
+    workers training on, holding their run folders' locks, so that the rerun that should resume the
+    grid finds its cells in use. The worker interrupts its run (as Ctrl-C would; what the last
+    checkpoint holds stays) and, should that not end it, exits.
+    """
+    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True, name="repact-orphan-watch").start()
+    return run_cell(cfg, resume, threads, log)
+
+
+def _stop_when_orphaned(parent: int, every_s: float = 1.0, grace_s: float = 20.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    _thread.interrupt_main()
+    time.sleep(grace_s)
+    os._exit(1)
+
+
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -191,7 +214,7 @@ def _run_pool(todo: list, jobs: int, out: Path, say, total: int) -> dict[int, di
     say(f"running {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each; logs in {out / 'logs'}")
     results: dict[int, dict] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_cell, cfg, resume, threads, str(_log_path(out, cell))): (i, cell)
+        futures = {pool.submit(_pool_cell, os.getpid(), cfg, resume, threads, str(_log_path(out, cell))): (i, cell)
                    for i, cell, cfg, resume in todo}
         for fut in as_completed(futures):
             i, cell = futures[fut]
