@@ -33,3 +33,10 @@ def test_declared_package_data_exists():
     for pattern in declared:
         assert list(pkg.glob(pattern)), f"pyproject declares {pattern} but src/repact has no such file"
     assert (pkg / "py.typed").exists()
+
+
+def test_yolo_extra_is_optional_and_not_in_all():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert any(d.startswith("ultralytics") for d in extras["yolo"])
+    assert "yolo" not in extras["all"][0] and not any("ultralytics" in d for d in extras["all"])  # AGPL-3.0
+    assert not any("ultralytics" in d for d in PYPROJECT["project"]["dependencies"])
