@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from repact.data import DataError, UnreadableImage, build_datasets
+import repact.data.cache as cache_module
 from repact.data.cache import RAM_SHARE, _available_memory, _free_disk, cache_root, fits_rule, split_key
 from repact.data.images import read_image
 from train_fixtures import write_image_folder
@@ -35,6 +36,12 @@ def _add_unreadable(root: Path) -> list[str]:
     txt = root / "train" / "owl" / "0101.png"
     txt.write_text("not an image\n")
     return [str(jpg), str(txt)]
+
+
+@pytest.fixture(autouse=True)
+def _announce_every_build(monkeypatch):
+    """The fixture folders are tiny; the progress lines (a build's observable here) are kept for them."""
+    monkeypatch.setattr(cache_module, "ANNOUNCE_FROM", 0)
 
 
 def _batches(ds, seed: int = 3, batch_size: int = 5, workers: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -148,6 +155,8 @@ def test_concurrent_builders_wait_for_one_build(tmp_path):
     key = split_key(root / "train", plain.samples, ["cat", "dog", "owl"])
     code = ("import sys, hashlib\n"
             "from repact.data import build_datasets\n"
+            "import repact.data.cache as c\n"
+            "c.ANNOUNCE_FROM = 0  # its progress lines tell who built\n"
             "tr, va, _ = build_datasets('imagefolder', sys.argv[1], cache='on')\n"
             "print(tr.decoded.dir.name, hashlib.sha256(tr.pixels(list(range(len(tr)))).numpy().tobytes()).hexdigest())\n")
     lock = FileLock(str(cache_root() / ".locks" / f"{key}.lock"))
@@ -199,3 +208,20 @@ def test_what_fits(tmp_path):
         assert "GiB free" in fits_rule(huge, mode, tmp_path)
     with pytest.raises(DataError, match="unknown cache mode 'always'.*auto, on, off"):
         build_datasets("imagefolder", tmp_path, cache="always")
+
+
+def test_a_small_split_builds_without_progress_lines(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cache_module, "ANNOUNCE_FROM", 5000)
+    tr, _, _ = build_datasets("imagefolder", _folder(tmp_path), cache="on")
+    assert tr.decoded is not None and capsys.readouterr().err == ""
+
+
+def test_an_unreadable_image_under_the_cache_is_one_line_at_the_command_line(tmp_path):
+    root = _folder(tmp_path)
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    proc = subprocess.run([sys.executable, "-m", "repact", "train", "--dataset", "imagefolder", "--data-dir",
+                           str(root), "--epochs", "1", "--limit-batches", "1", "--cache", "on", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "broken.png" in proc.stderr and "--skip-bad-images" in proc.stderr

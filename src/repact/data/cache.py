@@ -169,6 +169,11 @@ class DecodedImages:
         return torch.from_numpy(rows[self.index[idx, 0] // size])
 
 
+#: progress lines (decoding, checking) only for splits of at least this many images: smaller ones
+#: take about a second, and a line saying so would only stand between the user and an error
+ANNOUNCE_FROM = 5000
+
+
 def _say(msg: str) -> None:
     print(f"repact: {msg}", file=sys.stderr, flush=True)
 
@@ -177,7 +182,7 @@ def scan_unreadable(paths: Sequence[str], say: Callable[[str], None] = _say) -> 
     """Decode every file once (no cache): index -> why it is unreadable, for ``--skip-bad-images``."""
     t0 = time.perf_counter()
     bad = {i: err for i, _, err in decode_files(paths) if err is not None}
-    if len(paths) >= 5000:
+    if len(paths) >= ANNOUNCE_FROM:
         say(f"checked {len(paths):,} images in {time.perf_counter() - t0:.0f} s ({len(bad)} unreadable)")
     return bad
 
@@ -272,7 +277,9 @@ def open_decoded(split: Path, samples: Sequence[tuple[str, int]], classes: Seque
             shutil.rmtree(final)
         tmp = root / f".{key}.tmp-{os.getpid()}"
         tmp.mkdir()
-        say(f"decoding {len(paths):,} images of {split} into {final} (about {need / 2**20:.0f} MiB), once")
+        loud = len(paths) >= ANNOUNCE_FROM
+        if loud:
+            say(f"decoding {len(paths):,} images of {split} into {final} (about {need / 2**20:.0f} MiB), once")
         t0 = time.perf_counter()
         try:
             _build(tmp, paths, str(Path(split).resolve()))
@@ -280,8 +287,10 @@ def open_decoded(split: Path, samples: Sequence[tuple[str, int]], classes: Seque
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        say(f"decoded {len(paths):,} images in {time.perf_counter() - t0:.1f} s")
         cache = DecodedImages(final)
+        if loud:
+            unreadable = f" ({len(cache.bad)} unreadable)" if cache.bad else ""
+            say(f"decoded {len(paths):,} images in {time.perf_counter() - t0:.1f} s{unreadable}")
         _prune_same_source(root, key, cache.meta.get("source"))
         return cache
     finally:
