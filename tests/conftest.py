@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REPACT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+#: functions a third-party import may replace process-wide (importing ultralytics, which the optional
+#: integration's tests do even at collection, patches both: an unidentified image then makes PIL
+#: try to pip-install a HEIF plugin, so an unreadable-image test would see another error)
+_PRISTINE = {(PIL.Image, "open"): PIL.Image.open, (torch, "save"): torch.save}
 
 
 def shared_data(sub: str) -> Path:
@@ -18,6 +23,14 @@ def shared_data(sub: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not available: {p} is absent (set REPACT_SHARED_DATA to its folder)")
     return p
+
+
+@pytest.fixture(autouse=True)
+def _undo_third_party_patches():
+    """Every test starts with PIL's and torch's own functions, whatever a collected module imported."""
+    for (owner, name), fn in _PRISTINE.items():
+        setattr(owner, name, fn)
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)
