@@ -109,9 +109,7 @@ def load_model_arg(target: str, args) -> tuple[Any, dict[str, Any], dict[str, An
     from . import CLIError
     from ._model_arg import _is_checkpoint, load_target, run_checkpoint
 
-    p = Path(target)
-    if p.is_dir():
-        p = run_checkpoint(target)
+    p = run_checkpoint(target)  # a run folder's best (else last) checkpoint, or the path itself
     if _is_checkpoint(str(p)):
         if getattr(args, "act", None) is not None or getattr(args, "model_arg", None):
             raise CLIError(f"{target} is a checkpoint, which records its own model and activation; "

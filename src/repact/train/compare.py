@@ -36,7 +36,8 @@ from .stats import summarize, welch_delta
 __all__ = ["Grid", "load_grid_file", "run_grid", "run_cell", "summarize_grid", "write_reports", "METRICS",
            "EXECUTORS"]
 
-METRICS = {"last": "last_acc1", "best": "best_acc1"}  # classification; a task grid uses its primary metric
+#: the epoch whose val metric (the task's primary one: Grid.metric_key) a grid reports
+METRICS = ("last", "best")
 EXECUTORS = ("local", "submitit")
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
