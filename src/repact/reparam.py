@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from ._modes import eval_mode
 from .activations.base import Activation, NotDeployableError
 
 __all__ = [
@@ -213,15 +214,9 @@ def verify(
     Both modules are put in eval mode for the comparison and restored afterwards.
     """
     args = _default_inputs(reference) if inputs is None else _as_tuple(inputs)
-    modes = [(m, m.training) for m in (*reference.modules(), *candidate.modules())]
-    try:
-        reference.eval()
-        candidate.eval()
+    with eval_mode(reference, candidate):
         ref = _flatten_outputs(reference(*args))
         cand = _flatten_outputs(candidate(*args))
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if len(ref) != len(cand) or not ref:
         raise ValueError(f"reference gave {len(ref)} output tensors and candidate {len(cand)}")
     max_abs = 0.0

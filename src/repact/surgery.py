@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._modes import eval_mode
 from .activations.base import Activation
 from .fit import fit_activation, model_device_dtype
 from .registry import create_act
@@ -332,18 +333,14 @@ def _example_forward(model: nn.Module, example_input: Any, candidates: dict[int,
     for path, mod in named:
         handles.append(mod.register_forward_pre_hook(pre(path, mod)))
         handles.append(mod.register_forward_hook(post))
-    modes = [(m, m.training) for m in model.modules()]
     scan = _FunctionalScan(functional_names, stack)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
     try:
-        model.eval()
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-        with torch.no_grad(), scan:
+        with eval_mode(model), torch.no_grad(), scan:
             model(*args)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
     return calls, list(scan.calls.values())
 
 

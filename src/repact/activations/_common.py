@@ -98,7 +98,8 @@ class GranularActivation(Activation):
     state dict is loaded; the official ACON layout (1, C, 1, 1) is accepted when loading.
     """
 
-    #: names of the (1,) / (C,) parameters, used to infer channels from a state dict
+    #: names of the (1,) / (C,) parameters, used to infer channels from a state dict (and, unless a
+    #: subclass builds its own, created from the attributes ``<name>_init``)
     param_names = ()
 
     def __init__(self, channels: int | None = None, *, granularity: str = "layer", channels_last: bool = False) -> None:
@@ -110,6 +111,11 @@ class GranularActivation(Activation):
     @property
     def needs_channels(self) -> bool:
         return self.granularity == "channel"
+
+    def _build(self, channels: int | None) -> None:
+        """One parameter per name of ``param_names``, filled with the attribute ``<name>_init``."""
+        for name in self.param_names:
+            setattr(self, name, self._new_param(channels, getattr(self, f"{name}_init")))
 
     def _new_param(self, channels: int | None, value: float | torch.Tensor) -> nn.Parameter:
         shape = param_shape(self.granularity, channels)

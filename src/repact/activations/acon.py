@@ -56,9 +56,6 @@ class AconA(GranularActivation):
         self.beta_init = float(beta_init)
         self._finish_init()
 
-    def _build(self, channels):
-        self.beta = self._new_param(channels, self.beta_init)
-
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
@@ -81,10 +78,6 @@ class AconB(GranularActivation):
         self.p_init = float(p_init)
         self.beta_init = float(beta_init)
         self._finish_init()
-
-    def _build(self, channels):
-        self.p = self._new_param(channels, self.p_init)
-        self.beta = self._new_param(channels, self.beta_init)
 
     def forward(self, x):
         self.infer_channels(x)

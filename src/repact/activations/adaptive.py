@@ -50,10 +50,6 @@ class AReLU(GranularActivation):
         self.beta_init = float(beta)
         self._finish_init()
 
-    def _build(self, channels):
-        self.alpha = self._new_param(channels, self.alpha_init)
-        self.beta = self._new_param(channels, self.beta_init)
-
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
@@ -159,9 +155,6 @@ class PDELU(GranularActivation):
         self.alpha_init = float(alpha)
         self._finish_init()
 
-    def _build(self, channels):
-        self.alpha = self._new_param(channels, self.alpha_init)
-
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
@@ -202,10 +195,6 @@ class SRS(GranularActivation):
         self.beta_init = float(beta)
         self.eps = float(eps)
         self._finish_init()
-
-    def _build(self, channels):
-        self.alpha = self._new_param(channels, self.alpha_init)
-        self.beta = self._new_param(channels, self.beta_init)
 
     def forward(self, x):
         self.infer_channels(x)

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..registry import register_act
 from ._common import GranularActivation
-from .acon import acon_forward
+from .acon import AconA
 from .base import Activation
 
 __all__ = ["PReLU", "Swish", "Elliott", "LiSHT", "ABReLU"]
@@ -55,29 +55,15 @@ class PReLU(GranularActivation):
         return torch.where(x >= 0, x, x * self.pview("weight", x))
 
 
-class Swish(GranularActivation):
+class Swish(AconA):
     """Swish: x sigmoid(beta x) with a learnable beta (0.25 as in the RepAct tables).
 
-    Unlike ``silu`` (beta fixed at 1), beta trains. One beta per layer by default,
-    ``granularity="channel"`` for one per channel. Memory-lean backward, as ACON's
-    (:func:`~repact.activations.acon.acon_forward`).
+    ACON-A with the tables' defaults: one beta per layer (``granularity="channel"`` for one per
+    channel), starting at 0.25. Unlike ``silu`` (beta fixed at 1), beta trains.
     """
 
-    param_names = ("beta",)
-    flops_train = 3.0
-
     def __init__(self, channels=None, *, granularity="layer", beta_init=0.25, channels_last=False, inplace=False):
-        super().__init__(channels, granularity=granularity, channels_last=channels_last)
-        self.beta_init = float(beta_init)
-        self._finish_init()
-
-    def _build(self, channels):
-        self.beta = self._new_param(channels, self.beta_init)
-
-    def forward(self, x):
-        self.infer_channels(x)
-        self.check_channels(x)
-        return acon_forward(x, beta=self.pview("beta", x))
+        super().__init__(channels, granularity=granularity, beta_init=beta_init, channels_last=channels_last)
 
 
 class _Pointwise(Activation):

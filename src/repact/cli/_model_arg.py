@@ -169,10 +169,10 @@ def probe_input(model, shape: list[int], what: str) -> None:
     shape and what the model's first layer takes when the model does not run on it."""
     import torch
 
-    was = [(m, m.training) for m in model.modules()]
+    from .._modes import eval_mode
+
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.randn(1, *shape))
     except (RuntimeError, ValueError, IndexError) as exc:
         first = _first_layer(model)
@@ -185,6 +185,3 @@ def probe_input(model, shape: list[int], what: str) -> None:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CLIError(f"{what} does not run on input shape {tuple(shape)}{takes} ({line}); pass --input-shape "
                        f"with one sample's shape, e.g. --input-shape {example}") from None
-    finally:
-        for m, mode in was:
-            m.training = mode

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .._modes import eval_mode
 from ..activations.flops import activation_flops
 
 __all__ = ["FlopsReport", "count_params", "count_flops", "activation_modules"]
@@ -105,17 +106,13 @@ def count_flops(model: nn.Module, example_input: Any) -> FlopsReport:
 
     for m in {id(m): m for m in acts.values()}.values():
         handles.append(m.register_forward_hook(hook))
-    modes = [(m, m.training) for m in model.modules()]
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     try:
-        model.eval()
-        with FlopCounterMode(display=False, depth=None) as counter:
+        with eval_mode(model), FlopCounterMode(display=False, depth=None) as counter:
             model(*args)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode
     counts = counter.get_flop_counts()
     everything = int(sum(counts.get("Global", {}).values()))
     root = type(model).__name__

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .._modes import kept_modes
 from ..activations.piecewise import PiecewiseQuadratic
 from ..checkpoint import atomic_write_text, build_model, save_checkpoint
 from ..reparam import NonFiniteError, check_finite, deployable_modules, randomize_batchnorm_, reparameterize, verify
@@ -165,13 +166,9 @@ def deploy_model(
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
     if not overwrite:
         refuse_existing(out, name)
-    modes = [(m, m.training) for m in model.modules()]
-    try:
+    with kept_modes(model):
         return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
                        randomize_bn, batch, seed, overwrite, allow_unfused, say)
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def check_fusible(model: nn.Module, model_config: dict[str, Any] | None, allow_unfused: bool,

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._modes import eval_mode
 from ..models.task_backbone import DenseView, rebuild_kwargs
 from ..reparam import VerifyResult, randomize_activations_, randomize_batchnorm_, reparameterize, verify
 from .pipeline import (DeployError, DeployResult, check_finite_weights, check_fusible, deploy_cost, export_checked,
@@ -201,14 +202,8 @@ def _task_outputs(model: nn.Module, images: torch.Tensor, task: str):
 def _compare(reference: nn.Module, candidate: nn.Module, images: torch.Tensor, task: str, randomized: bool,
              score_tol: float, rtol: float) -> TaskVerifyResult:
     dense = verify(dense_view(reference), dense_view(candidate), images)
-    modes = [(m, m.training) for m in (*reference.modules(), *candidate.modules())]
-    reference.eval()
-    candidate.eval()
-    try:
+    with eval_mode(reference, candidate):
         a, b = _task_outputs(reference, images, task), _task_outputs(candidate, images, task)
-    finally:
-        for m, mode in modes:
-            m.training = mode
     if task == "detection":
         box_tol = max(1e-3, 10 * rtol * float(images.shape[-1]))  # regressions scale with the image side
         outputs = compare_detections(a, b, score_tol=score_tol, box_tol=box_tol)
@@ -305,9 +300,7 @@ def deploy_task_model(
     size = int(img_size or default_input_size(model))
     gen = torch.Generator().manual_seed(seed)
     x = check_images(task, batch, size, gen)
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with eval_mode(model):
         check_finite_weights(model, "the model")
         check_fusible(model, model_config, allow_unfused, say)
         checks = {}
@@ -324,9 +317,6 @@ def deploy_task_model(
         return _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks,
                                 _saved_config(model, model_config, size), name, rtol, parity_tol, opset, onnx_form, batch,
                                 gen, overwrite, say)
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _export_and_save(model, deployed, dense_train, dense_deploy, out, x, size, task, checks, cfg, name, rtol,

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import csv
-import io
 import json
 import math
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ from typing import Any, Callable
 
 from ..checkpoint import atomic_write_text, checkpoint_paths
 from .config import ConfigError, TrainConfig, resolve_config
+from .logs import csv_text
 from .stats import summarize, welch_delta
 
 __all__ = ["Grid", "load_grid_file", "run_grid", "run_cell", "summarize_grid", "write_reports", "METRICS",
@@ -396,17 +394,6 @@ def markdown_table(grid: Grid, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def bar_plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Bars of the mean per act, error bars the 95% CI, one panel per (dataset, model)."""
     try:
@@ -448,8 +435,8 @@ def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) ->
     rows = summarize_grid(grid, records)
     paths = {"markdown": out / "compare.md", "csv": out / "compare.csv", "runs": out / "runs.csv"}
     atomic_write_text(paths["markdown"], "# repact compare\n\n" + markdown_table(grid, rows))
-    atomic_write_text(paths["csv"], _csv(rows))
-    atomic_write_text(paths["runs"], _csv(records))
+    atomic_write_text(paths["csv"], csv_text(rows))
+    atomic_write_text(paths["runs"], csv_text(records))
     plot = bar_plot(grid, rows, out / "compare.png")
     if plot is not None:
         paths["plot"] = plot

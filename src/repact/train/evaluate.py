@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._modes import eval_mode
 from .dist import DistEnv, all_reduce_sum
 
 __all__ = ["evaluate", "topk_correct"]
@@ -76,12 +77,9 @@ def evaluate_pair(
     """Both models on the same batches: their metrics, the largest logit difference and how many
     top-1 predictions differ (for checking a re-parameterized model against its training form)."""
     device = torch.device(device)
-    modes = [(m, m.training) for m in (reference, candidate)]
-    reference.eval()
-    candidate.eval()
     sums = torch.zeros(2, 4, dtype=torch.float64)
     max_err, flips = 0.0, 0
-    try:
+    with eval_mode(reference, candidate):
         for i, (x, y) in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -93,9 +91,6 @@ def evaluate_pair(
                                          float(len(y))], dtype=torch.float64)
             max_err = max(max_err, float((outs[0] - outs[1]).abs().max()))
             flips += int((outs[0].argmax(1) != outs[1].argmax(1)).sum())
-    finally:
-        for m, mode in modes:
-            m.train(mode)
     res = []
     for j in range(2):
         loss, c1, c5, n = sums[j].tolist()

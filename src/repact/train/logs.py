@@ -16,7 +16,7 @@ from torch import nn
 from ..checkpoint import atomic_write_text
 from .optim import activation_modules
 
-__all__ = ["RunLogger", "activation_snapshot", "GradProbe", "read_jsonl"]
+__all__ = ["RunLogger", "activation_snapshot", "GradProbe", "read_jsonl", "csv_text"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -30,6 +30,19 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV text: one column per key in order of first appearance (a row without a key leaves
+    its cell empty), dict and list values as JSON."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows])
+    return buf.getvalue()
 
 
 def _clean(v: Any) -> Any:
@@ -113,15 +126,7 @@ class RunLogger:
             atomic_write_text(self.acts_path, json.dumps({"epoch": 0, "layers": acts}) + "\n")
 
     def _write_csv(self) -> None:
-        rows = read_jsonl(self.metrics_path)
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows([{k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows])
-        atomic_write_text(self.csv_path, buf.getvalue())
+        atomic_write_text(self.csv_path, csv_text(read_jsonl(self.metrics_path)))
 
     def close(self) -> None:
         if self._tb is not None:
