@@ -26,6 +26,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from ._modes import eval_mode
+
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
@@ -338,8 +340,5 @@ def _prime_lazy(model: nn.Module, cfg: Mapping[str, Any]) -> None:
     shape = cfg.get("input_shape")
     if not shape:
         raise CheckpointError("the model has lazy activations and the checkpoint records no input_shape to build them")
-    was = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         model(torch.zeros([1, *[int(s) for s in shape]]))
-    model.train(was)

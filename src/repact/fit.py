@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ._modes import eval_mode
 from .activations.base import Activation
 
 __all__ = ["fit_activation", "model_device_dtype"]
@@ -57,14 +58,12 @@ def fit_activation(
     """
     from .activations.repact import RepAct
 
-    was = new.training
-    new.eval()
     grid = torch.linspace(lo, hi, steps, dtype=torch.float64)
     x64 = _grid_input(grid, channels, ndim)
     dev, dt = model_device_dtype(new)
     dt = dt or torch.float32
     x = x64.to(device=dev, dtype=dt)
-    try:
+    with eval_mode(new):
         with torch.no_grad():
             y64 = _target_float64(target, x64.to(device=dev))
             y = y64.to(dt) if y64 is not None else target(x.clone())
@@ -76,8 +75,6 @@ def fit_activation(
             _fit_lbfgs(new, x, y, max_iter)
         with torch.no_grad():
             err = float((new(x) - y).abs().max())
-    finally:
-        new.train(was)
     return err
 
 

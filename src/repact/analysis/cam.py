@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._modes import eval_mode
 from ..train.optim import activation_modules
 from .curves import disable_inplace
 from .figures import MissingDependency, pyplot
@@ -53,12 +54,10 @@ def default_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     seen: list[tuple[str, tuple[int, ...]]] = []
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.append((n, tuple(o.shape))))
              for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and not _inside(n, acts)]
-    was = model.training
     try:
-        model.eval()
-        model(example)
+        with eval_mode(model):
+            model(example)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     spatial = [n for n, shape in seen if len(shape) == 4 and shape[-1] * shape[-2] > 1]

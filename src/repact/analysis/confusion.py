@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._modes import eval_mode
 from .figures import MissingDependency, pyplot, save_figure
 
 __all__ = ["ConfusionData", "confusion_data", "plot_confusion", "write_confusion"]
@@ -42,10 +43,8 @@ def confusion_data(model: nn.Module, loader: Iterable, num_classes: int, device:
     """Run ``model`` (eval mode, restored after) over ``loader`` and accumulate the metrics."""
     device = torch.device(device)
     cm, top1, top5 = _metrics(num_classes, device)
-    was = model.training
-    model.eval()
     n = 0
-    try:
+    with eval_mode(model):
         for i, (x, y) in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -55,8 +54,6 @@ def confusion_data(model: nn.Module, loader: Iterable, num_classes: int, device:
             top1.update(logits, y)
             top5.update(logits, y)
             n += int(y.numel())
-    finally:
-        model.train(was)
     if n == 0:
         raise ValueError("the confusion matrix saw no samples")
     names = [str(c) for c in classes] if classes else [str(i) for i in range(num_classes)]

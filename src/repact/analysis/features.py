@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._modes import eval_mode
 from .curves import activation_knots, disable_inplace
 from .figures import pyplot
 from .layers import activation_layers
@@ -63,13 +64,11 @@ def capture_activation(model: nn.Module, x: torch.Tensor, layer: str) -> tuple[t
             got["in"], got["out"] = inputs[0].detach().clone(), output.detach().clone()
 
     h = module.register_forward_hook(hook)
-    was = model.training
     try:
-        model.eval()
-        model(x)
+        with eval_mode(model):
+            model(x)
     finally:
         h.remove()
-        model.train(was)
     if "in" not in got:
         raise ValueError(f"the module at {layer!r} was not called in the forward pass")
     return got["in"], got["out"]

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .._modes import eval_mode
 from ..checkpoint import current_umask
 from .onnx_forms import ExportFormSummary, prepare_for_export
 
@@ -166,10 +167,8 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike, inputs: Any, *, sessi
     """
     sess = session if session is not None else ort_session(path)
     names = [i.name for i in sess.get_inputs()]
-    was = model.training
-    model.eval()
     worst = 0.0
-    try:
+    with eval_mode(model):
         for args in _batches(inputs):
             if len(args) != len(names):
                 raise ValueError(f"the ONNX model takes {len(names)} inputs, got {len(args)}")
@@ -187,6 +186,4 @@ def onnx_parity(model: nn.Module, path: str | os.PathLike, inputs: Any, *, sessi
                 if diff.numel():
                     d = float(diff.max())
                     worst = max(worst, d if d == d else float("inf"))
-    finally:
-        model.train(was)
     return worst

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .._modes import kept_modes
+from .._modes import eval_mode, kept_modes
 from ..activations.piecewise import PiecewiseQuadratic
 from ..checkpoint import atomic_write_text, build_model, save_checkpoint
 from ..reparam import NonFiniteError, check_finite, deployable_modules, randomize_batchnorm_, reparameterize, verify
@@ -106,11 +106,8 @@ class DeployResult:
 
 def _prime(model: nn.Module, x: torch.Tensor) -> None:
     """One eval forward so lazy activations build their parameters."""
-    was = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         model(x[:1])
-    model.train(was)
 
 
 def json_ready(obj: Any) -> Any:

@@ -42,6 +42,7 @@ from typing import Any, Callable, ClassVar, Iterable
 import torch
 from torch import nn
 
+from .._modes import eval_mode
 from ..data.common import DataError, DataInfo
 from ..models import create_model, get_model_spec
 from ..models.task_backbone import rebuild_kwargs
@@ -83,14 +84,10 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
 def eval_batches(model: nn.Module, loader: Iterable, device: torch.device, limit: int | None, amp: bool):
     """``with eval_batches(...) as (batches, autocast):`` the loader's first ``limit`` batches with the
     model in eval mode (restored on exit) and the autocast context to run the forward in."""
-    was = model.training
-    model.eval()
     ctx = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
     batches = (b for i, b in enumerate(loader) if limit is None or i < limit)
-    try:
+    with eval_mode(model):
         yield batches, ctx
-    finally:
-        model.train(was)
 
 
 class Task(ABC):

@@ -40,11 +40,9 @@ def evaluate(
     """
     env = env or DistEnv()
     device = torch.device(device)
-    was = model.training
-    model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     ctx = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
-    try:
+    with eval_mode(model):
         for i, (x, y) in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -56,8 +54,6 @@ def evaluate(
             c1, c5 = topk_correct(logits, y)
             sums += torch.stack([loss.double(), c1.double(), c5.double(), torch.tensor(float(len(y)), device=device,
                                                                                          dtype=torch.float64)])
-    finally:
-        model.train(was)
     all_reduce_sum(sums, env)
     loss, c1, c5, n = sums.tolist()
     if n == 0:

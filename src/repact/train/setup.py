@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .._modes import eval_mode
 from ..data import balanced_subset, build_datasets, dataset_channels
 from ..models import create_model, get_model_spec
 from .config import CLASSIFICATION, ConfigError, TrainConfig
@@ -150,10 +151,8 @@ def prime_lazy(model: nn.Module, input_shape: list[int]) -> None:
 
     if not any(isinstance(m, Activation) and not m._built for m in model.modules()):
         return
-    was = model.training
-    model.eval()
-    model(torch.zeros([2, *input_shape]))
-    model.train(was)
+    with eval_mode(model):
+        model(torch.zeros([2, *input_shape]))
 
 
 def seed_worker(worker_id: int) -> None:
