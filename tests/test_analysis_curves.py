@@ -74,6 +74,8 @@ def test_build_activation_takes_options_and_tensor_values():
     np.testing.assert_allclose(c.dy[0], 1.0, atol=1e-12)
     bn = build_activation("repact_iii", {"bn_eps": 0.01})
     assert bn.variant == "bn" and bn.bn.eps == 0.01
+    lazy = build_activation("repact_iii", {"granularity": "channel"})
+    assert all(m.training for m in lazy.modules())  # built by an eval-mode forward, handed back training
     with pytest.raises(ValueError, match="branch_weight, prelu_weight"):
         build_activation("repact", {"nope": 1})
     with pytest.raises(ValueError, match="holds 4 value"):

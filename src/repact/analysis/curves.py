@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import fuse
+from .._modes import eval_mode
 from ..activations.base import Activation
 from ..registry import create_act, resolve_name
 from ..reparam import _knots_of
@@ -157,8 +158,8 @@ def build_activation(name: str, params: Mapping[str, Any] | None = None) -> nn.M
 
 def _tensors_of(module: nn.Module) -> dict[str, torch.Tensor]:
     if isinstance(module, Activation) and not module._built:
-        with torch.no_grad():
-            module.eval()(torch.zeros(2, 1, 1, 1))
+        with eval_mode(module), torch.no_grad():
+            module(torch.zeros(2, 1, 1, 1))
     return {n: t for n, t in [*module.named_parameters(), *module.named_buffers()]
             if t.is_floating_point() and not n.rsplit(".", 1)[-1].startswith("_")}
 
