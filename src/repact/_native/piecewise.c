@@ -92,19 +92,22 @@ static int pick_threads(int64_t work, int nthreads) {
         OUT = a0 + (V) * (a1 + (VT)((VI)(a2 * (V)) & (a2 != zero)));                             \
     }
 
-/* the same for one element, from scalar tables c0, c1, c2 and knots tk */
-#define PQ_SCALAR(T, K, V, OUT)                                                                   \
-    {                                                                                            \
-        T a0 = c0[0], a1 = c1[0], a2 = c2[0];                                                    \
-        for (int k = 0; k < K; ++k) {                                                            \
-            int m = (V) >= tk[k];                                                                \
-            a0 = m ? c0[k + 1] : a0;                                                             \
-            a1 = m ? c1[k + 1] : a1;                                                             \
-            a2 = m ? c2[k + 1] : a2;                                                             \
-        }                                                                                        \
-        T q_ = (a2 == (T)0) ? (T)0 : a2 * (V);                                                   \
-        OUT = a0 + (V) * (a1 + q_);                                                              \
+/* the same for one element: segment k's coefficients at P0[k * STRIDE], P1[...], P2[...], knots tk */
+#define PQ_SCALAR_AT(T, K, V, OUT, P0, P1, P2, STRIDE)                                            \
+    {                                                                                             \
+        T a0 = (P0)[0], a1 = (P1)[0], a2 = (P2)[0];                                               \
+        for (int k = 0; k < K; ++k) {                                                             \
+            int m = (V) >= tk[k];                                                                 \
+            a0 = m ? (P0)[(k + 1) * (STRIDE)] : a0;                                               \
+            a1 = m ? (P1)[(k + 1) * (STRIDE)] : a1;                                               \
+            a2 = m ? (P2)[(k + 1) * (STRIDE)] : a2;                                               \
+        }                                                                                         \
+        T q_ = (a2 == (T)0) ? (T)0 : a2 * (V);                                                    \
+        OUT = a0 + (V) * (a1 + q_);                                                               \
     }
+
+/* from the scalar tables c0, c1, c2 of one channel */
+#define PQ_SCALAR(T, K, V, OUT) PQ_SCALAR_AT(T, K, V, OUT, c0, c1, c2, 1)
 
 /* the sums passes' accumulation: s1 += g, s2 += g s (HAS_G; LOAD_G loads g) or s1 += s, s2 += s^2 */
 #define SUMS_ADD(VT, HAS_G, LOAD_G, SV)                                                           \
@@ -320,16 +323,7 @@ static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C
     const T* restrict q2 = coef + 2 * S * C;                                                     \
     for (int64_t c = 0; c < C; ++c) {                                                            \
         T v = xp[c];                                                                             \
-        T a0 = q0[c], a1 = q1[c], a2 = q2[c];                                                    \
-        for (int k = 0; k < K; ++k) {                                                            \
-            int m = v >= tk[k];                                                                  \
-            a0 = m ? q0[(k + 1) * C + c] : a0;                                                   \
-            a1 = m ? q1[(k + 1) * C + c] : a1;                                                   \
-            a2 = m ? q2[(k + 1) * C + c] : a2;                                                   \
-        }                                                                                        \
-        T q = a2 * v;                                                                            \
-        q = (a2 == (T)0) ? (T)0 : q;                                                             \
-        yp[c] = a0 + v * (a1 + q);                                                               \
+        PQ_SCALAR_AT(T, K, v, yp[c], q0 + c, q1 + c, q2 + c, C)                                  \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
@@ -345,16 +339,9 @@ static void stats_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, i
     const T* restrict q1 = coef + S * C;                                                         \
     const T* restrict q2 = coef + 2 * S * C;                                                     \
     for (int64_t c = 0; c < C; ++c) {                                                            \
-        T v = xp[c];                                                                             \
-        T a0 = q0[c], a1 = q1[c], a2 = q2[c];                                                    \
-        for (int k = 0; k < K; ++k) {                                                            \
-            int m = v >= tk[k];                                                                  \
-            a0 = m ? q0[(k + 1) * C + c] : a0;                                                   \
-            a1 = m ? q1[(k + 1) * C + c] : a1;                                                   \
-            a2 = m ? q2[(k + 1) * C + c] : a2;                                                   \
-        }                                                                                        \
-        T q = (a2 == (T)0) ? (T)0 : a2 * v;                                                      \
-        double s = (double)(a0 + v * (a1 + q));                                                  \
+        T v = xp[c], y;                                                                          \
+        PQ_SCALAR_AT(T, K, v, y, q0 + c, q1 + c, q2 + c, C)                                      \
+        double s = (double)y;                                                                    \
         const double w = gp ? (double)gp[c] : s;                                                 \
         out[c] += w;                                                                             \
         out[C + c] += w * s;                                                                     \
