@@ -92,6 +92,14 @@ static int pick_threads(int64_t work, int nthreads) {
         OUT = a0 + (V) * (a1 + (VT)((VI)(a2 * (V)) & (a2 != zero)));                             \
     }
 
+/* a row kernel's locals: knots tk and the tables q0, q1, q2 of coef (3, S, C) of C channels */
+#define ROW_TABLES(T, K)                                                                         \
+    T tk[K + 1];                                                                                 \
+    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
+    const T* restrict q0 = coef;                                                                 \
+    const T* restrict q1 = coef + S * C;                                                         \
+    const T* restrict q2 = coef + 2 * S * C;
+
 /* the same for one element: segment k's coefficients at P0[k * STRIDE], P1[...], P2[...], knots tk */
 #define PQ_SCALAR_AT(T, K, V, OUT, P0, P1, P2, STRIDE)                                            \
     {                                                                                             \
@@ -316,11 +324,7 @@ static void fwd_block_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t
 }                                                                                                \
 static void fwd_row_##SUF##_k##K(const T* restrict xp, T* restrict yp, int64_t C,                \
                                  const T* restrict t, const T* restrict coef, int64_t S) {       \
-    T tk[K + 1];                                                                                 \
-    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
-    const T* restrict q0 = coef;                                                                 \
-    const T* restrict q1 = coef + S * C;                                                         \
-    const T* restrict q2 = coef + 2 * S * C;                                                     \
+    ROW_TABLES(T, K)                                                                             \
     for (int64_t c = 0; c < C; ++c) {                                                            \
         T v = xp[c];                                                                             \
         PQ_SCALAR_AT(T, K, v, yp[c], q0 + c, q1 + c, q2 + c, C)                                  \
@@ -333,11 +337,7 @@ DEFINE_SUMS_BLOCKS(T, SUF, K, VT, VI)                   \
 static void stats_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, int64_t C,        \
                                    const T* restrict t,                                          \
                                    const T* restrict coef, int64_t S, double* restrict out) {    \
-    T tk[K + 1];                                                                                 \
-    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
-    const T* restrict q0 = coef;                                                                 \
-    const T* restrict q1 = coef + S * C;                                                         \
-    const T* restrict q2 = coef + 2 * S * C;                                                     \
+    ROW_TABLES(T, K)                                                                             \
     for (int64_t c = 0; c < C; ++c) {                                                            \
         T v = xp[c], y;                                                                          \
         PQ_SCALAR_AT(T, K, v, y, q0 + c, q1 + c, q2 + c, C)                                      \
@@ -351,11 +351,7 @@ static void stats_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, i
 static void bwd_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* restrict gxp,    \
                                  double* restrict acc, const double* restrict aff, int64_t C,    \
                                  const T* restrict t, const T* restrict coef, int64_t S) {       \
-    T tk[K + 1];                                                                                 \
-    for (int s = 0; s < K; ++s) tk[s] = t[s];                                                    \
-    const T* restrict q0 = coef;                                                                 \
-    const T* restrict q1 = coef + S * C;                                                         \
-    const T* restrict q2 = coef + 2 * S * C;                                                     \
+    ROW_TABLES(T, K)                                                                             \
     for (int64_t c = 0; c < C; ++c) {                                                            \
         T v = xp[c], g = gp[c];                                                                  \
         int seg = 0;                                                                             \
