@@ -13,7 +13,7 @@ from torch import nn
 from repact.cli import main
 from repact.data import DataInfo
 from repact.train import TrainConfig
-from repact.train.compare import Grid, _config_for, load_grid_file
+from repact.train.compare import Grid, _config_for, load_grid_file, markdown_table, summarize_grid
 from repact.train.config import RESUME_MAY_CHANGE, ConfigError, resolve_config
 from repact.train.setup import build_model_for
 from train_fixtures import write_image_folder
@@ -100,3 +100,41 @@ def test_a_study_grid_file_runs_through_the_cli(tmp_path, capsys):
         (0.1, 32, "crop-flip", 20)
     runs = list(csv.DictReader((out / "runs.csv").open()))
     assert [r["act"] for r in runs] == ["hardswish", "repact_bn"] and all(r["status"] == "done" for r in runs)
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PUBLISHED = sorted(p.parent.name for p in (DOCS / "results").glob("*/runs.csv"))
+
+
+def _published_records(folder: Path) -> list[dict]:
+    """runs.csv of a published study, typed as compare's records are."""
+    ints, texts = {"seed", "best_epoch", "params", "epochs_done"}, {"dataset", "model", "act", "status", "run_dir"}
+    with open(folder / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (v if k in texts else None if v == "" else int(v) if k in ints else float(v)) for k, v in r.items()}
+            for r in rows]
+
+
+def _table_lines(markdown: str) -> str:
+    return "\n".join(line for line in markdown.splitlines() if line.startswith("|"))
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_tables_are_what_their_runs_give(name):
+    """docs/results/<grid>/compare*.md and the tables of docs/results.md are recomputed from the
+    published runs.csv: every cell of the grid ran, and no figure was typed by hand."""
+    folder = DOCS / "results" / name
+    grid = _grid(STUDIES / f"{name}.yaml")
+    records = _published_records(folder)
+    cells = {(r["dataset"], r["model"], r["act"], r["seed"]) for r in records if r["status"] == "done"}
+    assert cells == set(grid.cells()), "the published grid is not complete"
+    results_md = (DOCS / "results.md").read_text(encoding="utf-8")
+    tables = sorted(folder.glob("compare*.md"))
+    assert folder / "compare.md" in tables
+    for path in tables:
+        baseline = path.stem.removeprefix("compare_vs_") if path.stem != "compare" else grid.baseline
+        g = Grid(**{**load_grid_file(STUDIES / f"{name}.yaml"), "baseline": baseline})
+        table = _table_lines(markdown_table(g, summarize_grid(g, records)))
+        assert table == _table_lines(path.read_text(encoding="utf-8")), path.name
+        if path.stem == "compare":
+            assert table in results_md, f"docs/results.md does not hold {name}'s table as compare gives it"
