@@ -64,6 +64,20 @@ def _close(got, ref, rtol, atol_scale):
         torch.testing.assert_close(got[k].double(), ref[k].double(), rtol=rtol, atol=atol_scale * scale, msg=k)
 
 
+def _matches_reference(m, x, g, rtol=1e-5, atol_scale=1e-5):
+    """The Triton run of module ``m`` against the reference run in float64 (the truth): each output
+    and gradient within ``rtol`` and ``atol_scale`` times its largest value, plus twice the error
+    that the float32 reference itself makes. A layer-wise RepAct-II weight gradient is a small
+    difference of large sums (softmax's Jacobian), so float32 summation order alone moves it by
+    about its tolerance; the kernels are held to what float32 arithmetic can give."""
+    got, ref32 = _run(m, x, g, "triton"), _run(m, x, g, "reference")
+    ref = _run(copy.deepcopy(m).double(), x.double(), g.double(), "reference")
+    for k in ref:
+        own = float((ref32[k].double() - ref[k]).abs().max())
+        atol = atol_scale * (float(ref[k].abs().max()) + 1e-12) + 2 * own
+        torch.testing.assert_close(got[k].double(), ref[k], rtol=rtol, atol=atol, msg=k)
+
+
 def _repact(variant, gran, layout, branches=None, seed=1):
     kw = {"branches": branches} if branches else {}
     m = RepAct(C, variant=variant, granularity=gran, channels_last=LAYOUTS[layout][1], **kw)
@@ -79,7 +93,7 @@ def test_training_op_matches_the_reference(variant, gran, layout):
     """Forward, every gradient and RepAct-III's running statistics (basis kernels, batch stats)."""
     m = _repact(variant, gran, layout).train()
     x, g = _input(layout)
-    _close(_run(m, x, g, "triton"), _run(m, x, g, "reference"), 1e-5, 1e-5)
+    _matches_reference(m, x, g)
 
 
 @pytest.mark.parametrize("gran", ["layer", "channel"])
@@ -89,9 +103,9 @@ def test_table_branch_sets_and_eval_statistics(gran):
     x, g = _input("4d", seed=3)
     x = x * 2  # reach relu6's knot at 6
     m = _repact("bn", gran, "4d", branches=("relu6", "prelu", "hardtanh"))
-    _close(_run(m.train(), x, g, "triton"), _run(m.train(), x, g, "reference"), 1e-5, 1e-5)
+    _matches_reference(m.train(), x, g)
     m = _repact("bn", gran, "4d")
-    _close(_run(m.eval(), x, g, "triton"), _run(m.eval(), x, g, "reference"), 1e-5, 1e-5)
+    _matches_reference(m.eval(), x, g)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -151,7 +165,7 @@ def test_acon_training_op(cls, gran, layout):
         for p in m.parameters():
             p.add_(torch.randn(p.shape) * 0.3)
     x, g = _input(layout, seed=9)
-    _close(_run(m, x, g, "triton"), _run(m, x, g, "reference"), 1e-5, 1e-5)
+    _matches_reference(m, x, g)
 
 
 def test_large_offset_statistics():
