@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # One command for a machine with a CUDA GPU, from the repo root (every step has a timeout; together
-# they stop within 290 s plus start-up):
+# they stop within 530 s plus start-up):
 #     bash benchmarks/gpu_check.sh
 # 1. the Triton kernels against the reference on CUDA tensors (tests/ops_triton_cases.py);
 # 2. bench_ops.py --device cuda: every RepAct/ACON form vs F.hardswish, float32 and float16 (AMP's
 #    activation dtype), eager (the compiled rows are left out to stay inside the time);
 # 3. bench_models.py --device cuda: MobileNetV3-Small inference, eager;
 # 4. bench_train.py --device cuda --amp: MobileNetV3-Small training steps at 224 px, batch 128,
-#    HardSwish vs RepAct-I (and RepAct-III eager), eager, then compiled.
+#    HardSwish vs RepAct-I (and RepAct-III eager), eager, then compiled;
+# 5. bench_paper_grid.py --device cuda: the paper-scale grid (c1) itself (configs/studies/
+#    cifar100-paper.yaml) for two short epochs per activation on synthetic CIFAR-100, data loading
+#    included: the measured wall time per run that the grid file states.
 # Everything lands in $OUT (default benchmarks/results/gpu/): JSON per script, a log, the tests' XML.
 # A step that fails or runs out of time is named in the log and makes the exit status 1; the
 # others still run.
@@ -49,5 +52,7 @@ step "bench_train eager (AMP)" 35 "$PY" benchmarks/bench_train.py --device cuda 
     --acts hardswish,repact,repact_bn --rounds 5 --out "$OUT/bench_train_eager.json"
 step "bench_train compiled (AMP)" 75 "$PY" benchmarks/bench_train.py --device cuda --amp --compile --sizes 224 \
     --batch 128 --acts hardswish,repact --rounds 5 --out "$OUT/bench_train_compiled.json"
+step "bench_paper_grid (c1)" 240 "$PY" benchmarks/bench_paper_grid.py --device cuda --limit-batches 150 \
+    --limit-val-batches 20 --out "$OUT/bench_paper_grid.json"
 echo "gpu_check.sh: results in $OUT (status $status)" | tee -a "$LOG"
 exit $status
