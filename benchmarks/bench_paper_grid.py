@@ -7,7 +7,8 @@ CIFAR-100's on-disk layout (torchvision's python pickles; random 32x32 images, 5
 real dataset's sizes), runs the grid file itself through ``repact compare`` for two short epochs per
 activation (``--epochs 2 --limit-batches N --limit-val-batches M``, seed 0, everything else as the
 file says), and reads the second epoch's metrics (the first pays for CUDA's start and cuDNN's
-autotuning): training images per second (data loading included) and validation images per second. The expected time of a whole run is then
+autotuning): training images per second (data loading included) and validation images per second.
+The expected time of a whole run is then
 
     epochs x (train images / train img/s + val images / val img/s)
 
@@ -115,18 +116,17 @@ def main(argv=None) -> int:
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         wall = time.perf_counter() - t0
         rows = []
-        for metrics in sorted((tmp / "runs").rglob("metrics.csv")):
-            act = metrics.parent.parent.name
-            rates = run_rates(metrics)
-            rows.append({"act": act, **rates, "estimated_run_h": estimate_run_h(rates, epochs)})
-    rows.sort(key=lambda r: acts.index(r["act"]) if r["act"] in acts else len(acts))
+        with open(tmp / "runs" / "runs.csv", newline="") as fh:  # compare's table of its runs, in grid order
+            for run in csv.DictReader(fh):
+                rates = run_rates(Path(run["run_dir"]) / "metrics.csv")
+                rows.append({"act": run["act"], **rates, "estimated_run_h": estimate_run_h(rates, epochs)})
 
     import torch
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() \
         else platform.processor() or platform.machine()
-    print(f"\n{Path(args.grid).name} on {device_name}: the second of two epochs of {args.limit_batches} batches per activation; "
-          f"a run = {epochs} epochs x ({CIFAR100_TRAIN:,} train + {CIFAR100_VAL:,} val images)")
+    print(f"\n{Path(args.grid).name} on {device_name}: the second of two epochs of {args.limit_batches} batches "
+          f"per activation; a run = {epochs} epochs x ({CIFAR100_TRAIN:,} train + {CIFAR100_VAL:,} val images)")
     print(f"{'act':<16}{'train img/s':>12}{'val img/s':>11}{'est. h/run':>12}")
     for r in rows:
         print(f"{r['act']:<16}{r['train_images_per_s']:>12.0f}{r['val_images_per_s']:>11.0f}"
