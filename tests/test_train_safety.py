@@ -172,6 +172,9 @@ def test_a_folder_in_use_is_refused_at_once_and_freed_when_its_process_dies(tmp_
         _wait_for(lambda: (cell / "last.safetensors").exists(), proc, "the first checkpoint")
         rc, _, err = _run(capsys, "train", "--resume", str(cell))
         assert rc == 1 and "in use" in err
+        # with a checkpoint there, compare still names the lock, not the other settings of the run in progress
+        rc, _, err = _run(capsys, "compare", "--acts", "repact", "--seeds", "0", *FAST[:-1], "--out", str(grid))
+        assert rc == 1 and "is in use by another process" in err and str(cell) in err, err
     finally:
         _kill(proc)
     # the lock died with the process: the run resumes at once, no stale marker to clear

@@ -29,6 +29,7 @@ from typing import Any, Callable
 from ..checkpoint import atomic_write_text, checkpoint_paths
 from .config import ConfigError, TrainConfig, resolve_config
 from .logs import csv_text
+from .run_dir import refuse_if_busy
 from .stats import summarize, welch_delta
 
 __all__ = ["Grid", "load_grid_file", "run_grid", "run_cell", "summarize_grid", "write_reports", "METRICS",
@@ -279,6 +280,7 @@ def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = Non
     for i, (cell, cfg) in enumerate(zip(cells, configs)):
         run_dir = Path(cfg.out)
         tag = f"[{i + 1}/{len(cells)}] {_cell_tag(cell)}"
+        refuse_if_busy(run_dir)  # before its files are read: a run in progress is still writing them
         if _finished(run_dir):
             _check_same(yaml.safe_load((run_dir / "config.yaml").read_text()), cfg, run_dir)
             say(f"{tag}: finished earlier, skipped")

@@ -27,7 +27,8 @@ from ..checkpoint import checkpoint_paths, current_umask
 from .config import ConfigError
 from .pictures import ACTIVATIONS_FILE, CURVES_FILE, GRADS_FILE
 
-__all__ = ["RunFolder", "RunFolderBusy", "FolderState", "RUN_FILES", "inspect_folder", "same_folder"]
+__all__ = ["RunFolder", "RunFolderBusy", "FolderState", "RUN_FILES", "inspect_folder", "refuse_if_busy",
+           "same_folder"]
 
 #: every file and folder ``repact train`` writes into a run folder
 RUN_FILES = frozenset({"config.yaml", "metrics.csv", "metrics.jsonl", "act_params.jsonl", "summary.json",
@@ -156,6 +157,14 @@ def _lock_or_busy(path: Path, what: str) -> _Lock:
         raise RunFolderBusy(f"{what} {path} is in use by another process (it holds the folder's lock); wait for "
                             "it to finish, or choose another --out")
     return lock
+
+
+def refuse_if_busy(path: str | Path) -> None:
+    """:class:`RunFolderBusy` where another process holds the lock of the run folder ``path`` (a run
+    in progress, whose files it is still writing); nothing where the folder is free or absent."""
+    path = Path(path)
+    if path.is_dir():
+        _lock_or_busy(path, "run folder").release()
 
 
 def _exchange(a: Path, b: Path) -> bool:
