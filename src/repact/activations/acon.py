@@ -96,6 +96,9 @@ class AconC(GranularActivation):
         beta_init: initial beta (1.0, official).
         channels_last: channels on the last dim (token tensors).
         inplace: accepted and ignored; the input is never modified.
+        bits: 1, 2 or 4 for a few-bit backward: the forward is unchanged, backward keeps a
+            ``bits``-bit code per element instead of the input (:mod:`repact.activations.fewbit`);
+            None (default): exact.
     """
 
     param_names = ("p1", "p2", "beta")
@@ -111,11 +114,15 @@ class AconC(GranularActivation):
         beta_init: float = 1.0,
         channels_last=False,
         inplace=False,
+        bits: int | None = None,
     ):
+        from ..ops.fewbit import check_bits
+
         super().__init__(channels, granularity=granularity, channels_last=channels_last)
         self.p1_init = None if p1_init is None else float(p1_init)
         self.p2_init = None if p2_init is None else float(p2_init)
         self.beta_init = float(beta_init)
+        self.bits = check_bits(bits)
         self._finish_init()
 
     def _init_value(self, channels, value):
@@ -131,7 +138,17 @@ class AconC(GranularActivation):
     def forward(self, x):
         self.infer_channels(x)
         self.check_channels(x)
-        return acon_forward(x, self.pview("p1", x), self.pview("p2", x), self.pview("beta", x))
+        p1, p2, beta = self.pview("p1", x), self.pview("p2", x), self.pview("beta", x)
+        if self.bits is not None:
+            from .fewbit import acon_few_bit, uses_few_bit
+
+            if uses_few_bit(self.bits, x, (p1, p2, beta)):
+                return acon_few_bit(x, p1, p2, beta, self.channel_dim(x), self.bits)
+        return acon_forward(x, p1, p2, beta)
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()
+        return base + (f", bits={self.bits}" if self.bits is not None else "")
 
 
 class MetaAconC(Activation):

@@ -80,6 +80,9 @@ class RepAct(Activation):
         bn_eps, bn_momentum: RepAct-III BatchNorm settings (PyTorch defaults).
         channels_last: channels on the last dim (token tensors (N, ..., C)).
         inplace: accepted for ``act_layer(inplace=True)`` compatibility; the input is never modified.
+        bits: 1, 2 or 4 for a few-bit backward (RepAct-I/II with piecewise branches): the forward
+            is unchanged, backward keeps a ``bits``-bit code per element instead of the input and
+            approximates the gradients (:mod:`repact.activations.fewbit`); None (default): exact.
     """
 
     deployable = True
@@ -97,6 +100,7 @@ class RepAct(Activation):
         bn_momentum: float | None = 0.1,
         channels_last: bool = False,
         inplace: bool = False,
+        bits: int | None = None,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown RepAct variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -126,7 +130,35 @@ class RepAct(Activation):
             self.flops_deploy = 4.0 + self._knots.numel()
         else:
             self.flops_train = 3.0 * len(branches) + (2.0 if variant == "bn" else 0.0)
+        self._bits = None
+        self.bits = bits
         self._finish_init()
+
+    # --- few-bit backward ----------------------------------------------------------------------------
+    def few_bit_problem(self) -> str | None:
+        """Why this RepAct cannot take a few-bit backward, or None when it can."""
+        if self.variant == "bn":
+            return ("RepAct-III (variant 'bn') cannot keep a few-bit backward: its BatchNorm's backward needs every "
+                    "output value; use variant 'origin' or 'softmax'")
+        if not self.piecewise:
+            bad = [b for b in self.branches if not fuse.is_piecewise_branch(b)]
+            return (f"a few-bit backward needs piecewise branches, and {bad} are not; piecewise branches are: "
+                    f"{', '.join(sorted(fuse.PIECEWISE_BRANCHES))}")
+        return None
+
+    @property
+    def bits(self) -> int | None:
+        """Code width of the few-bit backward (1, 2, 4), or None for the exact backward."""
+        return self._bits
+
+    @bits.setter
+    def bits(self, value: int | None) -> None:
+        from ..ops.fewbit import check_bits
+
+        value = check_bits(value)
+        if value is not None and self.few_bit_problem() is not None:
+            raise ValueError(f"bits={value}: {self.few_bit_problem()}")
+        self._bits = value
 
     # --- construction ----------------------------------------------------------------------------
     def _fuse_constants(self, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
@@ -213,6 +245,18 @@ class RepAct(Activation):
         self.check_channels(x)
         if not self.piecewise:
             return self._forward_generic(x)
+        if self._bits is not None:
+            from .fewbit import repact_few_bit, uses_few_bit
+
+            if uses_few_bit(self._bits, x, (self.branch_weight, self.prelu_weight)):
+                return repact_few_bit(self, x)
+        y, mean, var, count = self._train_op(x)
+        if mean is not None:
+            update_running(self.bn, mean, var, count)
+        return y
+
+    def _train_op(self, x: torch.Tensor):
+        """RepAct's training op (:func:`repact.ops.repact_train`) on ``x``: ``(y, mean, var, count)``."""
         bn = self.bn if self.variant == "bn" else None
         batch = bn is not None and self._use_batch_stats(x)
         constant = bn is not None and not batch
@@ -223,9 +267,7 @@ class RepAct(Activation):
             self.variant == "softmax", bn.eps if bn is not None else 0.0, self.channel_dim(x),
             group=sync_group(bn) if batch else None,
         )
-        if mean is not None:
-            update_running(bn, mean, var, count)
-        return y
+        return y, mean, var, count
 
     def _branch_sum(self, x: torch.Tensor) -> torch.Tensor:
         w = self.branch_weights()
@@ -299,5 +341,7 @@ class RepAct(Activation):
         parts = [f"variant={self.variant!r}", f"granularity={self.granularity!r}"]
         if self.branches != fuse.CANONICAL_BRANCHES:
             parts.append(f"branches={self.branches}")
+        if self._bits is not None:
+            parts.append(f"bits={self._bits}")
         base = super().extra_repr()
         return ", ".join(parts + ([base] if base else []))

@@ -82,6 +82,10 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     h.add_argument("--bn-momentum", type=float, default=S, help="momentum of every BatchNorm's running statistics, "
                    "e.g. 0.1 for all models alike (default: the model's own; torchvision's MobileNetV3 uses 0.01)")
     h.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
+    a = p.add_argument_group("activation options")
+    a.add_argument("--backward-bits", type=int, default=S, help="1, 2 or 4: RepAct-I/II, ACON-C, SiLU, GELU and "
+                   "HardSwish keep a code of that many bits per element for backward instead of their input "
+                   "(exact forward, approximate gradients; docs/training.md)")
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")
     r.add_argument("--amp", action="store_true", default=S, help="mixed precision (CUDA only)")

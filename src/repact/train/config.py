@@ -90,6 +90,8 @@ class TrainConfig:
     recipe: str | None = None
     quiet: bool = False
     tensorboard: bool = False
+    # activation options (repact.train.act_options): few-bit backward, stochastic activations
+    backward_bits: int | None = None  # 1, 2 or 4: every activation that has one keeps a few-bit backward
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -290,6 +292,9 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("nesterov needs --optimizer sgd with a momentum > 0")
     if cfg.amp and cfg.device == "cpu":
         bad("--amp runs on CUDA only; it cannot be combined with --device cpu")
+    from .act_options import validate_act_options
+
+    validate_act_options(cfg)
     from ..data import AUGMENTS
 
     augments = AUGMENTS if task is None else task.augments

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
+from .act_options import apply_backward_bits
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
 from .logs import RunLogger, activation_snapshot
 from .objective import Objective, objective_for
@@ -225,6 +226,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
             raise CheckpointError(f"{ckpt.path} does not match model {cfg.model!r} with act {cfg.act!r}: "
                                   + " ".join(str(exc).splitlines()[:3])) from None
     model.to(device)
+    apply_backward_bits(model, cfg)
     if env.enabled and cfg.sync_bn:
         model = convert_sync_batchnorm(model)
     seed_all(cfg.seed + env.rank)
