@@ -124,6 +124,18 @@ def _bounds_of(m, bits):
     return _repact_boundaries(tuple(m._knots.tolist()), m._op_base.shape[1] == 4, bits)
 
 
+def test_boundaries_sit_on_the_cells_and_the_one_bit_cut_is_at_zero():
+    from repact.activations.fewbit import _repact_boundaries
+    from repact.ops.fewbit import cell_edges
+
+    edges = set(cell_edges().tolist())
+    for bits in BITS:
+        for b in (fixed_boundaries("silu", bits), _repact_boundaries((-3.0, 0.0, 3.0), True, bits)):
+            assert b.numel() == 2 ** bits - 1 and set(b.tolist()) <= edges and bool((b[1:] > b[:-1]).all())
+    assert _repact_boundaries((-3.0, 0.0, 3.0), True, 1).tolist() == [0.0]
+    assert fixed_boundaries("hardswish", 4).tolist()[-1] == 3.0  # where HardSwish's derivative jumps
+
+
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_backward_error_falls_with_bits(name):
     x = torch.randn(8, 16, 16, 16)
@@ -190,6 +202,7 @@ def test_bad_bits_and_unsupported_repacts_are_refused():
         repact.RepAct(variant="bn", bits=4)
     with pytest.raises(ValueError, match="piecewise branches"):
         repact.RepAct(branches=("relu", "silu"), bits=2)
+    assert repact.RepAct(branches=("relu6", "hardtanh"), bits=2).bits == 2  # knots 0, 6, -1, 1 are cell edges
     with pytest.raises(ValueError, match="unknown few-bit function 'tanh'"):
         FewBit("tanh", 4)
     with pytest.raises(ValueError, match="bits must be one of"):

@@ -32,15 +32,15 @@ from torch import nn
 from ..ops import acon as acon_op
 from ..ops import reference
 from ..ops.dispatch import cast_params
-from ..ops.fewbit import BITS, FewBitKernel, check_bits, few_bit
+from ..ops.fewbit import BITS, CELLS, FewBitKernel, cell_edges, check_bits, few_bit
 from .base import Activation
 
 __all__ = ["FewBit", "FIXED_FUNCTIONS", "optimal_boundaries", "fixed_boundaries", "set_backward_bits",
            "saved_bytes", "backward_error", "uses_few_bit"]
 
-#: the grid the boundaries are fitted on: cells [k / 50, (k + 1) / 50) for |k| <= 300 (the knots
-#: 0 and +-3 are cell edges), the outer cells reaching to -inf and +inf
-_GRID = torch.arange(-300, 301, dtype=torch.float64) / 50
+#: the grid the boundaries are fitted on: the op's cells (repact.ops.fewbit), whose edges hold every
+#: RepAct knot
+_GRID = cell_edges()
 
 
 def _normal_cell_weights(grid: torch.Tensor) -> torch.Tensor:
@@ -88,9 +88,14 @@ def _weighted_unit(feats: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _fit(feature_fn: Callable[[torch.Tensor], torch.Tensor], bits: int) -> torch.Tensor:
-    centers = _GRID + 0.01
+    centers = _GRID + 0.5 * (_GRID[1] - _GRID[0])
     w = _normal_cell_weights(_GRID)
     return optimal_boundaries(_GRID, w, _weighted_unit(feature_fn(centers).reshape(centers.numel(), -1), w), 2 ** bits)
+
+
+def cell_bins(boundaries: torch.Tensor) -> torch.Tensor:
+    """Each cell's bin (int64 (CELLS,)) for boundaries on the cells' edges."""
+    return torch.bucketize(_GRID, boundaries, right=True)
 
 
 # --- the fixed functions ------------------------------------------------------------------------------
@@ -131,17 +136,22 @@ def fixed_boundaries(name: str, bits: int) -> torch.Tensor:
     return _fit(FIXED_FUNCTIONS[name][1], bits)
 
 
+@functools.lru_cache(maxsize=None)
+def _fixed_bins(name: str, bits: int) -> torch.Tensor:
+    return cell_bins(fixed_boundaries(name, bits))
+
+
 class _FixedKernel(FewBitKernel):
     def __init__(self, name: str, bits: int) -> None:
         self.fn, self.grad = FIXED_FUNCTIONS[name]
         self.bits = bits
-        self.boundaries = fixed_boundaries(name, bits)
+        self.lut = _fixed_bins(name, bits)
 
     def forward(self, x):
         return self.fn(x)
 
-    def terms(self, x):
-        return x, self.grad(x), ()
+    def terms(self, x, z):
+        return self.grad(x), ()
 
 
 # --- RepAct ---------------------------------------------------------------------------------------------
@@ -151,54 +161,62 @@ def _repact_boundaries(knots: tuple[float, ...], basis: bool, bits: int) -> torc
         if basis:  # f' = A + B [x >= 0] + Q r(x)
             r = torch.where(x < -3, torch.zeros_like(x), torch.where(x < 3, 2 * x + 3, torch.full_like(x, 6.0)))
             return torch.stack([(x >= 0).to(x.dtype), r], 1)
-        cols = []
-        for s in range(len(knots) + 1):  # f' = a1 + 2 a2 x on each piece
-            inside = torch.ones_like(x, dtype=torch.bool)
-            if s > 0:
-                inside &= x >= knots[s - 1]
-            if s < len(knots):
-                inside &= x < knots[s]
-            cols += [inside.to(x.dtype), x * inside]
-        return torch.stack(cols, 1)
+        inside = torch.nn.functional.one_hot(torch.bucketize(x, torch.tensor(knots, dtype=x.dtype), right=True),
+                                             len(knots) + 1).to(x.dtype)
+        return torch.cat([inside, x[:, None] * inside], 1)  # f' = a1 + 2 a2 x on each piece
 
     return _fit(feats, bits)
 
 
+@functools.lru_cache(maxsize=None)
+def _repact_bins(knots: tuple[float, ...], basis: bool, bits: int) -> torch.Tensor:
+    return cell_bins(_repact_boundaries(knots, basis, bits))
+
+
+def knots_on_cells(knots: Sequence[float]) -> bool:
+    """Whether every knot is a cell edge inside the grid (the few-bit RepAct's condition)."""
+    edges = set(_GRID[1:].tolist())
+    return all(float(k) in edges for k in knots)
+
+
 class _RepActKernel(FewBitKernel):
     """RepAct-I/II: gradients go to the fused coefficients (Cc, R), R = 4 (the basis E, A, B, Q) or 3 S
-    (a piece table); autograd takes them on to the branch weights and the PReLU slope."""
+    (a piece table); autograd takes them on to the branch weights and the PReLU slope. On every cell
+    the derivative and the features are polynomials of x (the knots are cell edges)."""
+
+    polynomial = True
 
     def __init__(self, act, x: torch.Tensor, bits: int) -> None:
         self.act, self.bits = act, bits
         self.basis = act._op_base.shape[1] == 4
         self.channel_dim = act.channel_dim(x)
         self.tables = act.branch_weight.shape[0] if act.branch_weight.dim() == 2 else 1
-        self.boundaries = _repact_boundaries(tuple(float(k) for k in act._knots.tolist()), self.basis, bits)
+        self.knots = tuple(float(k) for k in act._knots.tolist())
+        self.lut = _repact_bins(self.knots, self.basis, bits)
 
     def forward(self, x, coef):
-        a = self.act
-        y, *_ = a._train_op(x)
+        y, *_ = self.act._train_op(x)
         return y
 
-    def terms(self, x, coef):
-        cd, ones = self.channel_dim, torch.ones_like(x)
-        c = coef.to(x.dtype)
+    def cell_sums(self, moments, coef):
+        n, s1, s2 = moments.unbind(-1)  # (T, CELLS) each
+        c = coef.detach().to(torch.float64)
+        e = _GRID.to(moments.device)
         if self.basis:
-            slope, _ = reference.basis_backward(ones, x, c.t(), cd, True, False)
-            u = torch.where(x < -3, torch.zeros_like(x), torch.where(x < 3, x + 3, torch.full_like(x, 6.0)))
-            return x, slope, (ones, x, x * (x >= 0).to(x.dtype), x * u)
-        knots = self.act._knots.to(x.dtype)
-        slope, _ = reference.pq_backward(ones, x, knots, c.reshape(c.shape[0], -1, 3), cd, True, False)
-        feats = []
-        for s in range(knots.numel() + 1):
-            inside = torch.ones_like(x, dtype=torch.bool)
-            if s > 0:
-                inside &= x >= knots[s - 1]
-            if s < knots.numel():
-                inside &= x < knots[s]
-            m = inside.to(x.dtype)
-            feats += [m, m * x, m * x * x]
-        return x, slope, feats
+            a, b, q = (c[:, j, None] for j in (1, 2, 3))
+            pos = (e >= 0).to(e.dtype)
+            mid = ((e >= -3) & (e < 3)).to(e.dtype)
+            hi = (e >= 3).to(e.dtype)
+            slope = a * n + b * n * pos + q * (mid * (2 * s1 + 3 * n) + hi * 6 * n)
+            feats = [n, s1, s1 * pos, mid * (s2 + 3 * s1) + hi * 6 * s1]
+            return torch.stack([slope, *feats], -1)
+        table = c.reshape(c.shape[0], -1, 3)
+        seg = torch.bucketize(e, torch.tensor(self.knots, dtype=e.dtype, device=e.device), right=True)
+        a1, a2 = table[:, seg, 1], table[:, seg, 2]  # (T, CELLS)
+        slope = a1 * n + 2 * a2 * s1
+        onehot = torch.nn.functional.one_hot(seg, table.shape[1]).to(e.dtype)  # (CELLS, S)
+        feats = onehot[None, :, :, None] * moments[:, :, None, :]  # (T, CELLS, S, 3)
+        return torch.cat([slope[..., None], feats.flatten(2)], -1)
 
     def param_grads(self, sums, meta):
         shape, dtype = meta[0]
@@ -224,20 +242,27 @@ class _AconKernel(FewBitKernel):
         if self.tables > 1 and x.shape[channel_dim] != self.tables:
             raise ValueError(f"few-bit ACON: per-channel parameters of {self.tables} values do not match the input's "
                              f"{x.shape[channel_dim]} channels on dim {channel_dim}")
-        self.boundaries = fixed_boundaries("silu", bits)
+        self.lut = _fixed_bins("silu", bits)
 
     def forward(self, x, p1, p2, beta):
         return acon_op(x, p1, p2, beta)
 
-    def terms(self, x, p1, p2, beta):
-        d = (1 if p1 is None else p1) - (0 if p2 is None else p2)
+    @staticmethod
+    def _d(p1, p2):
+        return (1 if p1 is None else p1) - (0 if p2 is None else p2)
+
+    def bin_variable(self, x, p1, p2, beta):
+        z = x * self._d(p1, p2)
+        return z if beta is None else z * beta
+
+    def terms(self, x, z, p1, p2, beta):
+        d = self._d(p1, p2)
         u = x * d
-        z = u if beta is None else u * beta
         s = torch.sigmoid(z)
         ds = s * (1 - s)
         h = s + z * ds
         slope = d * h if p2 is None else d * h + p2
-        return z, slope, (x * h, x, u * u * ds)
+        return slope, (x * h, x, u * u * ds)
 
     def param_grads(self, sums, meta):
         gp1, gx, gbeta = sums[:, 0], sums[:, 1], sums[:, 2]

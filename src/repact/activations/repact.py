@@ -144,6 +144,11 @@ class RepAct(Activation):
             bad = [b for b in self.branches if not fuse.is_piecewise_branch(b)]
             return (f"a few-bit backward needs piecewise branches, and {bad} are not; piecewise branches are: "
                     f"{', '.join(sorted(fuse.PIECEWISE_BRANCHES))}")
+        from .fewbit import knots_on_cells
+
+        if not knots_on_cells(self._knots.tolist()):
+            return (f"a few-bit backward needs knots on multiples of 1/50 in [-5.98, 6]; branches {self.branches} "
+                    f"have knots {self._knots.tolist()}")
         return None
 
     @property
