@@ -13,7 +13,7 @@ from repact.registry import get_act_spec
 NAMES = repact.list_acts()
 C = 6
 SHAPES = [(4, C), (2, C, 5, 4)]
-FAMILIES = {"classic", "acon", "frelu", "adaptive", "rational", "repact"}
+FAMILIES = {"classic", "acon", "frelu", "adaptive", "rational", "repact", "stochastic"}
 
 
 def test_the_zoo_is_registered():
@@ -21,7 +21,7 @@ def test_the_zoo_is_registered():
         "identity", "relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "celu", "gelu", "silu", "swish",
         "mish", "softplus", "hardswish", "hardsigmoid", "tanh", "sigmoid", "elliott", "lisht", "abrelu",
         "acon_a", "acon_b", "acon_c", "acon_c_layer", "meta_acon", "frelu", "acon_frelu",
-        "arelu", "dyrelu_a", "pdelu", "srs", "pau",
+        "arelu", "dyrelu_a", "pdelu", "srs", "pau", "stochastic", "stochastic_element",
     }
     assert expected <= set(NAMES)
     for name in NAMES:

@@ -295,6 +295,13 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
                              **cfg.get("kwargs", {}))
     except ValueError as exc:
         raise CheckpointError(f"{ckpt.path} records a model that cannot be built: {exc}") from None
+    if cfg.get("swap"):  # activations swapped after the build (repact train --swap-act)
+        from .surgery import replay_swap
+
+        try:
+            replay_swap(model, cfg["swap"], cfg.get("input_shape"))
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt.path} records an activation swap that cannot be redone: {exc}") from None
     _prime_lazy(model, cfg)
     if cfg.get("reparameterized"):
         model = reparameterize(model)
@@ -312,7 +319,7 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
 #: the model config's entries and the JSON types each may have
 _MODEL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "act": (str, type(None)), "num_classes": (int,), "kwargs": (dict,), "input_shape": (list,),
-    "reparameterized": (bool,), "task": (str,),
+    "reparameterized": (bool,), "task": (str,), "swap": (dict,),
 }
 
 

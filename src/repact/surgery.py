@@ -52,6 +52,7 @@ __all__ = [
     "swap_activations",
     "fit_activation",
     "untie_calls",
+    "replay_swap",
 ]
 
 #: activation types replaced by default
@@ -597,3 +598,14 @@ def untie_calls(model: nn.Module, example_input: Any, *, targets: Sequence[type[
             node.target = name
     gm.recompile()
     return gm
+
+
+def replay_swap(model: nn.Module, record: dict[str, Any], input_shape: Sequence[int] | None) -> SwapReport:
+    """Redo a swap recorded in a model config (``{"act": ..., "targets": [torch.nn names]}``) on a freshly
+    built model, with the activations' default init (the weights are loaded next); an example
+    forward on zeros of ``input_shape`` (C, H, W) finds the same call sites and channels."""
+    act = record.get("act") if isinstance(record, dict) else None
+    if not isinstance(act, str):
+        raise ValueError(f"the recorded activation swap {record!r} names no activation")
+    example = torch.zeros([2, *[int(s) for s in input_shape]]) if input_shape else None
+    return swap_activations(model, act, targets=record.get("targets") or DEFAULT_TARGETS, example_input=example)

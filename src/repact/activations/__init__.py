@@ -6,10 +6,11 @@ import importlib
 
 from ..registry import register_act
 from .base import Activation, NotDeployableError
+from .fewbit import FewBit, set_backward_bits
 from .piecewise import PiecewiseQuadratic
 from .repact import RepAct
 
-__all__ = ["Activation", "NotDeployableError", "PiecewiseQuadratic", "RepAct"]
+__all__ = ["Activation", "FewBit", "NotDeployableError", "PiecewiseQuadratic", "RepAct", "set_backward_bits"]
 
 register_act(
     "repact", RepAct, aliases=("repact1", "repact_i", "repact_origin"), family="repact", learnable=True,
@@ -26,7 +27,7 @@ register_act(
 )
 
 # the other families register themselves on import
-for _family in ("classic", "acon", "frelu", "adaptive", "rational"):
+for _family in ("classic", "acon", "frelu", "adaptive", "rational", "stochastic"):
     try:
         _mod = importlib.import_module(f"{__name__}.{_family}")
     except ModuleNotFoundError as _exc:  # a family not written yet

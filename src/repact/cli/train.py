@@ -43,8 +43,9 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     g.add_argument("--data-dir", default=S, help="dataset folder (default ./data; not used by digits; for detection and "
                    "segmentation the VOC-format root, or a VOCdevkit holding VOC2007/VOC2012)")
     t = p.add_argument_group("detection and segmentation")
-    t.add_argument("--weights", default=S, metavar="PATH", help="local weights file: a MobileNetV3-Large backbone "
-                   "(keys features.*) or the whole task model; nothing is downloaded")
+    t.add_argument("--weights", default=S, metavar="PATH", help="local weights file (nothing is downloaded; nothing "
+                   "pickled runs): a classifier's state dict or repact checkpoint to start from; for detection and "
+                   "segmentation a MobileNetV3-Large backbone (keys features.*) or the whole task model")
     t.add_argument("--swap-heads", action="store_true", default=S, help="also swap the activations of the task's "
                    "heads (default: the backbone's only)")
     t.add_argument("--classes", default=S, help="voc (the 20 VOC classes, default), auto (the names found in the "
@@ -86,6 +87,17 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     a.add_argument("--backward-bits", type=int, default=S, help="1, 2 or 4: RepAct-I/II, ACON-C, SiLU, GELU and "
                    "HardSwish keep a code of that many bits per element for backward instead of their input "
                    "(exact forward, approximate gradients; docs/training.md)")
+    a.add_argument("--stochastic-p", default=S, metavar="P|START:END", help="probability of the first activation "
+                   "of every stochastic activation (--act stochastic: SiLU, else ReLU), constant or linear from START "
+                   "to END over the stochastic epochs")
+    a.add_argument("--stochastic-finetune", type=int, default=S, metavar="EPOCHS", help="train the last EPOCHS "
+                   "epochs with every stochastic activation fixed to its inference one (default 0)")
+    a.add_argument("--swap-act", default=S, metavar="ACT", help="with --weights: swap the pretrained classifier's "
+                   "activations (ReLU, HardSwish, SiLU, GELU ...) for ACT, e.g. repact or pau")
+    a.add_argument("--init", dest="swap_init", default=S, choices=("approximate", "default"), help="init of the "
+                   "swapped activations: approximate (default: fitted to the function each replaces) or default")
+    a.add_argument("--train-only", default=S, metavar="PARTS", help="with --weights: train only the activations' "
+                   "parameters (acts) or those and the BatchNorms' (acts,bn); the rest stays frozen")
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")
     r.add_argument("--amp", action="store_true", default=S, help="mixed precision (CUDA only)")
@@ -159,5 +171,11 @@ def run(args) -> int:
     elif s:
         print(f"best epoch {s['best_epoch']}: top-1 {s['best_acc1']:.2f}%  |  last epoch {s['last_epoch']}: "
               f"top-1 {s['last_acc1']:.2f}% (top-5 {s['last_acc5']:.2f}%)")
+        ft = s.get("finetune") or {}
+        if ft.get("pretrained_acc1") is not None:
+            print(f"fine-tuned {ft['trainable_params']:,} of {ft['params']:,} parameters ({ft.get('train_only') or 'all'}"
+                  f"{', activations swapped for ' + ft['swap_act'] if ft.get('swap_act') else ''}): top-1 "
+                  f"{ft['pretrained_acc1']:.2f}% pretrained, {ft['start_acc1']:.2f}% at the start, "
+                  f"{s['last_acc1']:.2f}% now ({s['last_acc1'] - ft['pretrained_acc1']:+.2f})")
         print(f"run folder: {result.run_dir} (summary.json, metrics.csv, act_params.jsonl, last/best checkpoints)")
     return 0

@@ -26,7 +26,7 @@ SCHEDULES = ("cosine", "linear", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 CLASSIFICATION = "classification"
 #: options that only the detection and segmentation tasks read, with their classification values
-TASK_ONLY = {"classes": "voc", "year": None, "weights": None, "swap_heads": False, "data_kwargs": {}}
+TASK_ONLY = {"classes": "voc", "year": None, "swap_heads": False, "data_kwargs": {}}
 
 
 def img_size_problem(size: int | None) -> str | None:
@@ -92,6 +92,11 @@ class TrainConfig:
     tensorboard: bool = False
     # activation options (repact.train.act_options): few-bit backward, stochastic activations
     backward_bits: int | None = None  # 1, 2 or 4: every activation that has one keeps a few-bit backward
+    stochastic_p: str | None = None  # "P" or "START:END": p of every stochastic activation, linear over training
+    stochastic_finetune: int = 0  # the last N epochs train stochastic activations as their inference one
+    swap_act: str | None = None  # with weights: swap the pretrained model's activations for this one
+    swap_init: str = "approximate"  # approximate (fitted to the replaced function) or default
+    train_only: str | None = None  # acts or acts,bn: train only these parameters (repact.train.finetune)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, load_checkpoint, save_checkpoint
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
-from .act_options import apply_backward_bits
+from .act_options import ActTraining, apply_backward_bits
+from .finetune import FineTune
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
 from .logs import RunLogger, activation_snapshot
 from .objective import Objective, objective_for
@@ -219,6 +220,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     objective = objective_for(cfg)
     train_set, val_set, info = build_data(cfg)
     model, model_config = build_model_for(cfg, info, device, saved=ckpt.model_config if ckpt is not None else None)
+    ft = FineTune(model, model_config, cfg, ckpt.model_config if ckpt is not None else None)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt.model_state)
@@ -238,6 +240,11 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
                           "lower --batch-size")
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, steps)
+    acts = ActTraining(model, cfg, steps, ft.frozen_norms)
+    if ckpt is None:
+        ft.evaluate_start(model, objective, val_loader, device, env, cfg)
+        if env.is_main:
+            ft.write(folder.path)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -300,7 +307,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         probe.reset()
         t0 = time.perf_counter()
         tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, objective, autocast, probe, cfg, env,
-                          device, epoch, folder)
+                          device, epoch, folder, acts)
         train_time = time.perf_counter() - t0
         _share_buffers(model, env)
         val = objective.evaluate(model if not env.enabled else net.module, val_loader, device, env, cfg.amp,
@@ -308,7 +315,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         _check_epoch_finite(model, tr, val, env, epoch, folder, device)
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **tr, **objective.val_record(val),
                   "epoch_time_s": time.perf_counter() - t0,
-                  "train_images_per_s": tr["train_images"] / max(train_time, 1e-9), **probe.epoch_means()}
+                  "train_images_per_s": tr["train_images"] / max(train_time, 1e-9), **probe.epoch_means(),
+                  **acts.record()}
         history.append(record)
         improved = objective.score(val) > best_score
         if improved:
@@ -352,12 +360,14 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
 
 
 def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objective, autocast, probe, cfg, env, device,
-                 epoch, folder) -> dict[str, float]:
+                 epoch, folder, acts=None) -> dict[str, float]:
     """One epoch; returns ``train_loss``, ``train_<part>`` (the objective's logged parts, e.g.
     ``train_acc1`` or the detector's loss terms; means over images) and ``train_images``."""
     from tqdm import tqdm
 
     net.train()
+    if acts is not None:
+        acts.before_epoch()
     sums: dict[str, torch.Tensor] = {}  # loss and parts, each times the batch size
     count = 0
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
@@ -368,6 +378,8 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
     for i, batch in enumerate(loader):
         if i >= steps:
             break
+        if acts is not None:
+            acts.before_step(epoch, i)
         with autocast():
             loss, parts, n = objective.train_step(net, batch, device)
         if i % check_every == 0 or i == steps - 1:
@@ -466,4 +478,6 @@ def _write_summary(where: Path, run_dir: Path, cfg: TrainConfig, objective: Obje
         "checkpoints": {"last": str(checkpoint_paths(run_dir / "last")[0]),
                         "best": str(checkpoint_paths(run_dir / "best")[0])},
     }
+    if (where / "finetune.json").is_file():  # started from --weights (repact.train.finetune)
+        summary["finetune"] = json.loads((where / "finetune.json").read_text())
     atomic_write_text(where / "summary.json", json.dumps(summary, indent=2) + "\n")
