@@ -150,3 +150,58 @@ def test_torchrun_module_cli(tmp_path):
     assert "2 process(es) on cpu" in proc.stdout
     ck = load_checkpoint(out / "last")
     assert ck.state["world_size"] == 2 and ck.state["config"]["act"] == "hardswish"
+
+
+STOCHASTIC_WORKER = textwrap.dedent('''
+    import json, os, sys
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+    from repact.activations.stochastic import Stochastic
+    from repact.train import TrainConfig, train
+    from repact.train import setup as train_setup
+
+    out = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    picks = {}
+    build = train_setup.build_model_for
+
+    def recording_build(*args, **kw):  # record each stochastic layer's draw (SiLU or ReLU) per training forward
+        model, config = build(*args, **kw)
+        for name, m in model.named_modules():
+            if isinstance(m, Stochastic):
+                def hook(mod, inp, outp, name=name):
+                    if mod.training and not mod.fixed:
+                        picks.setdefault(name, []).append(not torch.equal(outp, F.relu(inp[0])))
+                m.register_forward_hook(hook)
+        return model, config
+
+    train_setup.build_model_for = recording_build
+    import repact.train.engine as engine
+    engine.build_model_for = recording_build
+    res = train(TrainConfig(act="stochastic", epochs=2, batch_size=16, limit_batches=6, lr=0.05, seed=1, quiet=True,
+                            out=out, stochastic_p="0.8:0.2"))
+    params = {k: v.detach().contiguous() for k, v in res.model.named_parameters()}
+    save_file(params, os.path.join(out, f"params_rank{rank}.safetensors"))
+    with open(os.path.join(out, f"picks_rank{rank}.json"), "w") as fh:
+        json.dump(picks, fh)
+''')
+
+
+@pytest.mark.slow
+def test_stochastic_activations_under_ddp_draw_one_stream_per_process_and_repeat(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(STOCHASTIC_WORKER)
+    runs = []
+    for name in ("a", "b"):
+        proc = _torchrun(str(script), str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append([load_file(str(tmp_path / name / f"params_rank{r}.safetensors")) for r in (0, 1)])
+    (a0, a1), (b0, b1) = runs
+    for k in a0:
+        assert torch.equal(a0[k], a1[k]) and torch.equal(a0[k], b0[k]) and torch.equal(b0[k], b1[k]), k
+    picks = [json.loads((tmp_path / "a" / f"picks_rank{r}.json").read_text()) for r in (0, 1)]
+    assert picks[0].keys() == picks[1].keys() and len(picks[0]) == 3
+    assert all(len(v) == 12 for v in picks[0].values())  # 2 epochs x 6 steps per layer
+    assert picks[0] != picks[1]  # each process draws its own stream
+    assert picks[0] == json.loads((tmp_path / "b" / "picks_rank0.json").read_text())
