@@ -12,6 +12,7 @@ from torch import nn
 
 import repact
 from repact.checkpoint import build_model, load_checkpoint
+from repact.models import create_model
 from train_fixtures import run_cli, run_main
 
 ACT_KEYS = ("branch_weight", "prelu_weight")
@@ -89,7 +90,7 @@ def test_a_torchvision_state_dict_fine_tunes_activations_and_batchnorms(tmp_path
 ])
 def test_bad_fine_tuning_options_are_one_line_errors(tmp_path, capsys, argv, words):
     good = tmp_path / "w.pth"
-    torch.save(repact.models.create_model("small_cnn", act="relu", num_classes=10, in_channels=1).state_dict(), good)
+    torch.save(create_model("small_cnn", act="relu", num_classes=10, in_channels=1).state_dict(), good)
     argv = [str(good) if a == "W" else (str(tmp_path / a) if a == "missing.pt" else a) for a in argv]
     rc, out, err = run_main(capsys, "train", "--act", "relu", "--epochs", "1", "--limit-batches", "1",
                             "--out", str(tmp_path / "r"), *argv)
@@ -100,7 +101,7 @@ def test_bad_fine_tuning_options_are_one_line_errors(tmp_path, capsys, argv, wor
 
 def test_weights_of_another_model_or_with_code_inside_are_refused(tmp_path, capsys):
     other = tmp_path / "other.pth"
-    torch.save(repact.models.create_model("small_cnn", act="relu", num_classes=3, in_channels=1).state_dict(), other)
+    torch.save(create_model("small_cnn", act="relu", num_classes=3, in_channels=1).state_dict(), other)
     rc, _, err = run_main(capsys, "train", "--act", "relu", "--weights", str(other), "--epochs", "1",
                           "--limit-batches", "1", "--out", str(tmp_path / "a"))
     assert rc == 2 and "does not fit the model being trained" in err and "of another shape" in err, err
@@ -110,7 +111,7 @@ def test_weights_of_another_model_or_with_code_inside_are_refused(tmp_path, caps
                           "--limit-batches", "1", "--out", str(tmp_path / "b"))
     assert rc == 2 and "weights_only=True" in err and err.count("\n") == 1, err
     relu = tmp_path / "relu.pth"
-    torch.save(repact.models.create_model("small_cnn", act="relu", num_classes=10, in_channels=1).state_dict(), relu)
+    torch.save(create_model("small_cnn", act="relu", num_classes=10, in_channels=1).state_dict(), relu)
     rc, _, err = run_main(capsys, "train", "--act", "relu", "--weights", str(relu), "--train-only", "acts",
                           "--epochs", "1", "--limit-batches", "1", "--out", str(tmp_path / "c"))
     assert rc == 2 and "no activation parameters to train" in err, err
