@@ -34,7 +34,7 @@ def test_unreadable_images_are_named_or_skipped(tmp_path, capsys):
     assert any(b in p.stderr for b in bad) and "--skip-bad-images" in p.stderr
     # with the cache: every unreadable file is named before training starts
     rc, err = _main(capsys, *TRAIN, "--data-dir", str(root), "--cache", "on", "--out", str(tmp_path / "b"))
-    assert rc == 2 and "repact train: error: 2 unreadable image(s)" in err and "Traceback" not in err
+    assert rc == 2 and "repact train: error: cannot read 2 images under" in err and "Traceback" not in err
     assert all(b in err for b in bad)
     # --skip-bad-images: the same two files are left out and counted, with and without the cache
     for cache in ("on", "off"):
