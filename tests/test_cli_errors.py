@@ -175,3 +175,22 @@ def test_usage_errors_are_one_line(capsys):
     assert rc == 2 and err.count("\n") == 1 and "'many'" in err and "--help" in err
     rc, _, err = _run(capsys, "acts", "--family", "nope")
     assert rc == 2 and "'nope'" in _one_line(err, "acts") and "repact" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs that would mix into a run folder
+# ------------------------------------------------------------------------------------------------
+
+
+def test_deploy_refuses_a_run_folder_and_folders_inside_one(real_checkpoint, capsys):
+    """Deploy files in a run folder (or a folder in it) would make repact train refuse to replace or resume it."""
+    from repact.train.run_dir import inspect_folder
+
+    run = real_checkpoint.parent
+    before = sorted(p.name for p in run.iterdir())
+    for out, words in ((run, ["is the run folder", f"{run}-deploy"]), (run / "deploy", ["lies in the run folder"])):
+        rc, _, err = _run(capsys, "deploy", str(run), "--out", str(out))
+        assert rc == 2 and str(out) in _one_line(err, "deploy"), err
+        for w in words:
+            assert w in err, (w, err)
+    assert sorted(p.name for p in run.iterdir()) == before and inspect_folder(run).kind == "run"
