@@ -4,6 +4,7 @@ format; ``repact train`` writes curves.png/activations.png and handles --tensorb
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,29 +94,42 @@ def test_plot_grads_of_several_runs(tmp_path, capsys):
     assert_picture(tmp_path / "g.png")
 
 
-def test_train_writes_run_pictures_and_reports_a_missing_tensorboard(tmp_path, capsys):
+def _has_tensorboard() -> bool:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_train_writes_run_pictures_and_tensorboard_logs(tmp_path, capsys):
     run = shared_run("hardswish")
     assert_picture(run / "curves.png")
     assert_picture(run / "activations.png")
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-
-        has_tb = True
-    except ImportError:
-        has_tb = False
-    rc, out, _ = _run(capsys, "train", "--act", "repact", "--model-kw", "width=8", "--epochs", "1",
+    if not _has_tensorboard():
+        pytest.skip("tensorboard is not installed (test_tensorboard_without_the_package_is_refused_before_training "
+                    "checks its absence)")
+    rc, _, err = _run(capsys, "train", "--act", "repact", "--model-kw", "width=8", "--epochs", "1",
                       "--limit-batches", "2", "--quiet", "--tensorboard", "--out", tmp_path / "tb")
-    assert rc == 0
+    assert rc == 0, err
     assert_picture(tmp_path / "tb" / "curves.png")
-    if has_tb:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
-        acc.Reload()
-        assert "activations" in acc.Tags()["images"] and {"val_acc1", "train_loss"} <= set(acc.Tags()["scalars"])
-    else:
-        assert "tensorboard is not installed" in out and "repact[tensorboard]" in out
-        assert not (tmp_path / "tb" / "tensorboard").exists()
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    assert "activations" in acc.Tags()["images"] and {"val_acc1", "train_loss"} <= set(acc.Tags()["scalars"])
+
+
+def test_tensorboard_without_the_package_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as where tensorboard is not installed
+    (tmp_path / "tb.yaml").write_text("tensorboard: true\n")
+    for argv in (["train", "--tensorboard", "--out", tmp_path / "run"],
+                 ["train", "--config", tmp_path / "tb.yaml", "--out", tmp_path / "run"],
+                 ["compare", "--acts", "relu", "--seeds", "0", "--tensorboard", "--out", tmp_path / "grid"]):
+        rc, _, err = _run(capsys, *argv, "--epochs", "1", "--limit-batches", "1")
+        assert rc == 2 and err.startswith(f"repact {argv[0]}: error: --tensorboard needs the tensorboard package"), err
+        assert "pip install 'repact[tensorboard]'" in err and err.count("error:") == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "grid").exists()
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -125,6 +139,9 @@ def test_train_writes_run_pictures_and_reports_a_missing_tensorboard(tmp_path, c
     (["act", "repact", "--out", "x.jpg"], ["unknown picture format .jpg"]),
     (["act", "repact", "--out", "x.png", "--format", "svg"], ["--format is svg"]),
     (["act", "repact", "--dpi", "5"], ["--dpi must lie in [10, 1200], got 5"]),
+    (["act", "repact", "--points", "1000000000"], ["1000000000", "from 2 to 100,000"]),
+    (["act", "repact", "--param", "branch_weight=abc"], ["branch_weight='abc'", "a number or a list of numbers"]),
+    (["act", "repact", "--out", "/dev/null/x.png"], ["/dev/null is a file, not a folder"]),
     (["layers", "nosuchmodel"], ["neither a checkpoint", "nosuchmodel"]),
     (["evolution", "missing_run"], ["missing_run does not exist"]),
     (["grads", "missing_run"], ["missing_run does not exist"]),
@@ -157,3 +174,41 @@ def test_bad_run_input_exits_2(tmp_path, capsys):
     rc, _, err = _run(capsys, "plot", "layers", shared_run("small"), "--act", "relu", "--out", tmp_path / "l.png")
     assert rc == 2 and "records its own model" in err
     assert not (tmp_path / "f.png").exists() and not (tmp_path / "l.png").exists()
+
+
+_GOOD_ACTS = '{"epoch": 0, "layers": {}}'
+_GOOD_GRADS = '{"epochs": 0.5, "first_conv": 0.1}'
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("act_params.jsonl", bytes(range(256)), ["act_params.jsonl is not a log written by repact train", "UTF-8"]),
+    ("act_params.jsonl", '{"epoch": "x", "layers": 5}\n', ["act_params.jsonl line 1", "a number under 'epoch'"]),
+    ("act_params.jsonl", '{"epoch": 1, "layers": 5}\n', ["act_params.jsonl: the record of epoch 1", "'layers'"]),
+    ("act_params.jsonl", f"{_GOOD_ACTS}\n[1, 2]\n{_GOOD_ACTS}\n", ["act_params.jsonl line 2", "'epoch'"]),
+    ("act_params.jsonl", f"{_GOOD_ACTS}\n{{torn\n{_GOOD_ACTS}\n", ["act_params.jsonl line 2 is not JSON"]),
+    ("grads.jsonl", "[1, 2, 3]\n", ["grads.jsonl line 1", "a number under 'epochs'"]),
+    ("grads.jsonl", '{"step": 3}\n', ["grads.jsonl line 1", "'epochs'"]),
+    ("grads.jsonl", f'{_GOOD_GRADS}\n{{"epochs": 1, "first_conv": "big"}}\n', ["grads.jsonl line 2", "'first_conv'"]),
+])
+def test_logs_no_run_writes_are_one_line_errors_naming_the_file(tmp_path, capsys, name, content, words):
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    (run / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    what = "evolution" if name == "act_params.jsonl" else "grads"
+    rc, _, err = _run(capsys, "plot", what, run, "--out", tmp_path / "p.png")
+    assert rc == 2 and err.startswith("repact plot: error:") and err.count("error:") == 1, err
+    assert str(run / name) in err
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_a_torn_last_log_line_is_left_out(tmp_path, capsys):
+    """A write cut off by a kill leaves a last line without its newline: the records before it are drawn."""
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    lines = (run / "grads.jsonl").read_text().splitlines()
+    (run / "grads.jsonl").write_text("\n".join(lines) + '\n{"epochs": 9.5, "first_co')
+    rc, out, err = _run(capsys, "plot", "grads", run, "--out", tmp_path / "g.png")
+    assert rc == 0, err
+    assert f"(grads.jsonl, {len(lines)} points)" in out
