@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from analysis_fixtures import assert_picture, digit_png, rgb_png, shared_run
+from train_fixtures import cli_env, run_cli
 from repact.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +121,19 @@ def test_train_writes_run_pictures_and_tensorboard_logs(tmp_path, capsys):
     assert "activations" in acc.Tags()["images"] and {"val_acc1", "train_loss"} <= set(acc.Tags()["scalars"])
 
 
+def test_tensorboard_without_the_package_is_refused_by_the_command(tmp_path):
+    """In a real process where ``import tensorboard`` fails (a package on the path that raises, as a
+    missing one does): one line, exit 2, nothing trained."""
+    shadow = tmp_path / "shadow" / "tensorboard"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named tensorboard')\n")
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(ROOT / "src")])}
+    proc = run_cli("train", "--tensorboard", "--epochs", "1", "--out", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("repact train: error: --tensorboard needs the tensorboard package"), proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_tensorboard_without_the_package_is_refused_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as where tensorboard is not installed
     (tmp_path / "tb.yaml").write_text("tensorboard: true\n")
@@ -200,6 +214,22 @@ def test_logs_no_run_writes_are_one_line_errors_naming_the_file(tmp_path, capsys
     assert str(run / name) in err
     for w in words:
         assert w in err, (w, err)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_bad_logs_are_named_by_the_command_in_a_real_process(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    (run / "act_params.jsonl").write_bytes(bytes(range(256)) * 4)
+    (run / "grads.jsonl").write_text('{"step": 3, "first_conv": 0.1}\n')
+    for what, words in (("evolution", [f"{run / 'act_params.jsonl'} is not a log written by repact train",
+                                       "not UTF-8"]),
+                        ("grads", [f"{run / 'grads.jsonl'} line 1", "a number under 'epochs'"])):
+        proc = run_cli("plot", what, str(run), "--out", str(tmp_path / "p.png"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("repact plot: error:") and proc.stderr.count("\n") == 1, proc.stderr
+        for w in words:
+            assert w in proc.stderr, (w, proc.stderr)
     assert not (tmp_path / "p.png").exists()
 
 
