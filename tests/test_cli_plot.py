@@ -3,6 +3,7 @@ format; ``repact train`` writes curves.png/activations.png and handles --tensorb
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -242,3 +243,18 @@ def test_a_torn_last_log_line_is_left_out(tmp_path, capsys):
     rc, out, err = _run(capsys, "plot", "grads", run, "--out", tmp_path / "g.png")
     assert rc == 0, err
     assert f"(grads.jsonl, {len(lines)} points)" in out
+
+
+def test_non_finite_gradients_of_a_diverged_run_are_drawn(tmp_path, capsys):
+    """A run that diverged logs NaN or Infinity gradient magnitudes (json writes them so): not an error."""
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    lines = (run / "grads.jsonl").read_text().splitlines()
+    last = float(json.loads(lines[-1])["epochs"])
+    bad = {"epochs": last + 0.5, **{k: float("nan") for k in json.loads(lines[-1]) if k not in ("epoch", "step",
+                                                                                              "global_step", "epochs")}}
+    (run / "grads.jsonl").write_text("\n".join(lines) + "\n" + json.dumps(bad) + "\n")
+    assert "NaN" in (run / "grads.jsonl").read_text()
+    rc, out, err = _run(capsys, "plot", "grads", run, "--out", tmp_path / "g.png")
+    assert rc == 0, err
+    assert f"(grads.jsonl, {len(lines) + 1} points)" in out

@@ -43,8 +43,8 @@ class CompareCurves:
 
 def read_log(path: str | Path, key: str, numbers: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The records of a run's JSON-lines log (``metrics.jsonl``, ``act_params.jsonl``, ``grads.jsonl``),
-    for drawing: each a JSON object with a finite number under ``key`` and, where present, under each
-    of ``numbers``; a torn last line (a write cut off by a kill) is left out. Anything else is a
+    for drawing: each a JSON object with a finite number under ``key`` and, where present, a number
+    under each of ``numbers`` (NaN or infinity allowed: a diverged run logs them); a torn last line (a write cut off by a kill) is left out. Anything else is a
     ``ValueError`` naming the file and the line: text that is not UTF-8, a line that is not a JSON
     object, a value of the wrong type."""
     path = Path(path)
@@ -66,7 +66,8 @@ def read_log(path: str | Path, key: str, numbers: Sequence[str] = ()) -> list[di
                              f"writes): {line[:60]!r}") from None
         for k in (key, *numbers):
             v = rec.get(k) if isinstance(rec, dict) else None
-            if not (isinstance(rec, dict) and (k != key and v is None or _is_number(v))):
+            if not (isinstance(rec, dict) and (_is_number(v) and (k != key or math.isfinite(v)) or
+                                               k != key and v is None)):
                 raise ValueError(f"{path} line {i}: expected a JSON object with a number under {k!r} (a record "
                                  f"written by repact train), got {line[:60]!r}")
         records.append(rec)
@@ -74,7 +75,7 @@ def read_log(path: str | Path, key: str, numbers: Sequence[str] = ()) -> list[di
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
