@@ -44,9 +44,9 @@ class CompareCurves:
 def read_log(path: str | Path, key: str, numbers: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The records of a run's JSON-lines log (``metrics.jsonl``, ``act_params.jsonl``, ``grads.jsonl``),
     for drawing: each a JSON object with a finite number under ``key`` and, where present, a number
-    under each of ``numbers`` (NaN or infinity allowed: a diverged run logs them); a torn last line (a write cut off by a kill) is left out. Anything else is a
-    ``ValueError`` naming the file and the line: text that is not UTF-8, a line that is not a JSON
-    object, a value of the wrong type."""
+    under each of ``numbers`` (NaN or infinity allowed: a diverged run logs them); a torn last line
+    (a write cut off by a kill) is left out. Anything else is a ``ValueError`` naming the file and
+    the line: text that is not UTF-8, a line that is not a JSON object, a value of the wrong type."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
