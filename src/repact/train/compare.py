@@ -64,6 +64,9 @@ class Grid:
             raise ConfigError("the grid needs at least one activation (--acts a,b,...)")
         for name in ("acts", "models", "datasets", "seeds"):
             vals = getattr(self, name)
+            if not vals:  # an empty list would write an empty table and report success
+                raise ConfigError(f"the grid's {name} list is empty; give at least one (--{name} or the grid file's "
+                                  f"{name})")
             if len(set(map(str, vals))) != len(vals):
                 raise ConfigError(f"{name} lists a value twice: {vals}")
         if self.baseline is not None and self.baseline not in self.acts:

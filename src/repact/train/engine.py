@@ -421,7 +421,8 @@ def _check_finite(loss: torch.Tensor, env: DistEnv, epoch: int, step: int, opt, 
     all_reduce_sum(bad, env)
     if bad.item() > 0:
         raise TrainingDiverged(
-            f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} "
+            f"the training loss became non-finite ({float(loss.detach())}: NaN or Inf) at epoch {epoch + 1}, "
+            f"step {step + 1} "
             f"(lr {opt.param_groups[0]['lr']:.3g}); stopping. {_kept(folder)}. {_diverged_advice(folder)}")
 
 
