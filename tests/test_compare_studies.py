@@ -24,6 +24,7 @@ CIFAR10 = {"cifar10-mnv3s": ["hardswish", "relu", "repact", "repact_bn"],
            "cifar10-mnv3s-extra": ["hardswish", "repact_softmax", "acon_c"],
            "cifar10-shufflenet": ["hardswish", "relu", "repact", "repact_bn"]}
 PAPER = ("cifar100-paper", "imagenet100-paper")
+FEWBIT = "cifar10-mnv3s-fewbit"  # study (a)'s RepAct-I cell, scaled down, run per --backward-bits
 
 
 def _grid(path: Path) -> Grid:
@@ -31,7 +32,7 @@ def _grid(path: Path) -> Grid:
 
 
 def test_the_study_grids_are_there():
-    assert {p.stem for p in GRIDS} == {*CIFAR10, *PAPER}
+    assert {p.stem for p in GRIDS} == {*CIFAR10, *PAPER, FEWBIT}
 
 
 @pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.stem)
@@ -64,6 +65,15 @@ def test_cifar10_study_rules(name, tmp_path):
     if name == "cifar10-mnv3s-extra":
         main_grid = _grid(STUDIES / "cifar10-mnv3s.yaml")
         assert grid.train == main_grid.train and grid.models == main_grid.models
+
+
+def test_the_few_bit_grid_is_study_a_scaled_down(tmp_path):
+    small, full = _grid(STUDIES / f"{FEWBIT}.yaml"), _grid(STUDIES / "cifar10-mnv3s.yaml")
+    assert small.acts == ["repact"] and small.models == full.models and small.seeds == [0, 1, 2]
+    scaled = {"train_subset", "epochs", "limit_val_batches"}
+    assert {k: v for k, v in small.train.items() if k not in scaled} == \
+        {k: v for k, v in full.train.items() if k not in scaled}
+    assert small.train["train_subset"] < full.train["train_subset"] and small.train["epochs"] < full.train["epochs"]
 
 
 def test_study_recipe_sets_the_momentum_of_every_batchnorm():
