@@ -115,3 +115,30 @@ def test_weights_of_another_model_or_with_code_inside_are_refused(tmp_path, caps
     rc, _, err = run_main(capsys, "train", "--act", "relu", "--weights", str(relu), "--train-only", "acts",
                           "--epochs", "1", "--limit-batches", "1", "--out", str(tmp_path / "c"))
     assert rc == 2 and "no activation parameters to train" in err, err
+
+
+def test_train_only_in_python_leaves_only_the_activations_and_optionally_the_batchnorms_trainable():
+    from repact.train import train_only
+
+    def net():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8),
+                              nn.Hardswish(), nn.Flatten(), nn.LazyLinear(4))
+        model(torch.randn(2, 3, 6, 6))
+        repact.swap_activations(model, "repact", init="approximate", example_input=torch.randn(2, 3, 6, 6))
+        return model
+
+    model = net()
+    frozen = train_only(model, "acts")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("2.", "5."))} and len(trainable) == 4
+    assert frozen == [model[1], model[4]]
+    model = net()
+    assert train_only(model, "bn,acts") == []
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {n for n, _ in model.named_parameters() if n.startswith(("1.", "2.", "4.", "5."))}
+    for bad in ("bn", "acts,convs", None):
+        with pytest.raises(ValueError, match="train_only must be acts or acts,bn"):
+            train_only(net(), bad)
+    with pytest.raises(ValueError, match="no activation parameters to train"):
+        train_only(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))

@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import CLASSIFICATION, ConfigError, TrainConfig
 
-__all__ = ["TRAIN_ONLY", "INITS", "validate_finetune", "FineTune"]
+__all__ = ["TRAIN_ONLY", "INITS", "validate_finetune", "train_only", "FineTune"]
 
 #: what --train-only accepts (parts separated by commas)
 TRAIN_ONLY = ("acts", "bn")
@@ -128,25 +128,12 @@ class FineTune:
                          trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
 
     def _freeze(self, model: nn.Module) -> list[nn.Module]:
-        """Only the activations' (and with ``bn`` the BatchNorms') parameters train; returns the
-        BatchNorms that stay in eval mode (frozen statistics)."""
-        from .optim import activation_modules
-
-        parts = _train_only_parts(self.cfg.train_only)
-        if not parts:
+        if self.cfg.train_only is None:
             return []
-        acts = [m for _, m in activation_modules(model)]
-        keep = {id(p) for m in acts for p in m.parameters()}
-        inside = {id(s) for m in acts for s in m.modules()}  # RepAct-III's own BatchNorm is an activation's
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside]
-        if "bn" in parts:
-            keep |= {id(p) for m in norms for p in m.parameters()}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in keep)
-        if not keep:
-            raise ConfigError(f"--train-only {self.cfg.train_only}: the model has no activation parameters to train "
-                              "(swap in a learnable activation with --swap-act, e.g. repact or pau)")
-        return [] if "bn" in parts else norms
+        try:
+            return train_only(model, self.cfg.train_only)
+        except ValueError as exc:
+            raise ConfigError(f"--train-only {self.cfg.train_only}: {exc}") from None
 
     def train_modes(self) -> None:
         """After ``model.train()``: frozen BatchNorms back to eval mode."""
@@ -172,6 +159,28 @@ class FineTune:
             from ..checkpoint import atomic_write_text
 
             atomic_write_text(Path(folder) / "finetune.json", json.dumps(self.info, indent=2) + "\n")
+
+
+def train_only(model: nn.Module, parts: str = "acts") -> list[nn.Module]:
+    """Leave trainable only the activations' parameters (``"acts"``), or those and the BatchNorms'
+    (``"acts,bn"``); every other parameter gets ``requires_grad=False``. Returns the BatchNorms whose
+    statistics stay frozen: put them back in eval mode after each ``model.train()`` (none with ``bn``).
+    ``ValueError`` for other parts, or a model with no activation parameters."""
+    chosen = _train_only_parts(str(parts))
+    from .optim import activation_modules
+
+    acts = [m for _, m in activation_modules(model)]
+    keep = {id(p) for m in acts for p in m.parameters()}
+    if not keep:
+        raise ValueError("the model has no activation parameters to train (swap in a learnable activation first, "
+                         "e.g. repact or pau)")
+    inside = {id(s) for m in acts for s in m.modules()}  # RepAct-III's own BatchNorm is an activation's
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside]
+    if "bn" in chosen:
+        keep |= {id(p) for m in norms for p in m.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return [] if "bn" in chosen else norms
 
 
 def report_targets() -> list[str]:
