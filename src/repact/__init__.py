@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import activations, fuse, ops
-from .activations import Activation, NotDeployableError, PiecewiseQuadratic, RepAct
+from .activations import Activation, Annealed, NotDeployableError, PiecewiseQuadratic, RepAct, anneal
 from .official import load_official_state_dict
 from .registry import create_act, get_act_spec, list_acts, register_act
 from .surgery import SwapReport, swap_activations
@@ -20,12 +20,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activation",
+    "Annealed",
     "NotDeployableError",
     "PiecewiseQuadratic",
     "RepAct",
     "SwapReport",
     "VerifyResult",
     "activations",
+    "anneal",
     "create_act",
     "fuse",
     "get_act_spec",
