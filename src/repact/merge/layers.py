@@ -1,0 +1,156 @@
+"""The merged layers, and a JSON record of each layer's architecture so a merged model can be rebuilt.
+
+:class:`PaddedConv2d` is a ``Conv2d`` whose border is padded with a per-channel value instead of
+zeros: a pointwise convolution merged into the kxk convolution after it computes exactly what the
+two did at the borders (see :func:`repact.merge.transforms.border_value`).
+
+``module_spec(m)`` records the architecture of the modules a merge or a re-parameterization
+produces (``Identity``, ``Conv2d``, ``PaddedConv2d``, ``Linear``, ``PiecewiseQuadratic``) and
+``module_from_spec`` builds one with placeholder weights that a state dict then fills;
+``apply_structure(model, record)`` puts them at their paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..activations.anneal import Annealed
+from ..activations.piecewise import PiecewiseQuadratic
+
+__all__ = ["PaddedConv2d", "module_spec", "module_from_spec", "apply_structure", "structure_changes",
+           "deploy_model_config", "STRUCTURE_MODULES"]
+
+
+class PaddedConv2d(nn.Conv2d):
+    """A ``Conv2d`` (zero ``padding``) applied to its input padded by ``border`` with ``pad_value`` per channel.
+
+    The pad value is a buffer (saved in the state dict). The interior is exact: the padded input
+    is ``pad(x) + ring * pad_value`` with ``ring`` 1 on the added border and 0 inside.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, border=(0, 0), dilation=1,
+                 groups: int = 1, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, dilation=dilation,
+                         groups=groups, bias=bias)
+        bh, bw = (border, border) if isinstance(border, int) else tuple(border)
+        self.border = (int(bh), int(bw))
+        self.register_buffer("pad_value", torch.zeros(in_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bh, bw = self.border
+        pads = [bw, bw, bh, bh]
+        ring = 1.0 - F.pad(torch.ones_like(x[:1, :1]), pads)
+        xp = F.pad(x, pads) + ring * self.pad_value.to(x.dtype).reshape(1, -1, 1, 1)
+        return self._conv_forward(xp, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", border={self.border}"
+
+
+def _pair(v) -> list[int]:
+    return [int(t) for t in v] if isinstance(v, (tuple, list)) else [int(v), int(v)]
+
+
+def module_spec(m: nn.Module) -> dict[str, Any] | None:
+    """A JSON record of ``m``'s architecture, or None for a module type it does not cover."""
+    if isinstance(m, nn.Identity):
+        return {"module": "Identity"}
+    if isinstance(m, PaddedConv2d) or type(m) is nn.Conv2d:
+        spec = {"module": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
+                "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "dilation": _pair(m.dilation),
+                "groups": m.groups, "bias": m.bias is not None}
+        if isinstance(m, PaddedConv2d):
+            spec["border"] = list(m.border)
+        else:
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                return None
+            spec["padding"] = _pair(m.padding)
+        return spec
+    if type(m) is nn.Linear:
+        return {"module": "Linear", "in_features": m.in_features, "out_features": m.out_features,
+                "bias": m.bias is not None}
+    if isinstance(m, PiecewiseQuadratic):
+        return {"module": "PiecewiseQuadratic", "knots": int(m.knots.numel()), "tables": int(m.coeffs.shape[0]),
+                "channels_last": bool(m.channels_last)}
+    return None
+
+
+STRUCTURE_MODULES = ("Identity", "Conv2d", "PaddedConv2d", "Linear", "PiecewiseQuadratic")
+
+
+def module_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """A module built from :func:`module_spec`'s record, with placeholder weights; ``ValueError`` for a bad record."""
+    kind = spec.get("module") if isinstance(spec, dict) else None
+    try:
+        if kind == "Identity":
+            return nn.Identity()
+        if kind in ("Conv2d", "PaddedConv2d"):
+            args = dict(in_channels=spec["in_channels"], out_channels=spec["out_channels"],
+                        kernel_size=tuple(spec["kernel_size"]), stride=tuple(spec["stride"]),
+                        dilation=tuple(spec["dilation"]), groups=spec["groups"], bias=bool(spec["bias"]))
+            if kind == "PaddedConv2d":
+                return PaddedConv2d(border=tuple(spec["border"]), **args)
+            return nn.Conv2d(padding=tuple(spec["padding"]), **args)
+        if kind == "Linear":
+            return nn.Linear(spec["in_features"], spec["out_features"], bias=bool(spec["bias"]))
+        if kind == "PiecewiseQuadratic":
+            k = int(spec["knots"])
+            return PiecewiseQuadratic(torch.arange(k, dtype=torch.float32), torch.zeros(int(spec["tables"]), k + 1, 3),
+                                      channels_last=bool(spec["channels_last"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"the structure record {spec!r} cannot be built ({type(exc).__name__}: {exc})") from None
+    raise ValueError(f"the structure record names module {kind!r}; known: {', '.join(STRUCTURE_MODULES)}")
+
+
+def structure_changes(before: nn.Module, after: nn.Module) -> dict[str, dict[str, Any]]:
+    """``path -> spec`` of every module of ``after`` that :func:`module_spec` covers and that differs from
+    the module at the same path of ``before`` (or is new): what a rebuild of ``before``'s architecture,
+    re-parameterized, must replace to get ``after``'s. (A RepAct's deploy form is left out: the
+    rebuild's ``reparameterize`` makes it; an annealed activation's is not, since its deploy form
+    depends on ``lam``, which a fresh build does not have.)"""
+    old = dict(before.named_modules(remove_duplicate=False))
+    out: dict[str, dict[str, Any]] = {}
+    for path, m in after.named_modules(remove_duplicate=False):
+        spec = module_spec(m)
+        if not path or spec is None:
+            continue
+        prev = old.get(path)
+        if prev is not None and type(prev) is type(m) and module_spec(prev) == spec:
+            continue
+        if isinstance(m, PiecewiseQuadratic) and not isinstance(prev, Annealed):
+            continue  # a RepAct's deploy form: the rebuild's reparameterize makes it
+        if any(path.startswith(p + ".") for p in out):
+            continue
+        out[path] = spec
+    return out
+
+
+def apply_structure(model: nn.Module, record: dict[str, dict[str, Any]]) -> nn.Module:
+    """Put a module built from each spec of ``record`` (``path -> spec``) at its path, in place (outer paths
+    first); ``ValueError`` naming a path the model does not have."""
+    for path in sorted(record, key=lambda p: p.count(".")):
+        parent_path, _, name = path.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_path) if parent_path else model
+        except AttributeError:
+            raise ValueError(f"the structure record names {path!r}, which the model does not have") from None
+        if name not in parent._modules:
+            raise ValueError(f"the structure record names {path!r}, which the model does not have")
+        parent._modules[name] = module_from_spec(record[path])
+    return model
+
+
+def deploy_model_config(cfg: dict[str, Any], model: nn.Module, deployed: nn.Module) -> dict[str, Any]:
+    """``cfg`` (the model config of ``model``) for ``deployed``, the deploy form of ``model``:
+    ``"reparameterized": true`` and the ``"structure"`` that ``repact.checkpoint.build_model`` needs to
+    rebuild it (``model``'s own, if it was rebuilt with one, plus what changed since)."""
+    out = dict(cfg)
+    out["reparameterized"] = True
+    changes = {**cfg.get("structure", {}), **structure_changes(model, deployed)}
+    if changes:
+        out["structure"] = changes
+    return out
