@@ -277,8 +277,12 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
 
     ``model_config`` holds ``create_model`` arguments: ``name``, ``act``, ``num_classes`` and any
     builder keywords (``kwargs``). A model saved after ``reparameterize`` records
-    ``"reparameterized": true`` and is rebuilt in its deploy form.
+    ``"reparameterized": true`` and is rebuilt in its deploy form. ``"anneal"`` re-wraps the
+    activations a training run annealed, ``"structure"`` puts the modules a deploy changed (merged
+    layers, activations annealed to nothing) at their paths (:func:`repact.merge.apply_structure`).
     """
+    from .activations.anneal import anneal_activations
+    from .merge.layers import apply_structure
     from .models import create_model
     from .reparam import reparameterize
 
@@ -293,11 +297,18 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
     try:
         model = create_model(cfg["name"], act=cfg.get("act"), num_classes=cfg.get("num_classes", 1000),
                              **cfg.get("kwargs", {}))
+        if cfg.get("anneal"):  # activations wrapped by repact train --anneal-include
+            anneal_activations(model, cfg["anneal"].get("include"))
     except ValueError as exc:
         raise CheckpointError(f"{ckpt.path} records a model that cannot be built: {exc}") from None
     _prime_lazy(model, cfg)
     if cfg.get("reparameterized"):
         model = reparameterize(model)
+    if cfg.get("structure"):  # modules a deploy put in place of others (merged layers, annealed activations)
+        try:
+            apply_structure(model, cfg["structure"])
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt.path}: {exc}") from None
     try:
         model.load_state_dict(ckpt.model_state, strict=strict)
     except RuntimeError as exc:
@@ -312,7 +323,7 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
 #: the model config's entries and the JSON types each may have
 _MODEL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "act": (str, type(None)), "num_classes": (int,), "kwargs": (dict,), "input_shape": (list,),
-    "reparameterized": (bool,), "task": (str,),
+    "reparameterized": (bool,), "task": (str,), "anneal": (dict,), "structure": (dict,),
 }
 
 

@@ -183,7 +183,9 @@ def run(args) -> int:
         extra = {"max_abs_logit_error": res["max_abs_logit_error"], "top1_flips": res["top1_flips"],
                  "acc1_change": change}
         if target and change <= MAX_ACC_CHANGE:
-            mc2 = {**mc, "reparameterized": True}
+            from ..merge.layers import deploy_model_config
+
+            mc2 = deploy_model_config(mc, model, deployed)
             _save_deployed(deployed.cpu(), target, mc2, {"config": cfg, "source": str(ckpt.path)})
             written = [str(p) for p in target]
     else:

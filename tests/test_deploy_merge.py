@@ -1,0 +1,72 @@
+"""repact deploy --merge: the merged model exported, checked, rebuilt; a wrong merge writes nothing; bad flags."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import repact
+from repact.checkpoint import build_model
+from repact.deploy import DeployError, deploy_model, ort_session
+from train_fixtures import run_cli, run_main
+
+
+def test_deploy_merge_of_a_model_name_in_a_subprocess(tmp_path):
+    out_dir = tmp_path / "d"
+    proc = run_cli("deploy", "vanillanet_mini", "--act", "repact", "--num-classes", "7", "--image-size", "16",
+                   "--model-arg", "small_input=true", "--merge", "--merge-when", "always", "--latency-rounds", "0", "--out", str(out_dir))
+    assert proc.returncode == 0, proc.stderr
+    assert "folded 9 affine module(s)" in proc.stdout and "batchnorms" in proc.stdout
+    report = json.loads((out_dir / "model_deploy_report.json").read_text())
+    merge = report["merge"]
+    # nothing annealed: no pair merges (a RepAct stands between every two convolutions), the BatchNorms fold
+    assert merge["merged"] == [] and merge["before"]["batchnorms"] == 9 and merge["after"]["batchnorms"] == 0
+    assert merge["before"]["conv_layers"] == merge["after"]["conv_layers"] == 10
+    assert "latency_ms" not in merge["after"] and report["onnx"]["parity_max_abs"] <= 1e-4
+    deployed = build_model(out_dir / "model_deploy")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    sess = ort_session(out_dir / "model.onnx")
+    assert sess.run(None, {"input": torch.randn(4, 3, 16, 16).numpy()})[0].shape == (4, 7)
+
+
+class _NotItsSequential(nn.Module):
+    """Calls its Sequential's modules one by one with a scaling between: merging them changes the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), repact.anneal(nn.ReLU(), 1.0),
+                                 nn.Conv2d(4, 2, 1))
+
+    def forward(self, x):
+        return self.seq[3](self.seq[2](self.seq[1](self.seq[0](x))) * 2).mean((2, 3))
+
+
+def test_a_merge_that_changes_the_model_writes_nothing(tmp_path):
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("x")
+    with pytest.raises(DeployError, match="the merged model differs from the model.*nothing was written"):
+        deploy_model(_NotItsSequential(), out_dir, input_shape=(3, 8, 8), merge="cheaper")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--calibrate", "2"], ["--calibrate measures merge candidates; add --merge"]),
+    (["--merge", "--latency-rounds", "-1"], ["--latency-rounds and --calibrate must be 0 or more"]),
+    (["--merge", "--calibrate", "1"], ["--calibrate measures on the dataset a checkpoint was trained on",
+                                       "vanillanet_mini records none"]),
+    (["--merge", "--merge-when", "sometimes"], ["--merge-when: invalid choice: 'sometimes'"]),
+])
+def test_bad_merge_flags(capsys, tmp_path, argv, words):
+    rc, _, err = run_main(capsys, "deploy", "vanillanet_mini", "--image-size", "8", *argv, "--out", str(tmp_path / "o"))
+    assert rc == 2 and "Traceback" not in err
+    flat = " ".join(err.split())
+    for w in words:
+        assert w in flat, (w, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_merge_is_refused_for_task_models(capsys, tmp_path):
+    rc, _, err = run_main(capsys, "deploy", "lraspp_mobilenet_v3_large", "--merge", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "--merge applies to classification models" in " ".join(err.split())
