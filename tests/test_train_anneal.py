@@ -88,13 +88,17 @@ def test_annealed_run_deploys_merged_to_half_its_convolutions(tmp_path, capsys):
 
     out_dir = tmp_path / "deploy"
     rc, out, err = run_main(capsys, "deploy", str(run / "last"), "--merge", "--out", str(out_dir),
-                            "--randomize-bn", "--latency-rounds", "3")
+                            "--randomize-bn", "--latency-rounds", "3", "--calibrate", "1")
     assert rc == 0, err
     assert "merged stem.0 + stem.3: 1x1 after 3x3" in out and "conv_layers" in out
     report = json.loads((out_dir / "model_deploy_report.json").read_text())
     merge = report["merge"]
     assert merge["before"]["conv_layers"] == 10 and merge["after"]["conv_layers"] == 5
     assert merge["ratios"]["conv_layers"] == 0.5 and merge["after"]["latency_ms"] > 0
+    # the block-end ReLUs, measured on a validation batch of digits; each linear or not on its range
+    cands = {c["path"]: c for c in merge["candidates"]}
+    assert set(cands) == {"stem.5", "stages.0.6", "stages.1.6", "stages.2.6"}
+    assert all(c["low"] <= c["high"] and c["linear"] == (c["low"] >= 0 or c["high"] <= 0) for c in cands.values())
     assert report["verify"]["logits"]["max_rel"] <= 1e-5 and report["verify"]["logits_random_bn"]["max_rel"] <= 1e-5
     assert report["onnx"]["parity_max_abs"] <= 1e-4 and report["weights"]["reload_max_abs"] == 0.0
     trained, deployed = build_model(run / "last").eval(), build_model(out_dir / "model_deploy").eval()
