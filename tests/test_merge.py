@@ -166,3 +166,20 @@ def test_merge_candidates_are_the_activations_linear_on_their_measured_range():
     _, report = merge_linear(model, batches[0], calibration=batches)
     assert [c.path for c in report.candidates if c.linear] == ["1"]
     assert any("merge candidate: 1 (PiecewiseQuadratic)" in line for line in report.lines())
+
+
+def test_linear_chains_fold_only_what_acts_on_their_features():
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), repact.anneal(nn.GELU(), 1.0), nn.Dropout(0.1),
+                        nn.Linear(16, 4)).eval()
+    repact.randomize_batchnorm_(mlp)
+    res, merged, report = verify_merge(mlp, torch.randn(5, 8))  # (N, features): the BatchNorm folds
+    assert res.ok(1e-5) and [m.form for m in report.merged] == ["linear after linear"]
+    assert isinstance(merged[0], nn.Linear) and (merged[0].in_features, merged[0].out_features) == (8, 4)
+    tokens = torch.randn(2, 16, 8)  # (N, L, features) with L == features: BatchNorm1d would normalize L
+    merged, report = merge_linear(mlp, tokens)
+    assert isinstance(merged[1], nn.BatchNorm1d) and report.merged == [] and report.verify["max_rel"] <= 1e-5
+    lin = PiecewiseQuadratic([0.0], torch.tensor([[[0.1, 2.0, 0.0], [0.1, 2.0, 0.0]]]).repeat(16, 1, 1),
+                             channels_last=True)  # 2x + 0.1 per feature, on the last dim
+    vit = nn.Sequential(nn.Linear(8, 16), lin, nn.Linear(16, 8)).eval()
+    res, merged, report = verify_merge(vit, tokens)
+    assert res.ok(1e-5) and [m.form for m in report.merged] == ["linear after linear"]

@@ -19,7 +19,6 @@ A module used at several places, or not run by the example input, is not merged.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,17 +143,19 @@ def _transparent(m: nn.Module) -> bool:
     return isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd))
 
 
-def channel_affine(m: nn.Module, out_channels: int, rank: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(scale, shift) of a module that is ``scale * y + shift`` on the channels of a layer output of
-    ``out_channels`` channels and ``rank`` dims (channels on dim 1 for convolutions, last for Linear),
+def channel_affine(m: nn.Module, layer: nn.Module, rank: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) of a module that is ``scale * y + shift`` per output channel of ``layer`` (a
+    convolution: channels on dim 1; a Linear layer: on the last dim) whose output has ``rank`` dims,
     or None when it is not such a map."""
     one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    conv = isinstance(layer, nn.Conv2d)
+    channels = _out_channels(layer)
     if isinstance(m, Annealed):
         return (one, zero) if m.lam_value == 1.0 else None
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        if m.running_mean is None or m.num_features != out_channels or (rank > 2 and not isinstance(m, nn.BatchNorm2d)):
-            return None
-        if rank == 2 and not isinstance(m, nn.BatchNorm1d):
+        # a BatchNorm normalizes dim 1: a convolution's channels, a Linear layer's features only in 2-D
+        fits = isinstance(m, nn.BatchNorm2d) if conv else (rank == 2 and isinstance(m, nn.BatchNorm1d))
+        if not fits or m.running_mean is None or m.num_features != channels:
             return None
         return fuse.batchnorm_affine(m.running_mean.double(), m.running_var.double(),
                                      None if m.weight is None else m.weight.double(),
@@ -163,9 +164,8 @@ def channel_affine(m: nn.Module, out_channels: int, rank: int) -> tuple[torch.Te
         c = m.coeffs.detach().double()
         if bool(c[..., 2].any()) or not bool((c[:, :, :2] == c[:, :1, :2]).all()):
             return None
-        per_channel = c.shape[0] > 1
-        channel_dim_ok = rank == 2 or (m.channels_last == (rank != 4))
-        if per_channel and (c.shape[0] != out_channels or not channel_dim_ok):
+        on_channels = rank == 2 or (m.channels_last != conv)  # the table's channel dim is the layer's
+        if c.shape[0] > 1 and (c.shape[0] != channels or not on_channels):
             return None
         return c[:, 0, 1], c[:, 0, 0]
     return None
@@ -222,7 +222,7 @@ def fold_run(run: list[Slot], usable: set[int], ranks: dict[int, int]) -> list[F
             m = nxt.module
             if _transparent(m):
                 continue
-            aff = channel_affine(m, _out_channels(layer), ranks[id(layer)]) if id(m) in usable else None
+            aff = channel_affine(m, layer, ranks[id(layer)]) if id(m) in usable else None
             if aff is None:
                 break
             s, t = (v.detach().double().cpu() for v in aff)
@@ -422,6 +422,3 @@ def usable_layers(model: nn.Module, example_input: Any) -> tuple[set[int], dict[
     usable = {i for i in ran if uses.get(i, 0) == 1}
     return usable, ranks
 
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
