@@ -1,6 +1,7 @@
 """repact deploy --merge: the merged model exported, checked, rebuilt; a wrong merge writes nothing; bad flags."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -70,3 +71,28 @@ def test_bad_merge_flags(capsys, tmp_path, argv, words):
 def test_merge_is_refused_for_task_models(capsys, tmp_path):
     rc, _, err = run_main(capsys, "deploy", "lraspp_mobilenet_v3_large", "--merge", "--out", str(tmp_path / "o"))
     assert rc == 2 and "--merge applies to classification models" in " ".join(err.split())
+
+
+def test_a_tampered_structure_record_is_refused_before_anything_is_built(tmp_path):
+    from repact.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), repact.anneal(nn.ReLU(), 1.0), nn.Conv2d(4, 2, 1))
+    res = deploy_model(model.eval(), tmp_path / "d", input_shape=(3, 8, 8), merge="cheaper", name="m")
+    ckpt = load_checkpoint(res.weights_path)
+    structure = ckpt.model_config["structure"]  # no registered name: what build_model would apply
+    assert structure["0"]["module"] == "Conv2d" and structure["3"] == {"module": "Identity"}
+    cfg = {"name": "small_cnn", "num_classes": 2}
+    huge = {"0": {**structure["0"], "in_channels": 1 << 20, "out_channels": 1 << 20}}
+    bad = [({"0": {"module": "os.system"}}, "names module 'os.system'"),
+           ({"0": {**structure["0"], "groups": 3}}, "groups (3) do not divide its channels"),
+           ({"0": {**structure["0"], "kernel_size": [1, -1]}}, "'kernel_size' is [1, -1]"),
+           ({"": {"module": "Identity"}}, "not a module path"),
+           (huge, "GiB to load, more than the")]
+    for record, words in bad:
+        save_checkpoint(tmp_path / "t", nn.Linear(1, 1), model_config={**cfg, "reparameterized": True,
+                                                                      "structure": record})
+        with pytest.raises(CheckpointError, match=re.escape(words)):
+            build_model(tmp_path / "t")
+    save_checkpoint(tmp_path / "a", nn.Linear(1, 1), model_config={**cfg, "anneal": {"include": 3}})
+    with pytest.raises(CheckpointError, match="anneal record is"):
+        build_model(tmp_path / "a")

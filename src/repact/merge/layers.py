@@ -21,7 +21,10 @@ from torch import nn
 from ..activations.anneal import Annealed
 from ..activations.piecewise import PiecewiseQuadratic
 
-__all__ = ["PaddedConv2d", "module_spec", "module_from_spec", "apply_structure", "structure_changes",
+#: the module types a structure record may name
+STRUCTURE_MODULES = ("Identity", "Conv2d", "PaddedConv2d", "Linear", "PiecewiseQuadratic")
+
+__all__ = ["PaddedConv2d", "check_structure", "spec_values", "module_spec", "module_from_spec", "apply_structure", "structure_changes",
            "deploy_model_config", "STRUCTURE_MODULES"]
 
 
@@ -79,12 +82,71 @@ def module_spec(m: nn.Module) -> dict[str, Any] | None:
     return None
 
 
-STRUCTURE_MODULES = ("Identity", "Conv2d", "PaddedConv2d", "Linear", "PiecewiseQuadratic")
+#: the largest channel count and kernel side a structure record may ask for
+_MOST_CHANNELS, _MOST_SIDE = 1 << 20, 4096
+
+
+def _ints(spec: dict[str, Any], key: str, n: int | None, least: int, most: int) -> list[int]:
+    v = spec.get(key)
+    vals = v if isinstance(v, list) and n is not None else [v]
+    if (n is not None and len(vals) != n) or not all(isinstance(t, int) and not isinstance(t, bool) and
+                                                      least <= t <= most for t in vals):
+        what = f"a list of {n} integers" if n is not None else "an integer"
+        raise ValueError(f"its {key!r} is {v!r}, not {what} from {least} to {most}")
+    return vals
+
+
+def spec_values(spec: Any) -> int:
+    """How many values the tensors of the module built from ``spec`` hold; ``ValueError`` (naming the
+    entry) for a record that is not one :func:`module_spec` writes. Nothing is allocated."""
+    if not isinstance(spec, dict) or spec.get("module") not in STRUCTURE_MODULES:
+        kind = spec.get("module") if isinstance(spec, dict) else spec
+        raise ValueError(f"it names module {kind!r}; known: {', '.join(STRUCTURE_MODULES)}")
+    kind = spec["module"]
+    if kind == "Identity":
+        return 0
+    flags = ["bias"] if kind != "PiecewiseQuadratic" else ["channels_last"]
+    for key in flags:
+        if not isinstance(spec.get(key), bool):
+            raise ValueError(f"its {key!r} is {spec.get(key)!r}, not true or false")
+    if kind == "Linear":
+        i, o = (_ints(spec, k, None, 1, _MOST_CHANNELS)[0] for k in ("in_features", "out_features"))
+        return i * o + o * spec["bias"]
+    if kind == "PiecewiseQuadratic":
+        k = _ints(spec, "knots", None, 0, 1024)[0]
+        return _ints(spec, "tables", None, 1, _MOST_CHANNELS)[0] * (k + 1) * 3 + k
+    i, o, g = (_ints(spec, k, None, 1, _MOST_CHANNELS)[0] for k in ("in_channels", "out_channels", "groups"))
+    if i % g or o % g:
+        raise ValueError(f"its groups ({g}) do not divide its channels ({i} in, {o} out)")
+    kh, kw = _ints(spec, "kernel_size", 2, 1, _MOST_SIDE)
+    _ints(spec, "stride", 2, 1, _MOST_SIDE)
+    _ints(spec, "dilation", 2, 1, _MOST_SIDE)
+    _ints(spec, "border" if kind == "PaddedConv2d" else "padding", 2, 0, _MOST_SIDE)
+    return o * (i // g) * kh * kw + o * spec["bias"] + (i if kind == "PaddedConv2d" else 0)
+
+
+def check_structure(record: Any) -> int:
+    """The values a structure record's modules hold in all; ``ValueError`` naming its first bad entry."""
+    if not isinstance(record, dict):
+        raise ValueError(f"the structure record is a {type(record).__name__}, not a mapping of paths to modules")
+    total = 0
+    for path, spec in record.items():
+        if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
+            raise ValueError(f"the structure record has the path {path!r}, not a module path such as 'stem.0'")
+        try:
+            total += spec_values(spec)
+        except ValueError as exc:
+            raise ValueError(f"the structure record's entry {path!r} cannot be built: {exc}") from None
+    return total
 
 
 def module_from_spec(spec: dict[str, Any]) -> nn.Module:
     """A module built from :func:`module_spec`'s record, with placeholder weights; ``ValueError`` for a bad record."""
-    kind = spec.get("module") if isinstance(spec, dict) else None
+    try:
+        spec_values(spec)
+    except ValueError as exc:
+        raise ValueError(f"the structure record {spec!r} cannot be built: {exc}") from None
+    kind = spec["module"]
     try:
         if kind == "Identity":
             return nn.Identity()
@@ -103,7 +165,7 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
                                       channels_last=bool(spec["channels_last"]))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"the structure record {spec!r} cannot be built ({type(exc).__name__}: {exc})") from None
-    raise ValueError(f"the structure record names module {kind!r}; known: {', '.join(STRUCTURE_MODULES)}")
+    return nn.Identity()
 
 
 def structure_changes(before: nn.Module, after: nn.Module) -> dict[str, dict[str, Any]]:
