@@ -96,3 +96,14 @@ def test_a_tampered_structure_record_is_refused_before_anything_is_built(tmp_pat
     save_checkpoint(tmp_path / "a", nn.Linear(1, 1), model_config={**cfg, "anneal": {"include": 3}})
     with pytest.raises(CheckpointError, match="anneal record is"):
         build_model(tmp_path / "a")
+
+
+def test_a_padded_border_merge_exports_to_onnx_exactly(tmp_path):
+    model = nn.Sequential(nn.Conv2d(12, 8, 1), nn.BatchNorm2d(8), repact.anneal(nn.ReLU(), 1.0),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(1))
+    repact.randomize_batchnorm_(model)
+    res = deploy_model(model.eval(), tmp_path / "d", input_shape=(12, 9, 7), merge="always", randomize_bn=True)
+    assert [m["form"] for m in res.report["merge"]["merged"]] == ["3x3 after 1x1 (padded border)"]
+    assert res.onnx_parity <= 1e-5 and res.verify["logits"]["max_rel"] <= 1e-5
+    assert res.verify["logits_random_bn"]["max_rel"] <= 1e-5

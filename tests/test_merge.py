@@ -84,7 +84,7 @@ def test_kxk_after_1x1_carries_the_bias_through_the_padded_border_exactly():
     x = torch.randn(2, 12, 7, 9)
     res, merged, report = verify_merge(model, x)
     assert res.ok(1e-5), res
-    assert isinstance(merged[0], PaddedConv2d) and merged[0].border == (1, 1) and merged[0].groups == 1
+    assert isinstance(merged[0], PaddedConv2d) and merged[0].padding == (1, 1) and merged[0].groups == 1
     assert report.merged[0].form == "3x3 after 1x1 (padded border)"
     with torch.no_grad():
         wrong = copy.deepcopy(merged)
@@ -93,6 +93,19 @@ def test_kxk_after_1x1_carries_the_bias_through_the_padded_border_exactly():
     # no bias before the 3x3 (no BatchNorm to fold either): plain zero padding is exact
     plain, rep = merge_linear(_reduce_then_3x3(bias=False).eval(), x, when="always")
     assert type(plain[0]) is nn.Conv2d and plain[0].padding == (1, 1)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_padded_conv_pads_each_channel_with_its_value(groups):
+    conv = PaddedConv2d(4, 6, 3, stride=2, padding=(2, 1), dilation=(1, 2), groups=groups)
+    with torch.no_grad():
+        conv.pad_value.copy_(torch.tensor([0.5, -2.0, 3.0, 1.5]))
+    x = torch.randn(2, 4, 7, 8)
+    ring = torch.nn.functional.pad(torch.zeros_like(x), [1, 1, 2, 2], value=1.0)
+    padded = torch.nn.functional.pad(x, [1, 1, 2, 2]) + ring * conv.pad_value.reshape(1, -1, 1, 1)
+    ref = torch.nn.functional.conv2d(padded, conv.weight, conv.bias, stride=2, dilation=(1, 2), groups=groups)
+    with torch.no_grad():
+        assert (conv(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
 def test_a_structure_record_rebuilds_the_merged_model():

@@ -195,17 +195,18 @@ def _rebuilt(m: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> nn.Modul
 
 
 def _conv_like(m: nn.Conv2d, in_ch: int, out_ch: int, groups: int, **geometry: Any) -> nn.Conv2d:
-    g = dict(kernel_size=m.kernel_size, stride=m.stride, dilation=m.dilation)
+    """A convolution with ``m``'s kernel, stride, dilation, padding and pad value, except what
+    ``geometry`` overrides (``pad_value=None``: zeros); a :class:`PaddedConv2d` for a nonzero pad value."""
+    g = dict(kernel_size=m.kernel_size, stride=m.stride, dilation=m.dilation, padding=m.padding,
+             pad_value=m.pad_value if isinstance(m, PaddedConv2d) else None)
     g.update(geometry)
-    border = g.pop("border", m.border if isinstance(m, PaddedConv2d) else None)
-    pad_value = g.pop("pad_value", m.pad_value if isinstance(m, PaddedConv2d) else None)
-    padding = g.pop("padding", None if isinstance(m, PaddedConv2d) else m.padding)
-    if border is not None and any(border):
-        new = PaddedConv2d(in_ch, out_ch, border=border, groups=groups, bias=True, **g)
+    pad_value = g.pop("pad_value")
+    if pad_value is not None and bool(pad_value.any()) and any(_size(g["padding"])):
+        new = PaddedConv2d(in_ch, out_ch, groups=groups, bias=True, **g)
         with torch.no_grad():
             new.pad_value.copy_(pad_value)
         return new
-    return nn.Conv2d(in_ch, out_ch, padding=padding if padding is not None else 0, groups=groups, bias=True, **g)
+    return nn.Conv2d(in_ch, out_ch, groups=groups, bias=True, **g)
 
 
 def fold_run(run: list[Slot], usable: set[int], ranks: dict[int, int]) -> list[Fold]:
@@ -251,9 +252,7 @@ def _size(v) -> tuple[int, int]:
 
 def _pads(m: nn.Conv2d) -> tuple[tuple[int, int], torch.Tensor | None]:
     """(padding, pad value or None for zeros)."""
-    if isinstance(m, PaddedConv2d):
-        return m.border, m.pad_value
-    return _size(m.padding), None
+    return _size(m.padding), (m.pad_value if isinstance(m, PaddedConv2d) else None)
 
 
 def _pointwise(m: nn.Conv2d) -> bool:
@@ -296,17 +295,13 @@ def compose_pair(a: nn.Module, b: nn.Module) -> tuple[nn.Module, str] | str:
     border, target = _pads(b)
     form = f"{_kname(b)} after {_kname(a)}"
     if border == (0, 0):
-        return _filled(_conv_like(b, a.in_channels, b.out_channels, groups), a, wg, bias), form
+        return _filled(_conv_like(b, a.in_channels, b.out_channels, groups, pad_value=None), a, wg, bias), form
     u = T.border_value(da.reshape(da.shape[0], -1), a.bias, target)
     if u is None:
         return (f"the first convolution's bias does not pass through the second's zero padding exactly "
                 f"(the 1x1's bias is not in the span of its weights, {a.in_channels} -> {a.out_channels} channels)")
-    if not bool(u.any()):
-        return _filled(_conv_like(b, a.in_channels, b.out_channels, groups, border=None, padding=border), a, wg,
-                       bias), form
-    new = _conv_like(b, a.in_channels, b.out_channels, groups, border=border, pad_value=u.to(a.weight.dtype),
-                     padding=None)
-    return _filled(new, a, wg, bias), form + " (padded border)"
+    new = _conv_like(b, a.in_channels, b.out_channels, groups, pad_value=u.to(a.weight.dtype))
+    return _filled(new, a, wg, bias), form + (" (padded border)" if isinstance(new, PaddedConv2d) else "")
 
 
 def _filled(new: nn.Module, like: nn.Module, w: torch.Tensor, b: torch.Tensor) -> nn.Module:

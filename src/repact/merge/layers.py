@@ -1,8 +1,8 @@
 """The merged layers, and a JSON record of each layer's architecture so a merged model can be rebuilt.
 
 :class:`PaddedConv2d` is a ``Conv2d`` whose border is padded with a per-channel value instead of
-zeros: a pointwise convolution merged into the kxk convolution after it computes exactly what the
-two did at the borders (see :func:`repact.merge.transforms.border_value`).
+zeros: a pointwise convolution merged into the kxk convolution after it computes what the two did
+at the borders too (see :func:`repact.merge.transforms.border_value`).
 
 ``module_spec(m)`` records the architecture of the modules a merge or a re-parameterization
 produces (``Identity``, ``Conv2d``, ``PaddedConv2d``, ``Linear``, ``PiecewiseQuadratic``) and
@@ -29,29 +29,26 @@ __all__ = ["PaddedConv2d", "check_structure", "spec_values", "module_spec", "mod
 
 
 class PaddedConv2d(nn.Conv2d):
-    """A ``Conv2d`` (zero ``padding``) applied to its input padded by ``border`` with ``pad_value`` per channel.
+    """A ``Conv2d`` whose ``padding`` pads each input channel with ``pad_value`` instead of zeros.
 
-    The pad value is a buffer (saved in the state dict). The interior is exact: the padded input
-    is ``pad(x) + ring * pad_value`` with ``ring`` 1 on the added border and 0 inside.
+    Padding ``x`` with ``u`` is padding ``x - u`` with zeros and adding ``u`` everywhere, so the
+    forward is the zero-padded convolution of ``x - u`` with the bias ``bias + sum_k W u``: one
+    subtraction on the input (ONNX: Sub, then Conv). The pad value is a buffer (in the state dict).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, border=(0, 0), dilation=1,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, dilation=dilation,
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias)
-        bh, bw = (border, border) if isinstance(border, int) else tuple(border)
-        self.border = (int(bh), int(bw))
         self.register_buffer("pad_value", torch.zeros(in_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bh, bw = self.border
-        pads = [bw, bw, bh, bh]
-        ring = 1.0 - F.pad(torch.ones_like(x[:1, :1]), pads)
-        xp = F.pad(x, pads) + ring * self.pad_value.to(x.dtype).reshape(1, -1, 1, 1)
-        return self._conv_forward(xp, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", border={self.border}"
+        u = self.pad_value.to(x.dtype)
+        w = self.weight
+        g, out_ch = self.groups, w.shape[0]
+        through = (w.sum(dim=(2, 3)).reshape(g, out_ch // g, -1) @ u.reshape(g, -1, 1)).reshape(out_ch)
+        bias = through if self.bias is None else self.bias + through
+        return self._conv_forward(x - u.reshape(1, -1, 1, 1), w, bias)
 
 
 def _pair(v) -> list[int]:
@@ -66,12 +63,9 @@ def module_spec(m: nn.Module) -> dict[str, Any] | None:
         spec = {"module": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
                 "kernel_size": _pair(m.kernel_size), "stride": _pair(m.stride), "dilation": _pair(m.dilation),
                 "groups": m.groups, "bias": m.bias is not None}
-        if isinstance(m, PaddedConv2d):
-            spec["border"] = list(m.border)
-        else:
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                return None
-            spec["padding"] = _pair(m.padding)
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return None
+        spec["padding"] = _pair(m.padding)
         return spec
     if type(m) is nn.Linear:
         return {"module": "Linear", "in_features": m.in_features, "out_features": m.out_features,
@@ -121,7 +115,7 @@ def spec_values(spec: Any) -> int:
     kh, kw = _ints(spec, "kernel_size", 2, 1, _MOST_SIDE)
     _ints(spec, "stride", 2, 1, _MOST_SIDE)
     _ints(spec, "dilation", 2, 1, _MOST_SIDE)
-    _ints(spec, "border" if kind == "PaddedConv2d" else "padding", 2, 0, _MOST_SIDE)
+    _ints(spec, "padding", 2, 0, _MOST_SIDE)
     return o * (i // g) * kh * kw + o * spec["bias"] + (i if kind == "PaddedConv2d" else 0)
 
 
@@ -153,10 +147,9 @@ def module_from_spec(spec: dict[str, Any]) -> nn.Module:
         if kind in ("Conv2d", "PaddedConv2d"):
             args = dict(in_channels=spec["in_channels"], out_channels=spec["out_channels"],
                         kernel_size=tuple(spec["kernel_size"]), stride=tuple(spec["stride"]),
-                        dilation=tuple(spec["dilation"]), groups=spec["groups"], bias=bool(spec["bias"]))
-            if kind == "PaddedConv2d":
-                return PaddedConv2d(border=tuple(spec["border"]), **args)
-            return nn.Conv2d(padding=tuple(spec["padding"]), **args)
+                        padding=tuple(spec["padding"]), dilation=tuple(spec["dilation"]), groups=spec["groups"],
+                        bias=bool(spec["bias"]))
+            return PaddedConv2d(**args) if kind == "PaddedConv2d" else nn.Conv2d(**args)
         if kind == "Linear":
             return nn.Linear(spec["in_features"], spec["out_features"], bias=bool(spec["bias"]))
         if kind == "PiecewiseQuadratic":

@@ -174,6 +174,6 @@ def verify_merge(model: nn.Module, example_input: torch.Tensor, *, randomize_bn:
     if randomize_bn:
         randomize_batchnorm_(model, seed)
     merged, report = merge_linear(model, example_input, when=when, rtol=float("inf"))
-    report.verify = {}
     res = verify(model, merged, example_input)
+    report.verify = res.as_dict()
     return res, merged, report
