@@ -86,6 +86,11 @@ def run_task_eval(args, ckpt, task_name: str) -> int:
     cfg = dict(ckpt.state.get("config", {}))
     mc = ckpt.model_config
     dataset = args.dataset or cfg.get("dataset") or task.default_dataset
+    try:
+        dataset = task.check_dataset(dataset)
+    except ValueError:
+        raise CLIError(f"--dataset {dataset}: {ckpt.path} is a {task_name} model, evaluated on VOC-format data; "
+                       f"accepted: {', '.join(task.datasets)} (with --data-dir the VOC root)") from None
     same = dataset == cfg.get("dataset")
     data_dir = args.data_dir if args.data_dir is not None else (cfg.get("data_dir") if same else None)
     if data_dir is None:
