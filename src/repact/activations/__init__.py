@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib
 
 from ..registry import register_act
+from .anneal import Annealed, anneal, anneal_activations, annealed_modules
 from .base import Activation, NotDeployableError
 from .fewbit import FewBit, set_backward_bits
 from .piecewise import PiecewiseQuadratic
 from .repact import RepAct
 
-__all__ = ["Activation", "FewBit", "NotDeployableError", "PiecewiseQuadratic", "RepAct", "set_backward_bits"]
+__all__ = ["Activation", "Annealed", "FewBit", "NotDeployableError", "PiecewiseQuadratic", "RepAct", "anneal",
+           "anneal_activations", "annealed_modules", "set_backward_bits"]
 
 register_act(
     "repact", RepAct, aliases=("repact1", "repact_i", "repact_origin"), family="repact", learnable=True,

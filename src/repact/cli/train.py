@@ -99,6 +99,15 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
                    "swapped activations: approximate (default: fitted to the function each replaces) or default")
     a.add_argument("--train-only", default=S, metavar="PARTS", help="with --weights: train only the activations' "
                    "parameters (acts) or those and the BatchNorms' (acts,bn); the rest stays frozen")
+    a = p.add_argument_group("annealing activations into the identity (then repact deploy --merge)")
+    a.add_argument("--anneal-acts", default=S, metavar="START:END", help="move every annealed activation "
+                   "(1 - lam) act(x) + lam x from lam 0 at epoch START to lam 1 at epoch END (vanillanet_mini has "
+                   "them built in; other models: --anneal-include)")
+    a.add_argument("--anneal-schedule", default=S, choices=("linear", "cosine"), help="lam's path (default linear)")
+    a.add_argument("--anneal-by", default=S, choices=("model", "layer"), help="model: one window for all (default); "
+                   "layer: the window cut into one slice per layer, first layer first")
+    a.add_argument("--anneal-include", default=S, metavar="REGEX", help="anneal the activation modules whose path "
+                   "matches REGEX (re.search), e.g. 'classifier' or '.' for every one")
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")
     r.add_argument("--amp", action="store_true", default=S, help="mixed precision (CUDA only)")
