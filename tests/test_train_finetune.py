@@ -87,6 +87,8 @@ def test_a_torchvision_state_dict_fine_tunes_activations_and_batchnorms(tmp_path
     (["--weights", "W", "--train-only", "bn"], ["train_only must be acts or acts,bn", "'bn'"]),
     (["--weights", "W", "--swap-act", "repactt"], ["--swap-act: unknown activation 'repactt'"]),
     (["--weights", "missing.pt"], ["does not exist (weights are only read from local files)"]),
+    (["--weights", "W", "--swap-act", "repact", "--train-only", "acts", "--anneal-acts", "0:0.5", "--anneal-include", "."],
+     ["every parameter it trains is in an annealed activation", "would train nothing", "(0:1)"]),
 ])
 def test_bad_fine_tuning_options_are_one_line_errors(tmp_path, capsys, argv, words):
     good = tmp_path / "w.pth"
@@ -142,3 +144,18 @@ def test_train_only_in_python_leaves_only_the_activations_and_optionally_the_bat
             train_only(net(), bad)
     with pytest.raises(ValueError, match="no activation parameters to train"):
         train_only(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+
+
+@pytest.mark.slow
+def test_a_pretrained_model_fine_tunes_while_its_swapped_activations_anneal(tmp_path):
+    # the pretrained file holds no annealing wrappers: the run loads it, swaps, then wraps (as build_model rebuilds)
+    weights = _pretrain(tmp_path / "pre")
+    out = tmp_path / "ft"
+    proc = run_cli("train", "--act", "relu", "--weights", str(weights), "--swap-act", "repact", "--train-only", "acts",
+                   "--anneal-acts", "0:2", "--anneal-include", ".", "--epochs", "2", "--limit-batches", "3", "--quiet",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "finetune.json").read_text())["trainable_params"] == 15
+    model = build_model(out / "last").eval()  # strict: the wrappers' lam and the swapped RepActs' weights
+    wrapped = [m for m in model.modules() if isinstance(m, repact.Annealed)]
+    assert len(wrapped) == 3 and all(isinstance(m.act, repact.RepAct) and float(m.lam) == 1.0 for m in wrapped)

@@ -306,8 +306,6 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
     try:
         model = create_model(cfg["name"], act=cfg.get("act"), num_classes=cfg.get("num_classes", 1000),
                              **cfg.get("kwargs", {}))
-        if cfg.get("anneal"):  # activations wrapped by repact train --anneal-include
-            anneal_activations(model, cfg["anneal"].get("include"))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{ckpt.path} records a model that cannot be built: {exc}") from None
     if cfg.get("swap"):  # activations swapped after the build (repact train --swap-act)
@@ -317,6 +315,11 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
             replay_swap(model, cfg["swap"], cfg.get("input_shape"))
         except ValueError as exc:
             raise CheckpointError(f"{ckpt.path} records an activation swap that cannot be redone: {exc}") from None
+    if cfg.get("anneal"):  # activations wrapped by repact train --anneal-include (after any swap, as it did)
+        try:
+            anneal_activations(model, cfg["anneal"].get("include"))
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt.path} records a model that cannot be built: {exc}") from None
     _prime_lazy(model, cfg)
     if cfg.get("reparameterized"):
         model = reparameterize(model)

@@ -28,7 +28,7 @@ from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config,
 from .act_options import ActTraining, apply_backward_bits
 from .finetune import FineTune
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
-from .anneal import Annealer
+from .anneal import Annealer, wrap_for_training
 from .logs import RunLogger, activation_snapshot
 from .objective import Objective, objective_for
 from .optim import build_optimizer, build_scheduler
@@ -225,6 +225,11 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         check_data_classes(ckpt, info.classes, f"{info.name} in {cfg.data_dir}" if cfg.data_dir else info.name)
     model, model_config = build_model_for(cfg, info, device, saved=ckpt.model_config if ckpt is not None else None)
     ft = FineTune(model, model_config, cfg, ckpt.model_config if ckpt is not None else None)
+    # --anneal-include wraps after --weights and --swap-act (a pretrained file holds no wrappers), as build_model does
+    anneal_record = wrap_for_training(model, cfg)
+    if anneal_record:
+        model_config["anneal"] = anneal_record
+    ft.check_annealing(model)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt.model_state)

@@ -135,6 +135,24 @@ class FineTune:
         except ValueError as exc:
             raise ConfigError(f"--train-only {self.cfg.train_only}: {exc}") from None
 
+    def check_annealing(self, model: nn.Module) -> None:
+        """Refuse ``--train-only`` whose every trainable parameter sits in an activation annealed into the
+        identity before the last epoch (``--anneal-acts START:END``, END < epochs): after END nothing trains."""
+        cfg = self.cfg
+        if cfg.train_only is None or not cfg.anneal_acts:
+            return
+        from ..activations.anneal import annealed_modules
+        from .anneal import parse_window
+
+        end = parse_window(cfg.anneal_acts)[1]
+        inside = {id(p) for _, m in annealed_modules(model) for p in m.parameters()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if end < cfg.epochs and all(id(p) in inside for p in trainable):
+            raise ConfigError(f"--train-only {cfg.train_only} with --anneal-acts {cfg.anneal_acts}: every parameter it "
+                              f"trains is in an annealed activation, the identity from epoch {end:g} on, so epochs "
+                              f"{end:g} to {cfg.epochs} would train nothing; end the annealing at --epochs "
+                              f"({str(cfg.anneal_acts).split(':')[0]}:{cfg.epochs}) or train the BatchNorms too (acts,bn)")
+
     def train_modes(self) -> None:
         """After ``model.train()``: frozen BatchNorms back to eval mode."""
         for m in self.frozen_norms:
