@@ -100,3 +100,17 @@ def test_bad_settings_are_refused_with_the_value():
         Stochastic(first="silo")
     with pytest.raises(ValueError, match="got True"):
         set_stochastic(torch.nn.Sequential(Stochastic()), p=True)
+
+
+def test_reparameterize_replaces_it_with_its_inference_activation():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), Stochastic(), torch.nn.Conv2d(4, 4, 1),
+                                Stochastic(first="relu", second="repact", inference="second", mode="element"))
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model[3].second.branch_weight.copy_(torch.tensor([0.2, 0.5, 0.1, 0.3]))
+        model.eval()
+        expect = model(x)
+        deployed = repact.reparameterize(model, inplace=False)
+        assert isinstance(deployed[1], torch.nn.ReLU) and isinstance(deployed[3], repact.PiecewiseQuadratic)
+        torch.testing.assert_close(deployed(x), expect, rtol=1e-6, atol=1e-6)
+    assert set(repact.list_acts("stochastic", deployable=True)) == {"stochastic", "stochastic_element"}

@@ -12,11 +12,13 @@ train`` seeds every process with ``seed + rank``: under DDP each process draws i
 checkpoints hold every rank's generator states, so a resumed run draws what the uninterrupted one
 would. A coin is drawn at every training forward, whatever ``p`` is, so changing ``p`` (the engine's
 ``--stochastic-p`` schedule) never shifts the stream. Registered as ``stochastic`` (per forward) and
-``stochastic_element`` (per element), both SiLU / ReLU with p = 0.5.
+``stochastic_element`` (per element), both SiLU / ReLU with p = 0.5. :func:`repact.reparameterize`
+(``repact deploy``) replaces it with its inference activation.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -73,6 +75,16 @@ class Stochastic(Activation):
     @property
     def inference_module(self) -> nn.Module:
         return self.first if self.inference == "first" else self.second
+
+    #: re-parameterizes to its inference activation (what eval mode computes)
+    deployable = True
+
+    def to_deploy(self) -> nn.Module:
+        """The inference activation, in its own deploy form where it has one (a RepAct member's table)."""
+        m = self.inference_module
+        if getattr(m, "deployable", False) and hasattr(m, "to_deploy"):
+            return m.to_deploy()
+        return copy.deepcopy(m)
 
     def _subs_built(self, x: torch.Tensor) -> None:
         # a lazy channel-wise activation builds on its first call; build both now, so that the one not
@@ -131,10 +143,10 @@ def set_stochastic(model: nn.Module, p: float | None = None, fixed: bool | None 
 
 
 register_act(
-    "stochastic", Stochastic, family="stochastic",
+    "stochastic", Stochastic, family="stochastic", deployable=True,
     description="SiLU with probability p = 0.5 per forward, else ReLU, in training; ReLU at inference",
 )
 register_act(
-    "stochastic_element", Stochastic, family="stochastic", mode="element",
+    "stochastic_element", Stochastic, family="stochastic", deployable=True, mode="element",
     description="SiLU with probability p = 0.5 per element, else ReLU, in training; ReLU at inference",
 )
