@@ -1,0 +1,416 @@
+/*
+ * repact native CPU kernels for ACON ("Activate or Not", arXiv 2009.04759):
+ *
+ *     y = d x sigmoid(beta d x) + p2 x,   d = p1 - p2   (p1 = 1, p2 = 0, beta = 1 where NULL)
+ *
+ * ACON-A/B/C per channel or per layer, and meta-ACON-C's elementwise part (beta per sample and
+ * channel, per sample or per element). One call each way: the backward recomputes the sigmoid
+ * from x and gives gx and the parameters' gradients in the same pass.
+ *
+ * Layout as in piecewise.c: the tensor is (outer, C, inner) in memory order; blocks (inner > 1)
+ * run in SIMD vectors along the block, rows (inner == 1, channels last) along the channels. A
+ * parameter of element (o, c, i) is read at [(o / od) so + c sc], od rows of outer per sample:
+ * (so, sc) = (0, 0) one value, (0, 1) per channel, (C, 1) per sample and channel, (1, 0) per
+ * sample; beta may also be laid out like x (beta_full), its gradient then written per element.
+ *
+ * The sigmoid: e = exp(-|z|) (Cody-Waite reduction and a Taylor polynomial, ~1 ulp; 0 below the
+ * smallest normal number), r = 1 / (1 + e); sigmoid(z) = r and 1 - sigmoid(z) = e r for z >= 0,
+ * the other way round for z < 0, so neither overflows nor cancels for any |z|. Backward, per
+ * element, with u = d x, z = beta u, s = sigmoid(z), q = 1 - s, core = s (1 + z q):
+ *     gx = g (core d + p2),   dL/dp1 = sum g x core,   dL/dp2 = sum (g x - g x core),
+ *     dL/dbeta = sum g (u s) (u q)
+ * summed in float lanes (flushed into double every FLUSH vectors), per slot and thread in double,
+ * then over threads in thread order (the same sums for the same thread count).
+ *
+ * Entry points (prototypes from repact/_native/__init__.py's table; 0 = done, 1 = bad arguments,
+ * 2 = out of memory): repact_acon_forward_{f32,f64}, repact_acon_backward_{f32,f64}.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+/* a x + b as one fused multiply-add where the CPU has one (ISO C mode leaves contraction off) */
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+#if defined(__AVX512F__)
+#define VBYTES 64
+#elif defined(__AVX__)
+#define VBYTES 32
+#else
+#define VBYTES 16
+#endif
+typedef float vf32 __attribute__((vector_size(VBYTES)));
+typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
+typedef uint32_t vu32 __attribute__((vector_size(VBYTES)));
+typedef double vf64 __attribute__((vector_size(VBYTES)));
+typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
+typedef uint64_t vu64 __attribute__((vector_size(VBYTES)));
+
+/* vectors between flushes of the float sums into double (128 additions per lane) */
+#define FLUSH 128
+/* rows between flushes of the per-channel float sums of the row kernels */
+#define FLUSH_ROWS 64
+
+#define VSEL(VT, VI, m, a, b) ((VT)((((VI)(a)) & (m)) | (((VI)(b)) & ~(m))))
+
+static int acon_threads(int64_t work, int nthreads) {
+    const int64_t grain = 16384;
+    int64_t nt = (work + grain - 1) / grain;
+    if (nt > nthreads) nt = nthreads;
+    if (nt < 1) nt = 1;
+    return (int)nt;
+}
+
+/* e^a for a <= 0 (NaN stays NaN): a = n ln2 + f, |f| <= ln2 / 2, e^a = 2^n e^f */
+static inline vf32 exp_neg_f32(vf32 a) {
+    const vf32 zero = {0};
+    const vf32 lo = zero - 88.0f, magic = zero + 12582912.0f; /* 1.5 * 2^23: t's low bits hold n */
+    a = VSEL(vf32, vi32, a < lo, lo, a);                      /* n >= -127; -127 makes 2^n = 0 */
+    const vf32 t = a * 1.44269504088896341f + magic;
+    const vf32 n = t - magic;
+    vf32 f = a - n * 0.693359375f;
+    f = f + n * 2.12194440054690583e-4f;
+    vf32 p = zero + 1.0f / 5040.0f;
+    p = p * f + 1.0f / 720.0f;
+    p = p * f + 1.0f / 120.0f;
+    p = p * f + 1.0f / 24.0f;
+    p = p * f + 1.0f / 6.0f;
+    p = p * f + 0.5f;
+    p = p * f + 1.0f;
+    p = p * f + 1.0f;
+    const vu32 bits = ((vu32)((vi32)t - (vi32)magic) + 127u) << 23;
+    return p * (vf32)bits;
+}
+
+static inline vf64 exp_neg_f64(vf64 a) {
+    const vf64 zero = {0};
+    const vf64 lo = zero - 709.0, magic = zero + 6755399441055744.0; /* 1.5 * 2^52 */
+    a = VSEL(vf64, vi64, a < lo, lo, a);                              /* n >= -1023 */
+    const vf64 t = a * 1.4426950408889634074 + magic;
+    const vf64 n = t - magic;
+    vf64 f = a - n * 6.93147180369123816490e-01;
+    f = f - n * 1.90821492927058770002e-10;
+    vf64 p = zero + 1.0 / 6227020800.0;
+    static const double inv_fact[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                      1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
+                                      1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+    for (int k = 0; k < 13; ++k) p = p * f + inv_fact[k];
+    const vu64 bits = ((vu64)((vi64)t - (vi64)magic) + 1023u) << 52;
+    return p * (vf64)bits;
+}
+
+/* S = sigmoid(Z), Q = 1 - sigmoid(Z) from e = exp(-|Z|) alone */
+#define SIG_PARTS(VT, VI, SUF, SIGN, Z, S, Q)                                                   \
+    {                                                                                            \
+        const VT e_ = exp_neg_##SUF((VT)((VI)(Z) | (SIGN)));                                     \
+        const VT r_ = one / (one + e_);                                                          \
+        const VT er_ = e_ * r_;                                                                  \
+        const VI pos_ = (Z) >= zero;                                                             \
+        S = VSEL(VT, VI, pos_, r_, er_);                                                         \
+        Q = VSEL(VT, VI, pos_, er_, r_);                                                         \
+    }
+
+/* OUT = y of one vector XV with parameters DV (= p1 - p2), P2V, BV */
+#define FWD_VEC(VT, VI, SUF, SIGN, XV, DV, P2V, BV, OUT)                                         \
+    {                                                                                            \
+        const VT u_ = (XV) * (DV);                                                               \
+        const VT z_ = u_ * (BV);                                                                 \
+        VT s_, q_;                                                                               \
+        SIG_PARTS(VT, VI, SUF, SIGN, z_, s_, q_)                                                 \
+        (void)q_;                                                                                \
+        OUT = u_ * s_;                                                                           \
+        if (has_p2) OUT = OUT + (XV) * (P2V);                                                    \
+    }
+
+/* GX = g dy/dx; TA = g x core, TB = g x, TC = g dy/dbeta (the three sums' terms) */
+#define BWD_VEC(VT, VI, SUF, SIGN, XV, GV, DV, P2V, BV, GX, TA, TB, TC)                           \
+    {                                                                                            \
+        const VT u_ = (XV) * (DV);                                                               \
+        const VT z_ = u_ * (BV);                                                                 \
+        VT s_, q_;                                                                               \
+        SIG_PARTS(VT, VI, SUF, SIGN, z_, s_, q_)                                                 \
+        const VT core_ = s_ * (one + z_ * q_);                                                   \
+        GX = has_p2 ? (GV) * (core_ * (DV) + (P2V)) : (GV) * (core_ * (DV));                     \
+        TB = (GV) * (XV);                                                                        \
+        TA = TB * core_;                                                                         \
+        TC = (GV) * (u_ * s_) * (u_ * q_);                                                       \
+    }
+
+/* Parameter maps: value at [(o / od) so + c sc]; NULL gives the default */
+typedef struct {
+    int64_t so, sc;
+} AconMap;
+
+#define DEFINE_ACON(T, VT, VI, SUF, SIGN)                                                        \
+typedef struct {                                                                                 \
+    const T* p1;                                                                                 \
+    const T* p2;                                                                                 \
+    const T* beta;                                                                               \
+    AconMap m1, m2, mb;                                                                          \
+    int beta_full;                                                                               \
+} AconParams_##SUF;                                                                              \
+                                                                                                 \
+static inline T pval_##SUF(const T* p, AconMap m, int64_t r, int64_t c, T dflt) {                \
+    return p ? p[r * m.so + c * m.sc] : dflt;                                                    \
+}                                                                                                \
+                                                                                                 \
+/* L channels' values from c on (n of them valid; the rest 0) */                                 \
+static inline VT pvec_##SUF(const T* p, AconMap m, int64_t r, int64_t c, int64_t n, T dflt) {    \
+    const VT zero = {0};                                                                         \
+    if (!p) return zero + dflt;                                                                  \
+    if (!m.sc) return zero + p[r * m.so];                                                        \
+    VT v = zero;                                                                                 \
+    memcpy(&v, p + r * m.so + c, (size_t)n * sizeof(T));                                         \
+    return v;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* a block piece of len elements with scalar parameters (beta from bf when given) */              \
+static void fwd_piece_##SUF(const T* restrict x, T* restrict y, const T* restrict bf, int64_t len, \
+                            T d, T p2, T bt, int has_p2) {                                      \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                    \
+    int64_t i = 0;                                                                               \
+    for (; i + L <= len; i += L) {                                                               \
+        VT xv, bv = btv, out;                                                                    \
+        memcpy(&xv, x + i, sizeof xv);                                                           \
+        if (bf) memcpy(&bv, bf + i, sizeof bv);                                                  \
+        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
+        memcpy(y + i, &out, sizeof out);                                                         \
+    }                                                                                            \
+    if (i < len) {                                                                               \
+        const size_t m = (size_t)(len - i) * sizeof(T);                                          \
+        VT xv = zero, bv = btv, out;                                                             \
+        memcpy(&xv, x + i, m);                                                                   \
+        if (bf) { bv = zero; memcpy(&bv, bf + i, m); }                                           \
+        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
+        memcpy(y + i, &out, m);                                                                  \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+static inline void flush_##SUF(VT* sa, VT* sb, VT* sc, double acc[3]) {                          \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0};                                                                         \
+    for (int l = 0; l < L; ++l) { acc[0] += (*sa)[l]; acc[1] += (*sb)[l]; acc[2] += (*sc)[l]; }  \
+    *sa = zero; *sb = zero; *sc = zero;                                                          \
+}                                                                                                \
+                                                                                                 \
+/* backward of a block piece: gx (when given), gbf (per-element beta gradient, when given) and     \
+ * acc += (sum g x core, sum g x, sum g dy/dbeta) */                                             \
+static void bwd_piece_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,            \
+                            const T* restrict bf, T* restrict gbf, int64_t len, T d, T p2, T bt, \
+                            int has_p2, double acc[3]) {                                         \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                    \
+    VT sa = zero, sb = zero, sc = zero;                                                          \
+    int since = 0;                                                                               \
+    int64_t i = 0;                                                                               \
+    for (; i + L <= len; i += L) {                                                               \
+        VT xv, gv, bv = btv, o, ta, tb, tc;                                                      \
+        memcpy(&xv, x + i, sizeof xv);                                                           \
+        memcpy(&gv, g + i, sizeof gv);                                                           \
+        if (bf) memcpy(&bv, bf + i, sizeof bv);                                                  \
+        BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb, tc)                           \
+        if (gx) memcpy(gx + i, &o, sizeof o);                                                    \
+        if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                                \
+        sa += ta; sb += tb; sc += tc;                                                            \
+        if (++since == FLUSH) { flush_##SUF(&sa, &sb, &sc, acc); since = 0; }                    \
+    }                                                                                            \
+    if (i < len) { /* zero-padded: g = 0 adds nothing to the sums */                             \
+        const size_t m = (size_t)(len - i) * sizeof(T);                                          \
+        VT xv = zero, gv = zero, bv = btv, o, ta, tb, tc;                                        \
+        memcpy(&xv, x + i, m);                                                                   \
+        memcpy(&gv, g + i, m);                                                                   \
+        if (bf) { bv = zero; memcpy(&bv, bf + i, m); }                                           \
+        BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb, tc)                           \
+        if (gx) memcpy(gx + i, &o, m);                                                           \
+        if (gbf) memcpy(gbf + i, &tc, m);                                                        \
+        sa += ta; sb += tb; sc += tc;                                                            \
+    }                                                                                            \
+    flush_##SUF(&sa, &sb, &sc, acc);                                                             \
+}                                                                                                \
+                                                                                                 \
+/* one row of C channels (row o of sample r); bf: the row's beta when per element */              \
+static void fwd_row_##SUF(const T* restrict x, T* restrict y, const T* restrict bf, int64_t C,   \
+                          const AconParams_##SUF* a, int64_t r) {                               \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const int has_p2 = a->p2 != NULL;                                                            \
+    for (int64_t c = 0; c < C; c += L) {                                                         \
+        const int64_t n = C - c < L ? C - c : L;                                                 \
+        const size_t m = (size_t)n * sizeof(T);                                                  \
+        const VT p2v = pvec_##SUF(a->p2, a->m2, r, c, n, 0);                                     \
+        const VT dv = pvec_##SUF(a->p1, a->m1, r, c, n, 1) - p2v;                                \
+        VT bv, xv = zero, out;                                                                   \
+        if (bf) { bv = zero; memcpy(&bv, bf + c, m); }                                           \
+        else bv = pvec_##SUF(a->beta, a->mb, r, c, n, 1);                                        \
+        memcpy(&xv, x + c, m);                                                                   \
+        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
+        memcpy(y + c, &out, m);                                                                  \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* backward of one row: gx, gbf as the block piece; acc (3, Cp) float sums per channel (or NULL) */\
+static void bwd_row_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,              \
+                          const T* restrict bf, T* restrict gbf, int64_t C, int64_t Cp,          \
+                          const AconParams_##SUF* a, int64_t r, T* restrict acc) {               \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const int has_p2 = a->p2 != NULL;                                                            \
+    for (int64_t c = 0; c < C; c += L) {                                                         \
+        const int64_t n = C - c < L ? C - c : L;                                                 \
+        const size_t m = (size_t)n * sizeof(T);                                                  \
+        const VT p2v = pvec_##SUF(a->p2, a->m2, r, c, n, 0);                                     \
+        const VT dv = pvec_##SUF(a->p1, a->m1, r, c, n, 1) - p2v;                                \
+        VT bv, xv = zero, gv = zero, o, ta, tb, tc, s;                                           \
+        if (bf) { bv = zero; memcpy(&bv, bf + c, m); }                                           \
+        else bv = pvec_##SUF(a->beta, a->mb, r, c, n, 1);                                        \
+        memcpy(&xv, x + c, m);                                                                   \
+        memcpy(&gv, g + c, m);                                                                   \
+        BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb, tc)                           \
+        if (gx) memcpy(gx + c, &o, m);                                                           \
+        if (gbf) memcpy(gbf + c, &tc, m);                                                        \
+        if (!acc) continue;                                                                      \
+        memcpy(&s, acc + c, sizeof s); s += ta; memcpy(acc + c, &s, sizeof s);                   \
+        memcpy(&s, acc + Cp + c, sizeof s); s += tb; memcpy(acc + Cp + c, &s, sizeof s);         \
+        memcpy(&s, acc + 2 * Cp + c, sizeof s); s += tc; memcpy(acc + 2 * Cp + c, &s, sizeof s); \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+/* the three sums of channel c (or of a whole piece, c's slot) into the thread's slots */         \
+static inline void add_slots_##SUF(double* g1, double* g2, double* gb, const AconParams_##SUF* a, \
+                                   int64_t r, int64_t c, double sa, double sb, double sc) {      \
+    if (g1) g1[r * a->m1.so + c * a->m1.sc] += sa;                                               \
+    if (g2) g2[r * a->m2.so + c * a->m2.sc] += sb - sa;                                          \
+    if (gb) gb[r * a->mb.so + c * a->mb.sc] += sc;                                               \
+}                                                                                                \
+                                                                                                 \
+int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,         \
+                              int64_t od, const T* p1, int64_t p1_so, int64_t p1_sc, const T* p2, \
+                              int64_t p2_so, int64_t p2_sc, const T* beta, int64_t b_so,         \
+                              int64_t b_sc, int beta_full, int nthreads) {                       \
+    const int64_t total = outer * C * inner;                                                     \
+    if (od < 1 || outer < 0 || C < 1 || inner < 1 || (beta_full && !beta)) return 1;             \
+    if (total == 0) return 0;                                                                    \
+    const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
+                                beta_full};                                                      \
+    const int nt = acon_threads(total, nthreads);                                                \
+    _Pragma("omp parallel num_threads(nt)")                                                      \
+    {                                                                                            \
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                      \
+        if (inner == 1 && C > 1) {                                                               \
+            const int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                  \
+            for (int64_t o = o0; o < o1; ++o)                                                    \
+                fwd_row_##SUF(x + o * C, y + o * C, beta_full ? beta + o * C : NULL, C, &a, o / od); \
+        } else {                                                                                 \
+            const int64_t end = total * (tid + 1) / nth;                                         \
+            int64_t pos = total * tid / nth;                                                     \
+            while (pos < end) {                                                                  \
+                const int64_t blk = pos / inner, o = blk / C, c = blk % C, r = o / od;           \
+                int64_t len = (blk + 1) * inner - pos;                                           \
+                if (len > end - pos) len = end - pos;                                            \
+                const T p2v = pval_##SUF(p2, a.m2, r, c, 0);                                     \
+                fwd_piece_##SUF(x + pos, y + pos, beta_full ? beta + pos : NULL, len,            \
+                                pval_##SUF(p1, a.m1, r, c, 1) - p2v, p2v,                        \
+                                beta_full ? 1 : pval_##SUF(beta, a.mb, r, c, 1), p2 != NULL);    \
+                pos += len;                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    return 0;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int64_t C,          \
+                               int64_t inner, int64_t od, const T* p1, int64_t p1_so,            \
+                               int64_t p1_sc, const T* p2, int64_t p2_so, int64_t p2_sc,         \
+                               const T* beta, int64_t b_so, int64_t b_sc, int beta_full,         \
+                               double* gp1, double* gp2, double* gbeta, T* gbeta_full,           \
+                               int64_t np1, int64_t np2, int64_t nbeta, int nthreads) {          \
+    const int64_t total = outer * C * inner;                                                     \
+    if (od < 1 || outer < 0 || C < 1 || inner < 1 || (beta_full && (!beta || gbeta)) ||          \
+        (gp1 && np1 < 1) || (gp2 && np2 < 1) || (gbeta && nbeta < 1)) return 1;                   \
+    const int64_t n1 = gp1 ? np1 : 0, n2 = gp2 ? np2 : 0, nb = gbeta ? nbeta : 0;                \
+    const int64_t ns = n1 + n2 + nb;                                                             \
+    if (gp1) memset(gp1, 0, sizeof(double) * (size_t)np1);                                       \
+    if (gp2) memset(gp2, 0, sizeof(double) * (size_t)np2);                                       \
+    if (gbeta) memset(gbeta, 0, sizeof(double) * (size_t)nbeta);                                 \
+    if (total == 0) return 0;                                                                    \
+    const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
+                                beta_full};                                                      \
+    const int nt = acon_threads(total, nthreads);                                                \
+    const int rows = inner == 1 && C > 1;                                                        \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const int64_t Cp = (C + L - 1) / L * L;                                                      \
+    double* part = ns ? (double*)calloc((size_t)(nt * ns), sizeof(double)) : NULL;               \
+    if (ns && !part) return 2;                                                                   \
+    int failed = 0;                                                                              \
+    _Pragma("omp parallel num_threads(nt)")                                                      \
+    {                                                                                            \
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                      \
+        double* s1 = gp1 ? part + tid * ns : NULL;                                               \
+        double* s2 = gp2 ? part + tid * ns + n1 : NULL;                                          \
+        double* sb = gbeta ? part + tid * ns + n1 + n2 : NULL;                                   \
+        if (rows) {                                                                              \
+            T* acc = ns ? (T*)calloc((size_t)(3 * Cp), sizeof(T)) : NULL;                        \
+            if (ns && !acc) {                                                                    \
+                _Pragma("omp atomic write")                                                      \
+                failed = 1;                                                                      \
+            } else {                                                                             \
+                const int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;              \
+                int64_t since = 0;                                                               \
+                for (int64_t o = o0; o < o1; ++o) {                                              \
+                    const int64_t r = o / od;                                                    \
+                    bwd_row_##SUF(x + o * C, g + o * C, gx ? gx + o * C : NULL,                  \
+                                  beta_full ? beta + o * C : NULL,                               \
+                                  gbeta_full ? gbeta_full + o * C : NULL, C, Cp, &a, r, acc);    \
+                    /* flush every FLUSH_ROWS rows and at the end of a sample (its slots end) */ \
+                    if (acc && (++since == FLUSH_ROWS || o + 1 == o1 || (o + 1) / od != r)) {    \
+                        for (int64_t c = 0; c < C; ++c)                                          \
+                            add_slots_##SUF(s1, s2, sb, &a, r, c, acc[c], acc[Cp + c],           \
+                                            acc[2 * Cp + c]);                                    \
+                        memset(acc, 0, sizeof(T) * (size_t)(3 * Cp));                            \
+                        since = 0;                                                               \
+                    }                                                                            \
+                }                                                                                \
+                free(acc);                                                                       \
+            }                                                                                    \
+        } else {                                                                                 \
+            const int64_t end = total * (tid + 1) / nth;                                         \
+            int64_t pos = total * tid / nth;                                                     \
+            while (pos < end) {                                                                  \
+                const int64_t blk = pos / inner, o = blk / C, c = blk % C, r = o / od;           \
+                int64_t len = (blk + 1) * inner - pos;                                           \
+                if (len > end - pos) len = end - pos;                                            \
+                const T p2v = pval_##SUF(p2, a.m2, r, c, 0);                                     \
+                double acc[3] = {0, 0, 0};                                                       \
+                bwd_piece_##SUF(x + pos, g + pos, gx ? gx + pos : NULL,                          \
+                                beta_full ? beta + pos : NULL,                                   \
+                                gbeta_full ? gbeta_full + pos : NULL, len,                       \
+                                pval_##SUF(p1, a.m1, r, c, 1) - p2v, p2v,                        \
+                                beta_full ? 1 : pval_##SUF(beta, a.mb, r, c, 1), p2 != NULL,     \
+                                acc);                                                            \
+                add_slots_##SUF(s1, s2, sb, &a, r, c, acc[0], acc[1], acc[2]);                   \
+                pos += len;                                                                      \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    if (!failed) {                                                                               \
+        for (int t = 0; t < nt; ++t) {                                                           \
+            const double* row = part + t * ns;                                                   \
+            for (int64_t j = 0; j < n1; ++j) gp1[j] += row[j];                                   \
+            for (int64_t j = 0; j < n2; ++j) gp2[j] += row[n1 + j];                              \
+            for (int64_t j = 0; j < nb; ++j) gbeta[j] += row[n1 + n2 + j];                       \
+        }                                                                                        \
+    }                                                                                            \
+    free(part);                                                                                  \
+    return failed ? 2 : 0;                                                                       \
+}
+
+DEFINE_ACON(float, vf32, vi32, f32, ((vi32){0} + INT32_MIN))
+DEFINE_ACON(double, vf64, vi64, f64, ((vi64){0} + INT64_MIN))
