@@ -225,3 +225,39 @@ def test_an_unreadable_image_under_the_cache_is_one_line_at_the_command_line(tmp
                           env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "broken.png" in proc.stderr and "--skip-bad-images" in proc.stderr
+
+
+def test_build_datasets_draws_no_number_from_the_global_generators(tmp_path):
+    """Building the cache (and the --skip-bad-images scan) leaves torch's RNG as it found it, so the
+    model initialised after it is the same on the run that builds the cache as on every later one."""
+    root = _folder(tmp_path)
+    _add_unreadable(root)
+    for cache in ("on", "on", "off"):  # a build, a hit, a scan without the cache
+        before = torch.get_rng_state()
+        build_datasets("imagefolder", root, cache=cache, skip_bad_images=True)
+        assert torch.equal(torch.get_rng_state(), before), cache
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from repact.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "last").model_state
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_run_that_builds_the_cache_trains_as_the_runs_that_read_or_skip_it(tmp_path):
+    from train_fixtures import cli_env, run_cli
+
+    root = _folder(tmp_path, ext=".jpg")
+    env = cli_env(REPACT_DATA_CACHE=str(tmp_path / "fresh-cache"))
+    runs = {}
+    for name, cache in (("builds", "on"), ("reads", "on"), ("off", "off")):
+        proc = run_cli("train", "--dataset", "imagefolder", "--data-dir", str(root), "--epochs", "1", "--batch-size",
+                       "8", "--seed", "5", "--cache", cache, "--quiet", "--out", str(tmp_path / name), env=env)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = _weights(tmp_path / name)
+    assert len(list((tmp_path / "fresh-cache").glob("[0-9a-f]*"))) == 2  # the first run built train and val
+    assert _same_weights(runs["builds"], runs["reads"]) and _same_weights(runs["builds"], runs["off"])

@@ -76,6 +76,8 @@ class ClassFolder(ImageFolder):
         return [read_image(self.samples[i][0]) for i in indices]
 
     def __getitem__(self, index: int):
+        if hasattr(self.transform, "batch"):
+            return self.__getitems__([index])[0]
         x = self.pixels([index])[0]
         if self.transform is not None:
             x = self.transform(x)
@@ -84,7 +86,7 @@ class ClassFolder(ImageFolder):
     def __getitems__(self, indices: list[int]) -> list:
         if not hasattr(self.transform, "batch"):
             return [self[i] for i in indices]
-        x = self.transform.batch(self.pixels(indices))
+        x = self.transform.batch(self.pixels(indices), keys=list(indices))
         return list(zip(x, (self.samples[i][1] for i in indices)))
 
 

@@ -65,11 +65,15 @@ def _workers() -> int:
 def decode_files(paths: Sequence[str], workers: int | None = None,
                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """``(index, pixels or None, error or None)`` for every path, in order, decoded by ``workers``
-    processes (default: the usable cores, at most 8; none for short lists)."""
+    processes (default: the usable cores, at most 8; none for short lists).
+
+    Draws no number from torch's global generator: the loader's own generator gives its workers'
+    seed, so a run that builds the decoded-image cache seeds its model exactly as one that reads it.
+    """
     if workers is None:
         workers = _workers() if len(paths) >= 512 else 0
     loader = DataLoader(_DecodeJob(paths), batch_size=64, num_workers=workers, collate_fn=list,
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None, generator=torch.Generator())
     done = 0
     for chunk in loader:
         yield from chunk

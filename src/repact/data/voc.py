@@ -26,6 +26,7 @@ Conventions, stated once:
 
 from __future__ import annotations
 
+import math
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -173,12 +174,13 @@ def _parse_xml(path: Path, image_id: str, image: Path, counts: ParseCounts, keep
         if difficult and not keep_difficult:
             counts.difficult_dropped += 1
             continue
-        if w > 0 and h > 0:
+        finite = all(math.isfinite(v) for v in (x1, y1, x2, y2))  # "nan" and "inf" parse as floats
+        if finite and w > 0 and h > 0:
             cx1, cy1, cx2, cy2 = min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
                 counts.clipped += 1
             x1, y1, x2, y2 = cx1, cy1, cx2, cy2
-        if x2 <= x1 or y2 <= y1:
+        if not finite or x2 <= x1 or y2 <= y1:
             counts.degenerate.append(f"{path.name}: {name_node.text.strip()} [{x1:g}, {y1:g}, {x2:g}, {y2:g}]")
             continue
         ann.names.append(name_node.text.strip())
@@ -192,7 +194,7 @@ def _warn_counts(where: str, counts: ParseCounts) -> None:
     if counts.degenerate:
         shown = "; ".join(counts.degenerate[:4]) + (" ..." if len(counts.degenerate) > 4 else "")
         parts.append(f"dropped {len(counts.degenerate)} degenerate box(es) with zero width or height after "
-                     f"clipping to the image ({shown})")
+                     f"clipping to the image, or a coordinate that is not a finite number ({shown})")
     if counts.clipped:
         parts.append(f"clipped {counts.clipped} box(es) to the image")
     if counts.empty_files:

@@ -15,11 +15,13 @@ bar plot with error bars and the learning curves of every cell (mean and band ov
 
 from __future__ import annotations
 
-import _thread
 import contextlib
+import ctypes
 import json
 import math
 import os
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,6 +61,9 @@ class Grid:
             raise ConfigError("the grid needs at least one activation (--acts a,b,...)")
         for name in ("acts", "models", "datasets", "seeds"):
             vals = getattr(self, name)
+            if not vals:  # an empty list would write an empty table and report success
+                raise ConfigError(f"the grid's {name} list is empty; give at least one (--{name} or the grid file's "
+                                  f"{name})")
             if len(set(map(str, vals))) != len(vals):
                 raise ConfigError(f"{name} lists a value twice: {vals}")
         if self.baseline is not None and self.baseline not in self.acts:
@@ -179,22 +184,43 @@ def run_cell(cfg: TrainConfig, resume: bool, threads: int | None = None, log: st
 
 
 def _pool_cell(parent: int, cfg: TrainConfig, resume: bool, threads: int, log: str) -> dict[str, Any]:
-    """:func:`run_cell` in a pool worker that stops when ``parent`` (the compare process) is gone.
-
-    A killed ``repact compare`` (SIGTERM, SIGKILL, a closed terminal) would otherwise leave its
-    workers training on, holding their run folders' locks, so that the rerun that should resume the
-    grid finds its cells in use. The worker interrupts its run (as Ctrl-C would; what the last
-    checkpoint holds stays) and, should that not end it, exits.
-    """
-    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True, name="repact-orphan-watch").start()
+    """:func:`run_cell` in a pool worker, never started once ``parent`` (the compare process) is gone."""
+    if os.getppid() != parent:
+        os._exit(1)
     return run_cell(cfg, resume, threads, log)
 
 
-def _stop_when_orphaned(parent: int, every_s: float = 1.0, grace_s: float = 20.0) -> None:
+def _end_with_parent(parent: int) -> None:
+    """Pool initializer: the worker ends as soon as ``parent``, the compare process, does.
+
+    A killed ``repact compare`` (SIGKILL, SIGTERM, a closed terminal) would otherwise leave its
+    workers training on, holding their run folders' locks and taking the cells queued for them,
+    so that the rerun that should resume the grid finds its cells in use. On Linux the kernel
+    sends the worker SIGKILL when its parent dies (``PR_SET_PDEATHSIG``); elsewhere a thread
+    checks the parent ten times a second. What a run's last checkpoint holds stays (checkpoints
+    are written atomically), as after a SIGKILL of ``repact train``.
+    """
+    if not _kill_with_parent():
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="repact-orphan-watch").start()
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os._exit(1)
+
+
+def _kill_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent ends; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return False
+    pr_set_pdeathsig = 1
+    return prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0
+
+
+def _exit_when_orphaned(parent: int, every_s: float = 0.1) -> None:
     while os.getppid() == parent:
         time.sleep(every_s)
-    _thread.interrupt_main()
-    time.sleep(grace_s)
     os._exit(1)
 
 
@@ -213,7 +239,8 @@ def _run_pool(todo: list, jobs: int, out: Path, say, total: int) -> dict[int, di
     threads = max(1, _usable_cores() // jobs)
     say(f"running {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each; logs in {out / 'logs'}")
     results: dict[int, dict] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_pool_cell, os.getpid(), cfg, resume, threads, str(_log_path(out, cell))): (i, cell)
                    for i, cell, cfg, resume in todo}
         for fut in as_completed(futures):

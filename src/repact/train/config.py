@@ -6,17 +6,20 @@ The resolved config is saved with every run (``config.yaml``) and inside its che
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..models.registry import MAX_IMAGE_SIDE
+
 __all__ = ["TrainConfig", "ConfigError", "RECIPES", "OPTIMIZERS", "SCHEDULES", "resolve_config",
-           "load_config_file", "validate_config", "RESUME_MAY_CHANGE"]
+           "load_config_file", "validate_config", "parse_bool", "RESUME_MAY_CHANGE"]
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
-#: the largest input side accepted (a 3 x 4096 x 4096 float image is 192 MiB)
-MAX_IMG_SIZE = 4096
+#: the largest input side accepted (a 3 x 4096 x 4096 float image is 192 MiB; the models' own bound)
+MAX_IMG_SIZE = MAX_IMAGE_SIDE
 #: the most data-loader worker processes accepted
 MAX_WORKERS = 256
 SCHEDULES = ("cosine", "linear", "step", "constant")
@@ -178,36 +181,47 @@ def _task_defaults(values: dict[str, Any]) -> None:
         values.setdefault("dataset", TASKS[task].default_dataset)
 
 
+#: the words a boolean option accepts (YAML and flags), and what they mean
+BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def parse_bool(value: Any, what: str) -> bool:
+    """``value`` as a bool: true/false, 1/0, yes/no, on/off (any case), else :class:`ConfigError`."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if word not in BOOL_WORDS:
+        raise ConfigError(f"{what} got {value!r}, which is not a boolean; accepted: true/false, 1/0, yes/no, on/off")
+    return BOOL_WORDS[word]
+
+
 def _coerce(key: str, value: Any) -> Any:
-    """Convert YAML/flag values to the field's type, with a clear error."""
+    """Convert YAML/flag values to the field's type, with a clear error. Booleans are not numbers
+    here (``epochs: true`` is refused, though Python counts True as 1)."""
     if value is None:
         return None
     default = _FIELDS[key].default
     kind = type(default) if default is not dataclasses.MISSING and default is not None else None
     typ = str(_FIELDS[key].type)
+    if kind is bool or typ == "bool":
+        return parse_bool(value, f"option {key!r}")
     try:
-        if kind is bool or typ == "bool":
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
+        if kind in (int, float) or typ.startswith(("int", "float")):
+            if isinstance(value, bool):
                 raise ValueError(value)
-            return bool(value)
-        if kind is int or typ.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind is float or typ.startswith("float"):
+            if kind is int or typ.startswith("int"):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
             return float(value)
         if typ.startswith("dict"):
             if not isinstance(value, dict):
                 raise ValueError(value)
             return dict(value)
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key!r} got {value!r}, which is not a valid {typ}") from None
+    except (TypeError, ValueError, OverflowError):
+        why = " (true/false is not a number here)" if isinstance(value, bool) else ""
+        raise ConfigError(f"option {key!r} got {value!r}, which is not a valid {typ}{why}") from None
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -318,4 +332,14 @@ def _validate_task(cfg: TrainConfig):
                           "folder from --data-dir")
     if not all(isinstance(k, str) and k.isidentifier() for k in cfg.data_kwargs):
         raise ConfigError(f"data_kwargs keys must be option names, got {list(cfg.data_kwargs)}")
-    return TASKS[cfg.task]()
+    task = TASKS[cfg.task]()
+    _coerce_data_flags(cfg, task)
+    return task
+
+
+def _coerce_data_flags(cfg: TrainConfig, task) -> None:
+    """The task's boolean data options (``keep_difficult``) parsed strictly, as the boolean fields are."""
+    params = inspect.signature(task.build_data).parameters
+    for key, value in cfg.data_kwargs.items():
+        if key in params and str(params[key].annotation) == "bool":
+            cfg.data_kwargs[key] = parse_bool(value, f"--data-kw {key}")

@@ -14,13 +14,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .._modes import eval_mode
 from ..data import balanced_subset, build_datasets, dataset_channels
+from ..data.transforms import reseed_augmentation
 from ..models import create_model, get_model_spec
 from .config import CLASSIFICATION, ConfigError, TrainConfig
 from .dist import DistEnv, ShardSampler
 from .task_setup import build_task_data, build_task_model
 
 __all__ = ["pick_device", "model_act", "build_data", "build_model_for", "check_model_fits", "prime_lazy",
-           "set_bn_momentum", "make_loaders", "seed_worker"]
+           "set_bn_momentum", "make_loaders", "seed_worker", "TrainSampler"]
 
 
 def pick_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
@@ -162,19 +163,34 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+class TrainSampler(DistributedSampler):
+    """The training order of ``DistributedSampler``; ``set_epoch`` also gives the dataset's augmentation
+    (seed, epoch) (:func:`repact.data.transforms.reseed_augmentation`), so every image's random crop
+    and flip follow (seed, epoch, its index) whichever loader worker or rank draws it. The loader's
+    workers must start anew each epoch (not persistent) to see the new epoch."""
+
+    def __init__(self, dataset, **kw) -> None:
+        super().__init__(dataset, **kw)
+        reseed_augmentation(self.dataset, self.seed, self.epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        reseed_augmentation(self.dataset, self.seed, epoch)
+
+
 def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: torch.device, collate_fn=None):
-    """(train loader, its sampler, its generator, val loader). The train order depends only on
-    (seed, epoch): call ``sampler.set_epoch(e)`` and reseed the generator each epoch. ``collate_fn``:
-    the task's (detection batches are lists of images and targets)."""
-    sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=False)
+    """(train loader, its sampler, its generator, val loader). The train order and augmentation depend
+    only on (seed, epoch), not on ``--workers``: call ``sampler.set_epoch(e)`` and reseed the generator
+    each epoch. ``collate_fn``: the task's (detection batches are lists of images and targets)."""
+    sampler = TrainSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed,
+                           drop_last=False)
     gen = torch.Generator()
     pin = device.type == "cuda"
     per_rank = len(sampler)
     drop_last = per_rank > cfg.batch_size  # no 1-sample last batch for BatchNorm
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               pin_memory=pin, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
-                              persistent_workers=False, collate_fn=collate_fn)
+                              persistent_workers=False, collate_fn=collate_fn)  # False: see TrainSampler
     val_batch = cfg.eval_batch_size or 2 * cfg.batch_size
     if cfg.task == CLASSIFICATION:  # a fixed class-balanced subset, not the first batches (tasks: the first batches)
         val_limit = cfg.limit_val_batches or cfg.limit_batches
