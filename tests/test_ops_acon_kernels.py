@@ -144,6 +144,57 @@ def test_kernels_match_the_float64_reference(name, act, layout, xdt, pdt):
     _matches_truth(m, x, g, name, xdt, pdt)
 
 
+#: x's shape and memory format, and the operands' shapes (None: absent), for gradcheck
+GRAD_CASES = {
+    "c-channel": ((2, 3, 2, 3), None, ((1, 3, 1, 1),) * 3),
+    "c-layer": ((2, 3, 2, 3), None, ((1, 1, 1, 1),) * 3),
+    "b-channel": ((2, 3, 2, 3), None, (None, (1, 3, 1, 1), (1, 3, 1, 1))),
+    "swish": ((2, 3, 2, 3), None, (None, None, (1, 1, 1, 1))),
+    "beta-sample-channel": ((2, 3, 2, 3), None, ((1, 3, 1, 1), (1, 3, 1, 1), (2, 3, 1, 1))),
+    "beta-sample": ((2, 3, 2, 3), None, ((1, 3, 1, 1), (1, 3, 1, 1), (2, 1, 1, 1))),
+    "beta-element": ((2, 3, 2, 3), None, ((1, 3, 1, 1), (1, 3, 1, 1), (2, 3, 2, 3))),
+    "channels_last": ((2, 3, 2, 3), torch.channels_last, ((1, 3, 1, 1), (1, 3, 1, 1), (2, 3, 1, 1))),
+    "tokens": ((2, 4, 3), None, ((1, 1, 3), (1, 1, 3), (2, 1, 3))),
+}
+
+
+def _grad_cases():
+    for name in ("cpu", "triton"):
+        marks = () if _kernels_here(name) else (pytest.mark.skip(reason=f"{name} kernels do not run here"),)
+        for case in GRAD_CASES:
+            yield pytest.param(name, case, marks=marks, id=f"{name}-{case}")
+
+
+@pytest.mark.parametrize("name,case", list(_grad_cases()))
+def test_kernel_gradients_pass_gradcheck_in_float64(name, case):
+    """The kernels' backward (x and every parameter map they read) against finite differences of
+    their own forward, in float64 (on Triton's interpreter in fast mode: a random projection)."""
+    shape, fmt, pshapes = GRAD_CASES[case]
+    device = _device(name)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen, dtype=f64) * 2
+    x = (x.to(memory_format=fmt) if fmt is not None else x).to(device).requires_grad_(True)
+    ps = [None if s is None else (torch.randn(s, generator=gen, dtype=f64) + 0.5).to(device).requires_grad_(True)
+          for s in pshapes]
+    pl = plan(x, *ps)
+    backend_mod = importlib.import_module("repact.ops._acon_cpu" if name == "cpu" else "repact.ops._triton_acon")
+    assert pl is not None and backend_mod.supports(pl)  # the kernels run, not the reference
+    fn = lambda *a: acon_module._AconFn.apply(*a, name)  # noqa: E731
+    # (Triton's interpreter: fast mode, a random projection of the Jacobian, not every column)
+    assert torch.autograd.gradcheck(fn, (x, *ps), fast_mode=name == "triton")
+
+
+@pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
+def test_registered_op_passes_opcheck():
+    """torch.ops.repact.acon (what torch.compile sees): schema, fake kernel and autograd registration."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 4, 4, generator=gen, dtype=f64, requires_grad=True)
+    p = [torch.randn(1, 3, 1, 1, generator=gen, dtype=f64, requires_grad=True) for _ in range(2)]
+    for beta in (torch.randn(1, 3, 1, 1, generator=gen, dtype=f64, requires_grad=True), None):
+        torch.library.opcheck(torch.ops.repact.acon.default, (x, *p, beta))
+    torch.library.opcheck(torch.ops.repact.acon.default, (x.detach().float(), None, None, None))
+
+
 @pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
 @pytest.mark.parametrize("act", list(ACTS))
 def test_every_acon_runs_on_the_kernels(act):
