@@ -79,6 +79,7 @@ class TrainConfig:
     grad_clip: float | None = None
     bn_momentum: float | None = None  # every BatchNorm's running-statistics momentum (None: the model's own)
     amp: bool = False
+    compile: bool = False  # torch.compile the training forward and backward (the first step's time is logged)
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -110,7 +111,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: keys a resumed run may change; every other key must match the checkpoint's config
 RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
-                               "data_dir", "download", "cache", "tensorboard"})
+                               "data_dir", "download", "cache", "tensorboard", "compile"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
