@@ -20,6 +20,7 @@ multiple of HardSwish's; the same table and JSON otherwise.
     python benchmarks/bench_ops.py --quick              # one small shape, few repetitions
     python benchmarks/bench_ops.py --no-compile --shapes 64,16,56,56
     python benchmarks/bench_ops.py --device cuda --dtype float16
+    python benchmarks/bench_ops.py --groups baseline acon   # HardSwish, ReLU and the ACON rows only
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ class OfficialStyleRepAct(nn.Module):
                 + w[3] * F.hardswish(x.clone()))
 
 
-def _variants(channels: int, with_compile: bool, device: str = "cpu") -> dict[str, tuple[str, nn.Module]]:
-    """name -> (group, module). Groups: baseline, repact-train, repact-deploy, acon."""
+GROUPS = ("baseline", "repact-train", "repact-deploy", "acon")
+
+
+def _variants(channels: int, with_compile: bool, device: str = "cpu",
+              groups=GROUPS) -> dict[str, tuple[str, nn.Module]]:
+    """name -> (group, module) of the given groups (baseline, repact-train, repact-deploy, acon;
+    HardSwish, the reference, always)."""
     out: dict[str, tuple[str, nn.Module]] = {
         "hardswish": ("baseline", nn.Hardswish()),
         "relu": ("baseline", nn.ReLU()),
@@ -80,7 +86,7 @@ def _variants(channels: int, with_compile: bool, device: str = "cpu") -> dict[st
             out[name] = ("acon", repact.create_act(name, channels=channels))
         except ValueError:
             print(f"note: activation {name!r} is not registered; skipped", file=sys.stderr)
-    out = {k: (grp, m.to(device)) for k, (grp, m) in out.items()}
+    out = {k: (grp, m.to(device)) for k, (grp, m) in out.items() if grp in groups or k == "hardswish"}
     if with_compile:
         # every RepAct form, HardSwish (the reference) and ACON-C; the rest stay eager to keep the
         # run's compile time bounded (each compiled variant recompiles per shape)
@@ -132,13 +138,13 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
 
 
 def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int, device: str = "cpu",
-                dtype: torch.dtype = torch.float32) -> list[dict]:
+                dtype: torch.dtype = torch.float32, groups=GROUPS) -> list[dict]:
     if with_compile:
         torch._dynamo.reset()  # the previous shape's modules are gone; so may their cache entries
     torch.manual_seed(seed)
     x = (torch.randn(shape) * 3).to(device=device, dtype=dtype)
     g = torch.randn(shape).to(device=device, dtype=dtype)
-    variants = _variants(shape[1], with_compile, device)
+    variants = _variants(shape[1], with_compile, device, groups)
     rows = {k: {"variant": k, "group": grp, "fwd": [], "fwdbwd": []} for k, (grp, _) in variants.items()}
     xg = x.clone().requires_grad_(True)
     # float16/bfloat16 inputs run as under AMP: float32 parameters, autocast on
@@ -233,6 +239,8 @@ def main(argv=None) -> int:
                     help="cuda: CUDA tensors (Triton kernels under the auto backend), CUDA-event timing, peak memory")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="input dtype; float16/bfloat16 run under torch.autocast, as in AMP training")
+    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS, metavar="GROUP",
+                    help=f"the rows to run (default all: {' '.join(GROUPS)}); HardSwish always runs")
     ap.add_argument("--no-steady-malloc", action="store_true",
                     help="leave glibc free to mmap/trim (then page faults land on whichever variant runs after a trim)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_ops.json"))
@@ -250,7 +258,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "native_kernels": native_available(), "reps": reps,
         "steady_malloc": steady, "device": args.device, "dtype": args.dtype, "backend": get_backend(),
-        "triton": triton_available(),
+        "triton": triton_available(), "groups": args.groups,
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "note": "medians of interleaved repetitions; ratios are to HardSwish (eager or compiled) in the same run",
     }
@@ -259,7 +267,7 @@ def main(argv=None) -> int:
     rows = []
     for i, shape in enumerate(shapes):
         print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
-        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed, args.device, dtype)
+        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed, args.device, dtype, args.groups)
         # written after every shape: a run stopped by a time limit keeps the shapes it finished
         meta["complete"] = i == len(shapes) - 1
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
