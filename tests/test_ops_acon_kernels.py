@@ -196,6 +196,35 @@ def test_registered_op_passes_opcheck():
 
 
 @pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
+@pytest.mark.parametrize("use_op", [True, False])
+def test_compiled_acon_is_the_registered_op_where_compiled_op_says_so(monkeypatch, use_op):
+    """Under torch.compile on the CPU: one torch.ops.repact.acon node (COMPILED_OP["cpu"] True) or
+    the plain expression for the compiler to fuse (False); the same values and gradients either way."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(" ".join(str(n.target) for n in gm.graph.nodes if n.op == "call_function"))
+        return gm.forward
+
+    monkeypatch.setitem(acon_module.COMPILED_OP, "cpu", use_op)
+    m = _module("acon_c", "4d")
+    x, g = _input("4d", f32, "cpu")
+    eager = _run(m, x, g, "cpu")
+    torch._dynamo.reset()
+    xi = x.clone().requires_grad_(True)
+    mc = copy.deepcopy(m)
+    y = torch.compile(mc, backend=record, fullgraph=True)(xi)
+    y.backward(g)
+    torch._dynamo.reset()
+    assert len(graphs) == 1 and graphs[0].count("repact.acon") == (1 if use_op else 0), graphs
+    assert ("sigmoid" in graphs[0]) != use_op, graphs
+    torch.testing.assert_close(y.detach(), eager["y"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xi.grad, eager["x"], rtol=1e-5, atol=1e-5)
+    for n, p in mc.named_parameters():
+        torch.testing.assert_close(p.grad, eager[n], rtol=1e-4, atol=1e-4 * float(eager[n].abs().max()))
+
+
+@pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
 @pytest.mark.parametrize("act", list(ACTS))
 def test_every_acon_runs_on_the_kernels(act):
     """Each ACON's operands are ones the kernels read: the op takes a plan, not the reference."""
