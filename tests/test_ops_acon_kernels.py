@@ -275,14 +275,15 @@ def test_cpu_extreme_inputs_stay_finite(dtype):
 
 
 @pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
-@pytest.mark.parametrize("layout", ["4d", "tokens"])
-def test_cpu_two_threads_split_blocks_and_rows(layout):
+@pytest.mark.parametrize("layout,shape", [("4d", (3, C, 47, 61)), ("4d", (81, C, 7, 7)), ("tokens", (3, 2027, C))],
+                         ids=["blocks", "straddling-blocks", "rows"])
+def test_cpu_two_threads_split_blocks_and_rows(layout, shape):
     """A tensor large enough for two threads, cut mid-block and mid-sample: the per-thread partial
-    sums add up to the float64 reference (per channel and per sample and channel)."""
+    sums add up to the float64 reference (per channel and per sample and channel). 7x7 maps run
+    in vectors that straddle two blocks."""
     n = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        shape = (3, C, 47, 61) if layout == "4d" else (3, 2027, C)
         gen = torch.Generator().manual_seed(1)
         x = torch.randn(shape, generator=gen) * 3
         g = torch.randn(shape, generator=gen)

@@ -8,7 +8,9 @@
  * from x and gives gx and the parameters' gradients in the same pass.
  *
  * Layout as in piecewise.c: the tensor is (outer, C, inner) in memory order; blocks (inner > 1)
- * run in SIMD vectors along the block, rows (inner == 1, channels last) along the channels. A
+ * run in SIMD vectors along the block, rows (inner == 1, channels last) along the channels.
+ * Blocks of one to sixteen vectors with parameters of their own (7x7, 14x14 maps) run in vectors
+ * that may straddle two blocks, each lane with its block's parameters (fwd_straddle). A
  * parameter of element (o, c, i) is read at [(o / od) so + c sc], od rows of outer per sample:
  * (so, sc) = (0, 0) one value, (0, 1) per channel, (C, 1) per sample and channel, (1, 0) per
  * sample; beta may also be laid out like x (beta_full), its gradient then written per element.
@@ -153,6 +155,7 @@ typedef struct {                                                                
     const T* beta;                                                                               \
     AconMap m1, m2, mb;                                                                          \
     int beta_full;                                                                               \
+    int64_t od;                                                                                  \
 } AconParams_##SUF;                                                                              \
                                                                                                  \
 static inline T pval_##SUF(const T* p, AconMap m, int64_t r, int64_t c, T dflt) {                \
@@ -291,6 +294,126 @@ static inline void add_slots_##SUF(double* g1, double* g2, double* gb, const Aco
     if (gb) gb[r * a->mb.so + c * a->mb.sc] += sc;                                               \
 }                                                                                                \
                                                                                                  \
+/* block (o, c)'s d = p1 - p2, p2 and beta (1 where beta is per element) */                      \
+static inline void block_params_##SUF(const AconParams_##SUF* a, int64_t o, int64_t c, T* d, T* p2, \
+                                      T* bt) {                                                   \
+    const int64_t r = o / a->od;                                                                 \
+    *p2 = pval_##SUF(a->p2, a->m2, r, c, 0);                                                     \
+    *d = pval_##SUF(a->p1, a->m1, r, c, 1) - *p2;                                                \
+    *bt = a->beta_full ? 1 : pval_##SUF(a->beta, a->mb, r, c, 1);                                \
+}                                                                                                \
+                                                                                                 \
+/* all-ones in the lanes from n on (0 <= n <= L) */                                              \
+static inline VI lanes_from_##SUF(int64_t n) {                                                   \
+    VI m = {0};                                                                                  \
+    for (int l = 0; l < (int)(VBYTES / sizeof(T)); ++l) m[l] = l >= n ? -1 : 0;                  \
+    return m;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* whether blocks of inner elements go in straddling vectors: parameters per block (a map that   \
+ * is not one value) and blocks of one to sixteen vectors */                                     \
+static inline int straddles_##SUF(int64_t C, int64_t inner, const AconParams_##SUF* a) {         \
+    const int64_t L = VBYTES / (int64_t)sizeof(T);                                               \
+    const int per_block = a->m1.so || a->m1.sc || a->m2.so || a->m2.sc || a->mb.so || a->mb.sc;  \
+    return per_block && !(inner == 1 && C > 1) && inner >= L && inner < 16 * L;                  \
+}                                                                                                \
+                                                                                                 \
+/* The full vectors of [pos, end) of a tensor whose blocks (inner >= L elements) each have their \
+ * own parameters, in vectors that may straddle two blocks (each lane takes its block's): no     \
+ * per-block start-up and no partial vector at each block's end, for maps of a few vectors       \
+ * (7x7, 14x14). bf: beta per element (x's layout) or NULL. Returns where the full vectors end. */ \
+static int64_t fwd_straddle_##SUF(const T* restrict x, T* restrict y, const T* restrict bf,      \
+                                  int64_t pos, int64_t end, int64_t C, int64_t inner,            \
+                                  const AconParams_##SUF* a) {                                   \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const int has_p2 = a->p2 != NULL;                                                            \
+    int64_t blk = pos / inner, bend = (blk + 1) * inner, c = blk % C, o = blk / C;               \
+    T d, p2, bt;                                                                                 \
+    block_params_##SUF(a, o, c, &d, &p2, &bt);                                                   \
+    VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                          \
+    int64_t i = pos;                                                                             \
+    for (; i + L <= end; i += L) {                                                               \
+        const int64_t r = bend - i; /* lanes of the current block in this vector */              \
+        VT dl = dv, pl = p2v, bl = btv, xv, out;                                                 \
+        if (r <= L && i + r < end) { /* the next block starts in or right after this vector */   \
+            if (++c == C) { c = 0; ++o; }                                                        \
+            bend += inner;                                                                       \
+            block_params_##SUF(a, o, c, &d, &p2, &bt);                                           \
+            dv = zero + d; p2v = zero + p2; btv = zero + bt;                                     \
+            if (r < L) {                                                                         \
+                const VI nx = lanes_from_##SUF(r);                                               \
+                dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl);                   \
+                bl = VSEL(VT, VI, nx, btv, bl);                                                  \
+            }                                                                                    \
+        }                                                                                        \
+        memcpy(&xv, x + i, sizeof xv);                                                           \
+        if (bf) memcpy(&bl, bf + i, sizeof bl);                                                  \
+        FWD_VEC(VT, VI, SUF, SIGN, xv, dl, pl, bl, out)                                          \
+        memcpy(y + i, &out, sizeof out);                                                         \
+    }                                                                                            \
+    return i;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* fwd_straddle's backward: gx (or NULL), gbf (beta's gradient per element, or NULL) and each    \
+ * block's three sums into the thread's slots s1, s2, sb (NULL: not needed) at the block's end */ \
+static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,      \
+                                  const T* restrict bf, T* restrict gbf, int64_t pos, int64_t end, \
+                                  int64_t C, int64_t inner, const AconParams_##SUF* a, double* s1, \
+                                  double* s2, double* sb) {                                      \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const int has_p2 = a->p2 != NULL, keep = s1 || s2 || sb;                                     \
+    int64_t blk = pos / inner, bend = (blk + 1) * inner, c = blk % C, o = blk / C;               \
+    T d, p2, bt;                                                                                 \
+    block_params_##SUF(a, o, c, &d, &p2, &bt);                                                   \
+    VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                          \
+    VT sa = zero, sbv = zero, sc = zero;                                                         \
+    int any = 0; /* lanes added to sa, sbv, sc since the last deposit */                         \
+    int64_t i = pos;                                                                             \
+    for (; i + L <= end; i += L) {                                                               \
+        const int64_t r = bend - i, pc = c, po = o;                                              \
+        VT dl = dv, pl = p2v, bl = btv, xv, gv, gxv, ta, tb, tc;                                 \
+        VI nx = {0}; /* the lanes in the next block */                                           \
+        const int ends = r <= L; /* the current block ends in this vector */                     \
+        if (ends && i + r < end) {                                                               \
+            if (++c == C) { c = 0; ++o; }                                                        \
+            bend += inner;                                                                       \
+            block_params_##SUF(a, o, c, &d, &p2, &bt);                                           \
+            dv = zero + d; p2v = zero + p2; btv = zero + bt;                                     \
+            if (r < L) {                                                                         \
+                nx = lanes_from_##SUF(r);                                                        \
+                dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl);                   \
+                bl = VSEL(VT, VI, nx, btv, bl);                                                  \
+            }                                                                                    \
+        }                                                                                        \
+        memcpy(&xv, x + i, sizeof xv);                                                           \
+        memcpy(&gv, g + i, sizeof gv);                                                           \
+        if (bf) memcpy(&bl, bf + i, sizeof bl);                                                  \
+        BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dl, pl, bl, gxv, ta, tb, tc)                          \
+        if (gx) memcpy(gx + i, &gxv, sizeof gxv);                                                \
+        if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                                \
+        if (!keep) continue;                                                                     \
+        if (!ends) {                                                                             \
+            sa += ta; sbv += tb; sc += tc;                                                       \
+            any = 1;                                                                             \
+            continue;                                                                            \
+        }                                                                                        \
+        sa += (VT)((VI)ta & ~nx); sbv += (VT)((VI)tb & ~nx); sc += (VT)((VI)tc & ~nx);           \
+        double acc[3] = {0, 0, 0};                                                               \
+        flush_##SUF(&sa, &sbv, &sc, acc);                                                        \
+        add_slots_##SUF(s1, s2, sb, a, po / a->od, pc, acc[0], acc[1], acc[2]);                  \
+        sa = (VT)((VI)ta & nx); sbv = (VT)((VI)tb & nx); sc = (VT)((VI)tc & nx);                 \
+        any = r < L;                                                                             \
+    }                                                                                            \
+    if (keep && any) {                                                                           \
+        double acc[3] = {0, 0, 0};                                                               \
+        flush_##SUF(&sa, &sbv, &sc, acc);                                                        \
+        add_slots_##SUF(s1, s2, sb, a, o / a->od, c, acc[0], acc[1], acc[2]);                    \
+    }                                                                                            \
+    return i;                                                                                    \
+}                                                                                                \
+                                                                                                 \
 int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,         \
                               int64_t od, const T* p1, int64_t p1_so, int64_t p1_sc, const T* p2, \
                               int64_t p2_so, int64_t p2_sc, const T* beta, int64_t b_so,         \
@@ -299,8 +422,9 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
     if (od < 1 || outer < 0 || C < 1 || inner < 1 || (beta_full && !beta)) return 1;             \
     if (total == 0) return 0;                                                                    \
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
-                                beta_full};                                                      \
+                                beta_full, od};                                                  \
     const int nt = acon_threads(total, nthreads);                                                \
+    const int straddle = straddles_##SUF(C, inner, &a);                                          \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                      \
@@ -311,6 +435,8 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
         } else {                                                                                 \
             const int64_t end = total * (tid + 1) / nth;                                         \
             int64_t pos = total * tid / nth;                                                     \
+            if (straddle)                                                                        \
+                pos = fwd_straddle_##SUF(x, y, beta_full ? beta : NULL, pos, end, C, inner, &a); \
             while (pos < end) {                                                                  \
                 const int64_t blk = pos / inner, o = blk / C, c = blk % C, r = o / od;           \
                 int64_t len = (blk + 1) * inner - pos;                                           \
@@ -342,8 +468,9 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
     if (gbeta) memset(gbeta, 0, sizeof(double) * (size_t)nbeta);                                 \
     if (total == 0) return 0;                                                                    \
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
-                                beta_full};                                                      \
+                                beta_full, od};                                                  \
     const int nt = acon_threads(total, nthreads);                                                \
+    const int straddle = straddles_##SUF(C, inner, &a);                                          \
     const int rows = inner == 1 && C > 1;                                                        \
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const int64_t Cp = (C + L - 1) / L * L;                                                      \
@@ -383,6 +510,9 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
         } else {                                                                                 \
             const int64_t end = total * (tid + 1) / nth;                                         \
             int64_t pos = total * tid / nth;                                                     \
+            if (straddle)                                                                        \
+                pos = bwd_straddle_##SUF(x, g, gx, beta_full ? beta : NULL, gbeta_full, pos, end, C, \
+                                         inner, &a, s1, s2, sb);                                 \
             while (pos < end) {                                                                  \
                 const int64_t blk = pos / inner, o = blk / C, c = blk % C, r = o / od;           \
                 int64_t len = (blk + 1) * inner - pos;                                           \
