@@ -143,6 +143,17 @@ static inline vf64 exp_neg_f64(vf64 a) {
         TC = (GV) * (u_ * s_) * (u_ * q_);                                                       \
     }
 
+/* the straddling walks' step to the next block (channel c + 1, or channel 0 of the next row)
+ * and its parameters as vectors dv, p2v, btv */
+#define STRADDLE_NEXT(SUF)                                                                       \
+    if (++c == C) {                                                                              \
+        c = 0;                                                                                   \
+        if (++ro == a->od) { ro = 0; ++r; }                                                      \
+    }                                                                                            \
+    bend += inner;                                                                               \
+    block_params_##SUF(a, r, c, &d, &p2, &bt);                                                   \
+    dv = zero + d; p2v = zero + p2; btv = zero + bt;
+
 /* Parameter maps: value at [(o / od) so + c sc]; NULL gives the default */
 typedef struct {
     int64_t so, sc;
@@ -294,19 +305,18 @@ static inline void add_slots_##SUF(double* g1, double* g2, double* gb, const Aco
     if (gb) gb[r * a->mb.so + c * a->mb.sc] += sc;                                               \
 }                                                                                                \
                                                                                                  \
-/* block (o, c)'s d = p1 - p2, p2 and beta (1 where beta is per element) */                      \
-static inline void block_params_##SUF(const AconParams_##SUF* a, int64_t o, int64_t c, T* d, T* p2, \
+/* the d = p1 - p2, p2 and beta (1 where beta is per element) of channel c of sample r */        \
+static inline void block_params_##SUF(const AconParams_##SUF* a, int64_t r, int64_t c, T* d, T* p2, \
                                       T* bt) {                                                   \
-    const int64_t r = o / a->od;                                                                 \
     *p2 = pval_##SUF(a->p2, a->m2, r, c, 0);                                                     \
     *d = pval_##SUF(a->p1, a->m1, r, c, 1) - *p2;                                                \
     *bt = a->beta_full ? 1 : pval_##SUF(a->beta, a->mb, r, c, 1);                                \
 }                                                                                                \
                                                                                                  \
-/* all-ones in the lanes from n on (0 <= n <= L) */                                              \
-static inline VI lanes_from_##SUF(int64_t n) {                                                   \
+/* the lane indices 0, 1, ..., L - 1 */                                                          \
+static inline VI lane_index_##SUF(void) {                                                        \
     VI m = {0};                                                                                  \
-    for (int l = 0; l < (int)(VBYTES / sizeof(T)); ++l) m[l] = l >= n ? -1 : 0;                  \
+    for (int l = 0; l < (int)(VBYTES / sizeof(T)); ++l) m[l] = l;                                \
     return m;                                                                                    \
 }                                                                                                \
                                                                                                  \
@@ -328,21 +338,21 @@ static int64_t fwd_straddle_##SUF(const T* restrict x, T* restrict y, const T* r
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const VT zero = {0}, one = zero + 1;                                                         \
     const int has_p2 = a->p2 != NULL;                                                            \
-    int64_t blk = pos / inner, bend = (blk + 1) * inner, c = blk % C, o = blk / C;               \
+    /* the current block: channel c of sample r, its row ro of od, ending at bend */             \
+    const int64_t blk = pos / inner, o = blk / C;                                                \
+    int64_t bend = (blk + 1) * inner, c = blk % C, r = o / a->od, ro = o % a->od;                \
+    const VI idx = lane_index_##SUF();                                                           \
     T d, p2, bt;                                                                                 \
-    block_params_##SUF(a, o, c, &d, &p2, &bt);                                                   \
+    block_params_##SUF(a, r, c, &d, &p2, &bt);                                                   \
     VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                          \
     int64_t i = pos;                                                                             \
     for (; i + L <= end; i += L) {                                                               \
-        const int64_t r = bend - i; /* lanes of the current block in this vector */              \
+        const int64_t n = bend - i; /* lanes of the current block in this vector */              \
         VT dl = dv, pl = p2v, bl = btv, xv, out;                                                 \
-        if (r <= L && i + r < end) { /* the next block starts in or right after this vector */   \
-            if (++c == C) { c = 0; ++o; }                                                        \
-            bend += inner;                                                                       \
-            block_params_##SUF(a, o, c, &d, &p2, &bt);                                           \
-            dv = zero + d; p2v = zero + p2; btv = zero + bt;                                     \
-            if (r < L) {                                                                         \
-                const VI nx = lanes_from_##SUF(r);                                               \
+        if (n <= L && i + n < end) { /* the next block starts in or right after this vector */   \
+            STRADDLE_NEXT(SUF)                                                                   \
+            if (n < L) {                                                                         \
+                const VI nx = idx >= (VI){0} + (int)n;                                           \
                 dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl);                   \
                 bl = VSEL(VT, VI, nx, btv, bl);                                                  \
             }                                                                                    \
@@ -364,25 +374,25 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const VT zero = {0}, one = zero + 1;                                                         \
     const int has_p2 = a->p2 != NULL, keep = s1 || s2 || sb;                                     \
-    int64_t blk = pos / inner, bend = (blk + 1) * inner, c = blk % C, o = blk / C;               \
+    /* the current block: channel c of sample r, its row ro of od, ending at bend */             \
+    const int64_t blk = pos / inner, o = blk / C;                                                \
+    int64_t bend = (blk + 1) * inner, c = blk % C, r = o / a->od, ro = o % a->od;                \
+    const VI idx = lane_index_##SUF();                                                           \
     T d, p2, bt;                                                                                 \
-    block_params_##SUF(a, o, c, &d, &p2, &bt);                                                   \
+    block_params_##SUF(a, r, c, &d, &p2, &bt);                                                   \
     VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                          \
     VT sa = zero, sbv = zero, sc = zero;                                                         \
     int any = 0; /* lanes added to sa, sbv, sc since the last deposit */                         \
     int64_t i = pos;                                                                             \
     for (; i + L <= end; i += L) {                                                               \
-        const int64_t r = bend - i, pc = c, po = o;                                              \
+        const int64_t n = bend - i, pc = c, pr = r;                                              \
         VT dl = dv, pl = p2v, bl = btv, xv, gv, gxv, ta, tb, tc;                                 \
         VI nx = {0}; /* the lanes in the next block */                                           \
-        const int ends = r <= L; /* the current block ends in this vector */                     \
-        if (ends && i + r < end) {                                                               \
-            if (++c == C) { c = 0; ++o; }                                                        \
-            bend += inner;                                                                       \
-            block_params_##SUF(a, o, c, &d, &p2, &bt);                                           \
-            dv = zero + d; p2v = zero + p2; btv = zero + bt;                                     \
-            if (r < L) {                                                                         \
-                nx = lanes_from_##SUF(r);                                                        \
+        const int ends = n <= L; /* the current block ends in this vector */                     \
+        if (ends && i + n < end) {                                                               \
+            STRADDLE_NEXT(SUF)                                                                   \
+            if (n < L) {                                                                         \
+                nx = idx >= (VI){0} + (int)n;                                                    \
                 dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl);                   \
                 bl = VSEL(VT, VI, nx, btv, bl);                                                  \
             }                                                                                    \
@@ -402,14 +412,14 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
         sa += (VT)((VI)ta & ~nx); sbv += (VT)((VI)tb & ~nx); sc += (VT)((VI)tc & ~nx);           \
         double acc[3] = {0, 0, 0};                                                               \
         flush_##SUF(&sa, &sbv, &sc, acc);                                                        \
-        add_slots_##SUF(s1, s2, sb, a, po / a->od, pc, acc[0], acc[1], acc[2]);                  \
+        add_slots_##SUF(s1, s2, sb, a, pr, pc, acc[0], acc[1], acc[2]);                          \
         sa = (VT)((VI)ta & nx); sbv = (VT)((VI)tb & nx); sc = (VT)((VI)tc & nx);                 \
-        any = r < L;                                                                             \
+        any = n < L;                                                                             \
     }                                                                                            \
     if (keep && any) {                                                                           \
         double acc[3] = {0, 0, 0};                                                               \
         flush_##SUF(&sa, &sbv, &sc, acc);                                                        \
-        add_slots_##SUF(s1, s2, sb, a, o / a->od, c, acc[0], acc[1], acc[2]);                    \
+        add_slots_##SUF(s1, s2, sb, a, r, c, acc[0], acc[1], acc[2]);                            \
     }                                                                                            \
     return i;                                                                                    \
 }                                                                                                \
