@@ -21,7 +21,8 @@
  * element, with u = d x, z = beta u, s = sigmoid(z), q = 1 - s, core = s (1 + z q):
  *     gx = g (core d + p2),   dL/dp1 = sum g x core,   dL/dp2 = sum (g x - g x core),
  *     dL/dbeta = sum g (u s) (u q)
- * summed in float lanes (flushed into double every FLUSH vectors), per slot and thread in double,
+ * summed in float lanes (flushed into double every FLUSH vectors and at each block's end, each
+ * vector's lanes added pairwise), per slot and thread in double,
  * then over threads in thread order (the same sums for the same thread count).
  *
  * Entry points (prototypes from repact/_native/__init__.py's table; 0 = done, 1 = bad arguments,
@@ -207,10 +208,20 @@ static void fwd_piece_##SUF(const T* restrict x, T* restrict y, const T* restric
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
+/* the lanes of v summed pairwise (a tree of log2 L additions) */                                \
+static inline T hsum_##SUF(VT v) {                                                               \
+    enum { L = VBYTES / sizeof(T) };                                                             \
+    T h[L];                                                                                      \
+    memcpy(h, &v, sizeof v);                                                                     \
+    for (int w = L / 2; w >= 1; w /= 2)                                                          \
+        for (int l = 0; l < w; ++l) h[l] += h[l + w];                                            \
+    return h[0];                                                                                 \
+}                                                                                                \
+                                                                                                 \
+/* acc += the lanes' sums of sa, sb, sc (in double from there on); the vectors start again at 0 */ \
 static inline void flush_##SUF(VT* sa, VT* sb, VT* sc, double acc[3]) {                          \
-    const int L = VBYTES / (int)sizeof(T);                                                       \
     const VT zero = {0};                                                                         \
-    for (int l = 0; l < L; ++l) { acc[0] += (*sa)[l]; acc[1] += (*sb)[l]; acc[2] += (*sc)[l]; }  \
+    acc[0] += hsum_##SUF(*sa); acc[1] += hsum_##SUF(*sb); acc[2] += hsum_##SUF(*sc);             \
     *sa = zero; *sb = zero; *sc = zero;                                                          \
 }                                                                                                \
                                                                                                  \
