@@ -357,21 +357,28 @@ static int64_t fwd_straddle_##SUF(const T* restrict x, T* restrict y, const T* r
     block_params_##SUF(a, r, c, &d, &p2, &bt);                                                   \
     VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                          \
     int64_t i = pos;                                                                             \
-    for (; i + L <= end; i += L) {                                                               \
-        const int64_t n = bend - i; /* lanes of the current block in this vector */              \
-        VT dl = dv, pl = p2v, bl = btv, xv, out;                                                 \
-        if (n <= L && i + n < end) { /* the next block starts in or right after this vector */   \
-            STRADDLE_NEXT(SUF)                                                                   \
-            if (n < L) {                                                                         \
-                const VI nx = idx >= (VI){0} + (int)n;                                           \
-                dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl);                   \
-                bl = VSEL(VT, VI, nx, btv, bl);                                                  \
-            }                                                                                    \
+    while (i + L <= end) {                                                                       \
+        const int64_t stop = bend < end ? bend : end;                                            \
+        for (; i + L <= stop; i += L) { /* the vectors inside the block */                       \
+            VT xv, bl = btv, out;                                                                \
+            memcpy(&xv, x + i, sizeof xv);                                                       \
+            if (bf) memcpy(&bl, bf + i, sizeof bl);                                              \
+            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bl, out)                                     \
+            memcpy(y + i, &out, sizeof out);                                                     \
         }                                                                                        \
+        if (i + L > end) break;                                                                  \
+        /* the next block starts at i + n, in this vector (n > 0) or at it (n = 0) */            \
+        const int64_t n = bend - i;                                                              \
+        VT dl = dv, pl = p2v, bl = btv, xv, out;                                                 \
+        STRADDLE_NEXT(SUF)                                                                       \
+        if (n == 0) continue;                                                                    \
+        const VI nx = idx >= (VI){0} + (int)n;                                                   \
+        dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl); bl = VSEL(VT, VI, nx, btv, bl); \
         memcpy(&xv, x + i, sizeof xv);                                                           \
         if (bf) memcpy(&bl, bf + i, sizeof bl);                                                  \
         FWD_VEC(VT, VI, SUF, SIGN, xv, dl, pl, bl, out)                                          \
         memcpy(y + i, &out, sizeof out);                                                         \
+        i += L;                                                                                  \
     }                                                                                            \
     return i;                                                                                    \
 }                                                                                                \
@@ -395,37 +402,41 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
     VT sa = zero, sbv = zero, sc = zero;                                                         \
     int any = 0; /* lanes added to sa, sbv, sc since the last deposit */                         \
     int64_t i = pos;                                                                             \
-    for (; i + L <= end; i += L) {                                                               \
+    while (i + L <= end) {                                                                       \
+        const int64_t stop = bend < end ? bend : end;                                            \
+        for (; i + L <= stop; i += L) { /* the vectors inside the block */                       \
+            VT xv, gv, bl = btv, gxv, ta, tb, tc;                                                \
+            memcpy(&xv, x + i, sizeof xv);                                                       \
+            memcpy(&gv, g + i, sizeof gv);                                                       \
+            if (bf) memcpy(&bl, bf + i, sizeof bl);                                              \
+            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bl, gxv, ta, tb, tc)                     \
+            if (gx) memcpy(gx + i, &gxv, sizeof gxv);                                            \
+            if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                            \
+            if (keep) { sa += ta; sbv += tb; sc += tc; any = 1; }                                \
+        }                                                                                        \
+        if (i + L > end) break;                                                                  \
+        /* the next block starts at i + n, in this vector (n > 0) or at it (n = 0) */            \
         const int64_t n = bend - i, pc = c, pr = r;                                              \
         VT dl = dv, pl = p2v, bl = btv, xv, gv, gxv, ta, tb, tc;                                 \
-        VI nx = {0}; /* the lanes in the next block */                                           \
-        const int ends = n <= L; /* the current block ends in this vector */                     \
-        if (ends && i + n < end) {                                                               \
-            STRADDLE_NEXT(SUF)                                                                   \
-            if (n < L) {                                                                         \
-                nx = idx >= (VI){0} + (int)n;                                                    \
-                dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl);                   \
-                bl = VSEL(VT, VI, nx, btv, bl);                                                  \
-            }                                                                                    \
+        STRADDLE_NEXT(SUF)                                                                       \
+        const VI nx = idx >= (VI){0} + (int)n; /* the lanes in the next block */                 \
+        if (n > 0) {                                                                             \
+            dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl); bl = VSEL(VT, VI, nx, btv, bl); \
+            memcpy(&xv, x + i, sizeof xv);                                                       \
+            memcpy(&gv, g + i, sizeof gv);                                                       \
+            if (bf) memcpy(&bl, bf + i, sizeof bl);                                              \
+            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dl, pl, bl, gxv, ta, tb, tc)                      \
+            if (gx) memcpy(gx + i, &gxv, sizeof gxv);                                            \
+            if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                            \
+            i += L;                                                                              \
         }                                                                                        \
-        memcpy(&xv, x + i, sizeof xv);                                                           \
-        memcpy(&gv, g + i, sizeof gv);                                                           \
-        if (bf) memcpy(&bl, bf + i, sizeof bl);                                                  \
-        BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dl, pl, bl, gxv, ta, tb, tc)                          \
-        if (gx) memcpy(gx + i, &gxv, sizeof gxv);                                                \
-        if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                                \
         if (!keep) continue;                                                                     \
-        if (!ends) {                                                                             \
-            sa += ta; sbv += tb; sc += tc;                                                       \
-            any = 1;                                                                             \
-            continue;                                                                            \
-        }                                                                                        \
-        sa += (VT)((VI)ta & ~nx); sbv += (VT)((VI)tb & ~nx); sc += (VT)((VI)tc & ~nx);           \
+        if (n > 0) { sa += (VT)((VI)ta & ~nx); sbv += (VT)((VI)tb & ~nx); sc += (VT)((VI)tc & ~nx); } \
         double acc[3] = {0, 0, 0};                                                               \
         flush_##SUF(&sa, &sbv, &sc, acc);                                                        \
         add_slots_##SUF(s1, s2, sb, a, pr, pc, acc[0], acc[1], acc[2]);                          \
-        sa = (VT)((VI)ta & nx); sbv = (VT)((VI)tb & nx); sc = (VT)((VI)tc & nx);                 \
-        any = n < L;                                                                             \
+        any = n > 0;                                                                             \
+        if (any) { sa = (VT)((VI)ta & nx); sbv = (VT)((VI)tb & nx); sc = (VT)((VI)tc & nx); }    \
     }                                                                                            \
     if (keep && any) {                                                                           \
         double acc[3] = {0, 0, 0};                                                               \
