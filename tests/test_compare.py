@@ -124,6 +124,31 @@ def test_bad_executor_options(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "invalid choice: 'slurm'" in err
 
 
+def test_out_and_grid_files_that_are_not_a_grid(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    rc, _, err = _run(capsys, *GRID, "--out", str(tmp_path / "file"))
+    assert rc == 2 and "--out" in err and "is a file, not a folder" in err
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "labels.csv").write_text("a,b\n")
+    rc, _, err = _run(capsys, *GRID, "--out", str(data))
+    assert rc == 2 and "holds files repact compare did not write (labels.csv, train)" in err
+    assert sorted(p.name for p in data.iterdir()) == ["labels.csv", "train"]
+    for text, words in (("acts: 5\n", ["acts must list names", "[5]"]), ("acts: [relu]\nbaseline: 5\n",
+                                                                        ["baseline must be a name", "5"]),
+                        ("acts: [relu]\ntrain: [1]\n", ["train must be a mapping"]),
+                        ("- relu\n", ["must hold a mapping, not a list"])):
+        (tmp_path / "grid.yaml").write_text(text)
+        rc, _, err = _run(capsys, "compare", "--grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "g"))
+        assert rc == 2 and err.count("\n") == 1 and str(tmp_path / "grid.yaml") in err, err
+        for w in words:
+            assert w in err, (w, err)
+    (tmp_path / "grid.yaml").write_bytes(b"acts: [relu]  # \xff\n")
+    rc, _, err = _run(capsys, "compare", "--grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "g"))
+    assert rc == 2 and "is not UTF-8 text" in err
+    assert not (tmp_path / "g").exists()
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -17,7 +17,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .cache import DecodedImages, _say, open_decoded, scan_unreadable
 from .common import DataError, require_dir
-from .images import SKIP_HINT, read_image
+from .images import read_image, unreadable
 
 __all__ = ["ClassFolder", "imagenet100_classes", "load_folder_pair", "first_image_size"]
 
@@ -54,12 +54,9 @@ class ClassFolder(ImageFolder):
             return  # an unreadable file is named when a batch reaches it
         if not bad:
             return
-        reasons = [bad[i] for i in sorted(bad)]
         names = [self.samples[i][0] for i in sorted(bad)]
         if not skip_bad_images:
-            listed = "; ".join(f"{n} ({r})" for n, r in zip(names[:5], reasons[:5]))
-            raise DataError(f"{len(bad)} unreadable image(s) under {self.root}: {listed}"
-                            f"{' ...' if len(bad) > 5 else ''}; {SKIP_HINT}")
+            raise unreadable([(self.samples[i][0], bad[i]) for i in sorted(bad)], self.root)
         keep = [i for i in range(len(self.samples)) if i not in bad]
         self.source_index = keep
         self.samples = [self.samples[i] for i in keep]

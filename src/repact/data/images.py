@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .common import UnreadableImage
 
-__all__ = ["read_image", "decode_files", "SKIP_HINT"]
+__all__ = ["read_image", "decode_files", "unreadable", "SKIP_HINT"]
 
 SKIP_HINT = "pass --skip-bad-images to leave unreadable images out"
 
@@ -32,12 +32,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
+def unreadable(files: Sequence[tuple[str, str]], folder: str | Path) -> UnreadableImage:
+    """The one error for unreadable images ``(path, reason)`` of ``folder``: the same words whether a
+    batch meets the file or the decoded-image cache found it (up to five named)."""
+    if len(files) == 1:
+        path, why = files[0]
+        return UnreadableImage(f"cannot read image {path} ({why}); {SKIP_HINT}")
+    listed = "; ".join(f"{p} ({why})" for p, why in files[:5])
+    return UnreadableImage(f"cannot read {len(files)} images under {folder}: {listed}"
+                           f"{' ...' if len(files) > 5 else ''}; {SKIP_HINT}")
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """The (3, H, W) uint8 tensor of an image file; :class:`UnreadableImage` naming the file otherwise."""
     try:
         return torch.from_numpy(_decode(path))
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
-        raise UnreadableImage(f"cannot read image {path} ({_reason(exc)}); {SKIP_HINT}") from None
+        raise unreadable([(str(path), _reason(exc))], Path(path).parent) from None
 
 
 class _DecodeJob(Dataset):

@@ -63,6 +63,11 @@ def find_voc_root(data_dir: str | Path, year: str | int | None = None, *, marker
     """
     base = Path(data_dir)
     require_dir(base, "VOC data folder", _LAYOUT)
+    if year is not None:  # 2007, "2007" or "VOC2007"
+        text = str(year).strip()
+        year = text[3:] if text.upper().startswith("VOC") else text
+        if not (len(year) == 4 and year.isdigit()):
+            raise DataError(f"year {text!r} is not a VOC year; give one such as 2007 or VOC2012")
     if year is None and (base / marker).is_dir():
         return base
     years = [str(year)] if year is not None else ["2007", "2012"]
@@ -72,7 +77,8 @@ def find_voc_root(data_dir: str | Path, year: str | int | None = None, *, marker
     if not found:
         where = f"VOC{year} " if year is not None else ""
         raise DataError(f"no {where}VOC-format data under {base}: expected {marker}/ there or in "
-                        f"VOCdevkit/VOC2007|VOC2012. Expected layout: {_LAYOUT}")
+                        f"VOCdevkit/{f'VOC{year}' if year is not None else 'VOC2007|VOC2012'}. Expected layout: "
+                        f"{_LAYOUT}")
     if len(found) > 1 and year is None:
         raise DataError(f"{base} holds several VOC years ({', '.join(str(p) for p in found)}); pass year= "
                         "or point the data folder at one of them")

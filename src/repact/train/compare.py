@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checkpoint import atomic_write_text, checkpoint_paths
-from .config import ConfigError, TrainConfig, resolve_config
+from .config import ConfigError, TrainConfig, read_yaml_mapping, resolve_config
 from .logs import csv_text
-from .run_dir import refuse_if_busy
+from .run_dir import refuse_foreign, refuse_if_busy
 from .stats import summarize, welch_delta
 
 __all__ = ["Grid", "load_grid_file", "run_grid", "run_cell", "summarize_grid", "write_reports", "METRICS",
@@ -43,6 +43,9 @@ EXECUTORS = ("local", "submitit")
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
 _FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "cache", "tensorboard"}
+#: everything a grid writes under its --out (a folder holding anything else is refused)
+GRID_FILES = frozenset({"grid.yaml", "compare.md", "compare.csv", "runs.csv", "compare.png", "compare_curves.png",
+                        "runs", "logs", "submitit"})
 
 
 @dataclass
@@ -98,18 +101,9 @@ class Grid:
 
 def load_grid_file(path: str | Path) -> dict[str, Any]:
     """A YAML grid: acts, models, datasets, seeds, baseline, metric, and ``train:`` options for every run."""
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"grid file {p} does not exist (a YAML mapping with acts, models, datasets, seeds, "
-                          "baseline, metric, train)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"grid file {p} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"grid file {p} must hold a mapping, not a {type(data).__name__}")
+    data = read_yaml_mapping(p, "grid file", "a YAML mapping with acts, models, datasets, seeds, baseline, metric, "
+                                            "train")
     unknown = [k for k in data if k not in _GRID_KEYS]
     if unknown:
         raise ConfigError(f"grid file {p}: unknown key(s) {', '.join(map(str, unknown))}; accepted: "
@@ -117,7 +111,20 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
     for k in ("acts", "models", "datasets", "seeds"):
         if k in data and not isinstance(data[k], list):
             data[k] = [data[k]]
+    for k in ("acts", "models", "datasets"):
+        if not all(isinstance(v, str) and v.strip() for v in data.get(k, [])):
+            raise ConfigError(f"grid file {p}: {k} must list names, e.g. {k}: [{_EXAMPLE[k]}]; got {data[k]!r}")
+    for k in ("baseline", "metric"):
+        if data.get(k) is not None and not isinstance(data[k], str):
+            raise ConfigError(f"grid file {p}: {k} must be a name, e.g. {k}: {_EXAMPLE[k]}; got {data[k]!r}")
+    if not isinstance(data.get("train") or {}, dict):
+        raise ConfigError(f"grid file {p}: train must be a mapping of training options, e.g. train: {{epochs: 15}}; "
+                          f"got {data['train']!r}")
     return data
+
+
+_EXAMPLE = {"acts": "hardswish, repact", "models": "small_cnn", "datasets": "digits", "baseline": "hardswish",
+            "metric": "last"}
 
 
 def run_dir_for(out: Path, dataset: str, model: str, act: str, seed: int) -> Path:
@@ -224,7 +231,8 @@ def _exit_when_orphaned(parent: int, every_s: float = 0.1) -> None:
     os._exit(1)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -236,7 +244,7 @@ def _run_pool(todo: list, jobs: int, out: Path, say, total: int) -> dict[int, di
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, _usable_cores() // jobs)
+    threads = max(1, usable_cores() // jobs)
     say(f"running {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each; logs in {out / 'logs'}")
     results: dict[int, dict] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -301,6 +309,7 @@ def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = Non
     overrides = dict(overrides or {})
     cells = grid.cells()
     configs = [_config_for(grid, out, c, overrides) for c in cells]  # validates every cell before any run
+    refuse_foreign(out, GRID_FILES, "repact compare", "a grid folder holds one grid")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "grid.yaml", yaml.safe_dump(grid.as_dict(), sort_keys=False))
     todo = []
@@ -451,11 +460,9 @@ def bar_plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_title(f"{d} / {m}")
         ax.set_ylabel(f"{grid.metric}-epoch val {grid.metric_name} % (95% CI)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from ..analysis.figures import save_figure
+
+    return save_figure(fig, path, "png", dpi=120)
 
 
 def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) -> dict[str, Path]:
