@@ -195,6 +195,66 @@ def test_registered_op_passes_opcheck():
     torch.library.opcheck(torch.ops.repact.acon.default, (x.detach().float(), None, None, None))
 
 
+class _Counted:
+    """Counts a Triton kernel's launches; the ops its (interpreted) launch runs are not the host's."""
+
+    def __init__(self, kernel, log):
+        self.kernel, self.log = kernel, log
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.log["launches"] += 1
+            self.log["inside"] = True
+            try:
+                return launch(*args, **kwargs)
+            finally:
+                self.log["inside"] = False
+        return run
+
+
+def _host_ops(log):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        """Non-view ATen ops outside the kernels (each a launch of its own on a GPU); allocations
+        launch nothing."""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if not log["inside"] and not func.is_view and not name.startswith("empty"):
+                log["ops"].append(name)
+            return func(*args, **(kwargs or {}))
+    return Ops()
+
+
+@pytest.mark.parametrize("name,act,layout", [pytest.param("triton", a, lay, marks=() if _kernels_here("triton") else (
+    pytest.mark.skip(reason="triton kernels do not run here"),), id=f"triton-{a}-{lay}")
+    for a in ("acon_a", "acon_b", "acon_c", "acon_c_layer") for lay in ("4d", "tokens")])
+def test_triton_acon_is_one_launch_forward_and_two_backward(monkeypatch, name, act, layout):
+    """Per call: the forward one kernel, the backward one kernel and the reduction of its per-tile
+    sums, and no other op on the tensors (counted in Triton's interpreter: its launch, and every
+    non-view ATen op between module.forward and the kernels)."""
+    kernels = importlib.import_module("repact.ops._triton_acon")
+    log = {"launches": 0, "inside": False, "ops": []}
+    for k in ("acon_forward_kernel", "acon_backward_kernel", "reduce_kernel"):
+        monkeypatch.setattr(kernels, k, _Counted(getattr(kernels, k), log))
+    m = _module(act, layout).to(DEVICE)
+    x, g = _input(layout, f32, DEVICE)
+    xi = x.clone().requires_grad_(True)
+    with backend(name):
+        with _host_ops(log):
+            y = m(xi)
+        forward = (log["launches"], list(log["ops"]))
+        log.update(launches=0, ops=[])
+        with _host_ops(log):
+            y.backward(g)
+    assert forward == (1, []), forward
+    assert (log["launches"], log["ops"]) == (2, []), log
+    assert all(p.grad is not None for p in m.parameters()) and xi.grad is not None
+
+
 @pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
 @pytest.mark.parametrize("use_op", [True, False])
 def test_compiled_acon_is_the_registered_op_where_compiled_op_says_so(monkeypatch, use_op):

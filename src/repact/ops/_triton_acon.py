@@ -23,8 +23,9 @@ import triton
 import triton.language as tl
 
 from .batchnorm import accumulation_dtype
+from .dispatch import triton_interpreted
 
-__all__ = ["supports", "forward", "backward", "interpreted"]
+__all__ = ["supports", "forward", "backward"]
 
 _TILE = 1024  # elements per program
 _REDUCE_ROWS, _REDUCE_COLS = 64, 64
@@ -148,15 +149,10 @@ def reduce_kernel(partials, out, P, RC, BP: tl.constexpr, BR: tl.constexpr):
 
 
 # --- launches ------------------------------------------------------------------------------------------
-def interpreted() -> bool:
-    """Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1``)."""
-    return type(acon_forward_kernel).__name__ == "InterpretedFunction"
-
-
 def supports(plan) -> bool:
     """p1 and p2 one value or per channel (every ACON's); beta any map the plan has."""
     d = plan.view.data
-    on_device = d.device.type == "cuda" or (d.device.type == "cpu" and interpreted())
+    on_device = d.device.type == "cuda" or (d.device.type == "cpu" and triton_interpreted())
     return on_device and d.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) and \
         all(m in ((0, 0), (0, 1)) for m in plan.maps[:2])
 
@@ -264,5 +260,6 @@ def backward(plan, g: torch.Tensor, need_x: bool, need_params: Sequence[bool]
         elif mode == MAP:
             out.append(_to_slots(gbe, plan))
         else:
-            out.append(reduced[k] if mode == CHANNEL else reduced[k].sum().reshape(1))
+            # (one value over C > 1 channels: their sum; C = 1, every layer-wise ACON: as it is)
+            out.append(reduced[k] if mode == CHANNEL or view.C == 1 else reduced[k].sum().reshape(1))
     return (gx if need_x else None), tuple(out)
