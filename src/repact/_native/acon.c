@@ -15,7 +15,7 @@
  * (so, sc) = (0, 0) one value, (0, 1) per channel, (C, 1) per sample and channel, (1, 0) per
  * sample; beta may also be laid out like x (beta_full), its gradient then written per element.
  *
- * The sigmoid: e = exp(-|z|) (Cody-Waite reduction and a Taylor polynomial, ~1 ulp; 0 below the
+ * The sigmoid: e = exp(-|z|) (Cody-Waite reduction and a polynomial, ~1 ulp; 0 below the
  * smallest normal number), r = 1 / (1 + e); sigmoid(z) = r and 1 - sigmoid(z) = e r for z >= 0,
  * the other way round for z < 0, so neither overflows nor cancels for any |z|. Backward, per
  * element, with u = d x, z = beta u, s = sigmoid(z), q = 1 - s, core = s (1 + z q):
@@ -69,31 +69,63 @@ static int acon_threads(int64_t work, int nthreads) {
     return (int)nt;
 }
 
-/* e^a for a <= 0 (NaN stays NaN): a = n ln2 + f, |f| <= ln2 / 2, e^a = 2^n e^f */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+/* max(a, lo) lane by lane, NaN staying NaN (one instruction on x86: maxps gives its second operand
+ * where either is NaN) */
+static inline vf32 vmax_f32(vf32 a, vf32 lo) {
+#if defined(__AVX512F__)
+    return (vf32)_mm512_max_ps((__m512)lo, (__m512)a);
+#elif defined(__AVX__)
+    return (vf32)_mm256_max_ps((__m256)lo, (__m256)a);
+#elif defined(__SSE2__)
+    return (vf32)_mm_max_ps((__m128)lo, (__m128)a);
+#else
+    return VSEL(vf32, vi32, a < lo, lo, a);
+#endif
+}
+
+static inline vf64 vmax_f64(vf64 a, vf64 lo) {
+#if defined(__AVX512F__)
+    return (vf64)_mm512_max_pd((__m512d)lo, (__m512d)a);
+#elif defined(__AVX__)
+    return (vf64)_mm256_max_pd((__m256d)lo, (__m256d)a);
+#elif defined(__SSE2__)
+    return (vf64)_mm_max_pd((__m128d)lo, (__m128d)a);
+#else
+    return VSEL(vf64, vi64, a < lo, lo, a);
+#endif
+}
+
+/* e^a for a <= 0 (NaN stays NaN): a = n ln2 + f, |f| <= ln2 / 2, e^a = 2^n e^f with
+ * e^f = 1 + f + f^2 q(f), q of degree 4 fitted for the least largest relative error on
+ * |f| <= ln2 / 2 (1e-9 in exact arithmetic; float32 rounding dominates). t = a log2(e) + magic
+ * rounds n into t's low bits, with the exponent bias added: 2^n is those bits shifted into place */
 static inline vf32 exp_neg_f32(vf32 a) {
     const vf32 zero = {0};
-    const vf32 lo = zero - 88.0f, magic = zero + 12582912.0f; /* 1.5 * 2^23: t's low bits hold n */
-    a = VSEL(vf32, vi32, a < lo, lo, a);                      /* n >= -127; -127 makes 2^n = 0 */
+    const vf32 lo = zero - 88.0f, magic = zero + 12583039.0f; /* 1.5 * 2^23 + 127 */
+    a = vmax_f32(a, lo);                                     /* n >= -127; -127 makes 2^n = 0 */
     const vf32 t = a * 1.44269504088896341f + magic;
     const vf32 n = t - magic;
     vf32 f = a - n * 0.693359375f;
     f = f + n * 2.12194440054690583e-4f;
-    vf32 p = zero + 1.0f / 5040.0f;
-    p = p * f + 1.0f / 720.0f;
-    p = p * f + 1.0f / 120.0f;
-    p = p * f + 1.0f / 24.0f;
-    p = p * f + 1.0f / 6.0f;
-    p = p * f + 0.5f;
+    vf32 p = zero + 0.00134643882928729f;
+    p = p * f + 0.00835743862908753f;
+    p = p * f + 0.0416721718732817f;
+    p = p * f + 0.166666638620208f;
+    p = p * f + 0.499999994222965f;
     p = p * f + 1.0f;
     p = p * f + 1.0f;
-    const vu32 bits = ((vu32)((vi32)t - (vi32)magic) + 127u) << 23;
-    return p * (vf32)bits;
+    return p * (vf32)((vu32)t << 23);
 }
 
+/* exp_neg_f32 in double: a Taylor polynomial of degree 13 (~1 ulp) */
 static inline vf64 exp_neg_f64(vf64 a) {
     const vf64 zero = {0};
-    const vf64 lo = zero - 709.0, magic = zero + 6755399441055744.0; /* 1.5 * 2^52 */
-    a = VSEL(vf64, vi64, a < lo, lo, a);                              /* n >= -1023 */
+    const vf64 lo = zero - 709.0, magic = zero + 6755399441056767.0; /* 1.5 * 2^52 + 1023 */
+    a = vmax_f64(a, lo);                                              /* n >= -1023 */
     const vf64 t = a * 1.4426950408889634074 + magic;
     const vf64 n = t - magic;
     vf64 f = a - n * 6.93147180369123816490e-01;
@@ -103,8 +135,7 @@ static inline vf64 exp_neg_f64(vf64 a) {
                                       1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
                                       1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
     for (int k = 0; k < 13; ++k) p = p * f + inv_fact[k];
-    const vu64 bits = ((vu64)((vi64)t - (vi64)magic) + 1023u) << 52;
-    return p * (vf64)bits;
+    return p * (vf64)((vu64)t << 52);
 }
 
 /* S = sigmoid(Z), Q = 1 - sigmoid(Z) from e = exp(-|Z|) alone */
@@ -184,9 +215,9 @@ static inline VT pvec_##SUF(const T* p, AconMap m, int64_t r, int64_t c, int64_t
     return v;                                                                                    \
 }                                                                                                \
                                                                                                  \
-/* a block piece of len elements with scalar parameters (beta from bf when given) */              \
+/* a block piece of len elements with scalar parameters (beta from bf when given) */             \
 static void fwd_piece_##SUF(const T* restrict x, T* restrict y, const T* restrict bf, int64_t len, \
-                            T d, T p2, T bt, int has_p2) {                                      \
+                            T d, T p2, T bt, int has_p2) {                                       \
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const VT zero = {0}, one = zero + 1;                                                         \
     const VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                    \
@@ -225,7 +256,7 @@ static inline void flush_##SUF(VT* sa, VT* sb, VT* sc, double acc[3]) {         
     *sa = zero; *sb = zero; *sc = zero;                                                          \
 }                                                                                                \
                                                                                                  \
-/* backward of a block piece: gx (when given), gbf (per-element beta gradient, when given) and     \
+/* backward of a block piece: gx (when given), gbf (per-element beta gradient, when given) and   \
  * acc += (sum g x core, sum g x, sum g dy/dbeta) */                                             \
 static void bwd_piece_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,            \
                             const T* restrict bf, T* restrict gbf, int64_t len, T d, T p2, T bt, \
@@ -261,9 +292,9 @@ static void bwd_piece_##SUF(const T* restrict x, const T* restrict g, T* restric
     flush_##SUF(&sa, &sb, &sc, acc);                                                             \
 }                                                                                                \
                                                                                                  \
-/* one row of C channels (row o of sample r); bf: the row's beta when per element */              \
+/* one row of C channels (row o of sample r); bf: the row's beta when per element */             \
 static void fwd_row_##SUF(const T* restrict x, T* restrict y, const T* restrict bf, int64_t C,   \
-                          const AconParams_##SUF* a, int64_t r) {                               \
+                          const AconParams_##SUF* a, int64_t r) {                                \
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const VT zero = {0}, one = zero + 1;                                                         \
     const int has_p2 = a->p2 != NULL;                                                            \
@@ -281,7 +312,7 @@ static void fwd_row_##SUF(const T* restrict x, T* restrict y, const T* restrict 
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-/* backward of one row: gx, gbf as the block piece; acc (3, Cp) float sums per channel (or NULL) */\
+/* backward of one row: gx, gbf as the block piece; acc (3, Cp) float sums per channel (or NULL) */ \
 static void bwd_row_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,              \
                           const T* restrict bf, T* restrict gbf, int64_t C, int64_t Cp,          \
                           const AconParams_##SUF* a, int64_t r, T* restrict acc) {               \
@@ -308,7 +339,7 @@ static void bwd_row_##SUF(const T* restrict x, const T* restrict g, T* restrict 
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-/* the three sums of channel c (or of a whole piece, c's slot) into the thread's slots */         \
+/* the three sums of channel c (or of a whole piece, c's slot) into the thread's slots */        \
 static inline void add_slots_##SUF(double* g1, double* g2, double* gb, const AconParams_##SUF* a, \
                                    int64_t r, int64_t c, double sa, double sb, double sc) {      \
     if (g1) g1[r * a->m1.so + c * a->m1.sc] += sa;                                               \
@@ -383,8 +414,20 @@ static int64_t fwd_straddle_##SUF(const T* restrict x, T* restrict y, const T* r
     return i;                                                                                    \
 }                                                                                                \
                                                                                                  \
+/* the per-channel vector sums of bwd_straddle (3 C vectors) into the thread's slots, then 0 */  \
+static void flush_channels_##SUF(VT* vacc, int64_t C, const AconParams_##SUF* a, double* s1, double* s2, \
+                                 double* sb) {                                                   \
+    for (int64_t c = 0; c < C; ++c) {                                                            \
+        double acc[3] = {0, 0, 0};                                                               \
+        flush_##SUF(vacc + 3 * c, vacc + 3 * c + 1, vacc + 3 * c + 2, acc);                      \
+        add_slots_##SUF(s1, s2, sb, a, 0, c, acc[0], acc[1], acc[2]);                            \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
 /* fwd_straddle's backward: gx (or NULL), gbf (beta's gradient per element, or NULL) and each    \
- * block's three sums into the thread's slots s1, s2, sb (NULL: not needed) at the block's end */ \
+ * block's three sums into the thread's slots s1, s2, sb (NULL: not needed). Where no parameter  \
+ * depends on the sample, a block's sums are added as vectors to its channel's (vacc) and go into \
+ * the slots every FLUSH_ROWS samples and at the end: no horizontal sums per block of 7x7. */    \
 static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,      \
                                   const T* restrict bf, T* restrict gbf, int64_t pos, int64_t end, \
                                   int64_t C, int64_t inner, const AconParams_##SUF* a, double* s1, \
@@ -401,6 +444,10 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
     VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                          \
     VT sa = zero, sbv = zero, sc = zero;                                                         \
     int any = 0; /* lanes added to sa, sbv, sc since the last deposit */                         \
+    const int per_channel = keep && !a->m1.so && !a->m2.so && !a->mb.so;                         \
+    VT* vacc = per_channel ? (VT*)aligned_alloc(VBYTES, sizeof(VT) * (size_t)(3 * C)) : NULL;    \
+    if (vacc) memset(vacc, 0, sizeof(VT) * (size_t)(3 * C));                                     \
+    int64_t blocks = 0; /* deposited into vacc since its last flush */                           \
     int64_t i = pos;                                                                             \
     while (i + L <= end) {                                                                       \
         const int64_t stop = bend < end ? bend : end;                                            \
@@ -432,9 +479,15 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
         }                                                                                        \
         if (!keep) continue;                                                                     \
         if (n > 0) { sa += (VT)((VI)ta & ~nx); sbv += (VT)((VI)tb & ~nx); sc += (VT)((VI)tc & ~nx); } \
-        double acc[3] = {0, 0, 0};                                                               \
-        flush_##SUF(&sa, &sbv, &sc, acc);                                                        \
-        add_slots_##SUF(s1, s2, sb, a, pr, pc, acc[0], acc[1], acc[2]);                          \
+        if (vacc) {                                                                              \
+            vacc[3 * pc] += sa; vacc[3 * pc + 1] += sbv; vacc[3 * pc + 2] += sc;                 \
+            sa = zero; sbv = zero; sc = zero;                                                    \
+            if (++blocks == FLUSH_ROWS * C) { flush_channels_##SUF(vacc, C, a, s1, s2, sb); blocks = 0; } \
+        } else {                                                                                 \
+            double acc[3] = {0, 0, 0};                                                           \
+            flush_##SUF(&sa, &sbv, &sc, acc);                                                    \
+            add_slots_##SUF(s1, s2, sb, a, pr, pc, acc[0], acc[1], acc[2]);                      \
+        }                                                                                        \
         any = n > 0;                                                                             \
         if (any) { sa = (VT)((VI)ta & nx); sbv = (VT)((VI)tb & nx); sc = (VT)((VI)tc & nx); }    \
     }                                                                                            \
@@ -442,6 +495,10 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
         double acc[3] = {0, 0, 0};                                                               \
         flush_##SUF(&sa, &sbv, &sc, acc);                                                        \
         add_slots_##SUF(s1, s2, sb, a, r, c, acc[0], acc[1], acc[2]);                            \
+    }                                                                                            \
+    if (vacc) {                                                                                  \
+        flush_channels_##SUF(vacc, C, a, s1, s2, sb);                                            \
+        free(vacc);                                                                              \
     }                                                                                            \
     return i;                                                                                    \
 }                                                                                                \
@@ -459,7 +516,7 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
     const int straddle = straddles_##SUF(C, inner, &a);                                          \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
-        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                      \
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
         if (inner == 1 && C > 1) {                                                               \
             const int64_t o0 = outer * tid / nth, o1 = outer * (tid + 1) / nth;                  \
             for (int64_t o = o0; o < o1; ++o)                                                    \
@@ -492,7 +549,7 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
                                int64_t np1, int64_t np2, int64_t nbeta, int nthreads) {          \
     const int64_t total = outer * C * inner;                                                     \
     if (od < 1 || outer < 0 || C < 1 || inner < 1 || (beta_full && (!beta || gbeta)) ||          \
-        (gp1 && np1 < 1) || (gp2 && np2 < 1) || (gbeta && nbeta < 1)) return 1;                   \
+        (gp1 && np1 < 1) || (gp2 && np2 < 1) || (gbeta && nbeta < 1)) return 1;                  \
     const int64_t n1 = gp1 ? np1 : 0, n2 = gp2 ? np2 : 0, nb = gbeta ? nbeta : 0;                \
     const int64_t ns = n1 + n2 + nb;                                                             \
     if (gp1) memset(gp1, 0, sizeof(double) * (size_t)np1);                                       \
@@ -511,7 +568,7 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
-        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                      \
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
         double* s1 = gp1 ? part + tid * ns : NULL;                                               \
         double* s2 = gp2 ? part + tid * ns + n1 : NULL;                                          \
         double* sb = gbeta ? part + tid * ns + n1 + n2 : NULL;                                   \
