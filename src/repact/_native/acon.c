@@ -149,14 +149,14 @@ static inline vf64 exp_neg_f64(vf64 a) {
         Q = VSEL(VT, VI, pos_, er_, r_);                                                         \
     }
 
-/* OUT = y of one vector XV with parameters DV (= p1 - p2), P2V, BV */
+/* OUT = y of one vector XV with parameters DV (= p1 - p2), P2V, BV; the sigmoid as SIG_PARTS's,
+ * s = (1 or e) / (1 + e), one operation fewer where q is not needed */
 #define FWD_VEC(VT, VI, SUF, SIGN, XV, DV, P2V, BV, OUT)                                         \
     {                                                                                            \
         const VT u_ = (XV) * (DV);                                                               \
         const VT z_ = u_ * (BV);                                                                 \
-        VT s_, q_;                                                                               \
-        SIG_PARTS(VT, VI, SUF, SIGN, z_, s_, q_)                                                 \
-        (void)q_;                                                                                \
+        const VT e_ = exp_neg_##SUF((VT)((VI)z_ | (SIGN)));                                      \
+        const VT s_ = VSEL(VT, VI, z_ >= zero, one, e_) / (one + e_);                            \
         OUT = u_ * s_;                                                                           \
         if (has_p2) OUT = OUT + (XV) * (P2V);                                                    \
     }
