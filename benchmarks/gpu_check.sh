@@ -67,8 +67,12 @@ if [ "$DRY" -eq 0 ]; then
         | tee -a "$LOG"
 fi
 
-step "Triton kernels vs reference (CUDA)" 90 "$PY" -m pytest -q -p no:cacheprovider tests/ops_triton_cases.py \
-    tests/test_ops_acon_kernels.py -k triton --junitxml "$OUT/triton_tests.xml"
+# the Triton cases compile a kernel per dtype and flag combination on a fresh machine: four pytest
+# workers where pytest-xdist is installed, so that the compiles run side by side
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+step "Triton kernels vs reference (CUDA)" 90 "$PY" -m pytest -q -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"} \
+    tests/ops_triton_cases.py tests/test_ops_acon_kernels.py -k triton --junitxml "$OUT/triton_tests.xml"
 step "bench_ops float16" 30 "$PY" benchmarks/bench_ops.py --device cuda --no-compile --reps 30 --dtype float16 \
     --shapes 64,576,7,7 128,16,112,112 --out "$OUT/bench_ops_float16.json"
 step "bench_ops float32" 30 "$PY" benchmarks/bench_ops.py --device cuda --no-compile --reps 30 \

@@ -79,6 +79,10 @@ def test_gpu_check_commands_are_ones_their_scripts_accept(capsys):
         assert rc == 2 and "usage:" not in err and len(lines) == 1 and "CUDA" in lines[0], (head, err)
     tests = next(cmd for _, _, cmd in steps if cmd[1:3] == ["-m", "pytest"])
     args = [a for a in tests[3:] if not a.startswith("--junitxml") and "triton_tests.xml" not in a]  # (its -q and ours: per-file counts)
+    if "-n" in args:  # pytest-xdist's workers (where installed) would report the collection their way
+        i = args.index("-n")
+        assert args[i + 1].isdigit(), args
+        del args[i:i + 2]
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     counts = dict(line.rsplit(": ", 1) for line in proc.stdout.splitlines() if line.startswith("tests/"))
