@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .. import fuse
+from .._hooks import run_hooked
 from ..activations.anneal import Annealed
 from ..activations.piecewise import PiecewiseQuadratic
 from . import transforms as T
@@ -407,13 +408,7 @@ def usable_layers(model: nn.Module, example_input: Any) -> tuple[set[int], dict[
             ranks[id(m)] = output.dim()
 
     handles = [m.register_forward_hook(hook) for m in {id(m): m for m in model.modules()}.values()]
-    try:
-        with torch.no_grad():
-            args = example_input if isinstance(example_input, tuple) else (example_input,)
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example_input, handles, torch.no_grad())
     usable = {i for i in ran if uses.get(i, 0) == 1}
     return usable, ranks
 
