@@ -20,6 +20,12 @@ multiple of HardSwish's; the same table and JSON otherwise.
     python benchmarks/bench_ops.py --quick              # one small shape, few repetitions
     python benchmarks/bench_ops.py --no-compile --shapes 64,16,56,56
     python benchmarks/bench_ops.py --device cuda --dtype float16
+    python benchmarks/bench_ops.py --groups baseline acon   # HardSwish, ReLU and the ACON rows only
+    python benchmarks/bench_ops.py --threads 1 --clock thread  # one thread, its CPU time: steady on a busy machine
+
+``--clock thread`` times each call by the calling thread's CPU time (``time.thread_time``), which
+a machine shared with other work does not inflate; with one thread (``--threads 1``) that thread
+does all the work, so that is the call's cost.
 """
 
 from __future__ import annotations
@@ -61,8 +67,13 @@ class OfficialStyleRepAct(nn.Module):
                 + w[3] * F.hardswish(x.clone()))
 
 
-def _variants(channels: int, with_compile: bool, device: str = "cpu") -> dict[str, tuple[str, nn.Module]]:
-    """name -> (group, module). Groups: baseline, repact-train, repact-deploy, acon."""
+GROUPS = ("baseline", "repact-train", "repact-deploy", "acon")
+
+
+def _variants(channels: int, with_compile: bool, device: str = "cpu",
+              groups=GROUPS) -> dict[str, tuple[str, nn.Module]]:
+    """name -> (group, module) of the given groups (baseline, repact-train, repact-deploy, acon;
+    HardSwish, the reference, always)."""
     out: dict[str, tuple[str, nn.Module]] = {
         "hardswish": ("baseline", nn.Hardswish()),
         "relu": ("baseline", nn.ReLU()),
@@ -80,7 +91,7 @@ def _variants(channels: int, with_compile: bool, device: str = "cpu") -> dict[st
             out[name] = ("acon", repact.create_act(name, channels=channels))
         except ValueError:
             print(f"note: activation {name!r} is not registered; skipped", file=sys.stderr)
-    out = {k: (grp, m.to(device)) for k, (grp, m) in out.items()}
+    out = {k: (grp, m.to(device)) for k, (grp, m) in out.items() if grp in groups or k == "hardswish"}
     if with_compile:
         # every RepAct form, HardSwish (the reference) and ACON-C; the rest stay eager to keep the
         # run's compile time bounded (each compiled variant recompiles per shape)
@@ -107,7 +118,7 @@ def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def _timer(fn: Callable[[], object], device: str = "cpu") -> float:
+def _timer(fn: Callable[[], object], device: str = "cpu", clock: Callable[[], float] = time.perf_counter) -> float:
     if device == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
@@ -116,9 +127,9 @@ def _timer(fn: Callable[[], object], device: str = "cpu") -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def _peak_bytes(fn: Callable[[], object]) -> int:
@@ -132,13 +143,14 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
 
 
 def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int, device: str = "cpu",
-                dtype: torch.dtype = torch.float32) -> list[dict]:
+                dtype: torch.dtype = torch.float32, groups=GROUPS,
+                clock: Callable[[], float] = time.perf_counter) -> list[dict]:
     if with_compile:
         torch._dynamo.reset()  # the previous shape's modules are gone; so may their cache entries
     torch.manual_seed(seed)
     x = (torch.randn(shape) * 3).to(device=device, dtype=dtype)
     g = torch.randn(shape).to(device=device, dtype=dtype)
-    variants = _variants(shape[1], with_compile, device)
+    variants = _variants(shape[1], with_compile, device, groups)
     rows = {k: {"variant": k, "group": grp, "fwd": [], "fwdbwd": []} for k, (grp, _) in variants.items()}
     xg = x.clone().requires_grad_(True)
     # float16/bfloat16 inputs run as under AMP: float32 parameters, autocast on
@@ -169,8 +181,8 @@ def bench_shape(shape, reps: int, with_compile: bool, warmup: int, seed: int, de
             rnd.shuffle(order)
             for key in order:
                 m = variants[key][1]
-                rows[key]["fwd"].append(_timer(lambda: fwd(m), device))
-                rows[key]["fwdbwd"].append(_timer(lambda: fwdbwd(m), device))
+                rows[key]["fwd"].append(_timer(lambda: fwd(m), device, clock))
+                rows[key]["fwdbwd"].append(_timer(lambda: fwdbwd(m), device, clock))
         if device == "cuda":
             for key, (_, m) in variants.items():
                 rows[key]["peak"] = _peak_bytes(lambda: fwdbwd(m))
@@ -233,6 +245,11 @@ def main(argv=None) -> int:
                     help="cuda: CUDA tensors (Triton kernels under the auto backend), CUDA-event timing, peak memory")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                     help="input dtype; float16/bfloat16 run under torch.autocast, as in AMP training")
+    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS, metavar="GROUP",
+                    help=f"the rows to run (default all: {' '.join(GROUPS)}); HardSwish always runs")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="wall (default) or thread: the calling thread's CPU time (CPU, with --threads 1)")
     ap.add_argument("--no-steady-malloc", action="store_true",
                     help="leave glibc free to mmap/trim (then page faults land on whichever variant runs after a trim)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_ops.json"))
@@ -244,13 +261,23 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads must be a positive integer, got {args.threads}", file=sys.stderr)
+        return 2
+    if args.clock == "thread" and (args.device != "cpu" or args.threads != 1):
+        print("error: --clock thread times the calling thread only; use it with --device cpu --threads 1",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     steady = False if (args.no_steady_malloc or args.device == "cuda") else steady_malloc()
     dtype = getattr(torch, args.dtype)
     meta = {
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "processor": platform.processor(), "native_kernels": native_available(), "reps": reps,
         "steady_malloc": steady, "device": args.device, "dtype": args.dtype, "backend": get_backend(),
-        "triton": triton_available(),
+        "triton": triton_available(), "groups": args.groups, "clock": args.clock,
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "note": "medians of interleaved repetitions; ratios are to HardSwish (eager or compiled) in the same run",
     }
@@ -259,7 +286,7 @@ def main(argv=None) -> int:
     rows = []
     for i, shape in enumerate(shapes):
         print(f"benchmarking {shape} ...", file=sys.stderr, flush=True)
-        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed, args.device, dtype)
+        rows += bench_shape(shape, reps, compile_, args.warmup, args.seed, args.device, dtype, args.groups, clock)
         # written after every shape: a run stopped by a time limit keeps the shapes it finished
         meta["complete"] = i == len(shapes) - 1
         out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

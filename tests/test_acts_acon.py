@@ -108,7 +108,7 @@ def test_acon_function_gradcheck(granularity):
     shape = (1, c, 1, 1) if granularity == "channel" else (1, 1, 1, 1)
     x = torch.randn(2, c, 3, 3, dtype=torch.float64, requires_grad=True)
     p1, p2, beta = (torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    fn = lambda *a: _AconFn.apply(*a, "reference", 1)  # noqa: E731
+    fn = lambda *a: _AconFn.apply(*a, "reference")  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, p1, p2, beta))
     assert torch.autograd.gradcheck(fn, (x, None, p2, beta))  # ACON-B form
     assert torch.autograd.gradcheck(fn, (x, None, None, beta))  # Swish form

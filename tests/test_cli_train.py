@@ -269,3 +269,25 @@ def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and str(tmp_path / "in100") in proc.stderr
     assert proc.stderr.startswith("repact train: error:")
+
+
+def test_train_compile_reports_its_first_step_and_trains_as_eager(tmp_path, capsys):
+    """--compile compiles the training step (CPU here; the same code path on CUDA), says how long the
+    first step took, logs it (compile_s) and trains what the eager run trains."""
+    common = ["train", "--model-kw", "width=8", "--epochs", "1", "--batch-size", "32", "--limit-batches", "2",
+              "--quiet"]
+    rc, out, _ = _run(capsys, *common, "--compile", "--out", str(tmp_path / "compiled"))
+    assert rc == 0
+    said = [line for line in out.splitlines() if line.startswith("torch.compile: the first training step took")]
+    assert len(said) == 1, out
+    record = json.loads((tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()[0])
+    summary = json.loads((tmp_path / "compiled" / "summary.json").read_text())
+    assert 0 < record["compile_s"] <= record["epoch_time_s"] and summary["compile_s"] == record["compile_s"]
+    assert f"{record['compile_s']:.1f} s" in said[0]
+    assert yaml.safe_load((tmp_path / "compiled" / "config.yaml").read_text())["compile"] is True
+    rc, _, _ = _run(capsys, *common, "--out", str(tmp_path / "eager"))
+    assert rc == 0
+    eager = json.loads((tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "compile_s" not in eager and json.loads((tmp_path / "eager" / "summary.json").read_text())["compile_s"] is None
+    for key in ("train_loss", "val_loss"):
+        assert record[key] == pytest.approx(eager[key], rel=1e-4), key

@@ -121,8 +121,33 @@ def test_compile_engine_makes_room_for_every_variant_and_fails_instead_of_fallin
         assert cfg.recompile_limit >= 2 * 4 * 5
         assert cfg.fail_on_recompile_limit_hit is True
     assert (cfg.recompile_limit, cfg.fail_on_recompile_limit_hit) == before
+    with _compile_limits("reduce-overhead", 4 * 5):
+        assert cfg.recompile_limit >= 2 * 4 * 5
     with _compile_limits("eager", 100):
         assert cfg.recompile_limit == before[0]
+
+
+def test_pick_engines_defaults_graph_engines_and_refusals():
+    """The one check of engines against a device: defaults per device, --cuda-graphs adds the two
+    graph engines (CUDA only), and each refusal is one line naming the engine and what runs there."""
+    from repact.deploy import CPU_ENGINES, CUDA_ENGINES, GRAPH_ENGINES, pick_engines
+
+    assert pick_engines(None, "cpu") == list(CPU_ENGINES) == ["eager", "compile", "onnxruntime"]
+    assert pick_engines(None, "cuda") == list(CUDA_ENGINES) == ["eager", "compile"]
+    assert pick_engines(None, "cuda:0", cuda_graphs=True) == ["eager", "compile", *GRAPH_ENGINES]
+    assert pick_engines(["eager", "reduce-overhead"], "cuda", cuda_graphs=True) == \
+        ["eager", "reduce-overhead", "cuda-graphs"]
+    refusals = [((None, "cpu", True), "--cuda-graphs replays CUDA graphs and needs --device cuda"),
+                ((["cuda-graphs"], "cpu", False), "engine 'cuda-graphs' replays CUDA graphs and needs --device cuda"),
+                ((["reduce-overhead"], "cpu", False), "engine 'reduce-overhead' replays CUDA graphs"),
+                ((["onnxruntime"], "cuda", False), "--engines onnxruntime runs on the CPU only"),
+                ((["tvm"], "cpu", False), "unknown engine 'tvm'")]
+    for args, words in refusals:
+        with pytest.raises(ValueError, match=words) as info:
+            pick_engines(*args)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="replays CUDA graphs"):  # cost_report runs the same check
+        cost_report("small_cnn", engines=("cuda-graphs",))
 
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")

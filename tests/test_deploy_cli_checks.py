@@ -244,3 +244,18 @@ def test_bench_device_cuda_without_a_gpu_is_one_clear_line(tmp_path, capsys):
     msg = _one_message(err)
     assert rc == 2 and "--device cuda: torch sees no CUDA GPU on this machine" in msg and "--device cpu" in msg
     assert not (tmp_path / "b.json").exists()
+
+
+# --- issue 24 point 3: bench --cuda-graphs ------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+@pytest.mark.parametrize("flags,words", [
+    (["--cuda-graphs"], "--cuda-graphs replays CUDA graphs and needs --device cuda; this run is on cpu"),
+    (["--engines", "eager", "reduce-overhead"], "engine 'reduce-overhead' replays CUDA graphs and needs --device cuda"),
+    (["--device", "cuda", "--cuda-graphs"], "--device cuda: torch sees no CUDA GPU on this machine"),
+])
+def test_bench_cuda_graphs_on_a_cpu_only_machine_is_one_clear_line(tmp_path, capsys, flags, words):
+    rc, out, err = _run(capsys, "bench", "small_cnn", *flags, "--json", str(tmp_path / "b.json"))
+    assert rc == 2 and words in _one_message(err)
+    assert not (tmp_path / "b.json").exists()

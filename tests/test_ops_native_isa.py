@@ -15,7 +15,8 @@ import pytest
 from repact import _native
 
 ROOT = Path(__file__).resolve().parents[1]
-NATIVE_TESTS = ["tests/test_ops_piecewise.py", "tests/test_repact.py", "tests/test_ops_batchnorm.py"]
+NATIVE_TESTS = ["tests/test_ops_piecewise.py", "tests/test_repact.py", "tests/test_ops_batchnorm.py",
+                "tests/test_ops_acon_kernels.py"]
 WIDTHS = {"sse2": 16, "avx2": 32}
 
 CHECK = """

@@ -1,6 +1,6 @@
-"""Builds and loads repact's native CPU kernels (``piecewise.c``) on first use.
+"""Builds and loads repact's native CPU kernels (``piecewise.c``, ``acon.c``) on first use.
 
-The C source ships with the package and is compiled with the system C compiler into a per-user
+The C sources ship with the package and are compiled with the system C compiler into a per-user
 cache (``$REPACT_CACHE_DIR`` or ``~/.cache/repact``), keyed by the source, the compiler and the
 CPU, and written atomically. Set ``REPACT_NATIVE=0`` to never build or use it. Where no compiler
 works, ``library()`` returns ``None`` and repact falls back to its pure PyTorch path.
@@ -25,7 +25,8 @@ __all__ = ["library", "build_error", "cache_dir", "header", "vector_bytes", "ENT
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("piecewise.c")
+#: compiled together into one library
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("piecewise.c", "acon.c"))
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -83,6 +84,12 @@ ENTRY_POINTS = {
                              "cT* slope, cT* base, cT* part, i64 nb, int softmax, i64 Cc, cT* gamma, cd* mean, "
                              "cd* var, double eps, int bn, cd* gsums, double count, T* g_w, T* g_slope, "
                              "T* g_gamma, T* g_beta, int nthreads",
+    # ACON (acon.c): parameters p1, p2, beta (NULL: 1, 0, 1) read at [(o / od) so + c sc]
+    "repact_acon_forward": "cT* x, T* y, i64 outer, i64 C, i64 inner, i64 od, cT* p1, i64 p1_so, i64 p1_sc, "
+                           "cT* p2, i64 p2_so, i64 p2_sc, cT* beta, i64 b_so, i64 b_sc, int beta_full, int nthreads",
+    "repact_acon_backward": "cT* x, cT* g, T* gx, i64 outer, i64 C, i64 inner, i64 od, cT* p1, i64 p1_so, "
+                            "i64 p1_sc, cT* p2, i64 p2_so, i64 p2_sc, cT* beta, i64 b_so, i64 b_sc, int beta_full, "
+                            "d* gp1, d* gp2, d* gbeta, T* gbeta_full, i64 np1, i64 np2, i64 nbeta, int nthreads",
 }
 #: entry points without arguments: the ABI number, the SIMD vector width the library was built for
 _PLAIN = ("repact_native_abi_version", "repact_native_vector_bytes")
@@ -130,7 +137,7 @@ def _flag_sets() -> list[list[str]]:
 
 
 def _build(cc: str) -> Path:
-    src = _SOURCE.read_bytes()
+    src = b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES)
     head = header()
     key = hashlib.sha256(
         src + head.encode() + cc.encode() + _compiler_version(cc).encode() + _cpu_signature().encode()
@@ -150,7 +157,7 @@ def _build(cc: str) -> Path:
     for flags in _flag_sets():
         fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so.tmp")
         os.close(fd)
-        cmd = [cc, *flags, "-include", str(head_path), str(_SOURCE), "-o", tmp, "-lm"]
+        cmd = [cc, *flags, "-include", str(head_path), *map(str, _SOURCES), "-o", tmp, "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode == 0:
             os.replace(tmp, target)

@@ -5,11 +5,12 @@
 * ACON-C (``acon_c``): (p1 - p2) x sigmoid(beta (p1 - p2) x) + p2 x.
 * meta-ACON-C (``meta_acon``): ACON-C with beta generated from the input.
 
-The training form of all of them is ACON's op (:func:`repact.ops.acon`): under autograd one
-function that keeps only the input and the small parameters for backward and recomputes the
-sigmoid there (the plain expression would keep about four input-sized tensors). Without
-gradients, and under tracing, ONNX export or torch.compile, the plain expression runs instead, so
-graphs hold only ordinary ops.
+Each module's forward is one call of ACON's op (:func:`repact.ops.acon`): the fused kernels of the
+backend the dispatch chooses (C on the CPU, Triton on CUDA; one launch each way), which keep only
+the input and the small parameters for backward and recompute the sigmoid there (the plain
+expression would keep about four input-sized tensors). Tracing and ONNX export see the plain
+expression, so their graphs hold only ordinary ops; torch.compile sees the registered op
+``torch.ops.repact.acon`` or the plain expression, per device (``repact.ops.acon.COMPILED_OP``).
 
 Inits: ACON-C follows the official code (p1, p2 ~ N(0, 1), beta = 1, per channel). ACON-A and
 ACON-B have no official class; we use beta = 1 and, for ACON-B, p = 0.25 (PReLU's init).

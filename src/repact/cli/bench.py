@@ -18,7 +18,7 @@ def max_threads() -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime)",
+        "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime, CUDA graphs)",
         description="Build MODEL with a baseline activation (default hardswish), with --act (training form) and its "
                     "reparameterized copy (deploy form); count params and FLOPs (pointwise activation work included) "
                     "and time them interleaved (warm-up, medians, per-round ratios to the baseline) in each engine "
@@ -31,8 +31,14 @@ def add_parser(sub) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="builder keyword (repeatable)")
     add_shape_flags(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="default: 1 32")
-    p.add_argument("--engines", nargs="+", default=None, choices=("eager", "compile", "onnxruntime"),
-                   help="default: all three on the CPU, eager and compile on CUDA")
+    p.add_argument("--engines", nargs="+", default=None,
+                   choices=("eager", "compile", "onnxruntime", "cuda-graphs", "reduce-overhead"),
+                   help="default: eager, compile and onnxruntime on the CPU, eager and compile on CUDA; cuda-graphs "
+                        "(the eager forward captured in a CUDA graph) and reduce-overhead (torch.compile's mode) "
+                        "run on CUDA only")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time the engines that replay CUDA graphs, cuda-graphs and reduce-overhead "
+                        "(needs --device cuda)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: CUDA-event timing and peak memory "
                                                    "(torch.cuda.max_memory_allocated)")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per engine and batch size (default 20)")
@@ -47,14 +53,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..checkpoint import atomic_write_text
-    from ..deploy import CUDA_ENGINES, ENGINES, bench_device, cost_report
+    from ..deploy import bench_device, cost_report, pick_engines
     from ..models import get_model_spec
 
     device = bench_device(args.device)  # before anything is built: a clear line without a GPU
-    engines = args.engines or list(CUDA_ENGINES if device.type == "cuda" else ENGINES)
-    if device.type == "cuda" and not set(engines) <= set(CUDA_ENGINES):
-        raise CLIError(f"--engines onnxruntime runs on the CPU only; with --device {args.device} use "
-                       f"{' '.join(CUDA_ENGINES)}")
+    try:
+        engines = pick_engines(args.engines, device, args.cuda_graphs)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     get_model_spec(args.model)  # unknown names: a clear error listing the choices
     if args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_sizes):
         raise CLIError("--rounds and --batch-sizes must be positive and --warmup >= 0")

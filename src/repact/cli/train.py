@@ -111,6 +111,8 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")
     r.add_argument("--amp", action="store_true", default=S, help="mixed precision (CUDA only)")
+    r.add_argument("--compile", action="store_true", default=S, help="torch.compile the model's training forward "
+                   "and backward (CPU or CUDA; the first step compiles, its time is reported and logged as compile_s)")
     r.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--deterministic", action="store_true", default=S, help="deterministic algorithms (slower)")
     r.add_argument("--workers", type=int, default=S, help="data loader worker processes (default 0)")

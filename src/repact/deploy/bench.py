@@ -8,10 +8,14 @@ weights; no download):
 * ``deploy``: ``reparameterize`` of a copy of ``train`` (absent when ``act`` has no deploy form),
 
 and reports parameters, FLOPs (activations included, see :mod:`repact.deploy.cost`) and latency
-per engine (``eager``, ``compile``, ``onnxruntime``) and batch size, with every variant timed in
-the same interleaved rounds and the ratio to the baseline taken per round. ``device="cuda"`` runs
-the PyTorch engines on the GPU, timed by CUDA events, with each row's peak
-``torch.cuda.max_memory_allocated`` (onnxruntime runs on the CPU only here).
+per engine and batch size, with every variant timed in the same interleaved rounds and the ratio
+to the baseline taken per round. Engines: ``eager``, ``compile`` (``torch.compile``),
+``onnxruntime`` (CPU only), and on CUDA the two that replay CUDA graphs (:data:`GRAPH_ENGINES`):
+``cuda-graphs`` (the eager model's forward captured whole, :func:`repact.deploy.latency.cuda_graph_replay`)
+and ``reduce-overhead`` (``torch.compile(mode="reduce-overhead")``). ``device="cuda"`` runs the
+PyTorch engines on the GPU, timed by CUDA events, with each row's peak
+``torch.cuda.max_memory_allocated``. :func:`pick_engines` is the one check of an engine list
+against a device.
 """
 
 from __future__ import annotations
@@ -30,13 +34,18 @@ from torch import nn
 
 from ..reparam import randomize_activations_, reparameterize
 from .cost import count_flops, count_params
-from .latency import cuda_peak_bytes, time_interleaved
+from .latency import cuda_graph_replay, cuda_peak_bytes, time_interleaved
 
-__all__ = ["ENGINES", "CUDA_ENGINES", "CostReport", "build_variants", "cost_report"]
+__all__ = ["ENGINES", "CPU_ENGINES", "CUDA_ENGINES", "GRAPH_ENGINES", "CostReport", "build_variants", "cost_report",
+           "pick_engines"]
 
-ENGINES = ("eager", "compile", "onnxruntime")
-#: engines that run on a CUDA device
+ENGINES = ("eager", "compile", "onnxruntime", "cuda-graphs", "reduce-overhead")
+#: the default engines on the CPU
+CPU_ENGINES = ("eager", "compile", "onnxruntime")
+#: the default engines on a CUDA device
 CUDA_ENGINES = ("eager", "compile")
+#: engines that replay CUDA graphs (CUDA only): the eager forward captured, torch.compile's reduce-overhead
+GRAPH_ENGINES = ("cuda-graphs", "reduce-overhead")
 
 
 @dataclass
@@ -64,13 +73,13 @@ class CostReport:
         if self.latency:
             peak = any("peak_bytes" in r for r in self.latency)
             lines.append("")
-            lines.append(f"{'engine':<12} {'batch':>5} {'variant':<9} {'median ms':>10} {'p25-p75 ms':>17} {'x baseline':>10}"
+            lines.append(f"{'engine':<15} {'batch':>5} {'variant':<9} {'median ms':>10} {'p25-p75 ms':>17} {'x baseline':>10}"
                          + (f" {'peak MB':>9}" if peak else ""))
             for r in self.latency:
                 band = f"{r['p25_ms']:.2f}-{r['p75_ms']:.2f}"
                 ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
                 mem = f" {r['peak_bytes'] / 2**20:>9.1f}" if peak and "peak_bytes" in r else (f" {'':>9}" if peak else "")
-                lines.append(f"{r['engine']:<12} {r['batch']:>5} {r['variant']:<9} {r['median_ms']:>10.2f} {band:>17} "
+                lines.append(f"{r['engine']:<15} {r['batch']:>5} {r['variant']:<9} {r['median_ms']:>10.2f} {band:>17} "
                              f"{ratio:>10}{mem}")
         for n in self.notes:
             lines.append(f"note: {n}")
@@ -102,6 +111,37 @@ def build_variants(name: str, act: Any, baseline_act: Any, *, num_classes: int =
     return variants, notes
 
 
+def pick_engines(engines: Sequence[str] | None, device: str | torch.device, cuda_graphs: bool = False) -> list[str]:
+    """The engines a run times on ``device``: ``engines`` (None: the device's defaults,
+    :data:`CPU_ENGINES` or :data:`CUDA_ENGINES`), with :data:`GRAPH_ENGINES` added for
+    ``cuda_graphs``. ``ValueError`` (one line) for an engine the device cannot run."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda_graphs and not cuda:
+        raise ValueError(f"--cuda-graphs replays CUDA graphs and needs --device cuda; this run is on {device}"
+                         + ("" if torch.cuda.is_available() else " (torch sees no CUDA GPU on this machine)"))
+    chosen = list(engines) if engines else list(CUDA_ENGINES if cuda else CPU_ENGINES)
+    chosen += [e for e in (GRAPH_ENGINES if cuda_graphs else ()) if e not in chosen]
+    for e in chosen:
+        if e not in ENGINES:
+            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
+        if cuda and e == "onnxruntime":
+            raise ValueError(f"--engines onnxruntime runs on the CPU only; on {device} use "
+                             f"{' '.join(e for e in ENGINES if e != 'onnxruntime')}")
+        if not cuda and e in GRAPH_ENGINES:
+            raise ValueError(f"engine {e!r} replays CUDA graphs and needs --device cuda; on {device} use "
+                             f"{' '.join(CPU_ENGINES)}")
+    return chosen
+
+
+def _compiled_runner(m: nn.Module, x: torch.Tensor, mode: str | None):
+    """``torch.compile(m, mode=mode)`` called once on ``x`` (compiling) under inference mode."""
+    cm = torch.compile(m, mode=mode, dynamic=False)
+    with torch.inference_mode():
+        cm(x)
+    return lambda: cm(x)
+
+
 def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, workdir: Path,
                     threads: int, onnx_form: str, ort_spinning: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
     """Callables for one engine, and the setup seconds (compile or export) per variant."""
@@ -110,14 +150,17 @@ def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, 
     if engine == "eager":
         for k, m in models.items():
             runners[k] = (lambda m=m: m(x))
-    elif engine == "compile":
+    elif engine in ("compile", "reduce-overhead"):
         for k, m in models.items():
             t0 = time.perf_counter()
-            cm = torch.compile(m, dynamic=False)
-            with torch.inference_mode():
-                cm(x)
+            runners[k] = _compiled_runner(m, x, None if engine == "compile" else "reduce-overhead")
             setup[k] = time.perf_counter() - t0
-            runners[k] = (lambda cm=cm: cm(x))
+    elif engine == "cuda-graphs":
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                runners[k] = cuda_graph_replay(lambda m=m: m(x), x.device)
+            setup[k] = time.perf_counter() - t0
     elif engine == "onnxruntime":
         from .onnx_export import export_onnx, ort_session
 
@@ -150,8 +193,8 @@ def compile_cache_room(entries: int):
 
 
 def _compile_limits(engine: str, compiles: int):
-    """Room for every variant and batch size under the compile engine; nothing for the others."""
-    return compile_cache_room(2 * compiles) if engine == "compile" else contextlib.nullcontext()
+    """Room for every variant and batch size under the compiling engines; nothing for the others."""
+    return compile_cache_room(2 * compiles) if engine in ("compile", "reduce-overhead") else contextlib.nullcontext()
 
 
 def cost_report(
@@ -161,7 +204,7 @@ def cost_report(
     baseline_act: Any = "hardswish",
     input_shape: Sequence[int] = (3, 224, 224),
     batch_sizes: Sequence[int] = (1, 32),
-    engines: Sequence[str] = ENGINES,
+    engines: Sequence[str] | None = None,
     warmup: int = 3,
     rounds: int = 20,
     num_classes: int = 1000,
@@ -178,14 +221,10 @@ def cost_report(
 
     ``variants`` replaces the built models (a dict name -> model; the first is the baseline).
     ``ort_spinning=False`` keeps onnxruntime's idle threads from busy-waiting (steadier on a shared machine).
-    ``device``: ``"cpu"`` or a CUDA device (engines ``eager`` and ``compile``; the models are moved there).
+    ``device``: ``"cpu"`` or a CUDA device (every engine but ``onnxruntime``; the models are moved there).
     """
     device = torch.device(device)
-    for e in engines:
-        if e not in ENGINES:
-            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
-        if device.type == "cuda" and e not in CUDA_ENGINES:
-            raise ValueError(f"engine {e!r} runs on the CPU only here; on {device} choose from {', '.join(CUDA_ENGINES)}")
+    engines = pick_engines(engines, device)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     shape = [int(s) for s in input_shape]

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Timing", "time_interleaved", "steady_malloc", "bench_device", "cuda_peak_bytes"]
+__all__ = ["Timing", "time_interleaved", "steady_malloc", "bench_device", "cuda_peak_bytes", "cuda_graph_replay"]
 
 
 @dataclass
@@ -80,6 +80,30 @@ def bench_device(text: str) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def cuda_graph_replay(fn: Callable[[], Any], device: torch.device, warmup: int = 3) -> Callable[[], None]:
+    """``fn`` (no arguments; its inputs stay where they are) captured into one CUDA graph; returns
+    the graph's replay, which reruns the captured kernels on the same memory.
+
+    ``warmup`` calls run first on a side stream, as capture requires: whatever ``fn`` sets up on
+    its first calls (lazily built tables, Triton's compilation, cuDNN's algorithm choice, the
+    allocator's pool) happens there and not in the graph. ``fn`` must not synchronize with the
+    host (no ``.item()``): capture fails loudly if it does."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"CUDA graphs record CUDA work; {device} is not a CUDA device")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(max(1, int(warmup))):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:

@@ -218,8 +218,9 @@ def acon_backward(g, x, p1, p2, beta, need_x: bool, need_p1: bool, need_p2: bool
     s = torch.sigmoid(z)
     gx = gp1 = gp2 = gbeta = None
     if need_beta:
-        # d/dbeta [u sigmoid(beta u)] = u^2 s (1 - s)
-        gbeta = _sum_to(g * u * u * s * (1 - s), beta)
+        # d/dbeta [u sigmoid(beta u)] = u^2 s (1 - s), as (u s) (u (1 - s)): finite wherever y is
+        # (u^2 overflows first), and in beta's dtype where u has x's narrower one (ACON-A)
+        gbeta = _sum_to(g * (u * s) * (u * (1 - s)), beta)
     if need_x or need_p1 or need_p2:
         # core = d/du [u sigmoid(beta u)] = s (1 + beta u (1 - s))
         core = s * (1 + z * (1 - s))

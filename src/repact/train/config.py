@@ -95,6 +95,7 @@ class TrainConfig:
     anneal_by: str = "model"  # model (one window), layer (one slice of it per layer, in order)
     anneal_include: str | None = None  # regex of the activation paths to wrap (models without built-in ones)
     amp: bool = False
+    compile: bool = False  # torch.compile the training forward and backward (the first step's time is logged)
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -133,7 +134,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: keys a resumed run may change; every other key must match the checkpoint's config
 RESUME_MAY_CHANGE = frozenset({"epochs", "workers", "quiet", "out", "device", "limit_val_batches", "eval_batch_size",
-                               "data_dir", "download", "cache", "tensorboard"})
+                               "data_dir", "download", "cache", "tensorboard", "compile"})
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

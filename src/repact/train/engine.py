@@ -289,6 +289,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     if env.enabled:
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:  # the training step only: evaluation, checkpoints and pictures use the module itself
+        net = torch.compile(net)
     if ckpt is not None:  # last: everything above may have drawn random numbers
         rngs = ckpt.state["rng"]
         try:
@@ -317,7 +319,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         probe.reset()
         t0 = time.perf_counter()
         tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, objective, autocast, probe, cfg, env,
-                          device, epoch, folder, acts=acts, annealer=annealer)
+                          device, epoch, folder, acts=acts, annealer=annealer,
+                          time_first_step=cfg.compile and epoch == start)
         if annealer is not None:  # validation and the checkpoint see lam at the end of the epoch
             annealer.set(epoch + 1)
         train_time = time.perf_counter() - t0
@@ -374,9 +377,11 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
 
 
 def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objective, autocast, probe, cfg, env, device,
-                 epoch, folder, acts=None, annealer=None) -> dict[str, float]:
+                 epoch, folder, acts=None, annealer=None, time_first_step: bool = False) -> dict[str, float]:
     """One epoch; returns ``train_loss``, ``train_<part>`` (the objective's logged parts, e.g.
-    ``train_acc1`` or the detector's loss terms; means over images) and ``train_images``."""
+    ``train_acc1`` or the detector's loss terms; means over images) and ``train_images``; with
+    ``time_first_step`` also ``compile_s``, the first step's wall time (torch.compile compiles the
+    forward and backward there), said as soon as it is known."""
     from tqdm import tqdm
 
     net.train()
@@ -389,6 +394,7 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
                disable=True if (cfg.quiet or not env.is_main) else None, file=sys.stderr)
     t0 = time.perf_counter()
     check_every = 1 if device.type == "cpu" else 10
+    first: dict[str, float] = {}
     for i, batch in enumerate(loader):
         if i >= steps:
             break
@@ -396,6 +402,8 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
             acts.before_step(epoch, i)
         if annealer is not None:
             annealer.set(epoch + i / steps)
+        if time_first_step and i == 0:
+            t_first = time.perf_counter()
         with autocast():
             loss, parts, n = objective.train_step(net, batch, device)
         if i % check_every == 0 or i == steps - 1:
@@ -415,6 +423,12 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
         else:
             opt.step()
         sched.step()
+        if time_first_step and i == 0:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first["compile_s"] = time.perf_counter() - t_first
+            _say(f"torch.compile: the first training step took {first['compile_s']:.1f} s (compiling its forward "
+                 "and backward)", cfg, env)
         with torch.no_grad():
             for key, v in (("loss", loss.detach()), *parts.items()):
                 v = torch.as_tensor(v, dtype=torch.float64, device=device) * n
@@ -432,7 +446,7 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
     all_reduce_sum(totals, env)
     *values, n = totals.tolist()
     means = {f"train_{k}": v / max(n, 1) for k, v in zip(keys, values)}
-    return {**means, "train_images": int(n)}
+    return {**means, "train_images": int(n), **first}
 
 
 def _share_buffers(model: nn.Module, env: DistEnv) -> None:
@@ -489,6 +503,9 @@ def _write_summary(where: Path, run_dir: Path, cfg: TrainConfig, objective: Obje
         **objective.summary(best, last),
         "params": n_params, "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
         "train_time_s": sum(h.get("epoch_time_s", 0.0) for h in history),
+        # torch.compile's first steps (one per process that trained: a resumed run compiles again)
+        "compile_s": (sum(h["compile_s"] for h in history if "compile_s" in h)
+                      if any("compile_s" in h for h in history) else None),
         "model": cfg.model, "act": cfg.act, "dataset": cfg.dataset, "seed": cfg.seed,
         "run_dir": str(run_dir),
         "checkpoints": {"last": str(checkpoint_paths(run_dir / "last")[0]),
