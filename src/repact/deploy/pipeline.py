@@ -38,6 +38,7 @@ from ..checkpoint import atomic_write_text, build_model, save_checkpoint
 from ..reparam import NonFiniteError, check_finite, deployable_modules, randomize_batchnorm_, reparameterize, verify
 from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
+from .runtime_forms import form_for_target
 
 __all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_cost", "deploy_model", "deploy_outputs",
            "check_finite_weights", "check_fusible", "describe_activations", "export_checked", "json_ready", "publish", "refuse_existing", "save_deploy_weights", "staging_folder",
@@ -127,6 +128,7 @@ def deploy_model(
     opset: int = 17,
     dynamic_batch: bool = True,
     onnx_form: str = "auto",
+    target: str | None = None,
     randomize_bn: bool = False,
     batch: int = 2,
     seed: int = 0,
@@ -142,6 +144,9 @@ def deploy_model(
             recorded with the deploy weights so ``build_model`` can rebuild the deploy model.
         rtol: largest accepted ``max |deploy - model| / max |model|`` of the logits.
         parity_tol: largest accepted max abs difference between PyTorch and onnxruntime.
+        target: the runtime the ONNX file is for (``generic``, ``onnxruntime``, ``openvino``, ``tensorrt``;
+            :mod:`repact.deploy.runtime_forms`); it picks the export form instead of ``onnx_form``. With
+            ``openvino`` and OpenVINO installed, OpenVINO's outputs are checked too (``parity_tol``).
         randomize_bn: also verify a copy whose BatchNorm statistics are randomized (a stricter
             check of the fold; the saved model keeps its own statistics).
         batch: batch size of the random check inputs (onnxruntime also runs batch 1 and batch+1).
@@ -161,11 +166,13 @@ def deploy_model(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    if target is not None:
+        onnx_form = form_for_target(target)
     if not overwrite:
         refuse_existing(out, name)
     with kept_modes(model):
         return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
-                       randomize_bn, batch, seed, overwrite, allow_unfused, say)
+                       randomize_bn, batch, seed, overwrite, allow_unfused, say, target=target)
 
 
 def check_fusible(model: nn.Module, model_config: dict[str, Any] | None, allow_unfused: bool,
@@ -195,7 +202,7 @@ def check_finite_weights(module: nn.Module, what: str) -> None:
 
 
 def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form, randomize_bn,
-            batch, seed, overwrite, allow_unfused, say) -> DeployResult:
+            batch, seed, overwrite, allow_unfused, say, *, target=None) -> DeployResult:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=gen)
     model.eval()
@@ -232,6 +239,10 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
     with staging_folder(out) as stage:
         onnx_report = export_checked(deployed, x, batches, stage / f"{name}.onnx", opset=opset,
                                      dynamic_batch=dynamic_batch, onnx_form=onnx_form, parity_tol=parity_tol, say=say)
+        onnx_report["target"] = target or "generic"
+        if target == "openvino":
+            onnx_report["openvino"] = runtime_parity(deployed, stage / f"{name}.onnx", batches if dynamic_batch else [x],
+                                                     parity_tol, say)
         weights = save_deploy_weights(deployed, cfg, stage, name, x, say=say)
         report = {
             "format": "repact-deploy-report",
@@ -248,6 +259,25 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             "versions": versions(),
         }
         return publish(stage, out, name, report, overwrite, say)
+
+
+def runtime_parity(deployed: nn.Module, path: Path, batches: Sequence[torch.Tensor], parity_tol: float,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """OpenVINO's outputs on ``path`` against PyTorch (static shapes, one compile per batch size); the
+    report's ``openvino`` entry. Without OpenVINO installed, a note that it was not checked."""
+    from .openvino_run import openvino_available, ov_parity
+
+    if not openvino_available():
+        say("openvino: not installed, so not checked (pip install 'repact[openvino]')")
+        return {"checked": False, "reason": "openvino is not installed"}
+    import openvino
+
+    parity = ov_parity(deployed, path, batches)
+    say(f"openvino parity: max abs diff {parity:.3e} (batches {[int(b.shape[0]) for b in batches]})")
+    if not parity <= parity_tol:
+        raise DeployError(f"OpenVINO differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
+                          "nothing was written")
+    return {"checked": True, "parity_max_abs": parity, "version": openvino.__version__}
 
 
 @contextmanager
@@ -323,11 +353,11 @@ def publish(stage: Path, out: Path, name: str, report: dict[str, Any], overwrite
 
 
 def versions() -> dict[str, str]:
-    """The versions of repact, torch, onnx and onnxruntime, for reports."""
+    """The versions of repact, torch, onnx, onnxruntime and (when installed) openvino, for reports."""
     from .. import __version__
 
     out = {"repact": __version__, "torch": torch.__version__}
-    for mod in ("onnx", "onnxruntime"):
+    for mod in ("onnx", "onnxruntime", "openvino"):
         try:
             out[mod] = __import__(mod).__version__
         except ImportError:
