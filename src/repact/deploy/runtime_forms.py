@@ -57,7 +57,7 @@ def _leaky_parts(neg: float, pos: float) -> tuple[float, float] | None:
         return neg, pos / neg
     if neg == 0 and pos == 0:
         return 0.0, 0.0
-    return None  # a "^" shape (rising then falling): no LeakyRelu of any scale gives it
+    return None  # a peak (rising, then falling or flat): no LeakyRelu of any scale gives it
 
 
 def conv_fused_parts(A: float, B: float, D: float) -> tuple[float, float, float] | None:
