@@ -7,12 +7,20 @@ batch size; the ratio to a baseline is the median of the per-round ratios. Two b
   paper's baseline; like for like),
 * ``stock``: torchvision's MobileNetV3-Small (ReLU in the first blocks, HardSwish after).
 
-Targets of issue 3 (deploy form vs HardSwish model): eager <= 1.05x, torch.compile <= 1.02x,
-onnxruntime as low as possible. Usage::
+Two reference models measure a runtime's floor for an activation it cannot fold into the conv:
+``abs`` (Abs at the 23 sites: onnxruntime runs it as one unfused pass between layout reorders,
+OpenVINO fuses it into the convolution) and ``abs_res`` (``x + |x|``: two uses of the conv output,
+so OpenVINO runs it as one standalone elementwise pass). In the export engines ``deploy`` is written
+in each runtime's own form (``--target`` of ``repact deploy``) and ``deploy_generic`` in the generic
+form (before per-runtime forms).
+
+Targets of issue 3 (deploy form vs HardSwish model): eager <= 1.05x, torch.compile <= 1.02x;
+of issue 25 (2 threads): onnxruntime <= 1.05x ``abs``, OpenVINO <= 1.05x ``abs_res``. Usage::
 
     python benchmarks/bench_models.py                       # 224 px, batch 1 and 32, all engines
     python benchmarks/bench_models.py --quick               # tiny settings: checks that it runs
     python benchmarks/bench_models.py --engines eager onnxruntime --rounds 40 --json out.json
+    python benchmarks/bench_models.py --threads 2 --engines onnxruntime openvino executorch   # the runtimes
     python benchmarks/bench_models.py --device cuda        # eager and torch.compile on the GPU: CUDA-event
                                                            # timing, peak torch.cuda.max_memory_allocated
 
@@ -28,11 +36,28 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from repact.checkpoint import atomic_write_text
 from repact.deploy import bench_device
-from repact.deploy.bench import CUDA_ENGINES, ENGINES, build_variants, cost_report
+from repact.deploy.bench import ALL_ENGINES, CUDA_ENGINES, ENGINES, build_variants, cost_report
 from repact.models import create_model
+
+EXPORT_ENGINES = ("onnxruntime", "openvino", "executorch")
+
+
+class Abs(nn.Module):
+    """|x|: the one-pass reference activation (a pass onnxruntime cannot fuse into the convolution)."""
+
+    def forward(self, x):
+        return torch.abs(x)
+
+
+class AbsResidual(nn.Module):
+    """x + |x|: one elementwise pass that reads the conv output twice, so no runtime folds it into the conv."""
+
+    def forward(self, x):
+        return x + torch.abs(x)
 
 
 def _fail(message: str) -> None:
@@ -47,13 +72,15 @@ def parse_args(argv=None):
     p.add_argument("--act", default="repact", help="activation of the training/deploy forms (default repact)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--engines", nargs="+", choices=ENGINES, default=None,
-                   help="default: all on the CPU, eager and compile on CUDA")
+    p.add_argument("--engines", nargs="+", choices=ALL_ENGINES, default=None,
+                   help="default: eager, compile, onnxruntime on the CPU (openvino, executorch on request), "
+                        "eager and compile on CUDA")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and onnxruntime")
-    p.add_argument("--onnx-form", choices=("auto", "basis", "where"), default="auto")
+    p.add_argument("--onnx-form", choices=("target", "auto", "conv", "basis", "where"), default="target",
+                   help="export form of 'deploy' (default target: each runtime's own)")
     p.add_argument("--no-ort-spinning", action="store_true", help="onnxruntime idle threads do not busy-wait")
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "bench_models.json"))
     p.add_argument("--quick", action="store_true", help="64 px, batch 1 and 2, 3 rounds: checks that everything runs")
@@ -70,6 +97,13 @@ def parse_args(argv=None):
     return args
 
 
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.quick:
@@ -77,14 +111,34 @@ def main(argv=None) -> int:
     shape = (3, args.image_size, args.image_size)
     probe = torch.randn(1, *shape)
     built, notes = build_variants(args.model, args.act, "hardswish", example_input=probe)
-    variants = {"hardswish": built["baseline"], "stock": create_model(args.model).eval(), "train": built["train"]}
+    torch.manual_seed(0)
+    refs = {k: create_model(args.model, act=a).eval() for k, a in (("abs", Abs), ("abs_res", AbsResidual))}
+    variants = {"hardswish": built["baseline"], "stock": create_model(args.model).eval(), **refs, "train": built["train"]}
     if "deploy" in built:
         variants["deploy"] = built["deploy"]
     t0 = time.perf_counter()
-    report = cost_report(args.model, args.act, baseline_act="hardswish", input_shape=shape,
-                         batch_sizes=args.batch_sizes, engines=args.engines, warmup=args.warmup, rounds=args.rounds,
-                         threads=args.threads, onnx_form=args.onnx_form, variants=variants,
-                         ort_spinning=not args.no_ort_spinning, device=args.device)
+    common = dict(baseline_act="hardswish", input_shape=shape, batch_sizes=args.batch_sizes, warmup=args.warmup,
+                  rounds=args.rounds, threads=args.threads, onnx_form=args.onnx_form,
+                  ort_spinning=not args.no_ort_spinning, device=args.device)
+    torch_engines = [e for e in args.engines if e not in EXPORT_ENGINES]
+    export_engines = [e for e in args.engines if e in EXPORT_ENGINES]
+    report = None
+    if torch_engines:
+        report = cost_report(args.model, args.act, engines=torch_engines, variants=variants, **common)
+    if export_engines:  # the generic form beside each runtime's own; the training form only in onnxruntime
+        ex = {k: v for k, v in variants.items() if k != "train"}
+        if "deploy" in ex:
+            ex["deploy_generic"] = ex["deploy"]
+        for e in export_engines:
+            vs = {**ex, "train": variants["train"]} if e == "onnxruntime" else ex
+            part = cost_report(args.model, args.act, engines=[e], variants=vs,
+                               variant_forms={"deploy_generic": "auto"}, **common)
+            if report is None:
+                report = part
+            else:
+                report.latency += part.latency
+                report.notes += [n for n in part.notes if n not in report.notes]
+                report.environment.update({k: v for k, v in part.environment.items() if k not in report.environment})
     report.notes = notes + report.notes
     # ratios to the stock model too: per engine and batch, deploy / stock from the paired medians
     for row in report.latency:
@@ -93,17 +147,21 @@ def main(argv=None) -> int:
         row["ratio_vs_stock"] = row["ratio"] / stock["ratio"] if stock["ratio"] else None
     print(report.table())
     print()
-    print(f"{'engine':<12} {'batch':>5} {'deploy/hardswish':>17} {'deploy/stock':>13} {'train/hardswish':>16}")
+    fmt = (lambda v: f"{v:.3f}" if v is not None else "-")
+    cols = ("abs", "abs_res", "deploy_generic", "deploy", "train")
+    print(f"{'engine':<12} {'batch':>5} " + " ".join(f"{c + '/hsw':>18}" for c in cols)
+          + f" {'deploy/abs':>11} {'deploy/abs_res':>15}")
     for engine in args.engines:
         for b in args.batch_sizes:
             rows = {r["variant"]: r for r in report.latency if r["engine"] == engine and r["batch"] == b}
-            dep = rows.get("deploy", {})
-            fmt = (lambda v: f"{v:.3f}" if v is not None else "-")
-            print(f"{engine:<12} {b:>5} {fmt(dep.get('ratio')):>17} {fmt(dep.get('ratio_vs_stock')):>13} "
-                  f"{fmt(rows['train']['ratio']):>16}")
+            ratio = (lambda k: rows[k]["ratio"] if k in rows else None)
+            per = (lambda k: ratio("deploy") / ratio(k) if ratio("deploy") and ratio(k) else None)
+            print(f"{engine:<12} {b:>5} " + " ".join(f"{fmt(ratio(c)):>18}" for c in cols)
+                  + f" {fmt(per('abs')):>11} {fmt(per('abs_res')):>15}")
     data = report.as_dict()
     data["wall_s"] = time.perf_counter() - t0
-    data["targets"] = {"eager": 1.05, "compile": 1.02, "onnxruntime": 1.3}
+    data["targets"] = {"eager": 1.05, "compile": 1.02, "onnxruntime_vs_abs": 1.05, "openvino_vs_abs_res": 1.05}
+    data["uptime"] = _load()
     out = Path(args.json)
     atomic_write_text(out, json.dumps(data, indent=2) + "\n")
     print(f"\nwrote {out} ({data['wall_s']:.0f} s)")

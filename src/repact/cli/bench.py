@@ -11,7 +11,7 @@ from ._model_arg import add_shape_flags, build_named, input_shape_of, parse_mode
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime)",
+        "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime, openvino, executorch)",
         description="Build MODEL with a baseline activation (default hardswish), with --act (training form) and its "
                     "reparameterized copy (deploy form); count params and FLOPs (pointwise activation work included) "
                     "and time them interleaved (warm-up, medians, per-round ratios to the baseline) in each engine "
@@ -24,14 +24,18 @@ def add_parser(sub) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="builder keyword (repeatable)")
     add_shape_flags(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="default: 1 32")
-    p.add_argument("--engines", nargs="+", default=None, choices=("eager", "compile", "onnxruntime"),
-                   help="default: all three on the CPU, eager and compile on CUDA")
+    p.add_argument("--engines", nargs="+", default=None,
+                   choices=("eager", "compile", "onnxruntime", "openvino", "executorch"),
+                   help="default: eager, compile and onnxruntime on the CPU (openvino and executorch, when "
+                        "installed, on request), eager and compile on CUDA")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: CUDA-event timing and peak memory "
                                                    "(torch.cuda.max_memory_allocated)")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per engine and batch size (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per model first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--onnx-form", choices=("auto", "basis", "where"), default="auto")
+    p.add_argument("--onnx-form", choices=("target", "auto", "conv", "basis", "where"), default="target",
+                   help="export form of the deploy model (default target: each engine's own form, as repact deploy "
+                        "--target ENGINE writes it; auto: the generic form)")
     p.add_argument("--no-ort-spinning", action="store_true", help="stop onnxruntime's idle threads busy-waiting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="JSON output (default: bench-MODEL-ACT.json)")
@@ -41,6 +45,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..checkpoint import atomic_write_text
     from ..deploy import CUDA_ENGINES, ENGINES, bench_device, cost_report
+    from ..deploy.bench import OPTIONAL_ENGINES
+    from ..deploy.engines import require_engine
     from ..models import get_model_spec
 
     device = bench_device(args.device)  # before anything is built: a clear line without a GPU
@@ -48,6 +54,9 @@ def run(args) -> int:
     if device.type == "cuda" and not set(engines) <= set(CUDA_ENGINES):
         raise CLIError(f"--engines onnxruntime runs on the CPU only; with --device {args.device} use "
                        f"{' '.join(CUDA_ENGINES)}")
+    for e in engines:
+        if e in OPTIONAL_ENGINES:
+            require_engine(e)  # not installed: one line naming the package, before anything is built
     get_model_spec(args.model)  # unknown names: a clear error listing the choices
     if args.rounds < 1 or args.warmup < 0 or any(b < 1 for b in args.batch_sizes):
         raise CLIError("--rounds and --batch-sizes must be positive and --warmup >= 0")

@@ -56,7 +56,8 @@ def add_edge_flags(p) -> None:
 
     p.add_argument("--target", choices=TARGETS, default=None, dest="runtime",
                    help="the runtime the ONNX file is for; picks the export form it runs fastest (generic: the "
-                        "--onnx-form default; openvino also checks OpenVINO's outputs when it is installed)")
+                        "--onnx-form default; openvino also checks OpenVINO's outputs when it is installed; executorch "
+                        "also writes NAME.pte for ExecuTorch's XNNPACK delegate, batch 1, checked against PyTorch)")
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="also write NAME_int8.onnx: static INT8 post-training quantization (onnxruntime, QDQ, "
                         "per-channel weights), with FP32 vs INT8 top-1 and latency in the report")
@@ -71,6 +72,12 @@ def check_edge_flags(args) -> None:
     """One-line errors for --quantize and its calibration flags, before anything is built."""
     from pathlib import Path
 
+    if args.runtime == "executorch":
+        from ..deploy.executorch_export import executorch_available
+
+        if not executorch_available():
+            raise CLIError("--target executorch needs ExecuTorch, which is not installed: pip install "
+                           "'repact[executorch]'")
     if args.quantize and not args.calibration_data:
         raise CLIError("--quantize int8 needs --calibration-data DIR (an image folder with train/ and val/)")
     if args.calibration_data and not args.quantize:

@@ -32,11 +32,17 @@ from ..reparam import randomize_activations_, reparameterize
 from .cost import count_flops, count_params
 from .latency import cuda_peak_bytes, time_interleaved
 
-__all__ = ["ENGINES", "CUDA_ENGINES", "CostReport", "build_variants", "cost_report"]
+__all__ = ["ENGINES", "OPTIONAL_ENGINES", "ALL_ENGINES", "CUDA_ENGINES", "CostReport", "build_variants",
+           "cost_report", "engine_form"]
 
 ENGINES = ("eager", "compile", "onnxruntime")
+#: engines that need an optional package (``repact[openvino]``, ``executorch``); asked for by name only
+OPTIONAL_ENGINES = ("openvino", "executorch")
+ALL_ENGINES = ENGINES + OPTIONAL_ENGINES
 #: engines that run on a CUDA device
 CUDA_ENGINES = ("eager", "compile")
+#: ``onnx_form="target"``: each engine exports the form of its own runtime target
+ENGINE_TARGETS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
 
 
 @dataclass
@@ -102,11 +108,26 @@ def build_variants(name: str, act: Any, baseline_act: Any, *, num_classes: int =
     return variants, notes
 
 
+def engine_form(engine: str, variant: str, onnx_form: str, variant_forms: dict[str, str] | None = None) -> str:
+    """The export form of ``variant`` under ``engine``: ``variant_forms``' entry, else ``onnx_form``, where
+    ``"target"`` means the form of the engine's runtime (:data:`ENGINE_TARGETS`)."""
+    from .runtime_forms import form_for_target
+
+    form = (variant_forms or {}).get(variant, onnx_form)
+    return form_for_target(ENGINE_TARGETS.get(engine, "generic")) if form == "target" else form
+
+
 def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, workdir: Path,
-                    threads: int, onnx_form: str, ort_spinning: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
+                    threads: int, onnx_form: str, ort_spinning: bool = True,
+                    variant_forms: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Callables for one engine, and the setup seconds (compile or export) per variant."""
     setup: dict[str, float] = {}
     runners: dict[str, Any] = {}
+    if engine in OPTIONAL_ENGINES:
+        from .engines import optional_engine_runners
+
+        return optional_engine_runners(engine, models, x, workdir, threads,
+                                       {k: engine_form(engine, k, onnx_form, variant_forms) for k in models})
     if engine == "eager":
         for k, m in models.items():
             runners[k] = (lambda m=m: m(x))
@@ -124,13 +145,13 @@ def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, 
         feed = x.detach().numpy()
         for k, m in models.items():
             t0 = time.perf_counter()
-            path = export_onnx(m, x, workdir / f"{k}.onnx", form=onnx_form)
+            path = export_onnx(m, x, workdir / f"{k}.onnx", form=engine_form(engine, k, onnx_form, variant_forms))
             sess = ort_session(path, threads=threads, spinning=ort_spinning)
             name = sess.get_inputs()[0].name
             setup[k] = time.perf_counter() - t0
             runners[k] = (lambda sess=sess, name=name: sess.run(None, {name: feed}))
     else:
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ALL_ENGINES)}")
     return runners, setup
 
 
@@ -173,17 +194,25 @@ def cost_report(
     variants: dict[str, nn.Module] | None = None,
     ort_spinning: bool = True,
     device: str | torch.device = "cpu",
+    variant_forms: dict[str, str] | None = None,
 ) -> CostReport:
     """Params, FLOPs and latency of the baseline, training-form and deploy-form models; see the module docstring.
 
     ``variants`` replaces the built models (a dict name -> model; the first is the baseline).
     ``ort_spinning=False`` keeps onnxruntime's idle threads from busy-waiting (steadier on a shared machine).
     ``device``: ``"cpu"`` or a CUDA device (engines ``eager`` and ``compile``; the models are moved there).
+    ``onnx_form="target"`` exports each engine's own runtime form; ``variant_forms`` (variant -> form)
+    overrides it per variant. ``engines`` may name :data:`OPTIONAL_ENGINES` (``openvino``: static
+    shapes, f32; ``executorch``: XNNPACK, a ``.pte`` per batch size) where their package is installed.
     """
     device = torch.device(device)
     for e in engines:
-        if e not in ENGINES:
-            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
+        if e not in ALL_ENGINES:
+            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ALL_ENGINES)}")
+        if e in OPTIONAL_ENGINES:
+            from .engines import require_engine
+
+            require_engine(e)
         if device.type == "cuda" and e not in CUDA_ENGINES:
             raise ValueError(f"engine {e!r} runs on the CPU only here; on {device} choose from {', '.join(CUDA_ENGINES)}")
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
@@ -194,13 +223,15 @@ def cost_report(
     torch.set_num_threads(threads)
     try:
         return _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes,
-                            threads, model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device)
+                            threads, model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device,
+                            variant_forms)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes, threads,
-                 model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device) -> CostReport:
+                 model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device,
+                 variant_forms=None) -> CostReport:
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randn(1, *shape, generator=gen)
     notes: list[str] = []
@@ -217,12 +248,11 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
     if device.type == "cuda":
         report.environment["gpu"] = torch.cuda.get_device_name(device)
         report.environment["timing"] = "CUDA events, synchronized"
-    try:
-        import onnxruntime
-
-        report.environment["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for mod in ("onnxruntime", "openvino", "executorch"):
+        try:
+            report.environment[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            pass
     for k, m in variants.items():
         f = count_flops(m, probe)
         report.static[k] = {"params": count_params(m), "flops": f.total, "activation_flops": f.activation,
@@ -239,7 +269,8 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
                 x = torch.randn(int(b), *shape, generator=gen).to(device)
                 peaks: dict[str, int] = {}
                 with _compile_limits(engine, len(variants) * len(batch_sizes)):
-                    runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning)
+                    runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning,
+                                                     variant_forms)
                     with torch.inference_mode():
                         timings = time_interleaved(runners, baseline=baseline, warmup=warmup, rounds=rounds,
                                                    device=device)
@@ -257,5 +288,6 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
             tmp.cleanup()
     if "onnxruntime" in engines and "train" in variants:
         report.notes.append("onnxruntime 'train' exports the training form as the op's where-chain; "
-                            f"'deploy' uses export form {onnx_form!r}")
+                            f"'deploy' uses export form {onnx_form!r}" + (" (each engine's own)" if onnx_form == "target"
+                                                                         else ""))
     return report

@@ -144,9 +144,10 @@ def deploy_model(
             recorded with the deploy weights so ``build_model`` can rebuild the deploy model.
         rtol: largest accepted ``max |deploy - model| / max |model|`` of the logits.
         parity_tol: largest accepted max abs difference between PyTorch and onnxruntime.
-        target: the runtime the ONNX file is for (``generic``, ``onnxruntime``, ``openvino``, ``tensorrt``;
-            :mod:`repact.deploy.runtime_forms`); it picks the export form instead of ``onnx_form``. With
-            ``openvino`` and OpenVINO installed, OpenVINO's outputs are checked too (``parity_tol``).
+        target: the runtime the ONNX file is for (``generic``, ``onnxruntime``, ``openvino``, ``tensorrt``,
+            ``executorch``; :mod:`repact.deploy.runtime_forms`); it picks the export form instead of
+            ``onnx_form``. With ``openvino`` and OpenVINO installed, OpenVINO's outputs are checked too
+            (``parity_tol``); ``executorch`` also writes ``NAME.pte`` (XNNPACK, batch 1), checked the same way.
         randomize_bn: also verify a copy whose BatchNorm statistics are randomized (a stricter
             check of the fold; the saved model keeps its own statistics).
         batch: batch size of the random check inputs (onnxruntime also runs batch 1 and batch+1).
@@ -243,6 +244,11 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
         if target == "openvino":
             onnx_report["openvino"] = runtime_parity(deployed, stage / f"{name}.onnx", batches if dynamic_batch else [x],
                                                      parity_tol, say)
+        extra: dict[str, Any] = {}
+        if target == "executorch":
+            from .executorch_export import executorch_checked
+
+            extra["executorch"] = executorch_checked(deployed, stage / f"{name}.pte", batches[1], parity_tol, say)
         weights = save_deploy_weights(deployed, cfg, stage, name, x, say=say)
         report = {
             "format": "repact-deploy-report",
@@ -256,9 +262,10 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             "onnx": onnx_report,
             "weights": weights,
             "cost": deploy_cost(model, deployed, model, deployed, x),
+            **extra,
             "versions": versions(),
         }
-        return publish(stage, out, name, report, overwrite, say)
+        return publish(stage, out, name, report, overwrite, say, extra=[stage / e["file"] for e in extra.values()])
 
 
 def runtime_parity(deployed: nn.Module, path: Path, batches: Sequence[torch.Tensor], parity_tol: float,
@@ -337,19 +344,23 @@ def deploy_cost(model: nn.Module, deployed: nn.Module, model_view: nn.Module, de
 
 
 def publish(stage: Path, out: Path, name: str, report: dict[str, Any], overwrite: bool,
-            say: Callable[[str], None]) -> DeployResult:
-    """Write the report into ``stage`` and move the four files of :func:`deploy_outputs` into ``out``
-    (refusing files of an earlier deploy there unless ``overwrite``)."""
+            say: Callable[[str], None], extra: Sequence[Path] = ()) -> DeployResult:
+    """Write the report into ``stage`` and move the four files of :func:`deploy_outputs` (and the ``extra``
+    files of ``stage``) into ``out``, refusing files of an earlier deploy there unless ``overwrite``."""
     onnx_file, tpath, jpath, rpath = deploy_outputs(stage, name)
     atomic_write_text(rpath, json.dumps(json_ready(report), indent=2, sort_keys=True) + "\n")
     if not overwrite:  # again, right before the move: another process may have written meanwhile
         refuse_existing(out, name)
+        taken = [p.name for p in extra if (out / p.name).exists()]
+        if taken:
+            raise FileExistsError(f"{out} already holds {', '.join(taken)}; pass overwrite=True (--overwrite) to "
+                                  "replace it, or choose another folder or name")
     final = []
-    for p in (onnx_file, tpath, jpath, rpath):
+    for p in (onnx_file, tpath, jpath, rpath, *extra):
         os.replace(p, out / p.name)
         final.append(out / p.name)
     say(f"wrote {', '.join(str(p) for p in final)}")
-    return DeployResult(out, *final, report)
+    return DeployResult(out, *final[:4], report)
 
 
 def versions() -> dict[str, str]:

@@ -23,6 +23,9 @@ their optimized graphs, see docs/deploy.md):
   kernel ("snippets", static shapes), so the plain formula (:class:`PlainBasis`) is one pass.
 * **tensorrt**: its pointwise fusion takes a whole elementwise graph into one kernel; the plain
   formula too (no GPU here to check it).
+* **executorch**: XNNPACK takes the plain formula's ``mul``/``add``/``relu``/``hardswish`` whole
+  (BatchNormalization outside a conv it does not); ``repact deploy --target executorch`` also
+  writes an XNNPACK ``.pte`` file (:mod:`repact.deploy.executorch_export`).
 * **generic**: the form this project exported before targets existed (``form="auto"``).
 """
 
@@ -36,9 +39,10 @@ from ..fuse import BasisCoefficients
 
 __all__ = ["TARGETS", "TARGET_FORMS", "form_for_target", "ConvFusedBasis", "conv_fused_parts"]
 
-TARGETS = ("generic", "onnxruntime", "openvino", "tensorrt")
-#: the ``export_onnx`` form each target uses
-TARGET_FORMS = {"generic": "auto", "onnxruntime": "conv", "openvino": "basis", "tensorrt": "basis"}
+TARGETS = ("generic", "onnxruntime", "openvino", "tensorrt", "executorch")
+#: the ``export_onnx`` form each target uses (executorch: the form its ``.pte`` file is exported in)
+TARGET_FORMS = {"generic": "auto", "onnxruntime": "conv", "openvino": "basis", "tensorrt": "basis",
+                "executorch": "basis"}
 
 
 def form_for_target(target: str) -> str:
