@@ -52,6 +52,7 @@ def test_deploy_quantize_int8_writes_a_qdq_file_close_to_fp32_and_reports_it(tmp
     report = json.loads((out_dir / "model_deploy_report.json").read_text())
     assert report["onnx"]["target"] == "onnxruntime" and report["onnx"]["export_forms"] == {"conv_fused": 3}
     q = report["int8"]
+    assert q["quantized_form"] == "basis"  # quantized from the plain formula, whatever the FP32 file's form
     assert q["file"] == "model_int8.onnx" and q["calibration_images"] == 12 and q["val_images"] == 15
     assert q["top1_loss"] == pytest.approx(q["top1_fp32"] - q["top1_int8"])
     assert {(r["batch"], r["variant"]) for r in q["latency_onnxruntime"]} == \
@@ -62,6 +63,7 @@ def test_deploy_quantize_int8_writes_a_qdq_file_close_to_fp32_and_reports_it(tmp
     proto = onnx.load(str(out_dir / "model_int8.onnx"))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("QuantizeLinear") >= 3 and "DequantizeLinear" in ops
+    assert "LeakyRelu" not in ops and "LeakyRelu" in {n.op_type for n in onnx.load(str(out_dir / "model.onnx")).graph.node}
     inits = {t.name: t for t in proto.graph.initializer}
     per_channel = 0
     for n in proto.graph.node:

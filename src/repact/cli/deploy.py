@@ -60,7 +60,8 @@ def add_edge_flags(p) -> None:
                         "also writes NAME.pte for ExecuTorch's XNNPACK delegate, batch 1, checked against PyTorch)")
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="also write NAME_int8.onnx: static INT8 post-training quantization (onnxruntime, QDQ, "
-                        "per-channel weights), with FP32 vs INT8 top-1 and latency in the report")
+                        "per-channel weights) of the plain basis form, with FP32 vs INT8 top-1, per-channel "
+                        "activation ranges and latency in the report")
     p.add_argument("--calibration-data", default=None, metavar="DIR",
                    help="image folder with train/<class>/ (calibration) and val/<class>/ (accuracy), for --quantize")
     p.add_argument("--calibration-images", type=int, default=500, metavar="N",
