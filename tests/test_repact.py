@@ -416,6 +416,41 @@ def test_native_train_op_matches_autograd_reference(branches, form, softmax, bn,
 
 
 @pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
+@pytest.mark.parametrize("bn", [False, True])
+def test_native_train_op_reads_strided_parameters(bn):
+    """Parameters that are views (a transposed weight table, every other element of a buffer): the
+    cpu backend hands the C entry points contiguous copies, which must outlive the call (they once
+    were freed before it, and the kernels read freed memory); forward and every gradient against
+    the reference."""
+    from repact.fuse import hardswish_basis_map, linear_basis
+    from repact.ops import repact_train
+
+    branches = ("identity", "relu", "prelu", "hardswish")
+    knots = torch.tensor(linear_basis(branches, dtype=torch.float32)[0])
+    base, part = hardswish_basis_map(branches, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, C, 5, 4, generator=gen) * 4
+    x.view(-1)[:3] = torch.tensor([-3.0, 0.0, 3.0])
+    g = torch.randn(x.shape, generator=gen)
+    leaves = [torch.randn(4, C, generator=gen), torch.rand(C, 2, generator=gen)]
+    if bn:
+        leaves += [1 + torch.rand(C, 2, generator=gen), torch.randn(C, 2, generator=gen)]
+    res = {}
+    for name in ("reference", "cpu"):
+        ps = [t.clone().requires_grad_(True) for t in leaves]
+        w_raw, slope = ps[0].t(), ps[1][:, 0]  # (C, 4) and (C,) views, neither contiguous
+        gamma, beta = (ps[2][:, 1], ps[3][:, 1]) if bn else (None, None)
+        assert not w_raw.is_contiguous() and not slope.is_contiguous()
+        xi = x.clone().requires_grad_(True)
+        with backend(name):
+            y = repact_train(xi, w_raw, slope, gamma, beta, None, None, knots, base, part, False, 1e-5, 1)[0]
+            y.backward(g)
+        res[name] = [y.detach(), xi.grad] + [p.grad for p in ps]
+    for a, b in zip(res["cpu"], res["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+
+
+@pytest.mark.skipif(not native_available(), reason="native kernels unavailable (no C compiler)")
 @pytest.mark.parametrize("batch,spatial", [(2, (1, 1)), (2, (2, 3)), (2, (3, 5)), (2, (7, 7)), (2, (4, 4)),
                                            (2, (3, 11)), (2, (4, 16)), (2, (15, 17)), (2, (101, 123)),
                                            (256, (7, 7))])

@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=2, help="batch size of the random check inputs (default 2)")
     p.add_argument("--rtol", type=float, default=1e-5, help="max relative error of the logits (default 1e-5)")
     p.add_argument("--parity-tol", type=float, default=1e-4, help="max abs PyTorch/onnxruntime difference (default 1e-4)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, at least 17 (default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 to the highest torch's exporter writes "
+                   "(20 for torch 2.x; default 17)")
     p.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
     p.add_argument("--onnx-form", choices=("auto", "conv", "basis", "where"), default="auto",
                    help="how deploy activations are written to ONNX (default: auto; --target picks it instead)")
@@ -119,9 +120,13 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..deploy import DeployError, deploy_model, deploy_outputs
+    from ..deploy.onnx_export import check_opset
+    from ..train.run_dir import run_folder_of, same_folder
 
-    if args.opset < 17:
-        raise CLIError(f"--opset must be at least 17, got {args.opset}")
+    try:
+        check_opset(args.opset, 17, name="--opset")
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.batch < 1:
         raise CLIError(f"--batch must be a positive integer, got {args.batch}")
     if not (args.rtol > 0 and args.parity_tol > 0):
@@ -131,6 +136,10 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder")
+    run = run_folder_of(out)
+    if run is not None:  # files of its own in a run folder make repact train refuse to replace or resume it
+        raise CLIError(f"--out {out} {'is' if same_folder(run, out) else 'lies in'} the run folder {run}, which holds "
+                       f"one run and nothing else; give a folder outside it, e.g. {run.parent / (run.name + '-deploy')}")
     taken = [p.name for p in deploy_outputs(out, args.name) if p.exists() or p.is_symlink()]
     if taken and not args.overwrite:
         raise CLIError(f"--out {out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose "

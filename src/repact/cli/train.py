@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "add_train_options", "explicit_options", "run"]
+__all__ = ["add_parser", "add_train_options", "check_tensorboard", "explicit_options", "run"]
 
 S = argparse.SUPPRESS
 
@@ -47,8 +47,9 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
                    "(keys features.*) or the whole task model; nothing is downloaded")
     t.add_argument("--swap-heads", action="store_true", default=S, help="also swap the activations of the task's "
                    "heads (default: the backbone's only)")
-    t.add_argument("--classes", default=S, help="voc (the 20 VOC classes, default), auto (the names found in the "
-                   "train split's annotations), or names separated by commas")
+    t.add_argument("--classes", default=S, help="voc (the 20 VOC classes, default), auto (detection: the names found "
+                   "in the train split's annotations), or names separated by commas (segmentation: in pixel-value "
+                   "order, the background first)")
     t.add_argument("--year", default=S, help="VOC2007 / VOC2012 inside a VOCdevkit (default: the one found)")
     t.add_argument("--data-kw", dest="data_kwargs", action="append", type=_kv, default=S, metavar="KEY=VALUE",
                    help="extra data option (repeatable): keep_difficult=true, train_split=trainval, "
@@ -109,6 +110,20 @@ def explicit_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_tensorboard(values: dict[str, Any]) -> None:
+    """``--tensorboard`` (a flag, or ``tensorboard: true`` in a config or grid file) asked for logs that
+    need the tensorboard package: without it, a one-line error before any training."""
+    from . import CLIError
+
+    if not values.get("tensorboard"):
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise CLIError("--tensorboard needs the tensorboard package, which is not installed: pip install "
+                       "'repact[tensorboard]', or leave out --tensorboard") from None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model (any activation x model x dataset)",
@@ -131,6 +146,7 @@ def run(args) -> int:
 
     overrides = explicit_options(args)
     file_values = load_config_file(args.config) if args.config else {}
+    check_tensorboard({**file_values, **overrides})
     if args.resume is not None and args.overwrite and (args.resume == "auto" or "out" not in overrides):
         raise CLIError("--resume continues a run in its folder and --overwrite replaces a run; give one of them "
                        "(--resume RUN --out OTHER --overwrite continues a copy of RUN in OTHER, replacing OTHER)")

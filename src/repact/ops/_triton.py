@@ -186,7 +186,8 @@ def train_forward(view: FlatView, a: TrainArgs, bn: int, mean=None, var=None):
 
 def train_backward(view: FlatView, g: torch.Tensor, a: TrainArgs, bn: int, mean, var, gsums, count: int,
                    need_x: bool, need_params: bool):
-    """As :func:`repact.ops.cpu.train_backward`: (gx, g_w_raw, g_slope, g_gamma, g_beta)."""
+    """As :func:`repact.ops.cpu.train_backward`: (gx, g_w_raw, g_slope, g_gamma, g_beta), the
+    parameters' in float32 (float64 for float64 inputs: :func:`repact.ops.dispatch.param_dtype`)."""
     acc = _acc(view)
     cc = a.rows
     coef, params = _coefficients(a, acc, grad=need_params)
@@ -205,10 +206,9 @@ def train_backward(view: FlatView, g: torch.Tensor, a: TrainArgs, bn: int, mean,
     if need_params:
         live = [p for p in params if p is not None]
         grads = torch.autograd.grad(coef, live, gcoef.t())
-        gw = grads[0].to(view.data.dtype)
-        gsl = grads[1].to(view.data.dtype) if a.slope is not None else None
-    dt = view.data.dtype
-    return (gx, gw, gsl, ggm.to(dt) if ggm is not None else None, gbt.to(dt) if gbt is not None else None)
+        gw = grads[0]
+        gsl = grads[1] if a.slope is not None else None
+    return gx, gw, gsl, ggm, gbt
 
 
 # --- ACON ----------------------------------------------------------------------------------------------

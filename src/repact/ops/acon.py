@@ -5,6 +5,8 @@ autograd one function keeps only the input and the small parameters and recomput
 backward (the plain expression keeps about four input-sized tensors). The backend comes from
 :func:`repact.ops.dispatch.choose`: the reference (tensor ops), or Triton kernels where every
 parameter is a scalar or per channel (CUDA); tracers and compilers see the plain expression.
+The parameters come in :func:`repact.ops.dispatch.param_dtype` of the input (the dispatch's one
+dtype rule) and the result has the input's dtype, whichever backend runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Optional
 import torch
 
 from . import reference
-from .dispatch import choose
+from .dispatch import cast_params, choose
 
 __all__ = ["acon"]
 
@@ -94,7 +96,7 @@ def acon(
 
     Each given tensor has one element or the input's number of dims and broadcasts to the input.
     """
-    p1, p2, beta = (_as_operand(t, x, n) for t, n in ((p1, "p1"), (p2, "p2"), (beta, "beta")))
+    p1, p2, beta = cast_params(x, *(_as_operand(t, x, n) for t, n in ((p1, "p1"), (p2, "p2"), (beta, "beta"))))
     operands = [t for t in (x, p1, p2, beta) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
     tracing = _tracing()
@@ -103,9 +105,6 @@ def acon(
     name = choose(x)
     cd = _channel_operands(x, (p1, p2, beta)) if name == "triton" else None
     if name == "triton" and cd is None:
-        name = "reference"
-    if name == "triton" and any(t is not None and t.dtype != x.dtype and t.dtype != torch.float32
-                                for t in (p1, p2, beta)):
         name = "reference"
     if needs_grad:
         return _AconFn.apply(x, p1, p2, beta, name, cd)

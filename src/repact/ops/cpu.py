@@ -47,7 +47,8 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 def _param(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     # a parameter as the C entry points read it: CPU, dtype, contiguous; as is when it already is
-    # (the kernels only read it through data_ptr(), so it needs no detach), else a detached copy
+    # (the kernels only read it through data_ptr(), so it needs no detach), else a detached copy,
+    # which the caller holds until the C call returns (the call gets its address only)
     if t is None or (t.dtype == dtype and t.is_cpu and t.is_contiguous()):
         return t
     return t.detach().to(device="cpu", dtype=dtype).contiguous()
@@ -108,13 +109,28 @@ def pq_backward(view: FlatView, g: torch.Tensor, knots, coeffs, need_x: bool, ne
 
 
 # --- RepAct's training op ------------------------------------------------------------------------------
-def _train_common(view: FlatView, a: TrainArgs):
+class _Params(NamedTuple):
+    """The training op's parameters as the C entry points read them (see :func:`_param`); held
+    until the call returns, since the entry points get only their addresses."""
+
+    knots: torch.Tensor
+    w_raw: torch.Tensor
+    slope: Optional[torch.Tensor]
+    base: torch.Tensor
+    part: torch.Tensor
+    gamma: Optional[torch.Tensor]
+    beta: Optional[torch.Tensor]
+
+    def head(self, view: FlatView, a: TrainArgs) -> tuple:
+        """The arguments every training entry point takes after its tensors."""
+        k = HSWISH_BASIS if self.base.shape[-1] == 4 else self.knots.shape[0]
+        return (view.outer, view.C, view.inner, k, self.knots.data_ptr(), self.w_raw.data_ptr(), _ptr(self.slope),
+                self.base.data_ptr(), self.part.data_ptr(), self.w_raw.shape[-1], int(a.softmax), a.rows)
+
+
+def _params(view: FlatView, a: TrainArgs) -> _Params:
     dt = view.data.dtype
-    t, w, sl, bs, pt, gm, bt = (_param(v, dt) for v in (a.knots, a.w_raw, a.slope, a.base, a.part, a.gamma, a.beta))
-    k = HSWISH_BASIS if bs.shape[-1] == 4 else t.shape[0]
-    head = (view.outer, view.C, view.inner, k, t.data_ptr(), w.data_ptr(), _ptr(sl), bs.data_ptr(), pt.data_ptr(),
-            w.shape[-1], int(a.softmax), a.rows)
-    return head, gm, bt
+    return _Params(*(_param(v, dt) for v in (a.knots, a.w_raw, a.slope, a.base, a.part, a.gamma, a.beta)))
 
 
 def _f64(t: torch.Tensor) -> torch.Tensor:
@@ -125,7 +141,7 @@ def train_forward(view: FlatView, a: TrainArgs, bn: int, mean=None, var=None):
     """``(y, mean, var)``: with ``bn`` BN_BATCH the batch statistics (Cc,) float64 come out; with
     BN_GIVEN/BN_CONST the given ones are folded in; BN_NONE has none (empty)."""
     xd = view.data
-    head, gm, bt = _train_common(view, a)
+    p = _params(view, a)
     y = torch.empty_like(xd)
     if bn == BN_BATCH:
         mean = torch.empty(a.rows, dtype=torch.float64)
@@ -133,7 +149,8 @@ def train_forward(view: FlatView, a: TrainArgs, bn: int, mean=None, var=None):
     elif bn != BN_NONE:
         mean, var = _f64(mean), _f64(var)
     rc = _fn("repact_train_forward", xd.dtype)(
-        xd.data_ptr(), y.data_ptr(), *head, _ptr(gm), _ptr(bt), float(a.eps), bn, _ptr(mean), _ptr(var), _threads())
+        xd.data_ptr(), y.data_ptr(), *p.head(view, a), _ptr(p.gamma), _ptr(p.beta), float(a.eps), bn, _ptr(mean),
+        _ptr(var), _threads())
     _check(rc, "training forward")
     return y, mean, var
 
@@ -142,12 +159,12 @@ def train_sums(view: FlatView, a: TrainArgs, g: Optional[torch.Tensor] = None, m
     """Without ``g``: (shift, (2, Cc) S1, S2) of ``s - shift`` (``repact.ops.batchnorm``); with
     ``g`` and the batch ``mean``: (mean, (2, Cc) sum g, sum g (s - mean))."""
     xd = view.data
-    head, _, _ = _train_common(view, a)
+    p = _params(view, a)
     shift = torch.empty(a.rows, dtype=torch.float64) if g is None else _f64(mean)
     out = torch.empty((2, a.rows), dtype=torch.float64)
     gd = None if g is None else like_view(g, view)
-    rc = _fn("repact_train_sums", xd.dtype)(xd.data_ptr(), _ptr(gd), *head, shift.data_ptr(), out.data_ptr(),
-                                            _threads())
+    rc = _fn("repact_train_sums", xd.dtype)(xd.data_ptr(), _ptr(gd), *p.head(view, a), shift.data_ptr(),
+                                            out.data_ptr(), _threads())
     _check(rc, "training sums")
     return shift, out
 
@@ -155,21 +172,21 @@ def train_sums(view: FlatView, a: TrainArgs, g: Optional[torch.Tensor] = None, m
 def train_backward(view: FlatView, g: torch.Tensor, a: TrainArgs, bn: int, mean, var, gsums, count: int,
                    need_x: bool, need_params: bool):
     """Gradients ``(gx, g_w_raw, g_slope, g_gamma, g_beta)`` (None where not needed or absent), in
-    the input's dtype."""
+    the input's dtype (the parameters' too: :func:`repact.ops.dispatch.param_dtype`)."""
     xd = view.data
     g = like_view(g, view)
-    head, gm, _ = _train_common(view, a)
+    p = _params(view, a)
     dt = xd.dtype
     gx = torch.empty_like(xd) if need_x else None
     gw = torch.empty(a.w_raw.shape, dtype=dt) if need_params else None
     gsl = torch.empty(a.slope.shape, dtype=dt) if need_params and a.slope is not None else None
-    ggm = torch.empty(a.gamma.shape, dtype=dt) if gm is not None else None
-    gbt = torch.empty(a.gamma.shape, dtype=dt) if gm is not None else None
+    ggm = torch.empty(a.gamma.shape, dtype=dt) if p.gamma is not None else None
+    gbt = torch.empty(a.gamma.shape, dtype=dt) if p.gamma is not None else None
     if bn != BN_NONE:
         mean, var = _f64(mean), _f64(var)
     gs = _f64(gsums) if gsums is not None else None
     rc = _fn("repact_train_backward", dt)(
-        xd.data_ptr(), g.data_ptr(), _ptr(gx), *head, _ptr(gm), _ptr(mean) if bn else None,
+        xd.data_ptr(), g.data_ptr(), _ptr(gx), *p.head(view, a), _ptr(p.gamma), _ptr(mean) if bn else None,
         _ptr(var) if bn else None, float(a.eps), bn, _ptr(gs), float(count), _ptr(gw), _ptr(gsl), _ptr(ggm),
         _ptr(gbt), _threads())
     _check(rc, "training backward")

@@ -15,6 +15,13 @@ runs CPU tensors on ``cpu``, CUDA tensors on ``triton``, and everything else (ot
 tensors, other dtypes, a missing compiler or Triton) on ``reference``. A forced backend runs
 where it applies and falls back to ``reference`` elsewhere (``cpu`` never sees a CUDA tensor).
 
+Dtypes, the same for every backend (:func:`param_dtype`, :func:`cast_params`): an op's result has
+its input's dtype; its parameters are cast at the op's entry to float64 for a float64 input and to
+float32 for any other (float16/bfloat16 inputs, as under AMP, meet float32 parameters), by a
+differentiable cast, so each parameter's gradient comes back in its own dtype (the piecewise
+quadratic's table is cast where each backend prepares it, once per cached table). A float32
+module takes float64 inputs, and a float64 one float32 inputs, on every backend.
+
 :func:`choose` reads only the tensor's metadata: no data, no host copy, no device sync.
 """
 
@@ -22,14 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator
+from typing import Iterator, Optional, Tuple
 
 import torch
 
 from .. import _native
+from .batchnorm import accumulation_dtype
 
 __all__ = ["BACKENDS", "set_backend", "get_backend", "backend", "choose", "native_available",
-           "triton_available", "triton_interpreted"]
+           "triton_available", "triton_interpreted", "param_dtype", "cast_params"]
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 _ALIASES = {"torch": "reference", "native": "cpu"}
@@ -123,3 +131,16 @@ def choose(x: torch.Tensor, *, compiled: bool = False) -> str:
         if dev == "cpu" and _backend == "triton" and not compiling and triton_interpreted():
             return "triton"
     return "reference"
+
+
+def param_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op's parameters and tables are computed in for the input ``x``, on every
+    backend: float64 for a float64 input, float32 for any other (the dtype its sums accumulate in)."""
+    return accumulation_dtype(x.dtype)
+
+
+def cast_params(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+    """``tensors`` (None passes through) in :func:`param_dtype` of ``x``, each as it is where it
+    already has that dtype; a differentiable cast, so gradients return in each tensor's own dtype."""
+    dt = param_dtype(x)
+    return tuple(t if t is None or t.dtype == dt else t.to(dt) for t in tensors)

@@ -4,7 +4,9 @@ Knots ``t`` (K of them, sorted) split the real line into S = K + 1 segments; seg
 ``t[s-1] <= x < t[s]``. ``coeffs`` has shape (Cc, S, 3) with Cc = 1 (one function for the whole
 tensor) or Cc = C (one per channel), and ``coeffs[c, s, j]`` multiplies ``x ** j``.
 
-The op is differentiable in ``x`` and ``coeffs`` and keeps only ``x`` for backward. The backend
+The op is differentiable in ``x`` and ``coeffs`` and keeps only ``x`` for backward; ``y`` has
+``x``'s dtype and the table's gradient the table's, the kernels read the table in
+:func:`repact.ops.dispatch.param_dtype` of ``x`` (their ``prepare``). The backend
 comes from :func:`repact.ops.dispatch.choose`; the reference (:mod:`repact.ops.reference`) is
 what TorchScript, tracing, ONNX export and ``torch.compile`` see.
 """

@@ -193,13 +193,17 @@ def _acon_parts(x, p1, p2, beta):
 
 def acon_forward(x, p1, p2, beta, inplace: bool = False):
     """ACON: ``d x sigmoid(beta d x) + p2 x`` with ``d = p1 - p2`` (p1 = 1, p2 = 0, beta = 1 when
-    None); ``inplace`` reuses the sigmoid's buffer where autograd does not need it."""
+    None), in ``x``'s dtype (computed in the parameters' where they are wider, as float32
+    parameters with a float16 input); ``inplace`` reuses the sigmoid's buffer where autograd does
+    not need it."""
     _, u, z = _acon_parts(x, p1, p2, beta)
     if not inplace:
         y = torch.sigmoid(z) * u
-        return y if p2 is None else y + x * p2
-    y = torch.sigmoid(z).mul_(u)  # a fresh tensor whose dtype already covers p2's (d holds p2)
-    return y if p2 is None else y.addcmul_(x, p2)
+        y = y if p2 is None else y + x * p2
+    else:
+        y = torch.sigmoid(z).mul_(u)  # a fresh tensor whose dtype already covers p2's (d holds p2)
+        y = y if p2 is None else y.addcmul_(x, p2)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def _sum_to(grad: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -73,11 +73,12 @@ def _(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part
 
 @torch.library.register_fake("repact::repact_train_backward", lib=_LIB)
 def _(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, bn):
+    # parameter gradients in the parameters' dtype (repact.ops.dispatch.param_dtype of x)
     empty = x.new_empty(0)
-    return [torch.empty_like(x), torch.empty_like(w_raw, dtype=x.dtype),
-            torch.empty_like(slope, dtype=x.dtype) if slope is not None else empty,
-            torch.empty_like(gamma, dtype=x.dtype) if gamma is not None else empty,
-            torch.empty_like(gamma, dtype=x.dtype) if gamma is not None else empty]
+    return [torch.empty_like(x), torch.empty_like(w_raw),
+            torch.empty_like(slope) if slope is not None else empty,
+            torch.empty_like(gamma) if gamma is not None else empty,
+            torch.empty_like(gamma) if gamma is not None else empty]
 
 
 _train = torch.ops.repact.repact_train.default
@@ -100,8 +101,7 @@ def _backward(ctx, g, _gmean, _gvar):
     gx, gw, gslope, ggamma, gbeta = _train_backward(g, x, w_raw, slope, gamma, mean, var, knots, base, part,
                                                     softmax, eps, cd, bn)
     has_bn = gamma is not None
-    return (gx, gw.to(w_raw.dtype), gslope.to(slope.dtype) if slope is not None else None,
-            ggamma.to(gamma.dtype) if has_bn else None, gbeta.to(gamma.dtype) if has_bn else None,
+    return (gx, gw, gslope if slope is not None else None, ggamma if has_bn else None, gbeta if has_bn else None,
             None, None, None, None, None, None, None, None)
 
 

@@ -9,9 +9,11 @@ rows, or onto RepAct's own basis for the paper's branch sets, ``repact.fuse.hard
 and mean/var are the batch statistics of ``s`` (per table), those of every process of a group
 (``--sync-bn``), or given running statistics (eval mode).
 
-Only ``x`` and the parameters are kept for backward. Each backend (``cpu``: one C call each way;
-``triton``: a few kernels) computes the same thing as :func:`repact.ops.reference.repact_train`;
-under ``torch.compile`` the kernels run as the registered op ``torch.ops.repact.repact_train``.
+The parameters come in :func:`repact.ops.dispatch.param_dtype` of ``x`` (the dispatch's one dtype
+rule; ``y`` has ``x``'s dtype). Only ``x`` and the parameters are kept for backward. Each backend
+(``cpu``: one C call each way; ``triton``: a few kernels) computes the same thing as
+:func:`repact.ops.reference.repact_train`; under ``torch.compile`` the kernels run as the
+registered op ``torch.ops.repact.repact_train``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from . import reference
 from .batchnorm import backward_terms, gather_moments, moments_from_sums
 from .cpu import BN_BATCH, BN_CONST, BN_GIVEN, BN_NONE, TrainArgs
-from .dispatch import choose
+from .dispatch import cast_params, choose
 from .layout import flat_view
 from .piecewise import backend_module
 
@@ -72,11 +74,6 @@ def _kernel_backward(mod, view, g, a: TrainArgs, bn: int, mean, var, count, grou
     return gx, gw, gsl, ggm_local.to(ggm.dtype), gbt_local.to(gbt.dtype)
 
 
-def _cast_grads(grads, params):
-    return tuple(None if t is None or p is None else (t if t.dtype == p.dtype else t.to(p.dtype))
-                 for t, p in zip(grads, params))
-
-
 class _TrainFn(torch.autograd.Function):
     """Eager autograd wrapper of a backend's kernels; keeps the input and the tiny parameters only."""
 
@@ -107,7 +104,6 @@ class _TrainFn(torch.autograd.Function):
                                                     ctx.needs_input_grad[0], need_params)
         if gx is not None and gx.shape != x.shape:
             gx = gx.reshape(x.shape)
-        gw, gsl, ggm, gbt = _cast_grads((gw, gsl, ggm, gbt), (w_raw, slope, gamma, beta))
         return gx, gw, gsl, ggm, gbt, None, None, None, None, None, None, None, None, None, None, None
 
 
@@ -120,8 +116,11 @@ def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Ten
     ``w_raw`` (nb,) or (Cc, nb); ``slope``, ``gamma``, ``beta``, ``running_mean``/``running_var``
     (Cc,) or None; ``base``/``part`` (nb, R). mean/var (Cc,) are the batch statistics (None unless
     RepAct-III uses batch statistics) over ``count`` values per table (every process's with a
-    ``group``). The backend comes from :func:`repact.ops.dispatch.choose`.
+    ``group``). The backend comes from :func:`repact.ops.dispatch.choose`; every tensor but ``x``
+    is cast to :func:`repact.ops.dispatch.param_dtype` of ``x`` first, whichever backend runs.
     """
+    w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part = cast_params(
+        x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part)
     cc = w_raw.shape[0] if w_raw.dim() == 2 else 1
     bn = _bn_mode(gamma, running_mean, group)
     if torch.compiler.is_compiling() and group is None:

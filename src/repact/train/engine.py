@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, load_checkpoint, save_checkpoint
+from ..reparam import nonfinite_tensors
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
 from .logs import RunLogger, activation_snapshot
@@ -31,7 +32,7 @@ from .optim import build_optimizer, build_scheduler
 from .pictures import TracedGradProbe, log_tensorboard_pictures, write_run_pictures
 from .setup import build_data, build_model_for, make_loaders, pick_device
 from .run_dir import RunFolder, RunFolderBusy, same_folder
-from .state import (capture_rng, check_train_state, locate_resume, nonfinite_tensors, resolve_resume, restore_rng,
+from .state import (capture_rng, check_data_classes, check_train_state, locate_resume, resolve_resume, restore_rng,
                     seed_all)
 
 __all__ = ["train", "RunResult", "TrainingDiverged", "RunWriteError", "config_for_resume"]
@@ -217,6 +218,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     seed_all(cfg.seed)
     objective = objective_for(cfg)
     train_set, val_set, info = build_data(cfg)
+    if ckpt is not None:
+        check_data_classes(ckpt, info.classes, f"{info.name} in {cfg.data_dir}" if cfg.data_dir else info.name)
     model, model_config = build_model_for(cfg, info, device, saved=ckpt.model_config if ckpt is not None else None)
     if ckpt is not None:
         try:
@@ -430,7 +433,7 @@ def _check_epoch_finite(model: nn.Module, tr: dict[str, float], val: dict[str, f
                         folder: RunFolder, device: torch.device) -> None:
     """After an epoch: every weight and buffer, the mean training loss and the validation loss must
     be finite, or the epoch is not saved (its checkpoint would not be a good one)."""
-    bad = nonfinite_tensors(model.state_dict())
+    bad = [name for _, name, _, _ in nonfinite_tensors(model.state_dict())]
     losses = [f"{k} {v}" for k, v in (("train loss", tr["train_loss"]), ("val loss", val.get("loss")))
               if v is not None and not math.isfinite(v)]
     flag = torch.tensor([float(len(bad) + len(losses))], dtype=torch.float64, device=device)
