@@ -18,7 +18,7 @@ from repact.reparam import dense_grid
 
 #: the export form each target must write on MobileNetV3-Small with layer-wise RepAct tables
 EXPECTED = {"generic": "hardswish_basis", "onnxruntime": "conv_fused", "openvino": "plain_basis",
-            "tensorrt": "plain_basis"}
+            "tensorrt": "plain_basis", "executorch": "plain_basis"}
 
 
 def _deployed(name="mobilenet_v3_small", act="repact", seed=0, **act_kwargs):
@@ -111,9 +111,10 @@ def test_a_table_without_the_form_keeps_the_generic_one():
 
 def test_targets_and_their_forms():
     assert set(TARGETS) == set(EXPECTED)
-    assert [form_for_target(t) for t in ("generic", "onnxruntime", "openvino", "tensorrt")] == \
-        ["auto", "conv", "basis", "basis"]
-    with pytest.raises(ValueError, match="target must be one of generic, onnxruntime, openvino, tensorrt, got 'tflite'"):
+    assert [form_for_target(t) for t in ("generic", "onnxruntime", "openvino", "tensorrt", "executorch")] == \
+        ["auto", "conv", "basis", "basis", "basis"]
+    with pytest.raises(ValueError, match="target must be one of generic, onnxruntime, openvino, tensorrt, executorch, "
+                                         "got 'tflite'"):
         form_for_target("tflite")
 
 
