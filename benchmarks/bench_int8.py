@@ -6,7 +6,7 @@ model with ``--target onnxruntime``, the HardSwish model as it is, ``--allow-unf
 post-training quantization calibrated on N class-balanced training images, top-1 of the FP32 and
 the INT8 ONNX files on the whole validation split (onnxruntime), per-channel activation ranges.
 The four files are then timed together in interleaved rounds (medians, ratios to the INT8
-HardSwish model) at batch 1 and 32. Usage::
+HardSwish model; onnxruntime's idle threads do not spin) at batch 1 and 32. Usage::
 
     python benchmarks/bench_int8.py --runs RUN_REPACT RUN_HARDSWISH --data DIR [--threads 2] [--json out.json]
 """
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         files = {f"{k}_{p}": out / (f"{k}.onnx" if p == "fp32" else f"{k}_int8.onnx")
                  for k in ("hardswish", "repact") for p in ("int8", "fp32")}
         latency = int8_latency(files, shape, args.batch_sizes, threads=args.threads, rounds=args.rounds,
-                               baseline="hardswish_int8")
+                               baseline="hardswish_int8", spinning=False)
     load = Path("/proc/loadavg").read_text().strip() if Path("/proc/loadavg").exists() else "unknown"
     print(f"\n{'model':<10} {'top-1 FP32':>10} {'top-1 INT8':>10} {'loss':>6} {'median bits':>11} {'min bits':>8}")
     for k, rep in reports.items():

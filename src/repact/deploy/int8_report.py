@@ -50,12 +50,13 @@ def calibration_data(data_dir: str | Path, shape: Sequence[int], n: int, *, seed
 
 
 def int8_latency(files: dict[str, Path], shape: Sequence[int], batch_sizes: Sequence[int] = (1, 32), *,
-                 threads: int | None = None, rounds: int = 20, warmup: int = 3, baseline: str | None = None
-                 ) -> list[dict[str, Any]]:
-    """Interleaved onnxruntime timings of ``files`` (name -> ONNX path) at each batch size; one row per file."""
+                 threads: int | None = None, rounds: int = 20, warmup: int = 3, baseline: str | None = None,
+                 spinning: bool = True) -> list[dict[str, Any]]:
+    """Interleaved onnxruntime timings of ``files`` (name -> ONNX path) at each batch size; one row per file.
+    ``spinning=False``: idle onnxruntime threads do not busy-wait (steadier on a shared machine)."""
     from .onnx_export import ort_session
 
-    sessions = {k: ort_session(p, threads=threads) for k, p in files.items()}
+    sessions = {k: ort_session(p, threads=threads, spinning=spinning) for k, p in files.items()}
     rows = []
     gen = torch.Generator().manual_seed(0)
     for b in batch_sizes:
