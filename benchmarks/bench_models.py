@@ -11,8 +11,9 @@ Two reference models measure a runtime's floor for an activation it cannot fold 
 ``abs`` (Abs at the 23 sites: onnxruntime runs it as one unfused pass between layout reorders,
 OpenVINO fuses it into the convolution) and ``abs_res`` (``x + |x|``: two uses of the conv output,
 so OpenVINO runs it as one standalone elementwise pass). In the export engines ``deploy`` is written
-in each runtime's own form (``--target`` of ``repact deploy``) and ``deploy_generic`` in the generic
-form (before per-runtime forms).
+in each runtime's own form (``--target`` of ``repact deploy``), ``deploy_generic`` in the generic
+form (before per-runtime forms) and ``deploy_conv`` / ``deploy_basis`` in the other forms
+(``--forms``), each where it is not the runtime's own.
 
 Targets of issue 3 (deploy form vs HardSwish model): eager <= 1.05x, torch.compile <= 1.02x;
 of issue 25 (2 threads): onnxruntime <= 1.05x ``abs``, OpenVINO <= 1.05x ``abs_res``. Usage::
@@ -44,6 +45,17 @@ from repact.deploy.bench import ALL_ENGINES, CUDA_ENGINES, ENGINES, build_varian
 from repact.models import create_model
 
 EXPORT_ENGINES = ("onnxruntime", "openvino", "executorch")
+#: forms of the deploy model timed beside each runtime's own: variant name -> ``export_onnx`` form
+EXTRA_FORMS = ("auto", "conv", "basis")
+
+
+def form_variants(engine: str, forms, onnx_form: str) -> dict[str, str]:
+    """Variant name -> export form of the deploy model's other forms under ``engine``: each of ``forms``
+    that is not the form ``deploy`` gets there (``auto`` is ``deploy_generic``)."""
+    from repact.deploy.bench import engine_form
+
+    own = engine_form(engine, "deploy", onnx_form)
+    return {("deploy_generic" if f == "auto" else f"deploy_{f}"): f for f in forms if f != own}
 
 
 class Abs(nn.Module):
@@ -81,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and onnxruntime")
     p.add_argument("--onnx-form", choices=("target", "auto", "conv", "basis", "where"), default="target",
                    help="export form of 'deploy' (default target: each runtime's own)")
+    p.add_argument("--forms", nargs="*", choices=EXTRA_FORMS, default=list(EXTRA_FORMS),
+                   help="export forms of the deploy model timed beside each runtime's own in onnxruntime and "
+                        "OpenVINO (default: all; deploy_generic is 'auto')")
     p.add_argument("--no-ort-spinning", action="store_true", help="onnxruntime idle threads do not busy-wait")
     p.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "bench_models.json"))
     p.add_argument("--quick", action="store_true", help="64 px, batch 1 and 2, 3 rounds: checks that everything runs")
@@ -97,8 +112,8 @@ def parse_args(argv=None):
     return args
 
 
-def graph_counts(engine: str, models: dict[str, nn.Module], shape, threads: int | None, onnx_form: str
-                 ) -> dict[str, dict[str, int]]:
+def graph_counts(engine: str, models: dict[str, nn.Module], shape, threads: int | None, onnx_form: str,
+                 variant_forms: dict[str, str]) -> dict[str, dict[str, int]]:
     """Per variant, the nodes ``engine`` runs after its optimizations (batch 1): what it did with the graph."""
     import tempfile
 
@@ -111,7 +126,7 @@ def graph_counts(engine: str, models: dict[str, nn.Module], shape, threads: int 
     with tempfile.TemporaryDirectory(prefix="repact-graphs-") as tmp:
         for k, m in models.items():
             path = export_onnx(m, probe, Path(tmp) / f"{k}.onnx",
-                               form=engine_form(engine, k, onnx_form, {"deploy_generic": "auto"}))
+                               form=engine_form(engine, k, onnx_form, variant_forms))
             out[k] = (ort_node_counts(path, threads=threads or 1) if engine == "onnxruntime"
                       else ov_node_counts(path, probe.shape, threads=threads or 1))
     return out
@@ -145,22 +160,21 @@ def main(argv=None) -> int:
     report = None
     if torch_engines:
         report = cost_report(args.model, args.act, engines=torch_engines, variants=variants, **common)
-    if export_engines:  # the generic form beside each runtime's own; the training form only in onnxruntime
+    forms_of = {e: form_variants(e, args.forms, args.onnx_form) for e in export_engines}
+    for e in export_engines:  # the other forms beside each runtime's own; the training form only in onnxruntime
         ex = {k: v for k, v in variants.items() if k != "train"}
         if "deploy" in ex:
-            ex["deploy_generic"] = ex["deploy"]
-        for e in export_engines:
-            vs = {**ex, "train": variants["train"]} if e == "onnxruntime" else ex
-            if e == "executorch":  # XNNPACK lowering takes minutes per file; the generic form's BatchNorm fails it
-                vs = {k: v for k, v in ex.items() if k in ("hardswish", "abs", "deploy")}
-            part = cost_report(args.model, args.act, engines=[e], variants=vs,
-                               variant_forms={"deploy_generic": "auto"}, **common)
-            if report is None:
-                report = part
-            else:
-                report.latency += part.latency
-                report.notes += [n for n in part.notes if n not in report.notes]
-                report.environment.update({k: v for k, v in part.environment.items() if k not in report.environment})
+            ex |= {k: ex["deploy"] for k in forms_of[e]}
+        vs = {**ex, "train": variants["train"]} if e == "onnxruntime" else ex
+        if e == "executorch":  # XNNPACK lowering takes minutes per file; the generic form's BatchNorm fails it
+            vs = {k: v for k, v in ex.items() if k in ("hardswish", "abs", "deploy")}
+        part = cost_report(args.model, args.act, engines=[e], variants=vs, variant_forms=forms_of[e], **common)
+        if report is None:
+            report = part
+        else:
+            report.latency += part.latency
+            report.notes += [n for n in part.notes if n not in report.notes]
+            report.environment.update({k: v for k, v in part.environment.items() if k not in report.environment})
     report.notes = notes + report.notes
     # ratios to the stock model too: per engine and batch, deploy / stock from the paired medians
     for row in report.latency:  # (executorch runs no stock model)
@@ -176,7 +190,7 @@ def main(argv=None) -> int:
     print(report.table())
     print()
     fmt = (lambda v: f"{v:.3f}" if v is not None else "-")
-    cols = ("abs", "abs_res", "deploy_generic", "deploy", "train")
+    cols = ("abs", "abs_res", "deploy_generic", "deploy_conv", "deploy_basis", "deploy", "train")
     print(f"{'engine':<12} {'batch':>5} " + " ".join(f"{c + '/hsw':>18}" for c in cols)
           + f" {'deploy/abs':>11} {'deploy/abs_res':>15}")
     for engine in args.engines:
@@ -189,8 +203,8 @@ def main(argv=None) -> int:
     data["graphs"] = {}
     for e in (e for e in args.engines if e in ("onnxruntime", "openvino")):
         data["graphs"][e] = graph_counts(e, {k: v for k, v in variants.items() if k not in ("train", "stock")}
-                                         | ({"deploy_generic": variants["deploy"]} if "deploy" in variants else {}),
-                                         shape, args.threads, args.onnx_form)
+                                         | ({k: variants["deploy"] for k in forms_of[e]} if "deploy" in variants else {}),
+                                         shape, args.threads, args.onnx_form, forms_of[e])
         print(f"\n{e}: nodes after its optimizations (batch 1)")
         for k, counts in data["graphs"][e].items():
             print(f"  {k:<15} " + ", ".join(f"{n} {c}" for n, c in counts.items()))
