@@ -279,14 +279,18 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
 
     ``model_config`` holds ``create_model`` arguments: ``name``, ``act``, ``num_classes`` and any
     builder keywords (``kwargs``). A model saved after ``reparameterize`` records
-    ``"reparameterized": true`` and is rebuilt in its deploy form.
+    ``"reparameterized": true`` and is rebuilt in its deploy form. ``"anneal"`` re-wraps the
+    activations a training run annealed, ``"structure"`` puts the modules a deploy changed (merged
+    layers, activations annealed to nothing) at their paths (:func:`repact.merge.apply_structure`).
 
     The header is data, not instructions: before anything is built, the model config is checked
     (:func:`check_model_config`: types, only builder keywords that shape the architecture, never
     ones that fetch weights from a file or the network, and a model that fits in memory, counted
-    on the meta device) and the weights must be finite (:func:`check_weights_finite`). Each refusal
-    is a :class:`CheckpointError` naming the file.
+    on the meta device, its structure record included) and the weights must be finite
+    (:func:`check_weights_finite`). Each refusal is a :class:`CheckpointError` naming the file.
     """
+    from .activations.anneal import anneal_activations
+    from .merge.layers import apply_structure
     from .models import create_model
     from .reparam import reparameterize
 
@@ -302,11 +306,18 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
     try:
         model = create_model(cfg["name"], act=cfg.get("act"), num_classes=cfg.get("num_classes", 1000),
                              **cfg.get("kwargs", {}))
+        if cfg.get("anneal"):  # activations wrapped by repact train --anneal-include
+            anneal_activations(model, cfg["anneal"].get("include"))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{ckpt.path} records a model that cannot be built: {exc}") from None
     _prime_lazy(model, cfg)
     if cfg.get("reparameterized"):
         model = reparameterize(model)
+    if cfg.get("structure"):  # modules a deploy put in place of others (merged layers, annealed activations)
+        try:
+            apply_structure(model, cfg["structure"])
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt.path}: {exc}") from None
     try:
         model.load_state_dict(ckpt.model_state, strict=strict)
     except RuntimeError as exc:
@@ -324,7 +335,7 @@ LOAD_BYTES_PER_PARAM = 8
 #: the model config's entries and the JSON types each may have
 _MODEL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "act": (str, type(None)), "num_classes": (int,), "kwargs": (dict,), "input_shape": (list,),
-    "reparameterized": (bool,), "task": (str,), "preprocess": (dict,),
+    "reparameterized": (bool,), "task": (str,), "preprocess": (dict,), "anneal": (dict,), "structure": (dict,),
 }
 
 
@@ -352,6 +363,7 @@ def check_model_config(cfg: Mapping[str, Any], path: Path | None) -> None:
         if values is not None and not (all(_positive_int(v) for v in values) and math.prod(values) <= most):
             raise CheckpointError(f"{path}: its model config's {key} asks for inputs of {values}; accepted: positive "
                                   f"integers, at most {most:,} values (3 x {MAX_IMAGE_SIDE} x {MAX_IMAGE_SIDE})")
+    _check_deploy_records(cfg, path)
     if "name" not in cfg:
         return
     try:
@@ -364,6 +376,29 @@ def check_model_config(cfg: Mapping[str, Any], path: Path | None) -> None:
                          purpose="loading it needs about {gib} GiB")
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} records a model that cannot be built: {exc}") from None
+
+
+def _check_deploy_records(cfg: Mapping[str, Any], path: Path | None) -> None:
+    """The ``anneal`` record holds one regex (or null); the ``structure`` record only modules that
+    ``repact.merge.module_spec`` writes, whose tensors fit in memory (counted, not allocated)."""
+    from .merge.layers import check_structure
+    from .models.checks import memory_bytes
+
+    anneal = cfg.get("anneal")
+    if anneal is not None and (set(anneal) != {"include"} or not isinstance(anneal["include"], (str, type(None)))):
+        raise CheckpointError(f"{path}: its model config's anneal record is {anneal!r}, not "
+                              "{\"include\": REGEX or null}; the file is damaged or was not written by repact")
+    if "structure" not in cfg:
+        return
+    try:
+        n = check_structure(cfg["structure"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}; the file is damaged or was not written by repact") from None
+    have = memory_bytes(torch.device("cpu"))
+    if have is not None and n * LOAD_BYTES_PER_PARAM > have:
+        raise CheckpointError(f"{path}: its structure record asks for modules of {n:,} values, "
+                              f"{n * LOAD_BYTES_PER_PARAM / 2**30:,.1f} GiB to load, more than the "
+                              f"{have / 2**30:,.1f} GiB of memory")
 
 
 def _positive_int(v: Any) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "reparameterize",
     "deployable_modules",
     "verify",
+    "compare_outputs",
     "verify_reparameterization",
     "VerifyResult",
     "dense_grid",
@@ -222,6 +223,11 @@ def verify(
     with eval_mode(reference, candidate):
         ref = _flatten_outputs(reference(*args))
         cand = _flatten_outputs(candidate(*args))
+    return compare_outputs(ref, cand)
+
+
+def compare_outputs(ref: Sequence[torch.Tensor], cand: Sequence[torch.Tensor]) -> VerifyResult:
+    """The :class:`VerifyResult` of output tensors ``cand`` against ``ref`` (same count and shapes)."""
     if len(ref) != len(cand) or not ref:
         raise ValueError(f"reference gave {len(ref)} output tensors and candidate {len(cand)}")
     max_abs = 0.0

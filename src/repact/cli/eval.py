@@ -194,7 +194,9 @@ def run(args) -> int:
               + ("; nothing written" if target else ""), file=sys.stderr)
         return 1
     if target and extra["acc1_change"] <= MAX_ACC_CHANGE:
-        mc2 = {**mc, "reparameterized": True}
+        from ..merge.layers import deploy_model_config
+
+        mc2 = deploy_model_config(mc, model, deployed)
         _save_deployed(deployed.cpu(), target, mc2, {"config": cfg, "source": str(ckpt.path)})
         written = [str(p) for p in target]
     if args.confusion:

@@ -83,6 +83,15 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     h.add_argument("--bn-momentum", type=float, default=S, help="momentum of every BatchNorm's running statistics, "
                    "e.g. 0.1 for all models alike (default: the model's own; torchvision's MobileNetV3 uses 0.01)")
     h.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
+    a = p.add_argument_group("annealing activations into the identity (then repact deploy --merge)")
+    a.add_argument("--anneal-acts", default=S, metavar="START:END", help="move every annealed activation "
+                   "(1 - lam) act(x) + lam x from lam 0 at epoch START to lam 1 at epoch END (vanillanet_mini has "
+                   "them built in; other models: --anneal-include)")
+    a.add_argument("--anneal-schedule", default=S, choices=("linear", "cosine"), help="lam's path (default linear)")
+    a.add_argument("--anneal-by", default=S, choices=("model", "layer"), help="model: one window for all (default); "
+                   "layer: the window cut into one slice per layer, first layer first")
+    a.add_argument("--anneal-include", default=S, metavar="REGEX", help="anneal the activation modules whose path "
+                   "matches REGEX (re.search), e.g. 'classifier' or '.' for every one")
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")
     r.add_argument("--amp", action="store_true", default=S, help="mixed precision (CUDA only)")

@@ -89,6 +89,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     bn_momentum: float | None = None  # every BatchNorm's running-statistics momentum (None: the model's own)
+    # annealing activations into the identity (repact.train.anneal)
+    anneal_acts: str | None = None  # "START:END" epochs
+    anneal_schedule: str = "linear"  # linear, cosine
+    anneal_by: str = "model"  # model (one window), layer (one slice of it per layer, in order)
+    anneal_include: str | None = None  # regex of the activation paths to wrap (models without built-in ones)
     amp: bool = False
     device: str = "auto"
     seed: int = 0
@@ -325,6 +330,9 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("nesterov needs --optimizer sgd with a momentum > 0")
     if cfg.amp and cfg.device == "cpu":
         bad("--amp runs on CUDA only; it cannot be combined with --device cpu")
+    from .anneal import check_anneal_config
+
+    check_anneal_config(cfg)
     from ..data import AUGMENTS
 
     augments = AUGMENTS if task is None else task.augments

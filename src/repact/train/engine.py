@@ -26,6 +26,7 @@ from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, l
 from ..reparam import nonfinite_tensors
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
+from .anneal import Annealer
 from .logs import RunLogger, activation_snapshot
 from .objective import Objective, objective_for
 from .optim import build_optimizer, build_scheduler
@@ -241,6 +242,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     sched = build_scheduler(opt, cfg, steps)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     n_params = sum(p.numel() for p in model.parameters())
+    annealer = Annealer.from_config(cfg, model)
 
     start, best_score, best_epoch, history = 0, -1.0, 0, []
     logger = RunLogger(folder.path, enabled=env.is_main)
@@ -301,7 +303,9 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         probe.reset()
         t0 = time.perf_counter()
         tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, objective, autocast, probe, cfg, env,
-                          device, epoch, folder)
+                          device, epoch, folder, annealer=annealer)
+        if annealer is not None:  # validation and the checkpoint see lam at the end of the epoch
+            annealer.set(epoch + 1)
         train_time = time.perf_counter() - t0
         _share_buffers(model, env)
         val = objective.evaluate(model if not env.enabled else net.module, val_loader, device, env, cfg.amp,
@@ -310,6 +314,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **tr, **objective.val_record(val),
                   "epoch_time_s": time.perf_counter() - t0,
                   "train_images_per_s": tr["train_images"] / max(train_time, 1e-9), **probe.epoch_means()}
+        if annealer is not None:
+            record["anneal_lam"] = annealer.mean()
         history.append(record)
         improved = objective.score(val) > best_score
         if improved:
@@ -353,7 +359,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
 
 
 def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objective, autocast, probe, cfg, env, device,
-                 epoch, folder) -> dict[str, float]:
+                 epoch, folder, annealer=None) -> dict[str, float]:
     """One epoch; returns ``train_loss``, ``train_<part>`` (the objective's logged parts, e.g.
     ``train_acc1`` or the detector's loss terms; means over images) and ``train_images``."""
     from tqdm import tqdm
@@ -369,6 +375,8 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
     for i, batch in enumerate(loader):
         if i >= steps:
             break
+        if annealer is not None:
+            annealer.set(epoch + i / steps)
         with autocast():
             loss, parts, n = objective.train_step(net, batch, device)
         if i % check_every == 0 or i == steps - 1:

@@ -94,6 +94,9 @@ def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None, 
             raise
         raise ConfigError(f"model {cfg.model!r} cannot be built with {kwargs}: {exc}") from None
     input_shape = [info.in_channels, info.img_size, info.img_size]
+    from .anneal import wrap_for_training
+
+    anneal_record = wrap_for_training(model, cfg)
     prime_lazy(model, input_shape)
     if cfg.bn_momentum is not None:
         set_bn_momentum(model, cfg.bn_momentum)
@@ -101,6 +104,8 @@ def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None, 
 
     config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": architecture,
               "input_shape": input_shape, "preprocess": preprocess_record(info, cfg.augment)}
+    if anneal_record:
+        config["anneal"] = anneal_record
     return model, config
 
 
