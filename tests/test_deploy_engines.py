@@ -3,7 +3,9 @@ ExecuTorch with XNNPACK (``--target executorch``, ``bench --engines executorch``
 where the package is installed (``pip install 'repact[openvino]'`` / ``'repact[executorch]'``) and
 skip with a message otherwise; without them, asking for one is a one-line error (exit 2)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +43,18 @@ def test_each_engine_exports_its_own_form():
         ["conv", "basis", "basis", "auto"]
     assert engine_form("openvino", "deploy_generic", "target", {"deploy_generic": "auto"}) == "auto"
     assert engine_form("onnxruntime", "deploy", "where") == "where"
+
+
+def test_bench_models_times_each_other_form_beside_the_runtimes_own():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    forms = bench.EXTRA_FORMS
+    assert bench.form_variants("onnxruntime", forms, "target") == {"deploy_generic": "auto", "deploy_basis": "basis"}
+    assert bench.form_variants("openvino", forms, "target") == {"deploy_generic": "auto", "deploy_conv": "conv"}
+    assert bench.form_variants("openvino", ["auto"], "conv") == {"deploy_generic": "auto"}
+    assert bench.form_variants("onnxruntime", [], "target") == {}
 
 
 @pytest.mark.skipif(openvino_available() and executorch_available(), reason="both optional runtimes are installed")
