@@ -18,7 +18,8 @@ def max_threads() -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime, CUDA graphs)",
+        "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime, openvino, executorch, "
+                      "CUDA graphs)",
         description="Build MODEL with a baseline activation (default hardswish), with --act (training form) and its "
                     "reparameterized copy (deploy form); count params and FLOPs (pointwise activation work included) "
                     "and time them interleaved (warm-up, medians, per-round ratios to the baseline) in each engine "
@@ -32,10 +33,11 @@ def add_parser(sub) -> None:
     add_shape_flags(p)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="B", help="default: 1 32")
     p.add_argument("--engines", nargs="+", default=None,
-                   choices=("eager", "compile", "onnxruntime", "cuda-graphs", "reduce-overhead"),
-                   help="default: eager, compile and onnxruntime on the CPU, eager and compile on CUDA; cuda-graphs "
-                        "(the eager forward captured in a CUDA graph) and reduce-overhead (torch.compile's mode) "
-                        "run on CUDA only")
+                   choices=("eager", "compile", "onnxruntime", "openvino", "executorch", "cuda-graphs",
+                            "reduce-overhead"),
+                   help="default: eager, compile and onnxruntime on the CPU (openvino and executorch, when "
+                        "installed, on request), eager and compile on CUDA; cuda-graphs (the eager forward "
+                        "captured in a CUDA graph) and reduce-overhead (torch.compile's mode) run on CUDA only")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time the engines that replay CUDA graphs, cuda-graphs and reduce-overhead "
                         "(needs --device cuda)")
@@ -44,7 +46,9 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per engine and batch size (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per model first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads, up to 4 per core (default: torch's)")
-    p.add_argument("--onnx-form", choices=("auto", "basis", "where"), default="auto")
+    p.add_argument("--onnx-form", choices=("target", "auto", "conv", "basis", "where"), default="target",
+                   help="export form of the deploy model (default target: each engine's own form, as repact deploy "
+                        "--target ENGINE writes it; auto: the generic form)")
     p.add_argument("--no-ort-spinning", action="store_true", help="stop onnxruntime's idle threads busy-waiting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="JSON output (default: bench-MODEL-ACT.json)")
@@ -57,7 +61,7 @@ def run(args) -> int:
     from ..models import get_model_spec
 
     device = bench_device(args.device)  # before anything is built: a clear line without a GPU
-    try:
+    try:  # unknown, device-mismatched or not-installed engines: one line before anything is built
         engines = pick_engines(args.engines, device, args.cuda_graphs)
     except ValueError as exc:
         raise CLIError(str(exc)) from None

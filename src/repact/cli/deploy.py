@@ -44,8 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 to the highest torch's exporter writes "
                    "(20 for torch 2.x; default 17)")
     p.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
-    p.add_argument("--onnx-form", choices=("auto", "basis", "where"), default="auto",
-                   help="how deploy activations are written to ONNX (default: auto, the fastest exact form)")
+    p.add_argument("--onnx-form", choices=("auto", "conv", "basis", "where"), default="auto",
+                   help="how deploy activations are written to ONNX (default: auto; --target picks it instead)")
+    add_edge_flags(p)
     p.add_argument("--randomize-bn", action="store_true",
                    help="also verify a copy with random BatchNorm statistics (a stricter check of the fold)")
     p.add_argument("--seed", type=int, default=0, help="seed of the check inputs")
@@ -62,6 +63,71 @@ def add_parser(sub) -> None:
                    help="with --merge: measure each remaining activation's input range on N validation batches of "
                         "the dataset the checkpoint was trained on, and report those that are linear on it")
     p.set_defaults(func=run)
+
+
+def add_edge_flags(p) -> None:
+    """--target, --quantize and the calibration flags (issue 25)."""
+    from ..deploy.runtime_forms import TARGETS
+
+    p.add_argument("--target", choices=TARGETS, default=None, dest="runtime",
+                   help="the runtime the ONNX file is for; picks the export form it runs fastest (generic: the "
+                        "--onnx-form default; openvino also checks OpenVINO's outputs when it is installed; executorch "
+                        "also writes NAME.pte for ExecuTorch's XNNPACK delegate, batch 1, checked against PyTorch)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="also write NAME_int8.onnx: static INT8 post-training quantization (onnxruntime, QDQ, "
+                        "per-channel weights) of the plain basis form, with FP32 vs INT8 top-1, per-channel "
+                        "activation ranges and latency in the report")
+    p.add_argument("--calibration-data", default=None, metavar="DIR",
+                   help="image folder with train/<class>/ (calibration) and val/<class>/ (accuracy), for --quantize")
+    p.add_argument("--calibration-images", type=int, default=500, metavar="N",
+                   help="class-balanced train images to calibrate on (default 500)")
+    p.add_argument("--val-images", type=int, default=None, metavar="N", help="val images to evaluate (default: all)")
+
+
+def check_edge_flags(args) -> None:
+    """One-line errors for --quantize and its calibration flags, before anything is built."""
+    from pathlib import Path
+
+    if args.runtime == "executorch":
+        from ..deploy.executorch_export import executorch_available
+
+        if not executorch_available():
+            raise CLIError("--target executorch needs ExecuTorch, which is not installed: pip install "
+                           "'repact[executorch]'")
+    if args.quantize and not args.calibration_data:
+        raise CLIError("--quantize int8 needs --calibration-data DIR (an image folder with train/ and val/)")
+    if args.calibration_data and not args.quantize:
+        raise CLIError("--calibration-data is used by --quantize int8 only")
+    if args.calibration_images < 1 or (args.val_images is not None and args.val_images < 1):
+        raise CLIError(f"--calibration-images and --val-images must be positive, got {args.calibration_images} "
+                       f"and {args.val_images}")
+    if args.calibration_data:
+        root = Path(args.calibration_data)
+        missing = [s for s in ("train", "val") if not (root / s).is_dir()]
+        if missing:
+            raise CLIError(f"--calibration-data {root} has no {' or '.join(s + '/' for s in missing)} folder; give an "
+                           "image folder with train/<class>/ and val/<class>/")
+
+
+def quantize_deployed(args, model, res, shape) -> None:
+    """--quantize int8: write NAME_int8.onnx beside the deploy and add an ``int8`` entry to its report."""
+    import json
+
+    from ..checkpoint import atomic_write_text
+    from ..deploy.int8_report import int8_report
+    from ..deploy.pipeline import json_ready
+    from ..reparam import reparameterize
+
+    deployed = reparameterize(model, inplace=False).eval()
+    int8 = res.onnx_path.with_name(f"{args.name}_int8.onnx")
+    rep = int8_report(deployed, res.onnx_path, int8, args.calibration_data, shape,
+                      calibration_images=args.calibration_images, val_images=args.val_images, seed=args.seed, say=print)
+    res.report["int8"] = rep
+    atomic_write_text(res.report_path, json.dumps(json_ready(res.report), indent=2, sort_keys=True) + "\n")
+    lat = {(r["batch"], r["variant"]): r for r in rep["latency_onnxruntime"]}
+    ratios = ", ".join(f"batch {b}: {lat[(b, 'int8')]['ratio']:.2f}x" for b in sorted({k[0] for k in lat}))
+    print(f"int8: wrote {int8}; top-1 FP32 {rep['top1_fp32']:.2f}% -> INT8 {rep['top1_int8']:.2f}% "
+          f"({rep['val_images']} val images); INT8 / FP32 time {ratios}")
 
 
 def run(args) -> int:
@@ -92,6 +158,7 @@ def run(args) -> int:
     if taken and not args.overwrite:
         raise CLIError(f"--out {out} already holds {', '.join(taken)}; pass --overwrite to replace them, or choose "
                        "another --out or --name")
+    check_edge_flags(args)
     if args.latency_rounds < 0 or args.calibrate < 0:
         raise CLIError(f"--latency-rounds and --calibrate must be 0 or more, got {args.latency_rounds} and "
                        f"{args.calibrate}")
@@ -100,6 +167,9 @@ def run(args) -> int:
     model, cfg, what = load_target(args)
     task = checkpoint_task(cfg)
     if task is not None:
+        if args.runtime or args.quantize:
+            raise CLIError("--target and --quantize apply to classifiers; detection and segmentation models are "
+                           "exported with the generic form")
         if args.merge:
             raise CLIError(f"--merge applies to classification models; {what} is a {task} model")
         return deploy_task(args, model, cfg, what, task)
@@ -110,7 +180,7 @@ def run(args) -> int:
     try:
         res = deploy_model(model, out, input_shape=shape, model_config=cfg, name=args.name, rtol=args.rtol,
                            parity_tol=args.parity_tol, opset=args.opset, dynamic_batch=not args.static_batch,
-                           onnx_form=args.onnx_form, randomize_bn=args.randomize_bn, batch=args.batch,
+                           onnx_form=args.onnx_form, target=args.runtime, randomize_bn=args.randomize_bn, batch=args.batch,
                            seed=args.seed, overwrite=args.overwrite, allow_unfused=args.allow_unfused,
                            merge=args.merge_when if args.merge else None, merge_latency_rounds=args.latency_rounds if args.merge else 0,
                            calibration=calibration, log=print)
@@ -127,6 +197,8 @@ def run(args) -> int:
 
         mr = res.report["merge"]
         print(MergeReport(before=mr["before"], after=mr["after"]).table())
+    if args.quantize:
+        quantize_deployed(args, model, res, shape)
     print(f"report: {res.report_path}")
     return 0
 

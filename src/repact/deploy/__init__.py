@@ -10,6 +10,7 @@ from .onnx_export import EXPORTERS, MIN_OPSET, check_onnx, export_onnx, last_exp
 from .onnx_forms import ONNX_FORMS, HardSwishBasis, PlainBasis, basis_coefficients, prepare_for_export
 from .pipeline import (DeployError, DeployResult, NothingToFuseError, deploy_model, deploy_outputs, describe_activations,
                        unfused_activations)
+from .runtime_forms import TARGETS, ConvFusedBasis, form_for_target
 from .tasks import deploy_task_model, verify_task_reparameterization
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "EXPORTERS",
     "MIN_OPSET",
     "ONNX_FORMS",
+    "ConvFusedBasis",
     "CostReport",
     "DeployError",
     "DeployResult",
@@ -27,6 +29,7 @@ __all__ = [
     "NothingToFuseError",
     "HardSwishBasis",
     "PlainBasis",
+    "TARGETS",
     "Timing",
     "activation_modules",
     "basis_coefficients",
@@ -45,6 +48,7 @@ __all__ = [
     "deploy_task_model",
     "describe_activations",
     "export_onnx",
+    "form_for_target",
     "last_export_forms",
     "onnx_parity",
     "ort_session",

@@ -10,7 +10,8 @@ weights; no download):
 and reports parameters, FLOPs (activations included, see :mod:`repact.deploy.cost`) and latency
 per engine and batch size, with every variant timed in the same interleaved rounds and the ratio
 to the baseline taken per round. Engines: ``eager``, ``compile`` (``torch.compile``),
-``onnxruntime`` (CPU only), and on CUDA the two that replay CUDA graphs (:data:`GRAPH_ENGINES`):
+``onnxruntime`` (CPU only), the optional CPU runtimes ``openvino`` and ``executorch``
+(:data:`OPTIONAL_ENGINES`, each model in its runtime's own export form), and on CUDA the two that replay CUDA graphs (:data:`GRAPH_ENGINES`):
 ``cuda-graphs`` (the eager model's forward captured whole, :func:`repact.deploy.latency.cuda_graph_replay`)
 and ``reduce-overhead`` (``torch.compile(mode="reduce-overhead")``). ``device="cuda"`` runs the
 PyTorch engines on the GPU, timed by CUDA events, with each row's peak
@@ -36,16 +37,21 @@ from ..reparam import randomize_activations_, reparameterize
 from .cost import count_flops, count_params
 from .latency import cuda_graph_replay, cuda_peak_bytes, time_interleaved
 
-__all__ = ["ENGINES", "CPU_ENGINES", "CUDA_ENGINES", "GRAPH_ENGINES", "CostReport", "build_variants", "cost_report",
-           "pick_engines"]
+__all__ = ["ENGINES", "CPU_ENGINES", "CUDA_ENGINES", "GRAPH_ENGINES", "OPTIONAL_ENGINES", "ALL_ENGINES",
+           "CostReport", "build_variants", "cost_report", "engine_form", "pick_engines"]
 
 ENGINES = ("eager", "compile", "onnxruntime", "cuda-graphs", "reduce-overhead")
+#: engines that need an optional package (``repact[openvino]``, ``executorch``); CPU only, asked for by name
+OPTIONAL_ENGINES = ("openvino", "executorch")
+ALL_ENGINES = ENGINES + OPTIONAL_ENGINES
 #: the default engines on the CPU
 CPU_ENGINES = ("eager", "compile", "onnxruntime")
 #: the default engines on a CUDA device
 CUDA_ENGINES = ("eager", "compile")
 #: engines that replay CUDA graphs (CUDA only): the eager forward captured, torch.compile's reduce-overhead
 GRAPH_ENGINES = ("cuda-graphs", "reduce-overhead")
+#: ``onnx_form="target"``: each engine exports the form of its own runtime target
+ENGINE_TARGETS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
 
 
 @dataclass
@@ -114,7 +120,8 @@ def build_variants(name: str, act: Any, baseline_act: Any, *, num_classes: int =
 def pick_engines(engines: Sequence[str] | None, device: str | torch.device, cuda_graphs: bool = False) -> list[str]:
     """The engines a run times on ``device``: ``engines`` (None: the device's defaults,
     :data:`CPU_ENGINES` or :data:`CUDA_ENGINES`), with :data:`GRAPH_ENGINES` added for
-    ``cuda_graphs``. ``ValueError`` (one line) for an engine the device cannot run."""
+    ``cuda_graphs``. ``ValueError`` (one line) for an engine the device cannot run or an optional
+    engine whose package is not installed."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if cuda_graphs and not cuda:
@@ -123,14 +130,18 @@ def pick_engines(engines: Sequence[str] | None, device: str | torch.device, cuda
     chosen = list(engines) if engines else list(CUDA_ENGINES if cuda else CPU_ENGINES)
     chosen += [e for e in (GRAPH_ENGINES if cuda_graphs else ()) if e not in chosen]
     for e in chosen:
-        if e not in ENGINES:
-            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
-        if cuda and e == "onnxruntime":
-            raise ValueError(f"--engines onnxruntime runs on the CPU only; on {device} use "
-                             f"{' '.join(e for e in ENGINES if e != 'onnxruntime')}")
+        if e not in ALL_ENGINES:
+            raise ValueError(f"unknown engine {e!r}; choose from {', '.join(ALL_ENGINES)}")
+        if cuda and e not in CUDA_ENGINES + GRAPH_ENGINES:
+            raise ValueError(f"--engines {e} runs on the CPU only; on {device} use "
+                             f"{' '.join(CUDA_ENGINES + GRAPH_ENGINES)}")
         if not cuda and e in GRAPH_ENGINES:
             raise ValueError(f"engine {e!r} replays CUDA graphs and needs --device cuda; on {device} use "
-                             f"{' '.join(CPU_ENGINES)}")
+                             f"{' '.join(CPU_ENGINES + OPTIONAL_ENGINES)}")
+        if e in OPTIONAL_ENGINES:
+            from .engines import require_engine
+
+            require_engine(e)  # not installed: one line naming the package, before anything is built
     return chosen
 
 
@@ -142,11 +153,26 @@ def _compiled_runner(m: nn.Module, x: torch.Tensor, mode: str | None):
     return lambda: cm(x)
 
 
+def engine_form(engine: str, variant: str, onnx_form: str, variant_forms: dict[str, str] | None = None) -> str:
+    """The export form of ``variant`` under ``engine``: ``variant_forms``' entry, else ``onnx_form``, where
+    ``"target"`` means the form of the engine's runtime (:data:`ENGINE_TARGETS`)."""
+    from .runtime_forms import form_for_target
+
+    form = (variant_forms or {}).get(variant, onnx_form)
+    return form_for_target(ENGINE_TARGETS.get(engine, "generic")) if form == "target" else form
+
+
 def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, workdir: Path,
-                    threads: int, onnx_form: str, ort_spinning: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
+                    threads: int, onnx_form: str, ort_spinning: bool = True,
+                    variant_forms: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Callables for one engine, and the setup seconds (compile or export) per variant."""
     setup: dict[str, float] = {}
     runners: dict[str, Any] = {}
+    if engine in OPTIONAL_ENGINES:
+        from .engines import optional_engine_runners
+
+        return optional_engine_runners(engine, models, x, workdir, threads,
+                                       {k: engine_form(engine, k, onnx_form, variant_forms) for k in models})
     if engine == "eager":
         for k, m in models.items():
             runners[k] = (lambda m=m: m(x))
@@ -167,13 +193,13 @@ def _engine_runners(engine: str, models: dict[str, nn.Module], x: torch.Tensor, 
         feed = x.detach().numpy()
         for k, m in models.items():
             t0 = time.perf_counter()
-            path = export_onnx(m, x, workdir / f"{k}.onnx", form=onnx_form)
+            path = export_onnx(m, x, workdir / f"{k}.onnx", form=engine_form(engine, k, onnx_form, variant_forms))
             sess = ort_session(path, threads=threads, spinning=ort_spinning)
             name = sess.get_inputs()[0].name
             setup[k] = time.perf_counter() - t0
             runners[k] = (lambda sess=sess, name=name: sess.run(None, {name: feed}))
     else:
-        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ALL_ENGINES)}")
     return runners, setup
 
 
@@ -216,12 +242,17 @@ def cost_report(
     variants: dict[str, nn.Module] | None = None,
     ort_spinning: bool = True,
     device: str | torch.device = "cpu",
+    variant_forms: dict[str, str] | None = None,
 ) -> CostReport:
     """Params, FLOPs and latency of the baseline, training-form and deploy-form models; see the module docstring.
 
     ``variants`` replaces the built models (a dict name -> model; the first is the baseline).
     ``ort_spinning=False`` keeps onnxruntime's idle threads from busy-waiting (steadier on a shared machine).
-    ``device``: ``"cpu"`` or a CUDA device (every engine but ``onnxruntime``; the models are moved there).
+    ``device``: ``"cpu"`` or a CUDA device (the engines :func:`pick_engines` allows there; the models
+    are moved there). ``onnx_form="target"`` exports each engine's own runtime form; ``variant_forms``
+    (variant -> form) overrides it per variant. ``engines`` may name :data:`OPTIONAL_ENGINES`
+    (``openvino``: static shapes, f32; ``executorch``: XNNPACK, a ``.pte`` per batch size) where their
+    package is installed.
     """
     device = torch.device(device)
     engines = pick_engines(engines, device)
@@ -233,13 +264,15 @@ def cost_report(
     torch.set_num_threads(threads)
     try:
         return _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes,
-                            threads, model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device)
+                            threads, model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device,
+                            variant_forms)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, rounds, num_classes, threads,
-                 model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device) -> CostReport:
+                 model_kwargs, onnx_form, seed, workdir, variants, ort_spinning, device,
+                 variant_forms=None) -> CostReport:
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randn(1, *shape, generator=gen)
     notes: list[str] = []
@@ -256,12 +289,11 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
     if device.type == "cuda":
         report.environment["gpu"] = torch.cuda.get_device_name(device)
         report.environment["timing"] = "CUDA events, synchronized"
-    try:
-        import onnxruntime
-
-        report.environment["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for mod in ("onnxruntime", "openvino", "executorch"):
+        try:
+            report.environment[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            pass
     for k, m in variants.items():
         f = count_flops(m, probe)
         report.static[k] = {"params": count_params(m), "flops": f.total, "activation_flops": f.activation,
@@ -278,7 +310,8 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
                 x = torch.randn(int(b), *shape, generator=gen).to(device)
                 peaks: dict[str, int] = {}
                 with _compile_limits(engine, len(variants) * len(batch_sizes)):
-                    runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning)
+                    runners, setup = _engine_runners(engine, variants, x, wd, threads, onnx_form, ort_spinning,
+                                                     variant_forms)
                     with torch.inference_mode():
                         timings = time_interleaved(runners, baseline=baseline, warmup=warmup, rounds=rounds,
                                                    device=device)
@@ -296,5 +329,6 @@ def _cost_report(name, act, baseline_act, shape, batch_sizes, engines, warmup, r
             tmp.cleanup()
     if "onnxruntime" in engines and "train" in variants:
         report.notes.append("onnxruntime 'train' exports the training form as the op's where-chain; "
-                            f"'deploy' uses export form {onnx_form!r}")
+                            f"'deploy' uses export form {onnx_form!r}" + (" (each engine's own)" if onnx_form == "target"
+                                                                         else ""))
     return report

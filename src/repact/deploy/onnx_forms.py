@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from .._hooks import run_hooked
 from ..fuse import BasisCoefficients, basis_coefficients
 from ..activations.piecewise import PiecewiseQuadratic
+from .runtime_forms import ConvFusedBasis
 
 __all__ = [
     "ONNX_FORMS",
@@ -53,9 +54,11 @@ __all__ = [
     "prepare_for_export",
 ]
 
-#: ``auto``: the fastest exact form per activation; ``basis``: the plain basis formula where the
+#: ``auto``: the fastest exact form per activation for onnxruntime before per-runtime targets (the
+#: ``generic`` target); ``conv``: onnxruntime's fused-convolution form where the table allows
+#: (:mod:`repact.deploy.runtime_forms`), else ``auto``'s; ``basis``: the plain basis formula where the
 #: table allows; ``where``: the op's own where-chain
-ONNX_FORMS = ("auto", "basis", "where")
+ONNX_FORMS = ("auto", "conv", "basis", "where")
 
 
 
@@ -149,7 +152,7 @@ class PlainBasis(nn.Module):
 class ExportFormSummary:
     """Which export form each deploy activation got."""
 
-    forms: dict[str, str] = field(default_factory=dict)  # path -> "hardswish_basis" | "plain_basis" | "where"
+    forms: dict[str, str] = field(default_factory=dict)  # path -> "conv_fused" | "hardswish_basis" | "plain_basis" | "where"
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -214,6 +217,10 @@ def _export_module(pq: PiecewiseQuadratic, shape: tuple[int, ...] | None, form: 
     nchw = ndim == 4 and not pq.channels_last
     all_or_none = bool((coef.D != 0).all()) or bool((coef.D == 0).all())
     tiny = bool(((coef.D != 0) & (coef.D.abs() < 1e-20)).any())
-    if form == "auto" and nchw and all_or_none and not tiny:
+    if form == "conv" and nchw:
+        fused = ConvFusedBasis.build(coef, int(shape[1]))
+        if fused is not None:
+            return fused, "conv_fused"
+    if form in ("auto", "conv") and nchw and all_or_none and not tiny:
         return HardSwishBasis(coef, int(shape[1])).eval(), "hardswish_basis"
     return PlainBasis(coef, cd, ndim).eval(), "plain_basis"

@@ -39,6 +39,7 @@ from ..merge.layers import deploy_model_config
 from ..reparam import NonFiniteError, check_finite, deployable_modules, randomize_batchnorm_, reparameterize, verify
 from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
+from .runtime_forms import form_for_target
 
 __all__ = ["DeployError", "DeployResult", "NothingToFuseError", "deploy_cost", "deploy_model", "deploy_outputs",
            "check_finite_weights", "check_fusible", "describe_activations", "export_checked", "json_ready", "publish", "refuse_existing", "save_deploy_weights", "staging_folder",
@@ -128,6 +129,7 @@ def deploy_model(
     opset: int = 17,
     dynamic_batch: bool = True,
     onnx_form: str = "auto",
+    target: str | None = None,
     randomize_bn: bool = False,
     batch: int = 2,
     seed: int = 0,
@@ -146,6 +148,10 @@ def deploy_model(
             recorded with the deploy weights so ``build_model`` can rebuild the deploy model.
         rtol: largest accepted ``max |deploy - model| / max |model|`` of the logits.
         parity_tol: largest accepted max abs difference between PyTorch and onnxruntime.
+        target: the runtime the ONNX file is for (``generic``, ``onnxruntime``, ``openvino``, ``tensorrt``,
+            ``executorch``; :mod:`repact.deploy.runtime_forms`); it picks the export form instead of
+            ``onnx_form``. With ``openvino`` and OpenVINO installed, OpenVINO's outputs are checked too
+            (``parity_tol``); ``executorch`` also writes ``NAME.pte`` (XNNPACK, batch 1), checked the same way.
         randomize_bn: also verify a copy whose BatchNorm statistics are randomized (a stricter
             check of the fold; the saved model keeps its own statistics).
         batch: batch size of the random check inputs (onnxruntime also runs batch 1 and batch+1).
@@ -170,12 +176,14 @@ def deploy_model(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    if target is not None:
+        onnx_form = form_for_target(target)
     if not overwrite:
         refuse_existing(out, name)
     with kept_modes(model):
         merging = MergeOptions(merge, merge_latency_rounds, calibration) if merge else None
         return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
-                       randomize_bn, batch, seed, overwrite, allow_unfused, say, merging)
+                       randomize_bn, batch, seed, overwrite, allow_unfused, say, merging, target=target)
 
 
 def check_fusible(model: nn.Module, model_config: dict[str, Any] | None, allow_unfused: bool,
@@ -225,7 +233,8 @@ class MergeOptions:
 
 
 def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form, randomize_bn,
-            batch, seed, overwrite, allow_unfused, say, merging: MergeOptions | None = None) -> DeployResult:
+            batch, seed, overwrite, allow_unfused, say, merging: MergeOptions | None = None, *, target=None
+            ) -> DeployResult:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=gen)
     model.eval()
@@ -269,6 +278,15 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
     with staging_folder(out) as stage:
         onnx_report = export_checked(deployed, x, batches, stage / f"{name}.onnx", opset=opset,
                                      dynamic_batch=dynamic_batch, onnx_form=onnx_form, parity_tol=parity_tol, say=say)
+        onnx_report["target"] = target or "generic"
+        if target == "openvino":
+            onnx_report["openvino"] = runtime_parity(deployed, stage / f"{name}.onnx", batches if dynamic_batch else [x],
+                                                     parity_tol, say)
+        extra: dict[str, Any] = {}
+        if target == "executorch":
+            from .executorch_export import executorch_checked
+
+            extra["executorch"] = executorch_checked(deployed, stage / f"{name}.pte", batches[1], parity_tol, say)
         weights = save_deploy_weights(deployed, cfg, stage, name, x, say=say)
         report = {
             "format": "repact-deploy-report",
@@ -282,11 +300,31 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             "onnx": onnx_report,
             "weights": weights,
             "cost": deploy_cost(model, deployed, model, deployed, x),
+            **extra,
             "versions": versions(),
         }
         if merge_report is not None:
             report["merge"] = {k: v for k, v in merge_report.as_dict().items() if k != "structure"}
-        return publish(stage, out, name, report, overwrite, say)
+        return publish(stage, out, name, report, overwrite, say, extra=[stage / e["file"] for e in extra.values()])
+
+
+def runtime_parity(deployed: nn.Module, path: Path, batches: Sequence[torch.Tensor], parity_tol: float,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """OpenVINO's outputs on ``path`` against PyTorch (static shapes, one compile per batch size); the
+    report's ``openvino`` entry. Without OpenVINO installed, a note that it was not checked."""
+    from .openvino_run import openvino_available, ov_parity
+
+    if not openvino_available():
+        say("openvino: not installed, so not checked (pip install 'repact[openvino]')")
+        return {"checked": False, "reason": "openvino is not installed"}
+    import openvino
+
+    parity = ov_parity(deployed, path, batches)
+    say(f"openvino parity: max abs diff {parity:.3e} (batches {[int(b.shape[0]) for b in batches]})")
+    if not parity <= parity_tol:
+        raise DeployError(f"OpenVINO differs from PyTorch by {parity:.3e}, above the tolerance {parity_tol:g}; "
+                          "nothing was written")
+    return {"checked": True, "parity_max_abs": parity, "version": openvino.__version__}
 
 
 @contextmanager
@@ -346,27 +384,31 @@ def deploy_cost(model: nn.Module, deployed: nn.Module, model_view: nn.Module, de
 
 
 def publish(stage: Path, out: Path, name: str, report: dict[str, Any], overwrite: bool,
-            say: Callable[[str], None]) -> DeployResult:
-    """Write the report into ``stage`` and move the four files of :func:`deploy_outputs` into ``out``
-    (refusing files of an earlier deploy there unless ``overwrite``)."""
+            say: Callable[[str], None], extra: Sequence[Path] = ()) -> DeployResult:
+    """Write the report into ``stage`` and move the four files of :func:`deploy_outputs` (and the ``extra``
+    files of ``stage``) into ``out``, refusing files of an earlier deploy there unless ``overwrite``."""
     onnx_file, tpath, jpath, rpath = deploy_outputs(stage, name)
     atomic_write_text(rpath, json.dumps(json_ready(report), indent=2, sort_keys=True) + "\n")
     if not overwrite:  # again, right before the move: another process may have written meanwhile
         refuse_existing(out, name)
+        taken = [p.name for p in extra if (out / p.name).exists()]
+        if taken:
+            raise FileExistsError(f"{out} already holds {', '.join(taken)}; pass overwrite=True (--overwrite) to "
+                                  "replace it, or choose another folder or name")
     final = []
-    for p in (onnx_file, tpath, jpath, rpath):
+    for p in (onnx_file, tpath, jpath, rpath, *extra):
         os.replace(p, out / p.name)
         final.append(out / p.name)
     say(f"wrote {', '.join(str(p) for p in final)}")
-    return DeployResult(out, *final, report)
+    return DeployResult(out, *final[:4], report)
 
 
 def versions() -> dict[str, str]:
-    """The versions of repact, torch, onnx and onnxruntime, for reports."""
+    """The versions of repact, torch, onnx, onnxruntime and (when installed) openvino, for reports."""
     from .. import __version__
 
     out = {"repact": __version__, "torch": torch.__version__}
-    for mod in ("onnx", "onnxruntime"):
+    for mod in ("onnx", "onnxruntime", "openvino"):
         try:
             out[mod] = __import__(mod).__version__
         except ImportError:

@@ -1,0 +1,122 @@
+"""INT8 post-training quantization of a deployed model (``repact deploy --quantize int8``, issue 25
+point 3): the QDQ file onnxruntime writes, its outputs against FP32, the per-channel activation
+ranges and the report, on a small model and a small image folder (real files, real onnxruntime)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+
+from repact import PiecewiseQuadratic
+from repact.cli import main
+from repact.deploy.quantize import activation_ranges, quantize_int8, summarize_ranges
+
+SMALL = ["small_cnn", "--act", "repact", "--num-classes", "3", "--image-size", "16",
+         "--model-arg", "in_channels=3", "--model-arg", "width=8"]
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, " ".join(err.split())
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """train/ and val/ with 3 classes of 16x16 RGB images (class k brighter in channel k)."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 5)):
+        for k in range(3):
+            d = root / split / f"c{k}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 120, size=(16, 16, 3), dtype=np.uint8)
+                img[..., k] += 120
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def test_deploy_quantize_int8_writes_a_qdq_file_close_to_fp32_and_reports_it(tmp_path, capsys, folder):
+    out_dir = tmp_path / "out"
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--target", "onnxruntime", "--quantize", "int8",
+                        "--calibration-data", str(folder), "--calibration-images", "12", "--out", str(out_dir))
+    assert rc == 0, err
+    assert "int8: wrote" in out and "top-1 FP32" in out
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model_deploy.json", "model_deploy.safetensors",
+                                                         "model_deploy_report.json", "model_int8.onnx"]
+    report = json.loads((out_dir / "model_deploy_report.json").read_text())
+    assert report["onnx"]["target"] == "onnxruntime" and report["onnx"]["export_forms"] == {"conv_fused": 3}
+    q = report["int8"]
+    assert q["quantized_form"] == "basis"  # quantized from the plain formula, whatever the FP32 file's form
+    assert q["file"] == "model_int8.onnx" and q["calibration_images"] == 12 and q["val_images"] == 15
+    assert q["top1_loss"] == pytest.approx(q["top1_fp32"] - q["top1_int8"])
+    assert {(r["batch"], r["variant"]) for r in q["latency_onnxruntime"]} == \
+        {(1, "fp32"), (1, "int8"), (32, "fp32"), (32, "int8")}
+    assert len(q["activation_ranges"]["sites"]) == 3
+
+    # the file: QDQ with int8 weights quantized per output channel
+    proto = onnx.load(str(out_dir / "model_int8.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") >= 3 and "DequantizeLinear" in ops
+    assert "LeakyRelu" not in ops and "LeakyRelu" in {n.op_type for n in onnx.load(str(out_dir / "model.onnx")).graph.node}
+    inits = {t.name: t for t in proto.graph.initializer}
+    per_channel = 0
+    for n in proto.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8:
+            scale = numpy_helper.to_array(inits[n.input[1]])
+            per_channel += scale.size > 1
+    assert per_channel >= 3  # the three convolutions' weights
+
+    # INT8 follows FP32 (but is not the same file): the logits on val images agree to a few 8-bit steps
+    import onnxruntime as ort
+
+    x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
+                  for p in sorted((folder / "val").rglob("*.png"))])
+    fp32 = ort.InferenceSession(str(out_dir / "model.onnx")).run(None, {"input": x})[0]
+    int8 = ort.InferenceSession(str(out_dir / "model_int8.onnx")).run(None, {"input": x})[0]
+    err_rel = float(np.abs(int8 - fp32).max() / np.abs(fp32).max())
+    assert 0.0 < err_rel <= 0.05, err_rel  # 2% here; a wrong calibration range clips far more
+
+
+def test_quantize_flags_are_checked_before_anything_is_built(tmp_path, capsys, folder):
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--quantize", "int8", "--out", str(tmp_path / "a"))
+    assert rc == 2 and "--quantize int8 needs --calibration-data DIR" in err and "Traceback" not in err
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--calibration-data", str(folder), "--out", str(tmp_path / "b"))
+    assert rc == 2 and "--calibration-data is used by --quantize int8 only" in err
+    (tmp_path / "only_train" / "train").mkdir(parents=True)
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--quantize", "int8", "--calibration-data", str(tmp_path / "only_train"),
+                        "--out", str(tmp_path / "c"))
+    assert rc == 2 and "has no val/ folder" in err
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--quantize", "int8", "--calibration-data", str(folder),
+                        "--calibration-images", "0", "--out", str(tmp_path / "d"))
+    assert rc == 2 and "must be positive" in err
+    with pytest.raises(SystemExit) as exc:  # argparse's own check: exit 2, one line naming the choices
+        main(["deploy", *SMALL, "--target", "tflite", "--out", str(tmp_path / "e")])
+    assert exc.value.code == 2 and "invalid choice: 'tflite' (choose from 'generic', 'onnxruntime'" in capsys.readouterr().err
+    assert not any((tmp_path / s).exists() and any((tmp_path / s).iterdir()) for s in "abcde")
+
+
+def test_quantize_int8_needs_calibration_batches(tmp_path):
+    with pytest.raises(ValueError, match="no calibration images"):
+        quantize_int8(tmp_path / "missing.onnx", tmp_path / "q.onnx", [])
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_activation_ranges_are_per_channel_and_summarized():
+    identity = PiecewiseQuadratic([0.0], torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]]))
+    model = torch.nn.Sequential(torch.nn.Identity(), identity)
+    x = torch.zeros(2, 4, 3, 3)
+    for c in range(4):  # channel c spans [-1, 2^c - 1]; the tensor spans [-1, 7]
+        x[0, c, 0, 0], x[1, c, 2, 2] = -1.0, 2.0 ** c - 1
+    ranges = activation_ranges(model, [x[:1], x[1:]])
+    assert list(ranges) == ["1"]
+    assert ranges["1"]["min"] == [-1.0] * 4 and ranges["1"]["max"] == [0.0, 1.0, 3.0, 7.0]
+    site = summarize_ranges(ranges)["sites"]["1"]
+    # channel widths 1, 2, 4, 8: median 3; the tensor's 8 leaves the median channel 8 - log2(8 / 3) bits
+    assert site["tensor_range"] == 8.0 and site["median_channel_range"] == 3.0 and site["max_channel_range"] == 8.0
+    assert site["median_channel_bits"] == pytest.approx(8 - np.log2(8 / 3))
