@@ -37,7 +37,7 @@ from .. import _native
 from .batchnorm import accumulation_dtype
 
 __all__ = ["BACKENDS", "set_backend", "get_backend", "backend", "choose", "native_available",
-           "triton_available", "triton_interpreted", "param_dtype", "cast_params"]
+           "triton_available", "triton_interpreted", "param_dtype", "cast_params", "CallCache"]
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 _ALIASES = {"torch": "reference", "native": "cpu"}
@@ -45,6 +45,22 @@ CPU_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 _backend = "auto"
+#: changes with every :func:`set_backend`: a decision cached per input layout is keyed on it
+generation = 0
+
+
+class CallCache(dict):
+    """The per-input-layout calls a module decided (its routing, its kernels' views and launches),
+    keyed by the module; never copied or pickled (a copy of the module starts with none)."""
+
+    def __reduce__(self):
+        return (CallCache, ())
+
+    def __deepcopy__(self, memo):
+        return CallCache()
+
+    def __copy__(self):
+        return CallCache()
 
 
 def _canonical(name: str) -> str:
@@ -57,13 +73,14 @@ def _canonical(name: str) -> str:
 
 def set_backend(name: str) -> None:
     """Choose the implementation for every op: ``auto``, ``reference``, ``cpu`` or ``triton``."""
-    global _backend
+    global _backend, generation
     key = _canonical(name)
     if key == "cpu" and not native_available():
         raise RuntimeError(f"the cpu backend is unavailable: {_native.build_error()}")
     if key == "triton" and not triton_available():
         raise RuntimeError("the triton backend is unavailable: the triton package cannot be imported")
     _backend = key
+    generation += 1
 
 
 def get_backend() -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import torch
 
 from .cpu import BN_BATCH, BN_CONST, BN_NONE, TrainArgs
-from .layout import flat_view
-from .piecewise import backend_module
 
 __all__ = ["train_op"]
 
@@ -38,14 +36,18 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
 
 
-def _module(x: torch.Tensor):
-    return backend_module("cpu" if x.device.type == "cpu" else "triton")
+def _plan(x, w_raw, slope, knots, base, softmax, eps, cd, bn):
+    from .repact_train import spec_of, train_plan
+
+    return train_plan("cpu" if x.device.type == "cpu" else "triton",
+                      spec_of(w_raw, slope, knots, base, softmax, eps, cd, bn), x)
 
 
 def _forward_kernel(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps, cd):
     a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
     bn = _mode(gamma, running_mean)
-    y, mean, var = _module(x).train_forward(flat_view(x, cd, a.rows), a, bn, running_mean, running_var)
+    plan = _plan(x, w_raw, slope, knots, base, softmax, eps, cd, bn)
+    y, mean, var = plan.forward(x.contiguous() if plan.copy else x, a, running_mean, running_var)
     if bn != BN_BATCH:
         mean, var = x.new_empty(0, dtype=_stats_dtype(x)), x.new_empty(0, dtype=_stats_dtype(x))
     return y.reshape(x.shape), mean, var
@@ -53,8 +55,8 @@ def _forward_kernel(x, w_raw, slope, gamma, beta, running_mean, running_var, kno
 
 def _backward_kernel(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, bn):
     a = TrainArgs(w_raw, slope, gamma, None, knots, base, part, softmax, eps)
-    grads = _module(x).train_backward(flat_view(x, cd, a.rows), g, a, bn, mean, var, None, x.numel() // a.rows,
-                                      True, True)
+    plan = _plan(x, w_raw, slope, knots, base, softmax, eps, cd, bn)
+    grads = plan.backward(x.contiguous() if plan.copy else x, g, a, mean, var, True, True)
     gx = grads[0].reshape(x.shape)
     return [gx] + [t if t is not None else x.new_empty(0) for t in grads[1:]]
 
