@@ -151,7 +151,7 @@ def test_piecewise_quadratic_table_and_basis(cc, layout):
     with torch.no_grad():
         with backend("triton"):
             y = d(x)
-            assert torch.is_tensor(d._table_cache[1]) and d._table_cache[1].shape == (4, cc)  # the basis
+            assert torch.is_tensor(d._table_cache[1]) and d._table_cache[1].shape == (cc, 4)  # the basis
         ref = m.forward_branches(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 

@@ -37,16 +37,24 @@ from .piecewise import PiecewiseQuadratic
 __all__ = ["RepAct", "repact_branch_fn", "VARIANTS", "GRANULARITIES"]
 
 
+def _bn_state(bn) -> tuple:
+    """What a cached call of RepAct-III assumed of its BatchNorm: mode, momentum, eps, and which
+    running buffers it updates (by id: a cast or an assignment may replace them)."""
+    b = bn._buffers
+    return (bn.training, bn.momentum, bn.eps, id(b["running_mean"]), id(b["running_var"]),
+            id(b["num_batches_tracked"]))
+
+
 class _Call:
     """A RepAct's forward on one input layout: the op's :class:`repact.ops.repact_train.TrainCall`
     and where its arguments live in the module. Goes back to the checked path when the BatchNorm
     was replaced or its mode, momentum or eps changed, or the weights changed dtype."""
 
-    __slots__ = ("op", "bn", "bn_state", "batch", "running", "dtype")
+    __slots__ = ("op", "bn", "bn_state", "batch", "dtype")
 
-    def __init__(self, op, bn, batch: bool, running, dtype):
-        self.op, self.bn, self.batch, self.running, self.dtype = op, bn, batch, running, dtype
-        self.bn_state = None if bn is None else (bn.training, bn.momentum, bn.eps)
+    def __init__(self, op, bn, batch: bool, dtype):
+        self.op, self.bn, self.batch, self.dtype = op, bn, batch, dtype
+        self.bn_state = None if bn is None else _bn_state(bn)
 
     def __call__(self, m, x):
         p = m._parameters
@@ -54,15 +62,16 @@ class _Call:
         if w.dtype is not self.dtype:
             return m._forward_checked(x)
         if self.bn is None:
-            return self.op(x, w, p["prelu_weight"], None, None, None, None, None)
+            return self.op(x, w, p["prelu_weight"], None, None)
         bn = m._modules["bn"]
-        if bn is not self.bn or (bn.training, bn.momentum, bn.eps) != self.bn_state:
+        if bn is not self.bn or _bn_state(bn) != self.bn_state:
             return m._forward_checked(x)
         bp = bn._parameters
         if self.batch:
-            return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"], None, None, self.running)
+            return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"])
         bb = bn._buffers
-        return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"], None)
+        return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
+
 
 VARIANTS = ("origin", "softmax", "bn")
 GRANULARITIES = ("layer", "channel")
@@ -284,10 +293,10 @@ class RepAct(Activation):
         spec = spec_of(self.branch_weight, self.prelu_weight, self._knots, self._op_base, self.variant == "softmax",
                        bn.eps if bn is not None else 0.0, self.channel_dim(x), mode, running)
         op = module_call(dispatch.choose(x), spec, x, self._knots, self._op_base, self._op_part,
-                         self.variant == "softmax", bn.eps if bn is not None else 0.0)
+                         self.variant == "softmax", bn.eps if bn is not None else 0.0, running)
         if op is None or any(p.dtype != self._op_base.dtype for p in self.parameters()):
             return None
-        call = _Call(op, bn, batch, running, self.branch_weight.dtype)
+        call = _Call(op, bn, batch, self.branch_weight.dtype)
         if len(self._calls) >= 16:
             self._calls.clear()
         self._calls[(x.shape, x.stride(), x.dtype, x.device, self.training, dispatch.generation)] = call

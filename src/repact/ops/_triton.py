@@ -45,15 +45,20 @@ def _np2(n: int) -> int:
 
 class Launch:
     """One kernel with its grid and compile-time arguments fixed: ``launch(*args)`` runs it on
-    the runtime arguments."""
+    the runtime arguments. The compile-time arguments (the kernel's trailing parameters) go
+    positionally, after the runtime ones: Triton binds positional arguments faster than keywords."""
 
-    __slots__ = ("kernel", "grid", "consts")
+    __slots__ = ("kernel", "grid", "tail")
 
     def __init__(self, kernel, grid, **consts):
-        self.kernel, self.grid, self.consts = kernel, grid, consts
+        names = kernel.arg_names
+        tail = names[len(names) - len(consts):]
+        if set(tail) != set(consts):
+            raise TypeError(f"{kernel.__name__}: compile-time arguments {sorted(consts)} are not its last parameters")
+        self.kernel, self.grid, self.tail = kernel, grid, tuple(consts[n] for n in tail)
 
     def __call__(self, *args):
-        self.kernel.run(*args, grid=self.grid, warmup=False, **self.consts)
+        self.kernel.run(*args, *self.tail, grid=self.grid, warmup=False)
 
 
 def _tiling(O: int, C: int, I: int):
@@ -95,22 +100,23 @@ def _reduce(partials: torch.Tensor, P: int) -> torch.Tensor:
 
 # --- the piecewise quadratic ------------------------------------------------------------------------
 def prepare(knots: torch.Tensor, coeffs: torch.Tensor, dtype: torch.dtype, basis_ok: bool):
-    """(4, Cc) basis rows (a tensor) where ``basis_ok`` and the table is in RepAct's basis, else
-    (knots, (3 (K + 1), Cc) rows) (a tuple), on the table's device in the kernels' dtype. (Checking
-    the basis reads the table on the host, once per table: the caller caches the result.)"""
+    """(Cc, 4) basis coefficients (a tensor) where ``basis_ok`` and the table is in RepAct's basis,
+    else (knots, (Cc, 3 (K + 1)) coefficients) (a tuple: the table itself where it is dense in the
+    kernels' dtype), on the table's device in the kernels' dtype. (Checking the basis reads the
+    table on the host, once per table: the caller caches the result.)"""
     acc = accumulation_dtype(dtype)
     if basis_ok:
         from ..fuse import basis_coefficients
 
         b = basis_coefficients(knots.detach().cpu(), coeffs.detach().cpu(), rtol=8 * torch.finfo(acc).eps)
         if b is not None:
-            return b.rows().to(device=coeffs.device, dtype=acc).contiguous()
-    rows = coeffs.detach().to(acc).reshape(coeffs.shape[0], -1).t().contiguous()
+            return b.rows().t().to(device=coeffs.device, dtype=acc).contiguous()
+    rows = coeffs.detach().to(acc).reshape(coeffs.shape[0], -1).contiguous()
     return knots.detach().to(acc).contiguous(), rows
 
 
 def _rows(prepared):
-    """(rows (R, Cc), knots or None, K) of a prepared table."""
+    """(coefficients (Cc, R), knots or None, K) of a prepared table."""
     if torch.is_tensor(prepared):
         return prepared, None, 0
     knots, rows = prepared
@@ -123,11 +129,13 @@ class TablePlan:
 
     def __init__(self, outer: int, C: int, inner: int, prepared, dtype: torch.dtype):
         rows, _, k = _rows(prepared)
-        self.cc, self.width = rows.shape[1], rows.shape[0]
+        self.cc, self.width = rows.shape
         (bo, bc, bi), self.n, self.P = _tiling(outer, C, inner)
-        self.dims = (outer, C, inner, self.cc)
-        self.consts = dict(K=k, BASIS=self.width == 4, PER_CHANNEL=self.cc > 1, F64=dtype == torch.float64,
-                           BO=bo, BC=bc, BI=bi)
+        self.dims = (outer, C, inner)
+        self.consts = dict(K=k, R=self.width, BASIS=self.width == 4, PER_CHANNEL=self.cc > 1,
+                           F64=dtype == torch.float64, BO=bo, BC=bc, BI=bi)
+        # (shape, strides) of the backward's per-tile sums
+        self.sums = ((self.P, C, self.width), (C * self.width, self.width, 1))
         self.apply = Launch(kern.apply_kernel, (self.n,), **self.consts)
         self._backward = {}
 
@@ -144,19 +152,17 @@ class TablePlan:
             prepared = prepare(knots, coeffs, x.dtype, False)
         rows, kn, k = _rows(prepared)
         if g.stride() != x.stride() or type(g) is not torch.Tensor:
-            g = like_view(g, FlatView(x, *self.dims[:3]))
-        launch = self._backward.get((need_x, need_c, k))
+            g = like_view(g, FlatView(x, *self.dims))
+        width = rows.shape[1]
+        launch = self._backward.get((need_x, need_c, width))
         if launch is None:
-            consts = dict(self.consts, K=k, BASIS=rows.shape[0] == 4)
-            launch = self._backward[need_x, need_c, k] = Launch(kern.backward_kernel, (self.n,), R=rows.shape[0],
-                                                                NEED_X=need_x, NEED_SUMS=need_c, **consts)
+            consts = dict(self.consts, K=k, R=width, BASIS=width == 4)
+            launch = self._backward[need_x, need_c, width] = Launch(kern.backward_kernel, (self.n,), NEED_X=need_x,
+                                                                    NEED_SUMS=need_c, **consts)
         gx = torch.empty_like(x) if need_x else None
-        sums = None
-        if need_c:
-            sums = torch.empty((self.P, rows.shape[0], self.dims[1]), dtype=accumulation_dtype(x.dtype),
-                               device=x.device)
+        sums = torch.empty_strided(*self.sums, dtype=rows.dtype, device=x.device) if need_c else None
         launch(x, g, gx, rows, kn, sums, *self.dims)
-        gc = _reduce(sums, self.P).t().reshape(coeffs.shape[0], -1, 3).to(coeffs.dtype) if need_c else None
+        gc = _reduce(sums, self.P).reshape(coeffs.shape).to(coeffs.dtype) if need_c else None
         return gx, gc
 
 
@@ -195,9 +201,14 @@ class TrainPlan:
             self.finalize = Launch(tk.stats_finalize_kernel, (nf,), **self.common, RUNNING=self.in_kernel,
                                    CUMULATIVE=spec.momentum is None, MOMENTUM=float(spec.momentum or 0.0),
                                    BCF=self.bcf, BP=self.bp)
-        self.rows_per_tile = {BN_NONE: spec.width, BN_CONST: 2 + spec.width}.get(bn, 2 + 3 * spec.width)
+        self.rows_per_tile = rows = {BN_NONE: spec.width, BN_CONST: 2 + spec.width}.get(bn, 2 + 3 * spec.width)
         self.nf = nf
         self._launches = {}
+        # (shape, strides) of the scratch buffers: the per-tile sums, the statistics' sums and the
+        # BatchNorm backward's (alpha, c1, c2)
+        self.sums = ((self.P, rows, C), (rows * C, C, 1))
+        self.stat_sums = ((self.P, 2, C), (2 * C, C, 1))
+        self.affine = ((3, C), (C, 1))
 
     def _launch(self, key):
         """The backward's launches, made on first use: ("backward", mode, need_x, need_sums) or
@@ -218,15 +229,16 @@ class TrainPlan:
             self._launches[key] = launch
         return launch
 
-    def _empty(self, *shape) -> torch.Tensor:
-        return torch.empty(shape, dtype=self.acc, device=self.device)
+    def _scratch(self, layout) -> torch.Tensor:
+        # (empty_strided parses its arguments faster than empty)
+        return torch.empty_strided(*layout, dtype=self.acc, device=self.device)
 
     def moments(self, x, a: TrainArgs, running=None):
         O, C, I = self.dims
-        partials = self._empty(self.P, 2, C)
+        partials = self._scratch(self.stat_sums)
         kn = None if self.basis else a.knots
         self.stats(x, a.w_raw, a.slope, a.base, a.part, kn, partials, O, C, I)
-        mean, var = self._empty(self.spec.rows), self._empty(self.spec.rows)
+        mean, var = torch.empty_like(a.gamma), torch.empty_like(a.gamma)  # (Cc,), the parameters' dtype
         if running is not None and self.in_kernel:
             rm, rv, nbt = running.mean, running.var, running.num_batches_tracked
         else:
@@ -253,17 +265,19 @@ class TrainPlan:
         bn = self.spec.bn
         kn = None if self.basis else a.knots
         params = (a.w_raw, a.slope, a.base, a.part, kn)
+        # the parameters' gradients: their shapes, in their dtype (the kernels' accumulation dtype),
+        # dense like them
         gw = gsl = ggm = gbt = None
         if need_params:
-            gw = self._empty(*a.w_raw.shape)
-            gsl = self._empty(*a.slope.shape) if a.slope is not None else None
+            gw = torch.empty_like(a.w_raw)
+            gsl = torch.empty_like(a.slope) if a.slope is not None else None
         if bn != BN_NONE:
-            ggm, gbt = self._empty(*a.gamma.shape), self._empty(*a.gamma.shape)
+            ggm, gbt = torch.empty_like(a.gamma), torch.empty_like(a.gamma)
         if bn in (BN_NONE, BN_CONST):
             mode = 0 if bn == BN_NONE else 1
             need_sums = need_params or mode == 1
             gx = torch.empty_like(x) if need_x else None
-            partials = self._empty(self.P, self.rows_per_tile, C) if need_sums else None
+            partials = self._scratch(self.sums) if need_sums else None
             self._launch(("backward", mode, need_x, need_sums))(x, g, gx, *params, mean, var, a.gamma, None,
                                                                 partials, O, C, I)
             if need_sums:
@@ -272,12 +286,12 @@ class TrainPlan:
             return gx, gw, gsl, ggm, gbt
         # batch statistics: every sum first, then the parameters' gradients and the BatchNorm's
         # backward coefficients, then the input's gradient
-        partials = self._empty(self.P, self.rows_per_tile, C)
+        partials = self._scratch(self.sums)
         self._launch(("backward", 2, False, True))(x, g, None, *params, mean, var, a.gamma, None, partials, O, C, I)
         totals = None
         if share is not None:
             totals = share(partials[:, :2].sum(0))
-        aff = self._empty(3, C)
+        aff = self._scratch(self.affine)
         self._launch(("grad", 2, share is not None, need_params))(
             partials, self.P, totals, *params[:4], a.gamma, var, aff, gw, gsl, ggm, gbt, C,
             count if share is not None else self.count)

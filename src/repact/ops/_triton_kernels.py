@@ -3,11 +3,12 @@ training op: ``_triton_train``; the launches: ``repact.ops._triton``).
 
 A tensor is seen as (O, C, I) in memory order (``repact.ops.layout``); a program takes a tile of
 (BO, BC, BI) elements, with BC = 1 (blocks: one channel per tile) or BI = 1 (rows: channels
-along the tile). Coefficients are (R, Cc) in float32 (float64 for float64 inputs), column c for
-channel c (Cc = C) or column 0 for every element (Cc = 1): R = 4 for RepAct's basis
+along the tile). Coefficients are (Cc, R) in float32 (float64 for float64 inputs), row c for
+channel c (Cc = C) or row 0 for every element (Cc = 1): R = 4 for RepAct's basis
 (E, A, B, Q of ``E + x (A + B [x >= 0] + Q clamp(x + 3, 0, 6))``), R = 3 (K + 1) for a table on K
-knots (row s * 3 + j multiplies x^j on segment s). Sums are written per tile (partials
-(P, R, C), P = tiles per channel) and reduced in a second pass, in float32 or float64.
+knots (coefficient s * 3 + j multiplies x^j on segment s: the (Cc, S, 3) table as it is). Sums are
+written per tile (partials, P = tiles per channel) and reduced in a second pass, in float32 or
+float64.
 """
 
 from __future__ import annotations
@@ -34,19 +35,19 @@ def _tile(pid, O, C, I, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
 
 
 @triton.jit
-def _coef(coef, r, c, cmask, CC, PER_CHANNEL: tl.constexpr):
-    """Row r of the coefficients for channels c, shaped (1, BC, 1)."""
+def _coef(coef, r, c, cmask, R: tl.constexpr, PER_CHANNEL: tl.constexpr):
+    """Coefficient r of channels c from the (Cc, R) table, shaped (1, BC, 1)."""
     if PER_CHANNEL:
-        v = tl.load(coef + r * CC + c, mask=cmask, other=0.0)
+        v = tl.load(coef + c * R + r, mask=cmask, other=0.0)
     else:
-        v = tl.load(coef + r * CC + c * 0, mask=cmask, other=0.0)
+        v = tl.load(coef + c * 0 + r, mask=cmask, other=0.0)
     return v[None, :, None]
 
 
 @triton.jit
-def _row(coef, r, c, cmask, CC, PER_CHANNEL: tl.constexpr, w, sl, base, part, R: tl.constexpr, NB: tl.constexpr,
+def _row(coef, r, c, cmask, PER_CHANNEL: tl.constexpr, w, sl, base, part, R: tl.constexpr, NB: tl.constexpr,
          NBP: tl.constexpr, HAS_SLOPE: tl.constexpr, FROM_PARAMS: tl.constexpr):
-    """Row r of the coefficients for channels c, shaped (1, BC, 1): read from ``coef`` (R, Cc), or
+    """Coefficient r of channels c, shaped (1, BC, 1): read from ``coef`` (Cc, R), or
     with FROM_PARAMS computed from RepAct's parameters, ``sum_b w[c, b] (base[b, r] + sl[c]
     part[b, r])`` with w (BC, NBP) the branch weights and sl (BC,) the slope (``_weights``)."""
     if FROM_PARAMS:
@@ -57,12 +58,12 @@ def _row(coef, r, c, cmask, CC, PER_CHANNEL: tl.constexpr, w, sl, base, part, R:
             v += sl * tl.sum(w * tl.load(part + b * R + r, mask=bm, other=0.0)[None, :], axis=1)
         out = v[None, :, None]
     else:
-        out = _coef(coef, r, c, cmask, CC, PER_CHANNEL)
+        out = _coef(coef, r, c, cmask, R, PER_CHANNEL)
     return out
 
 
 @triton.jit
-def _evaluate_rows(x, coef, knots, c, cmask, CC, K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr,
+def _evaluate_rows(x, coef, knots, c, cmask, K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr,
                    w, sl, base, part, R: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
                    HAS_SLOPE: tl.constexpr, FROM_PARAMS: tl.constexpr):
     """s(x), its right derivative s'(x) and the parts the coefficient sums need: (s, ds, u, seg),
@@ -74,10 +75,10 @@ def _evaluate_rows(x, coef, knots, c, cmask, CC, K: tl.constexpr, BASIS: tl.cons
     +-inf), s' = a1 + 2 a2 x (the same), u = a2.
     """
     if BASIS:
-        e = _row(coef, 0, c, cmask, CC, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
-        a = _row(coef, 1, c, cmask, CC, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
-        b = _row(coef, 2, c, cmask, CC, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
-        q = _row(coef, 3, c, cmask, CC, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
+        e = _row(coef, 0, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
+        a = _row(coef, 1, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
+        b = _row(coef, 2, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
+        q = _row(coef, 3, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
         u = tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0)
         t = a + tl.where(x >= 0, b, 0.0) + q * u
         s = e + x * t
@@ -92,11 +93,11 @@ def _evaluate_rows(x, coef, knots, c, cmask, CC, K: tl.constexpr, BASIS: tl.cons
         u = tl.zeros(x.shape, x.dtype)
         for sg in tl.static_range(K + 1):
             on = seg == sg
-            a0 = tl.where(on, _row(coef, sg * 3, c, cmask, CC, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE,
+            a0 = tl.where(on, _row(coef, sg * 3, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE,
                                    FROM_PARAMS), a0)
-            t = tl.where(on, _row(coef, sg * 3 + 1, c, cmask, CC, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
+            t = tl.where(on, _row(coef, sg * 3 + 1, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
                                   HAS_SLOPE, FROM_PARAMS), t)
-            u = tl.where(on, _row(coef, sg * 3 + 2, c, cmask, CC, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
+            u = tl.where(on, _row(coef, sg * 3 + 2, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
                                   HAS_SLOPE, FROM_PARAMS), u)
         s = a0 + x * (t + tl.where(u == 0, 0.0, u * x))
         ds = t + tl.where(u == 0, 0.0, 2.0 * u * x)
@@ -104,9 +105,10 @@ def _evaluate_rows(x, coef, knots, c, cmask, CC, K: tl.constexpr, BASIS: tl.cons
 
 
 @triton.jit
-def _evaluate(x, coef, knots, c, cmask, CC, K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr):
-    """``_evaluate_rows`` with the rows read from ``coef`` (R, Cc)."""
-    return _evaluate_rows(x, coef, knots, c, cmask, CC, K, BASIS, PER_CHANNEL, 0.0, 0.0, coef, coef, 1, 1, 1, False,
+def _evaluate(x, coef, knots, c, cmask, K: tl.constexpr, R: tl.constexpr, BASIS: tl.constexpr,
+              PER_CHANNEL: tl.constexpr):
+    """``_evaluate_rows`` with the coefficients read from ``coef`` (Cc, R)."""
+    return _evaluate_rows(x, coef, knots, c, cmask, K, BASIS, PER_CHANNEL, 0.0, 0.0, coef, coef, R, 1, 1, False,
                           False)
 
 
@@ -156,33 +158,34 @@ def _channel_values(ptr, c, cmask, PER_CHANNEL: tl.constexpr):
 
 
 @triton.jit
-def apply_kernel(x, y, coef, knots, O, C, I, CC, K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr,
-                 F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
+def apply_kernel(x, y, coef, knots, O, C, I, K: tl.constexpr, R: tl.constexpr, BASIS: tl.constexpr,
+                 PER_CHANNEL: tl.constexpr, F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
     """The table op's forward, y = s(x)."""
     offs, mask, c, _ = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     xv = _load_x(x, offs, mask, F64)
-    s, _ds, _u, _seg = _evaluate(xv, coef, knots, c, cmask, CC, K, BASIS, PER_CHANNEL)
+    s, _ds, _u, _seg = _evaluate(xv, coef, knots, c, cmask, K, R, BASIS, PER_CHANNEL)
     tl.store(y + offs, s.to(y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def backward_kernel(x, g, gx, coef, knots, partials, O, C, I, CC,
+def backward_kernel(x, g, gx, coef, knots, partials, O, C, I,
                     K: tl.constexpr, R: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr, NEED_X: tl.constexpr,
                     NEED_SUMS: tl.constexpr, F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
     """The table op's backward: gx = g s'(x) and per tile and channel the coefficient gradients'
-    sums, g ds/d(row r) (``_phi``). partials: (P, R, C)."""
+    sums, g ds/d(coefficient r) (``_phi``). partials: (P, C, R), so that their sum over P is the
+    table's gradient (Cc, R)."""
     offs, mask, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     xv = _load_x(x, offs, mask, F64)
     h = _load_x(g, offs, mask, F64)
-    s, ds, u, seg = _evaluate(xv, coef, knots, c, cmask, CC, K, BASIS, PER_CHANNEL)
+    s, ds, u, seg = _evaluate(xv, coef, knots, c, cmask, K, R, BASIS, PER_CHANNEL)
     if NEED_X:
         tl.store(gx + offs, (h * ds).to(gx.dtype.element_ty), mask=mask)
     if NEED_SUMS:
-        base = partials + p * R * C + c
+        base = partials + (p * C + c) * R
         for r in tl.static_range(R):
-            tl.store(base + r * C, _tile_sum(h * _phi(xv, u, seg, r, BASIS)), mask=cmask)
+            tl.store(base + r, _tile_sum(h * _phi(xv, u, seg, r, BASIS)), mask=cmask)
 
 
 @triton.jit

@@ -59,7 +59,7 @@ def _weights(w_raw, slope, c, cmask, NB: tl.constexpr, NBP: tl.constexpr, PER_CH
 def _s(x, knots, c, cmask, w, sl, base, part, K: tl.constexpr, R: tl.constexpr, NB: tl.constexpr,
        NBP: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_SLOPE: tl.constexpr):
     """(s, s', u, seg) of ``_evaluate_rows`` with the coefficients made from the parameters."""
-    return _evaluate_rows(x, base, knots, c, cmask, 1, K, BASIS, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
+    return _evaluate_rows(x, base, knots, c, cmask, K, BASIS, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
                           HAS_SLOPE, True)
 
 

@@ -143,37 +143,56 @@ def train_plan(name: str, spec: TrainSpec, x: torch.Tensor):
     return plan
 
 
-def _forward(plan, x, a: TrainArgs, running_mean, running_var, group, running):
-    """(y, mean, var, count) from a plan; with a group the statistics of every process's batch
-    (count-weighted), gathered between the statistics pass and the forward pass."""
-    spec = plan.spec
-    if plan.copy:
-        x = x.contiguous()
-    if spec.bn == BN_GIVEN:
-        mean, var = plan.moments(x, a)
-        mean, var, count = gather_moments(plan.count, mean, var, group)
-        y, _, _ = plan.forward(x, a, mean, var)
-        if running is not None:
-            update_buffers(running, mean, var, count)
-        return y, mean, var, count
-    if spec.bn == BN_CONST:
-        y, _, _ = plan.forward(x, a, running_mean, running_var)
-        return y, None, None, 0
-    y, mean, var = plan.forward(x, a, None, None, running)
-    return y, mean, var, plan.count
+class TrainCall:
+    """The op bound to a plan and to the arguments that stay fixed between calls (the fuse
+    constants, the process group, the running statistics to update): ``call(x, w_raw, slope, gamma,
+    beta, mean, var)`` returns y (through autograd when grad mode is on); ``mean``/``var`` are the
+    constant statistics (BN_CONST). A module keeps one per input layout; :func:`repact_train` makes
+    one per call."""
+
+    __slots__ = ("plan", "knots", "base", "part", "softmax", "eps", "group", "running")
+
+    def __init__(self, plan, knots, base, part, softmax: bool, eps: float, group=None,
+                 running: Optional[Running] = None):
+        self.plan, self.knots, self.base, self.part, self.softmax, self.eps = plan, knots, base, part, softmax, eps
+        self.group, self.running = group, running
+
+    def args(self, w_raw, slope, gamma, beta) -> TrainArgs:
+        return TrainArgs(w_raw, slope, gamma, beta, self.knots, self.base, self.part, self.softmax, self.eps)
+
+    def run(self, x, w_raw, slope, gamma, beta, mean, var):
+        """(y, mean, var, count) without autograd; with a group the statistics of every process's
+        batch (count-weighted), gathered between the statistics pass and the forward pass."""
+        plan = self.plan
+        if plan.copy:
+            x = x.contiguous()
+        a = self.args(w_raw, slope, gamma, beta)
+        if plan.spec.bn == BN_GIVEN:
+            mean, var = plan.moments(x, a)
+            mean, var, count = gather_moments(plan.count, mean, var, self.group)
+            y = plan.forward(x, a, mean, var)[0]
+            if self.running is not None:
+                update_buffers(self.running, mean, var, count)
+            return y, mean, var, count
+        y, mean, var = plan.forward(x, a, mean, var, self.running)
+        return y, mean, var, plan.count
+
+    def __call__(self, x, w_raw, slope, gamma, beta, mean=None, var=None):
+        if torch.is_grad_enabled():
+            return _TrainFn.apply(x, w_raw, slope, gamma, beta, mean, var, self, False)
+        return self.run(x, w_raw, slope, gamma, beta, mean, var)[0]
 
 
 class _TrainFn(torch.autograd.Function):
-    """Eager autograd of a plan's kernels; keeps the input and the tiny parameters only. Returns y,
-    and for batch statistics (y, mean, var, count) (mean and var not differentiable)."""
+    """Eager autograd of a :class:`TrainCall`; keeps the input and the tiny parameters only. Returns
+    y, or with ``stats`` (y, mean, var, count) (mean and var not differentiable)."""
 
     @staticmethod
-    def forward(ctx, x, w_raw, slope, gamma, beta, call):
-        plan, a, running_mean, running_var, group, running = call
-        y, mean, var, count = _forward(plan, x, a, running_mean, running_var, group, running)
-        ctx.save_for_backward(x)
-        ctx.call = (plan, a, running_mean if mean is None else mean, running_var if var is None else var, group, count)
-        if mean is None:
+    def forward(ctx, x, w_raw, slope, gamma, beta, mean, var, call, stats):
+        y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, mean, var)
+        ctx.save_for_backward(x, w_raw, slope, gamma)
+        ctx.call = (call, mean, var, count)
+        if not stats:
             return y
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)  # (no zero gradients made for mean and var)
@@ -181,48 +200,30 @@ class _TrainFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g, *_):
-        x, = ctx.saved_tensors
-        plan, a, mean, var, group, count = ctx.call
+        call, mean, var, count = ctx.call
         if g is None:  # y unused: every gradient is zero (the processes of a group still meet)
-            if group is None:
-                return None, None, None, None, None, None
-            g = torch.zeros_like(x)
+            if call.group is None:
+                return None, None, None, None, None, None, None, None, None
+            g = torch.zeros_like(ctx.saved_tensors[0])
+        x, w_raw, slope, gamma = ctx.saved_tensors
+        plan = call.plan
         if plan.copy:
             x = x.contiguous()
         need = ctx.needs_input_grad
         share = None
-        if group is not None:
+        if call.group is not None:
             import torch.distributed as dist
 
             def share(local):
-                dist.all_reduce(local, group=group)
+                dist.all_reduce(local, group=call.group)
                 return local
         # (autograd runs a Function's backward with grad mode off, unless asked for a graph of it,
         # which the kernels cannot give)
-        gx, gw, gsl, ggm, gbt = plan.backward(x, g, a, mean, var, need[0], need[1] or need[2], share, count)
+        gx, gw, gsl, ggm, gbt = plan.backward(x, g, call.args(w_raw, slope, gamma, None), mean, var, need[0],
+                                              need[1] or need[2], share, count)
         if gx is not None and gx.shape != x.shape:
             gx = gx.reshape(x.shape)
-        return gx, gw, gsl, ggm, gbt, None
-
-
-class TrainCall:
-    """A module's training op on one input layout, decided once: ``call(x, w_raw, slope, gamma,
-    beta, running_mean, running_var, running)`` runs the plan (through autograd when grad mode is
-    on) and returns y. Valid while the backend setting, the parameters' dtypes and the module's
-    configuration stay what they were when it was made (the module keys and drops it)."""
-
-    __slots__ = ("plan", "knots", "base", "part", "softmax", "eps")
-
-    def __init__(self, plan, knots, base, part, softmax: bool, eps: float):
-        self.plan, self.knots, self.base, self.part, self.softmax, self.eps = plan, knots, base, part, softmax, eps
-
-    def __call__(self, x, w_raw, slope, gamma, beta, running_mean, running_var, running):
-        a = TrainArgs(w_raw, slope, gamma, beta, self.knots, self.base, self.part, self.softmax, self.eps)
-        if torch.is_grad_enabled():
-            out = _TrainFn.apply(x, w_raw, slope, gamma, beta, (self.plan, a, running_mean, running_var, None, running))
-            return out if type(out) is torch.Tensor else out[0]
-        with torch.no_grad():
-            return _forward(self.plan, x, a, running_mean, running_var, None, running)[0]
+        return gx, gw, gsl, ggm, gbt, None, None, None, None
 
 
 def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
@@ -239,18 +240,20 @@ def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Ten
     from :func:`repact.ops.dispatch.choose`; every tensor but ``x`` (and ``running``'s buffers) is
     cast to :func:`repact.ops.dispatch.param_dtype` of ``x`` first, whichever backend runs.
     """
-    w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part = cast_params(
-        x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part)
+    # (dense too: the kernels index the parameters as dense arrays)
+    w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part = (
+        t if t is None else t.contiguous() for t in cast_params(
+            x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part))
     spec = spec_of(w_raw, slope, knots, base, softmax, eps, channel_dim, _bn_mode(gamma, running_mean, group), running)
     if not spec.update:
         running = None
+    batch = spec.bn in (BN_BATCH, BN_GIVEN)
     if torch.compiler.is_compiling() and group is None:
         if choose(x, compiled=True) != "reference":
             from . import registered
 
             y, mean, var = registered.train_op(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base,
                                                part, softmax, eps, channel_dim)
-            batch = spec.bn == BN_BATCH
             count = x.numel() // spec.rows if batch else 0
             if running is not None:
                 update_buffers(running, mean, var, count)
@@ -259,13 +262,10 @@ def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Ten
     else:
         name = choose(x)
     plan = None if name == "reference" else train_plan(name, spec, x)
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or w_raw.requires_grad or (slope is not None and slope.requires_grad)
-        or (gamma is not None and gamma.requires_grad) or (beta is not None and beta.requires_grad))
     if plan is None:
         args = (x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps,
                 channel_dim, group)
-        if needs_grad:
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w_raw, slope, gamma, beta)):
             # plain ops, recomputed from x in backward (left to itself, autograd or the compiler's
             # partitioner would keep the masks and intermediates instead)
             out = checkpoint(reference.repact_train, *args, use_reentrant=False)
@@ -274,18 +274,20 @@ def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Ten
         if running is not None:
             update_buffers(running, out[1], out[2], out[3])
         return out
-    a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
-    if needs_grad:
-        out = _TrainFn.apply(x, w_raw, slope, gamma, beta, (plan, a, running_mean, running_var, group, running))
-        return (out, None, None, 0) if type(out) is torch.Tensor else out
-    with torch.no_grad():
-        return _forward(plan, x, a, running_mean, running_var, group, running)
+    call = TrainCall(plan, knots, base, part, softmax, eps, group, running)
+    if torch.is_grad_enabled():
+        if not batch:
+            return _TrainFn.apply(x, w_raw, slope, gamma, beta, running_mean, running_var, call, False), None, None, 0
+        return _TrainFn.apply(x, w_raw, slope, gamma, beta, None, None, call, True)
+    y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, running_mean, running_var)
+    return (y, mean, var, count) if batch else (y, None, None, 0)
 
 
-def module_call(name: str, spec: TrainSpec, x: torch.Tensor, knots, base, part, softmax: bool, eps: float):
+def module_call(name: str, spec: TrainSpec, x: torch.Tensor, knots, base, part, softmax: bool, eps: float,
+                running: Optional[Running] = None):
     """A :class:`TrainCall` for a module whose parameters already have :func:`repact.ops.dispatch.param_dtype`
     of ``x``, or None where the reference would run (no plan: ``repact_train`` then decides per call)."""
     if name == "reference" or dispatch.param_dtype(x) != base.dtype:
         return None
     plan = train_plan(name, spec, x)
-    return None if plan is None else TrainCall(plan, knots, base, part, softmax, eps)
+    return None if plan is None else TrainCall(plan, knots, base, part, softmax, eps, None, running)
