@@ -26,7 +26,7 @@ import triton
 from . import _triton_kernels as kern
 from . import _triton_train as tk
 from .batchnorm import accumulation_dtype
-from .cpu import BN_BATCH, BN_CONST, BN_GIVEN, BN_NONE, TrainArgs  # noqa: F401
+from .cpu import BN_BATCH, BN_CONST, BN_GIVEN, BN_NONE  # noqa: F401
 from .layout import FlatView, like_view
 
 _TILE = 1024  # elements per program
@@ -169,14 +169,18 @@ class TablePlan:
 # --- RepAct's training op ------------------------------------------------------------------------------
 class TrainPlan:
     """RepAct's training op (:class:`repact.ops.repact_train.TrainSpec`) on one input layout (O, C, I):
-    the launches of ``_triton_train`` with their grids and compile-time arguments.
+    the launches of ``_triton_train`` with their grids and compile-time arguments, and the shapes
+    of each pass's scratch buffers.
 
-    ``forward(x, a, mean, var, running) -> (y, mean, var)``: batch statistics (BN_BATCH) are
-    computed, and ``running``'s statistics updated, in the kernels; BN_GIVEN/BN_CONST take
-    ``mean``/``var``. ``moments(x, a)``: the batch statistics alone (BN_GIVEN: this process's).
-    ``backward(x, g, a, mean, var, need_x, need_params, share, count) -> (gx, g_w_raw, g_slope,
-    g_gamma, g_beta)`` in the parameters' dtype; ``share`` (BN_GIVEN) maps this process's sums of
-    g and g (s - mean) to every process's, which cover ``count`` values per table.
+    The parameters come in the kernels' dtype, dense; ``call`` (a
+    :class:`repact.ops.repact_train.TrainCall`) holds the rest of the op's arguments.
+    ``forward(x, w_raw, slope, gamma, beta, mean, var, call) -> (y, mean, var)``: batch statistics
+    (BN_BATCH) are computed, and ``call.running``'s statistics updated, in the kernels;
+    BN_GIVEN/BN_CONST take ``mean``/``var``. ``moments(x, w_raw, slope, call)``: the batch
+    statistics alone (BN_GIVEN: this process's). ``backward(x, g, w_raw, slope, gamma, mean, var,
+    call, need_x, need_params, share, count) -> (gx, g_w_raw, g_slope, g_gamma, g_beta)``;
+    ``share`` (BN_GIVEN) maps this process's sums of g and g (s - mean) to every process's, which
+    cover ``count`` values per table.
     """
 
     def __init__(self, spec, outer: int, C: int, inner: int, copy: bool, dtype: torch.dtype, device):
@@ -190,115 +194,116 @@ class TrainPlan:
         self.common = dict(K=spec.knots, R=spec.width, NB=spec.nb, NBP=_np2(spec.nb), BASIS=self.basis,
                            PER_CHANNEL=spec.rows > 1, HAS_SLOPE=spec.slope, SOFTMAX=spec.softmax,
                            F64=dtype == torch.float64)
-        bn = spec.bn
+        bn = self.bn = spec.bn
         # batch statistics update the running ones in the kernels; across processes after the gather
         self.in_kernel = spec.update and bn == BN_BATCH
         self.apply = Launch(tk.apply_kernel, (n,), **self.common, BN=bn != BN_NONE, EPS=spec.eps,
                             BUMP=self.in_kernel, **self.tile)
-        self.bcf, self.bp, nf = _finalize_tiling(C, self.P)
-        if bn in (BN_BATCH, BN_GIVEN):
-            self.stats = Launch(tk.stats_kernel, (n,), **self.common, **self.tile)
-            self.finalize = Launch(tk.stats_finalize_kernel, (nf,), **self.common, RUNNING=self.in_kernel,
-                                   CUMULATIVE=spec.momentum is None, MOMENTUM=float(spec.momentum or 0.0),
-                                   BCF=self.bcf, BP=self.bp)
+        self.bcf, self.bp, self.nf = _finalize_tiling(C, self.P)
+        C = self.dims[1]
         self.rows_per_tile = rows = {BN_NONE: spec.width, BN_CONST: 2 + spec.width}.get(bn, 2 + 3 * spec.width)
-        self.nf = nf
-        self._launches = {}
-        # (shape, strides) of the scratch buffers: the per-tile sums, the statistics' sums and the
-        # BatchNorm backward's (alpha, c1, c2)
+        # (shape, strides) of the scratch buffers: the per-tile sums of the backward and of the
+        # statistics, the statistics, the BatchNorm backward's (alpha, c1, c2)
         self.sums = ((self.P, rows, C), (rows * C, C, 1))
         self.stat_sums = ((self.P, 2, C), (2 * C, C, 1))
+        self.stat = ((spec.rows,), (1,))
         self.affine = ((3, C), (C, 1))
-
-    def _launch(self, key):
-        """The backward's launches, made on first use: ("backward", mode, need_x, need_sums) or
-        ("grad", mode, given, need_w)."""
-        launch = self._launches.get(key)
-        if launch is None:
-            if key[0] == "backward":
-                _, mode, need_x, need_sums = key
-                launch = Launch(tk.backward_kernel, (self.n,), **self.common, MODE=mode, EPS=self.spec.eps,
-                                NEED_X=need_x, NEED_SUMS=need_sums, **self.tile)
-            else:
-                _, mode, given, need_w = key
-                c = self.common
-                launch = Launch(tk.grad_kernel, (self.nf,), R=c["R"], ROWS=self.rows_per_tile, NB=c["NB"],
-                                NBP=c["NBP"], PER_CHANNEL=c["PER_CHANNEL"], HAS_SLOPE=c["HAS_SLOPE"],
-                                SOFTMAX=c["SOFTMAX"], MODE=mode, GIVEN=given, EPS=self.spec.eps, NEED_W=need_w,
-                                BCF=self.bcf, BP=self.bp)
-            self._launches[key] = launch
-        return launch
+        if bn in (BN_BATCH, BN_GIVEN):
+            self.stats = Launch(tk.stats_kernel, (n,), **self.common, **self.tile)
+            self.finalize = Launch(tk.stats_finalize_kernel, (self.nf,), **self.common, RUNNING=self.in_kernel,
+                                   CUMULATIVE=spec.momentum is None, MOMENTUM=float(spec.momentum or 0.0),
+                                   BCF=self.bcf, BP=self.bp)
+        self._backward = {}
 
     def _scratch(self, layout) -> torch.Tensor:
         # (empty_strided parses its arguments faster than empty)
         return torch.empty_strided(*layout, dtype=self.acc, device=self.device)
 
-    def moments(self, x, a: TrainArgs, running=None):
+    def moments(self, x, w_raw, slope, call):
         O, C, I = self.dims
-        partials = self._scratch(self.stat_sums)
-        kn = None if self.basis else a.knots
-        self.stats(x, a.w_raw, a.slope, a.base, a.part, kn, partials, O, C, I)
-        mean, var = torch.empty_like(a.gamma), torch.empty_like(a.gamma)  # (Cc,), the parameters' dtype
-        if running is not None and self.in_kernel:
-            rm, rv, nbt = running.mean, running.var, running.num_batches_tracked
-        else:
-            rm = rv = nbt = None
-        self.finalize(x, a.w_raw, a.slope, a.base, a.part, kn, partials, self.P, mean, var, rm, rv, nbt, C, I,
+        sums = self._scratch(self.stat_sums)
+        kn = None if self.basis else call.knots
+        self.stats(x, w_raw, slope, call.base, call.part, kn, sums, O, C, I)
+        mean, var = self._scratch(self.stat), self._scratch(self.stat)
+        running = call.running if self.in_kernel else None
+        rm, rv, nbt = (None, None, None) if running is None else running[:3]
+        self.finalize(x, w_raw, slope, call.base, call.part, kn, sums, self.P, mean, var, rm, rv, nbt, C, I,
                       self.count)
         return mean, var
 
-    def forward(self, x, a: TrainArgs, mean=None, var=None, running=None):
+    def forward(self, x, w_raw, slope, gamma, beta, mean, var, call):
         nbt = None
-        if self.spec.bn == BN_BATCH:
-            mean, var = self.moments(x, a, running)
-            if running is not None:
-                nbt = running.num_batches_tracked
+        if self.bn == BN_BATCH:
+            mean, var = self.moments(x, w_raw, slope, call)
+            if self.in_kernel and call.running is not None:
+                nbt = call.running.num_batches_tracked
         y = torch.empty_like(x)
-        self.apply(x, y, a.w_raw, a.slope, a.base, a.part, None if self.basis else a.knots, mean, var, a.gamma,
-                   a.beta, nbt, *self.dims)
+        self.apply(x, y, w_raw, slope, call.base, call.part, None if self.basis else call.knots, mean, var, gamma,
+                   beta, nbt, *self.dims)
         return y, mean, var
 
-    def backward(self, x, g, a: TrainArgs, mean, var, need_x: bool, need_params: bool, share=None, count=None):
+    def _backward_launches(self, need_x: bool, need_params: bool, given: bool):
+        """(mode, first, grad, last) of one backward configuration, made on first use: the sums pass
+        (with the input's gradient unless batch statistics), the parameters' gradients, and for batch
+        statistics the input's gradient."""
+        key = (need_x, need_params, given)
+        steps = self._backward.get(key)
+        if steps is None:
+            spec, c = self.spec, self.common
+            mode = {BN_NONE: 0, BN_CONST: 1}.get(self.bn, 2)
+            need_sums = need_params or mode != 0
+
+            def backward(m, nx, ns):
+                return Launch(tk.backward_kernel, (self.n,), **c, MODE=m, EPS=spec.eps, NEED_X=nx, NEED_SUMS=ns,
+                              **self.tile)
+
+            grad = None
+            if need_sums:
+                grad = Launch(tk.grad_kernel, (self.nf,), R=c["R"], ROWS=self.rows_per_tile, NB=c["NB"],
+                              NBP=c["NBP"], PER_CHANNEL=c["PER_CHANNEL"], HAS_SLOPE=c["HAS_SLOPE"],
+                              SOFTMAX=c["SOFTMAX"], MODE=mode, GIVEN=given, EPS=spec.eps, NEED_W=need_params,
+                              BCF=self.bcf, BP=self.bp)
+            last = backward(3, True, False) if mode == 2 and need_x else None
+            steps = self._backward[key] = (mode, backward(mode, need_x and mode != 2, need_sums), grad, last)
+        return steps
+
+    def backward(self, x, g, w_raw, slope, gamma, mean, var, call, need_x: bool, need_params: bool, share=None,
+                 count=None):
         O, C, I = self.dims
         if g.stride() != x.stride() or type(g) is not torch.Tensor:
             g = like_view(g, FlatView(x, O, C, I))
-        bn = self.spec.bn
-        kn = None if self.basis else a.knots
-        params = (a.w_raw, a.slope, a.base, a.part, kn)
-        # the parameters' gradients: their shapes, in their dtype (the kernels' accumulation dtype),
-        # dense like them
+        mode, first, grad, last = self._backward_launches(need_x, need_params, share is not None)
+        params = (w_raw, slope, call.base, call.part, None if self.basis else call.knots)
+        # the parameters' gradients: their shapes, in their dtype (the kernels'), dense like them
         gw = gsl = ggm = gbt = None
         if need_params:
-            gw = torch.empty_like(a.w_raw)
-            gsl = torch.empty_like(a.slope) if a.slope is not None else None
-        if bn != BN_NONE:
-            ggm, gbt = torch.empty_like(a.gamma), torch.empty_like(a.gamma)
-        if bn in (BN_NONE, BN_CONST):
-            mode = 0 if bn == BN_NONE else 1
-            need_sums = need_params or mode == 1
+            gw = torch.empty_like(w_raw)
+            if slope is not None:
+                gsl = torch.empty_like(slope)
+        if mode != 0:
+            ggm, gbt = torch.empty_like(gamma), torch.empty_like(gamma)
+        if mode != 2:
+            # RepAct-I/II and constant statistics: the input's gradient and the sums in one pass
             gx = torch.empty_like(x) if need_x else None
-            partials = self._scratch(self.sums) if need_sums else None
-            self._launch(("backward", mode, need_x, need_sums))(x, g, gx, *params, mean, var, a.gamma, None,
-                                                                partials, O, C, I)
-            if need_sums:
-                self._launch(("grad", mode, False, need_params))(partials, self.P, None, *params[:4], a.gamma, var,
-                                                                 None, gw, gsl, ggm, gbt, C, self.count)
+            sums = self._scratch(self.sums) if grad is not None else None
+            first(x, g, gx, *params, mean, var, gamma, None, sums, O, C, I)
+            if grad is not None:
+                grad(sums, self.P, None, *params[:4], gamma, var, None, gw, gsl, ggm, gbt, C, self.count)
             return gx, gw, gsl, ggm, gbt
         # batch statistics: every sum first, then the parameters' gradients and the BatchNorm's
         # backward coefficients, then the input's gradient
-        partials = self._scratch(self.sums)
-        self._launch(("backward", 2, False, True))(x, g, None, *params, mean, var, a.gamma, None, partials, O, C, I)
+        sums = self._scratch(self.sums)
+        first(x, g, None, *params, mean, var, gamma, None, sums, O, C, I)
         totals = None
         if share is not None:
-            totals = share(partials[:, :2].sum(0))
+            totals = share(sums[:, :2].sum(0))
         aff = self._scratch(self.affine)
-        self._launch(("grad", 2, share is not None, need_params))(
-            partials, self.P, totals, *params[:4], a.gamma, var, aff, gw, gsl, ggm, gbt, C,
-            count if share is not None else self.count)
+        grad(sums, self.P, totals, *params[:4], gamma, var, aff, gw, gsl, ggm, gbt, C,
+             count if share is not None else self.count)
         gx = None
         if need_x:
             gx = torch.empty_like(x)
-            self._launch(("backward", 3, True, False))(x, g, gx, *params, mean, var, a.gamma, aff, None, O, C, I)
+            last(x, g, gx, *params, mean, var, gamma, aff, None, O, C, I)
         return gx, gw, gsl, ggm, gbt
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .cpu import BN_BATCH, BN_CONST, BN_NONE, TrainArgs
+from .cpu import BN_BATCH, BN_CONST, BN_NONE
 
 __all__ = ["train_op"]
 
@@ -36,27 +36,26 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
 
 
-def _plan(x, w_raw, slope, knots, base, softmax, eps, cd, bn):
-    from .repact_train import spec_of, train_plan
+def _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn):
+    from .repact_train import TrainCall, spec_of, train_plan
 
-    return train_plan("cpu" if x.device.type == "cpu" else "triton",
-                      spec_of(w_raw, slope, knots, base, softmax, eps, cd, bn), x)
+    plan = train_plan("cpu" if x.device.type == "cpu" else "triton", spec_of(w_raw, slope, knots, base, softmax, eps,
+                                                                             cd, bn), x)
+    return TrainCall(plan, knots, base, part, softmax, eps), (x.contiguous() if plan.copy else x)
 
 
 def _forward_kernel(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps, cd):
-    a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
     bn = _mode(gamma, running_mean)
-    plan = _plan(x, w_raw, slope, knots, base, softmax, eps, cd, bn)
-    y, mean, var = plan.forward(x.contiguous() if plan.copy else x, a, running_mean, running_var)
+    call, xv = _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn)
+    y, mean, var = call.plan.forward(xv, w_raw, slope, gamma, beta, running_mean, running_var, call)
     if bn != BN_BATCH:
         mean, var = x.new_empty(0, dtype=_stats_dtype(x)), x.new_empty(0, dtype=_stats_dtype(x))
     return y.reshape(x.shape), mean, var
 
 
 def _backward_kernel(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, bn):
-    a = TrainArgs(w_raw, slope, gamma, None, knots, base, part, softmax, eps)
-    plan = _plan(x, w_raw, slope, knots, base, softmax, eps, cd, bn)
-    grads = plan.backward(x.contiguous() if plan.copy else x, g, a, mean, var, True, True)
+    call, xv = _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn)
+    grads = call.plan.backward(xv, g, w_raw, slope, gamma, mean, var, call, True, True)
     gx = grads[0].reshape(x.shape)
     return [gx] + [t if t is not None else x.new_empty(0) for t in grads[1:]]
 

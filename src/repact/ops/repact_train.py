@@ -84,30 +84,33 @@ def spec_of(w_raw, slope, knots, base, softmax: bool, eps: float, cd: int, bn: i
 
 class ViewPlan:
     """A backend's training entry points (``train_forward``/``train_sums``/``train_backward``, as
-    :mod:`repact.ops.cpu` has them) on one input layout, with the running update after the forward."""
+    :mod:`repact.ops.cpu` has them) on one input layout, with the interface of the Triton backend's
+    ``TrainPlan`` (the running update after the forward)."""
 
     def __init__(self, mod, spec: TrainSpec, outer: int, C: int, inner: int, copy: bool):
         self.mod, self.spec, self.copy = mod, spec, copy
         self.dims = (outer, C, inner)
         self.count = outer * C * inner // spec.rows
 
-    def forward(self, x, a: TrainArgs, mean=None, var=None, running: Optional[Running] = None):
-        view = FlatView(x, *self.dims)
+    def forward(self, x, w_raw, slope, gamma, beta, mean, var, call):
         bn = self.spec.bn
-        y, mean, var = self.mod.train_forward(view, a, BN_CONST if bn == BN_GIVEN else bn, mean, var)
-        if running is not None:
-            update_buffers(running, mean, var, self.count)
+        y, mean, var = self.mod.train_forward(FlatView(x, *self.dims), call.args(w_raw, slope, gamma, beta),
+                                              BN_CONST if bn == BN_GIVEN else bn, mean, var)
+        if bn == BN_BATCH and call.running is not None:
+            update_buffers(call.running, mean, var, self.count)
         return y, mean, var
 
-    def moments(self, x, a: TrainArgs):
+    def moments(self, x, w_raw, slope, call):
         from .batchnorm import moments_from_sums
 
-        shift, sums = self.mod.train_sums(FlatView(x, *self.dims), a)
+        shift, sums = self.mod.train_sums(FlatView(x, *self.dims), call.args(w_raw, slope, None, None))
         return moments_from_sums(self.count, shift, sums[0], sums[1])
 
-    def backward(self, x, g, a: TrainArgs, mean, var, need_x: bool, need_params: bool, share=None, count=None):
+    def backward(self, x, g, w_raw, slope, gamma, mean, var, call, need_x: bool, need_params: bool, share=None,
+                 count=None):
         view = FlatView(x, *self.dims)
         bn = self.spec.bn
+        a = call.args(w_raw, slope, gamma, None)
         if share is None:
             return self.mod.train_backward(view, g, a, bn, mean, var, None, self.count, need_x, need_params)
         # synced statistics: the input's gradient takes every process's sums of g and g (s - mean);
@@ -115,7 +118,7 @@ class ViewPlan:
         _, local = self.mod.train_sums(view, a, g, mean)
         gx, gw, gsl, ggm, gbt = self.mod.train_backward(view, g, a, bn, mean, var, share(local.clone()), count,
                                                         need_x, need_params)
-        *_, ggm_local, gbt_local = backward_terms(a.gamma.detach().to(local.dtype), var.to(local.dtype), a.eps,
+        *_, ggm_local, gbt_local = backward_terms(gamma.detach().to(local.dtype), var.to(local.dtype), call.eps,
                                                   local[0], local[1], count, False)
         return gx, gw, gsl, ggm_local.to(ggm.dtype), gbt_local.to(gbt.dtype)
 
@@ -166,15 +169,14 @@ class TrainCall:
         plan = self.plan
         if plan.copy:
             x = x.contiguous()
-        a = self.args(w_raw, slope, gamma, beta)
         if plan.spec.bn == BN_GIVEN:
-            mean, var = plan.moments(x, a)
+            mean, var = plan.moments(x, w_raw, slope, self)
             mean, var, count = gather_moments(plan.count, mean, var, self.group)
-            y = plan.forward(x, a, mean, var)[0]
+            y = plan.forward(x, w_raw, slope, gamma, beta, mean, var, self)[0]
             if self.running is not None:
                 update_buffers(self.running, mean, var, count)
             return y, mean, var, count
-        y, mean, var = plan.forward(x, a, mean, var, self.running)
+        y, mean, var = plan.forward(x, w_raw, slope, gamma, beta, mean, var, self)
         return y, mean, var, plan.count
 
     def __call__(self, x, w_raw, slope, gamma, beta, mean=None, var=None):
@@ -189,7 +191,12 @@ class _TrainFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w_raw, slope, gamma, beta, mean, var, call, stats):
-        y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, mean, var)
+        plan = call.plan
+        if plan.copy or plan.spec.bn == BN_GIVEN:
+            y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, mean, var)
+        else:
+            y, mean, var = plan.forward(x, w_raw, slope, gamma, beta, mean, var, call)
+            count = plan.count
         ctx.save_for_backward(x, w_raw, slope, gamma)
         ctx.call = (call, mean, var, count)
         if not stats:
@@ -219,8 +226,8 @@ class _TrainFn(torch.autograd.Function):
                 return local
         # (autograd runs a Function's backward with grad mode off, unless asked for a graph of it,
         # which the kernels cannot give)
-        gx, gw, gsl, ggm, gbt = plan.backward(x, g, call.args(w_raw, slope, gamma, None), mean, var, need[0],
-                                              need[1] or need[2], share, count)
+        gx, gw, gsl, ggm, gbt = plan.backward(x, g, w_raw, slope, gamma, mean, var, call, need[0], need[1] or need[2],
+                                              share, count)
         if gx is not None and gx.shape != x.shape:
             gx = gx.reshape(x.shape)
         return gx, gw, gsl, ggm, gbt, None, None, None, None
