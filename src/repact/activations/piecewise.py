@@ -92,7 +92,7 @@ class PiecewiseQuadratic(Activation):
         # the checks that decision already made
         if not (torch.compiler.is_compiling() or torch._C._get_tracing_state()
                 or (torch.is_grad_enabled() and (x.requires_grad or self.coeffs.requires_grad))):
-            call = self._calls.get((x.shape, x.stride(), x.dtype, x.device, dispatch.generation))
+            call = self._calls.get((x.shape, x.stride(), x.dtype, x.device, dispatch.get_backend()))
             if call is not None:
                 b = self._buffers
                 y = call(x, b["knots"], b["coeffs"])
@@ -118,7 +118,7 @@ class PiecewiseQuadratic(Activation):
             if call is not None:
                 if len(self._calls) >= 16:
                     self._calls.clear()
-                self._calls[(x.shape, x.stride(), x.dtype, x.device, dispatch.generation)] = call
+                self._calls[(x.shape, x.stride(), x.dtype, x.device, dispatch.get_backend())] = call
                 return call(x, self.knots, coeffs)
         return piecewise_quadratic(x, self.knots, coeffs, cd, basis_ok=self.hardswish_form, cache=cache)
 

@@ -253,7 +253,7 @@ class RepAct(Activation):
         # a layout seen before runs the call decided for it then (routing, the kernels' view and
         # launches), with none of the checks that decision already made
         if not (torch.compiler.is_compiling() or torch._C._get_tracing_state()):
-            call = self._calls.get((x.shape, x.stride(), x.dtype, x.device, self.training, dispatch.generation))
+            call = self._calls.get((x.shape, x.stride(), x.dtype, x.device, self.training, dispatch.get_backend()))
             if call is not None:
                 return call(self, x)
         return self._forward_checked(x)
@@ -299,7 +299,7 @@ class RepAct(Activation):
         call = _Call(op, bn, batch, self.branch_weight.dtype)
         if len(self._calls) >= 16:
             self._calls.clear()
-        self._calls[(x.shape, x.stride(), x.dtype, x.device, self.training, dispatch.generation)] = call
+        self._calls[(x.shape, x.stride(), x.dtype, x.device, self.training, dispatch.get_backend())] = call
         return call
 
     def _branch_sum(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,13 +45,12 @@ CPU_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 _backend = "auto"
-#: changes with every :func:`set_backend`: a decision cached per input layout is keyed on it
-generation = 0
 
 
 class CallCache(dict):
     """The per-input-layout calls a module decided (its routing, its kernels' views and launches),
-    keyed by the module; never copied or pickled (a copy of the module starts with none)."""
+    keyed by the module (on :func:`get_backend` too: the decision is the dispatch's); never copied
+    or pickled (a copy of the module starts with none)."""
 
     def __reduce__(self):
         return (CallCache, ())
@@ -73,14 +72,13 @@ def _canonical(name: str) -> str:
 
 def set_backend(name: str) -> None:
     """Choose the implementation for every op: ``auto``, ``reference``, ``cpu`` or ``triton``."""
-    global _backend, generation
+    global _backend
     key = _canonical(name)
     if key == "cpu" and not native_available():
         raise RuntimeError(f"the cpu backend is unavailable: {_native.build_error()}")
     if key == "triton" and not triton_available():
         raise RuntimeError("the triton backend is unavailable: the triton package cannot be imported")
     _backend = key
-    generation += 1
 
 
 def get_backend() -> str:
