@@ -80,6 +80,7 @@ MUTATIONS = {
     "running buffers replaced": lambda m: (setattr(m.bn, "running_mean", torch.full((C,), 0.5)),
                                            setattr(m.bn, "running_var", torch.full((C,), 2.0))),
     "batchnorm frozen": lambda m: m.bn.eval(),
+    "stops tracking": lambda m: setattr(m.bn, "track_running_stats", False),
     "weights replaced": lambda m: setattr(m, "branch_weight", nn.Parameter(torch.randn(C, 4))),
     "weights in place": lambda m: m.branch_weight.data.mul_(-2.0),
 }

@@ -38,17 +38,19 @@ __all__ = ["RepAct", "repact_branch_fn", "VARIANTS", "GRANULARITIES"]
 
 
 def _bn_state(bn) -> tuple:
-    """What a cached call of RepAct-III assumed of its BatchNorm: mode, momentum, eps, and which
-    running buffers it updates (by id: a cast or an assignment may replace them)."""
+    """What a cached call of RepAct-III assumed of its BatchNorm: mode, momentum, eps, whether it
+    tracks running statistics, and which running buffers it updates (by id: a cast or an
+    assignment may replace them)."""
     b = bn._buffers
-    return (bn.training, bn.momentum, bn.eps, id(b["running_mean"]), id(b["running_var"]),
-            id(b["num_batches_tracked"]))
+    return (bn.training, bn.momentum, bn.eps, bn.track_running_stats, id(b["running_mean"]),
+            id(b["running_var"]), id(b["num_batches_tracked"]))
 
 
 class _Call:
     """A RepAct's forward on one input layout: the op's :class:`repact.ops.repact_train.TrainCall`
     and where its arguments live in the module. Goes back to the checked path when the BatchNorm
-    was replaced or its mode, momentum or eps changed, or the weights changed dtype."""
+    was replaced or its mode, momentum, eps or running-statistics tracking changed, or the weights
+    changed dtype."""
 
     __slots__ = ("op", "bn", "bn_state", "batch", "dtype")
 
