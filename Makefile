@@ -10,7 +10,8 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 EXTRAS ?= all,test
 STAMP := $(VENV)/.repact-installed
-PYTEST_ARGS ?=
+# the suite runs in one pytest worker per core (pytest-xdist, in the test extra); PYTEST_ARGS= runs it serially
+PYTEST_ARGS ?= -n auto
 
 .PHONY: demo test bench venv clean
 

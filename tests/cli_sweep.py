@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ class Case:
     guard: list[str] = field(default_factory=list)  # paths that must not change
     run: str | None = None  # a folder that must end holding exactly one consistent run
     quick: bool = False
+    says: list[str] = field(default_factory=list)  # words the error message must hold (formatted like argv)
 
 
 def cases() -> list[Case]:
@@ -75,6 +77,21 @@ def cases() -> list[Case]:
         Case("train config missing", [t, "--config", "{tmp}/missing.yaml"], 2),
         Case("train config bad yaml", [t, "--config", "{badyaml}"], 2),
         Case("train config a list", [t, "--config", "{listyaml}"], 2),
+        Case("train config not UTF-8", [t, "--config", "{nonutf}"], 2, quick=True, says=["not UTF-8", "{nonutf}"]),
+        Case("train config a folder", [t, "--config", "{empty}"], 2, quick=True, says=["{empty} is a folder"]),
+        Case("train config /dev/null", [t, "--config", "/dev/null"], 2, quick=True,
+             says=["/dev/null is a device", "YAML file"]),
+        Case("train --out not UTF-8", [t, *FAST, "--out", "{tmp}/bad\udcff"], 2, quick=True,
+             says=["bad\\xff", "not UTF-8"]),
+        Case("train segmentation --classes auto", [t, *FAST, "--task", "segmentation", "--classes", "auto",
+                                                   "--data-dir", "{seg}", "--out", "{tmp}/segauto"], 2, quick=True,
+             says=["'auto'", "'voc' or a list of names"]),
+        Case("train detection --year VOC2099", [t, *FAST, "--task", "detection", "--dataset", "voc", "--data-dir",
+                                                "{seg}", "--year", "VOC2099", "--out", "{tmp}/y"], 2, quick=True,
+             says=["no VOC2099 VOC-format data"]),
+        Case("train detection --year 20o7", [t, *FAST, "--task", "detection", "--dataset", "voc", "--data-dir",
+                                             "{seg}", "--year", "20o7", "--out", "{tmp}/y"], 2, quick=True,
+             says=["year '20o7'", "2007"]),
         Case("train cifar10 missing folder", [t, *FAST, "--dataset", "cifar10", "--data-dir", "{tmp}/none",
                                               "--out", "{tmp}/c"], 2),
         Case("train imagefolder with a corrupt image", [t, *FAST, "--dataset", "imagefolder", "--data-dir",
@@ -113,6 +130,42 @@ def cases() -> list[Case]:
         Case("eval unknown dataset", ["eval", "{good}", "--dataset", "svhn"], 2, guard=["good"]),
         Case("eval device cuda:99", ["eval", "{good}", "--device", "cuda:99"], 2, guard=["good"]),
         Case("eval img-size 100000", ["eval", "{good}", "--img-size", "100000"], 2, guard=["good"]),
+        Case("eval segmentation checkpoint --dataset digits", ["eval", "{segck}", "--dataset", "digits"], 2,
+             quick=True, says=["--dataset digits", "segmentation model", "accepted: voc_seg"]),
+        # --- plot, cam, verify, bench, deploy: sizes and paths ----------------------------------------
+        Case("plot act --points 10**9", ["plot", "act", "repact", "--points", "1000000000", "--out", "{tmp}/a.png"],
+             2, quick=True, says=["1000000000", "2 to 100,000"]),
+        Case("plot act --param branch_weight=abc", ["plot", "act", "repact", "--param", "branch_weight=abc",
+                                                    "--out", "{tmp}/a.png"], 2, quick=True,
+             says=["branch_weight='abc'", "list of numbers"]),
+        Case("plot act --out under a file", ["plot", "act", "repact", "--out", "/dev/null/x.png"], 2, quick=True,
+             says=["/dev/null is a file"]),
+        Case("plot features image a folder", ["plot", "features", "small_cnn", "{empty}", "--out", "{tmp}/f.png"],
+             2, quick=True, says=["image {empty} is a folder"]),
+        Case("plot features image-size 100000", ["plot", "features", "small_cnn", "{png}", "--image-size", "100000",
+                                                 "--out", "{tmp}/f.png"], 2, quick=True,
+             says=["--image-size 100000", "1 to 4096"]),
+        Case("plot features detection model", ["plot", "features", "ssdlite320_mobilenet_v3_large", "{png}",
+                                               "--out", "{tmp}/f.png"], 2, quick=True,
+             says=["detection model", "classification and segmentation"]),
+        Case("plot evolution binary act_params", ["plot", "evolution", "{badlogs}", "--out", "{tmp}/e.png"], 2,
+             says=["act_params.jsonl", "UTF-8"]),
+        Case("plot grads wrong-typed grads.jsonl", ["plot", "grads", "{badlogs}", "--out", "{tmp}/g.png"], 2,
+             says=["grads.jsonl line 1", "'epochs'"]),
+        Case("cam segmentation model", ["cam", "lraspp_mobilenet_v3_large", "{png}", "--out", "{tmp}/c.png"], 2,
+             quick=True, says=["segmentation model", "classification models"]),
+        Case("cam image-size 100000", ["cam", "small_cnn", "{png}", "--image-size", "100000", "--out",
+                                       "{tmp}/c.png"], 2, quick=True, says=["--image-size 100000", "1 to 4096"]),
+        Case("verify image-size 100000", ["verify", "small_cnn", "--image-size", "100000"], 2, quick=True,
+             says=["100000", "elements"]),
+        Case("bench threads 100000", ["bench", "small_cnn", "--threads", "100000", "--json", "{tmp}/b.json"], 2,
+             quick=True, says=["--threads 100000", "outside 1 to"]),
+        Case("deploy opset 99", ["deploy", "small_cnn", "--out", "{tmp}/d99", "--opset", "99"], 2, quick=True,
+             says=["--opset 99", "17 to"]),
+        Case("deploy --out a run folder", ["deploy", "{good}", "--out", "{good}"], 2, guard=["good"],
+             says=["run folder"]),
+        Case("deploy --out inside a run folder", ["deploy", "{good}", "--out", "{good}/deploy"], 2, guard=["good"],
+             says=["lies in the run folder"]),
         # --- compare ----------------------------------------------------------------------------
         Case("compare without acts", ["compare", "--out", "{tmp}/cmp"], 2),
         Case("compare baseline not in acts", ["compare", "--acts", "relu,gelu", "--baseline", "hardswish",
@@ -124,6 +177,13 @@ def cases() -> list[Case]:
         Case("compare unknown act", ["compare", "--acts", "reluu", "--out", "{tmp}/cmp"], 2),
         Case("compare cell in use", ["compare", "--acts", "repact", "--seeds", "0", *FAST[:-1], "--out", "{grid}"], 1,
              guard=["cell"]),
+        Case("compare --out a file", ["compare", "--acts", "relu", "--seeds", "0", *FAST[:-1], "--out", "{junk}"], 2,
+             guard=["junk"], quick=True, says=["is a file, not a folder"]),
+        Case("compare --out a folder of other files", ["compare", "--acts", "relu", "--seeds", "0", *FAST[:-1],
+                                                       "--out", "{foreign}"], 2, guard=["foreign"], quick=True,
+             says=["notes.txt", "repact compare did not write"]),
+        Case("compare grid acts: 5", ["compare", "--grid", "{grid5}", "--out", "{tmp}/cmp5"], 2, quick=True,
+             says=["acts must list names", "[5]"]),
         # --- acts, demo, the top level --------------------------------------------------------
         Case("acts unknown family", ["acts", "--family", "nope"], 2, quick=True),
         Case("acts unknown flag", ["acts", "--bogus"], 2),
@@ -175,6 +235,16 @@ def prepare(tmp: Path, need_runs: bool) -> tuple[dict[str, str], list]:
     p["badyaml"] = str(tmp / "bad.yaml")
     (tmp / "list.yaml").write_text("- lr\n- 0.1\n")
     p["listyaml"] = str(tmp / "list.yaml")
+    (tmp / "latin1.yaml").write_bytes("lr: 0.1  # Gr\u00f6\u00dfe\n".encode("latin-1"))
+    p["nonutf"] = str(tmp / "latin1.yaml")
+    (tmp / "grid5.yaml").write_text("acts: 5\n")
+    p["grid5"] = str(tmp / "grid5.yaml")
+    p["png"] = str(tmp / "image.png")
+    _png(tmp / "image.png")
+    from voc_fixtures import write_segmentation_set
+
+    p["seg"] = str(write_segmentation_set(tmp / "voc_seg", n_train=4, n_val=2, size=32))
+    p["segck"] = str(_segmentation_checkpoint(tmp / "seg_model"))
     corrupt = tmp / "corrupt"
     for split in ("train", "val"):
         for c in ("a", "b"):
@@ -205,6 +275,11 @@ def prepare(tmp: Path, need_runs: bool) -> tuple[dict[str, str], list]:
         cell = grid / "runs" / "digits" / "small_cnn" / "repact" / "seed0"
         cell.mkdir(parents=True)
         p["grid"], p["cell"] = str(grid), str(cell)
+        badlogs = tmp / "badlogs"  # a run whose logs hold what no run writes
+        shutil.copytree(tmp / "good", badlogs)
+        (badlogs / "act_params.jsonl").write_bytes(bytes(range(256)) * 4)
+        (badlogs / "grads.jsonl").write_text('{"step": 3, "first_conv": 0.1}\n')
+        p["badlogs"] = str(badlogs)
         # folders held by this process's OS lock, as a running training would hold them
         locks = [RunFolder(tmp / "busy").lock(), RunFolder(cell).lock()]
     return p, locks
@@ -214,6 +289,18 @@ def _png(path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (8, 8), (120, 30, 200)).save(path)
+
+
+def _segmentation_checkpoint(name: Path) -> Path:
+    """A segmentation model's checkpoint as repact train writes it (untrained weights)."""
+    from repact.checkpoint import save_checkpoint
+    from repact.models import create_model
+
+    model = create_model("lraspp_mobilenet_v3_large", act="repact", num_classes=4)
+    config = {"name": "lraspp_mobilenet_v3_large", "act": "repact", "num_classes": 4, "kwargs": {},
+              "input_shape": [3, 32, 32], "task": "segmentation"}
+    return save_checkpoint(name, model, model_config=config,
+                           state={"config": {"task": "segmentation", "dataset": "voc_seg"}})[0]
 
 
 def _craft(src: Path, dst: Path) -> None:
@@ -287,6 +374,7 @@ def run_case(case: Case, paths: dict[str, str]) -> dict:
         problems.append(f"exit {proc.returncode}")
     if proc.returncode != 0 and len(lines) != 1:
         problems.append(f"{len(lines)} lines on stderr")
+    problems += [f"the message lacks {w!r}" for w in (w.format(**paths) for w in case.says) if w not in err]
     lost = [k for k in case.guard if digest(Path(paths[k])) != before[k]]
     if lost:
         problems.append(f"changed: {', '.join(lost)}")
@@ -321,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     selected = [c for c in cases() if (not args.quick or c.quick) and (args.only is None or args.only in c.name)]
-    cheap = {"tmp", "foreign", "empty", "junk", "badyaml", "listyaml", "corrupt"}
+    cheap = {"tmp", "foreign", "empty", "junk", "badyaml", "listyaml", "corrupt", "nonutf", "grid5", "png", "seg",
+             "segck"}
     need_runs = any(_placeholders(c) - cheap for c in selected)
     with tempfile.TemporaryDirectory(prefix="repact-sweep-") as tmp:
         paths, locks = prepare(Path(tmp), need_runs)

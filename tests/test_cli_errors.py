@@ -175,3 +175,23 @@ def test_usage_errors_are_one_line(capsys):
     assert rc == 2 and err.count("\n") == 1 and "'many'" in err and "--help" in err
     rc, _, err = _run(capsys, "acts", "--family", "nope")
     assert rc == 2 and "'nope'" in _one_line(err, "acts") and "repact" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs that would mix into a run folder
+# ------------------------------------------------------------------------------------------------
+
+
+def test_deploy_refuses_a_run_folder_and_folders_inside_one(real_checkpoint):
+    """Deploy files in a run folder (or a folder in it) would make repact train refuse to replace or resume it."""
+    from repact.train.run_dir import inspect_folder
+
+    run = real_checkpoint.parent
+    before = sorted(p.name for p in run.iterdir())
+    for out, words in ((run, ["is the run folder", f"{run}-deploy"]), (run / "deploy", ["lies in the run folder"])):
+        proc = _cli("deploy", str(run), "--out", str(out))
+        assert proc.returncode == 2 and str(out) in _one_line(proc.stderr, "deploy"), proc.stderr
+        for w in words:
+            assert w in proc.stderr, (w, proc.stderr)
+    assert sorted(p.name for p in run.iterdir()) == before and inspect_folder(run).kind == "run"
+    assert main(["train", *FAST, "--out", str(run), "--overwrite"]) == 0  # still a run folder train replaces

@@ -3,7 +3,9 @@ format; ``repact train`` writes curves.png/activations.png and handles --tensorb
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from analysis_fixtures import assert_picture, digit_png, rgb_png, shared_run
+from train_fixtures import cli_env, run_cli
 from repact.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,29 +96,55 @@ def test_plot_grads_of_several_runs(tmp_path, capsys):
     assert_picture(tmp_path / "g.png")
 
 
-def test_train_writes_run_pictures_and_reports_a_missing_tensorboard(tmp_path, capsys):
+def _has_tensorboard() -> bool:
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_train_writes_run_pictures_and_tensorboard_logs(tmp_path, capsys):
     run = shared_run("hardswish")
     assert_picture(run / "curves.png")
     assert_picture(run / "activations.png")
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-
-        has_tb = True
-    except ImportError:
-        has_tb = False
-    rc, out, _ = _run(capsys, "train", "--act", "repact", "--model-kw", "width=8", "--epochs", "1",
+    if not _has_tensorboard():
+        pytest.skip("tensorboard is not installed (test_tensorboard_without_the_package_is_refused_before_training "
+                    "checks its absence)")
+    rc, _, err = _run(capsys, "train", "--act", "repact", "--model-kw", "width=8", "--epochs", "1",
                       "--limit-batches", "2", "--quiet", "--tensorboard", "--out", tmp_path / "tb")
-    assert rc == 0
+    assert rc == 0, err
     assert_picture(tmp_path / "tb" / "curves.png")
-    if has_tb:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-        acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
-        acc.Reload()
-        assert "activations" in acc.Tags()["images"] and {"val_acc1", "train_loss"} <= set(acc.Tags()["scalars"])
-    else:
-        assert "tensorboard is not installed" in out and "repact[tensorboard]" in out
-        assert not (tmp_path / "tb" / "tensorboard").exists()
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    assert "activations" in acc.Tags()["images"] and {"val_acc1", "train_loss"} <= set(acc.Tags()["scalars"])
+
+
+def test_tensorboard_without_the_package_is_refused_by_the_command(tmp_path):
+    """In a real process where ``import tensorboard`` fails (a package on the path that raises, as a
+    missing one does): one line, exit 2, nothing trained."""
+    shadow = tmp_path / "shadow" / "tensorboard"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named tensorboard')\n")
+    env = {**cli_env(), "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(ROOT / "src")])}
+    proc = run_cli("train", "--tensorboard", "--epochs", "1", "--out", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("repact train: error: --tensorboard needs the tensorboard package"), proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_without_the_package_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as where tensorboard is not installed
+    (tmp_path / "tb.yaml").write_text("tensorboard: true\n")
+    for argv in (["train", "--tensorboard", "--out", tmp_path / "run"],
+                 ["train", "--config", tmp_path / "tb.yaml", "--out", tmp_path / "run"],
+                 ["compare", "--acts", "relu", "--seeds", "0", "--tensorboard", "--out", tmp_path / "grid"]):
+        rc, _, err = _run(capsys, *argv, "--epochs", "1", "--limit-batches", "1")
+        assert rc == 2 and err.startswith(f"repact {argv[0]}: error: --tensorboard needs the tensorboard package"), err
+        assert "pip install 'repact[tensorboard]'" in err and err.count("error:") == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "grid").exists()
 
 
 @pytest.mark.parametrize("argv,words", [
@@ -125,6 +154,9 @@ def test_train_writes_run_pictures_and_reports_a_missing_tensorboard(tmp_path, c
     (["act", "repact", "--out", "x.jpg"], ["unknown picture format .jpg"]),
     (["act", "repact", "--out", "x.png", "--format", "svg"], ["--format is svg"]),
     (["act", "repact", "--dpi", "5"], ["--dpi must lie in [10, 1200], got 5"]),
+    (["act", "repact", "--points", "1000000000"], ["1000000000", "from 2 to 100,000"]),
+    (["act", "repact", "--param", "branch_weight=abc"], ["branch_weight='abc'", "a number or a list of numbers"]),
+    (["act", "repact", "--out", "/dev/null/x.png"], ["/dev/null is a file, not a folder"]),
     (["layers", "nosuchmodel"], ["neither a checkpoint", "nosuchmodel"]),
     (["evolution", "missing_run"], ["missing_run does not exist"]),
     (["grads", "missing_run"], ["missing_run does not exist"]),
@@ -157,3 +189,72 @@ def test_bad_run_input_exits_2(tmp_path, capsys):
     rc, _, err = _run(capsys, "plot", "layers", shared_run("small"), "--act", "relu", "--out", tmp_path / "l.png")
     assert rc == 2 and "records its own model" in err
     assert not (tmp_path / "f.png").exists() and not (tmp_path / "l.png").exists()
+
+
+_GOOD_ACTS = '{"epoch": 0, "layers": {}}'
+_GOOD_GRADS = '{"epochs": 0.5, "first_conv": 0.1}'
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("act_params.jsonl", bytes(range(256)), ["act_params.jsonl is not a log written by repact train", "UTF-8"]),
+    ("act_params.jsonl", '{"epoch": "x", "layers": 5}\n', ["act_params.jsonl line 1", "a number under 'epoch'"]),
+    ("act_params.jsonl", '{"epoch": 1, "layers": 5}\n', ["act_params.jsonl: the record of epoch 1", "'layers'"]),
+    ("act_params.jsonl", f"{_GOOD_ACTS}\n[1, 2]\n{_GOOD_ACTS}\n", ["act_params.jsonl line 2", "'epoch'"]),
+    ("act_params.jsonl", f"{_GOOD_ACTS}\n{{torn\n{_GOOD_ACTS}\n", ["act_params.jsonl line 2 is not JSON"]),
+    ("grads.jsonl", "[1, 2, 3]\n", ["grads.jsonl line 1", "a number under 'epochs'"]),
+    ("grads.jsonl", '{"step": 3}\n', ["grads.jsonl line 1", "'epochs'"]),
+    ("grads.jsonl", f'{_GOOD_GRADS}\n{{"epochs": 1, "first_conv": "big"}}\n', ["grads.jsonl line 2", "'first_conv'"]),
+])
+def test_logs_no_run_writes_are_one_line_errors_naming_the_file(tmp_path, capsys, name, content, words):
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    (run / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    what = "evolution" if name == "act_params.jsonl" else "grads"
+    rc, _, err = _run(capsys, "plot", what, run, "--out", tmp_path / "p.png")
+    assert rc == 2 and err.startswith("repact plot: error:") and err.count("error:") == 1, err
+    assert str(run / name) in err
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_bad_logs_are_named_by_the_command_in_a_real_process(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    (run / "act_params.jsonl").write_bytes(bytes(range(256)) * 4)
+    (run / "grads.jsonl").write_text('{"step": 3, "first_conv": 0.1}\n')
+    for what, words in (("evolution", [f"{run / 'act_params.jsonl'} is not a log written by repact train",
+                                       "not UTF-8"]),
+                        ("grads", [f"{run / 'grads.jsonl'} line 1", "a number under 'epochs'"])):
+        proc = run_cli("plot", what, str(run), "--out", str(tmp_path / "p.png"))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("repact plot: error:") and proc.stderr.count("\n") == 1, proc.stderr
+        for w in words:
+            assert w in proc.stderr, (w, proc.stderr)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_a_torn_last_log_line_is_left_out(tmp_path, capsys):
+    """A write cut off by a kill leaves a last line without its newline: the records before it are drawn."""
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    lines = (run / "grads.jsonl").read_text().splitlines()
+    (run / "grads.jsonl").write_text("\n".join(lines) + '\n{"epochs": 9.5, "first_co')
+    rc, out, err = _run(capsys, "plot", "grads", run, "--out", tmp_path / "g.png")
+    assert rc == 0, err
+    assert f"(grads.jsonl, {len(lines)} points)" in out
+
+
+def test_non_finite_gradients_of_a_diverged_run_are_drawn(tmp_path, capsys):
+    """A run that diverged logs NaN or Infinity gradient magnitudes (json writes them so): not an error."""
+    run = tmp_path / "run"
+    shutil.copytree(shared_run("small"), run)
+    lines = (run / "grads.jsonl").read_text().splitlines()
+    last = float(json.loads(lines[-1])["epochs"])
+    bad = {"epochs": last + 0.5, **{k: float("nan") for k in json.loads(lines[-1]) if k not in ("epoch", "step",
+                                                                                              "global_step", "epochs")}}
+    (run / "grads.jsonl").write_text("\n".join(lines) + "\n" + json.dumps(bad) + "\n")
+    assert "NaN" in (run / "grads.jsonl").read_text()
+    rc, out, err = _run(capsys, "plot", "grads", run, "--out", tmp_path / "g.png")
+    assert rc == 0, err
+    assert f"(grads.jsonl, {len(lines) + 1} points)" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from repact.cli import main
+from repact.train import ConfigError, TrainConfig, resolve_config
 from repact.train.stats import t_quantile
 from train_fixtures import tree_digest, write_cifar, write_image_folder
 
@@ -170,11 +172,15 @@ def _bad(capsys, argv, *words):
     (["compare", "--acts", "relu,gelu", "--baseline", "hardswish"], ["hardswish", "relu, gelu"]),
     (["compare", "--acts", "relu", "--datasets", "svhn"], ["'svhn'"]),
     (["eval", "/no/such/checkpoint"], ["/no/such/checkpoint"]),
+    (["train", "--task", "detection", "--data-kw", "keep_difficult=maybe"],
+     ["--data-kw keep_difficult got 'maybe', which is not a boolean", "true/false, 1/0, yes/no"]),
+    (["compare", "--acts", "relu", "--seeds", "", "--out", "cmp"], ["the grid's seeds list is empty"]),
+    (["compare", "--acts", "relu", "--models", " , ", "--out", "cmp"], ["the grid's models list is empty"]),
 ])
 def test_bad_flags(capsys, tmp_path, monkeypatch, argv, words):
     monkeypatch.chdir(tmp_path)
     _bad(capsys, argv, *words)
-    assert not (tmp_path / "runs").exists()  # nothing was created
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cmp").exists()  # nothing was created
 
 
 def test_missing_and_malformed_data_folders(capsys, tmp_path):
@@ -194,6 +200,29 @@ def test_bad_config_files(capsys, tmp_path):
     _bad(capsys, ["train", "--config", str(tmp_path / "bad.yaml")], "bad.yaml", "not valid YAML")
     (tmp_path / "unk.yaml").write_text("learning_rate: 0.1\n")
     _bad(capsys, ["train", "--config", str(tmp_path / "unk.yaml")], "'learning_rate'", "accepted")
+
+
+def test_booleans_are_not_numbers_and_parse_strictly(capsys, tmp_path):
+    (tmp_path / "b.yaml").write_text("epochs: true\n")
+    _bad(capsys, ["train", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "r")],
+         "option 'epochs' got True, which is not a valid int (true/false is not a number here)")
+    assert not (tmp_path / "r").exists()
+    fields = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    numbers = [k for k, t in fields.items() if t.startswith(("int", "float"))]
+    assert {"epochs", "batch_size", "lr", "seed", "workers", "img_size", "grad_clip"} <= set(numbers)
+    for key in numbers:  # Python counts True as 1: a config must not
+        with pytest.raises(ConfigError, match=f"option '{key}' got True"):
+            resolve_config({key: True})
+    flags = [k for k, t in fields.items() if t == "bool"]
+    assert {"amp", "nesterov", "download", "quiet"} <= set(flags)
+    for key in flags:
+        for bad in ("maybe", 2, 0.5, [True]):
+            with pytest.raises(ConfigError, match=f"option '{key}' got .*not a boolean; accepted: true/false"):
+                resolve_config({key: bad})
+    for word, value in (("yes", True), ("NO", False), ("1", True), (0, False), ("off", False), ("True", True)):
+        assert resolve_config({"quiet": word}).quiet is value
+    assert resolve_config({"task": "detection", "data_kwargs": {"keep_difficult": "no"}}).data_kwargs == \
+        {"keep_difficult": False}
 
 
 def test_existing_run_and_resume_errors_leave_files_alone(trained, capsys, tmp_path):

@@ -124,6 +124,31 @@ def test_bad_executor_options(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "invalid choice: 'slurm'" in err
 
 
+def test_out_and_grid_files_that_are_not_a_grid(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    rc, _, err = _run(capsys, *GRID, "--out", str(tmp_path / "file"))
+    assert rc == 2 and "--out" in err and "is a file, not a folder" in err
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "labels.csv").write_text("a,b\n")
+    rc, _, err = _run(capsys, *GRID, "--out", str(data))
+    assert rc == 2 and "holds files repact compare did not write (labels.csv, train)" in err
+    assert sorted(p.name for p in data.iterdir()) == ["labels.csv", "train"]
+    for text, words in (("acts: 5\n", ["acts must list names", "[5]"]), ("acts: [relu]\nbaseline: 5\n",
+                                                                        ["baseline must be a name", "5"]),
+                        ("acts: [relu]\ntrain: [1]\n", ["train must be a mapping"]),
+                        ("- relu\n", ["must hold a mapping, not a list"])):
+        (tmp_path / "grid.yaml").write_text(text)
+        rc, _, err = _run(capsys, "compare", "--grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "g"))
+        assert rc == 2 and err.count("\n") == 1 and str(tmp_path / "grid.yaml") in err, err
+        for w in words:
+            assert w in err, (w, err)
+    (tmp_path / "grid.yaml").write_bytes(b"acts: [relu]  # \xff\n")
+    rc, _, err = _run(capsys, "compare", "--grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "g"))
+    assert rc == 2 and "is not UTF-8 text" in err
+    assert not (tmp_path / "g").exists()
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -144,43 +169,82 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+#: what a cell may print before it blocks: its first line (< 400 bytes) and first epoch fit, twelve epochs do not
+_LOG_ROOM = 1024
+#: epochs of the killed grid: more than a cell gets through before blocking (its first line is >= 180 bytes, an
+#: epoch's >= 80, so at most 10 epoch lines fit and an 11th epoch blocks writing its line)
+_KILL_EPOCHS = 16
+
+
+def _gated_log(path: Path) -> int:
+    """A FIFO at a cell's log path, filled up to _LOG_ROOM free bytes and never read: the cell
+    writing into it blocks once its output passes _LOG_ROOM bytes, so it cannot finish its run
+    however fast the machine is. Returns the descriptor holding the FIFO open (it must stay open)."""
+    import fcntl
+    import os
+
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # both ends: the cell's open() does not wait
+    f_setpipe_sz, f_getpipe_sz = 1031, 1032
+    fcntl.fcntl(fd, f_setpipe_sz, 4096)  # one page, the smallest pipe
+    filler = fcntl.fcntl(fd, f_getpipe_sz) - _LOG_ROOM
+    while filler > 0:
+        filler -= os.write(fd, b"#" * min(filler, 4096))
+    return fd
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
 def test_killing_compare_stops_its_workers_and_the_rerun_resumes(tmp_path):
-    """SIGKILL to `compare --jobs 2` leaves no worker training on (holding its run's lock): the rerun resumes."""
+    """SIGKILL to `compare --jobs 2` while its two cells run (each past its first checkpoint, held
+    there by its log, whatever the machine's speed) and a third waits: both workers end at once,
+    the third cell never starts, and the rerun resumes the two from their checkpoints."""
     import os
     import signal
     import subprocess
     import time
 
     out = tmp_path / "grid"
-    argv = [sys.executable, "-m", "repact", "compare", "--acts", "relu,repact", "--seeds", "0", "--epochs", "40",
-            "--batch-size", "32", "--limit-batches", "3", "--out", str(out), "--jobs", "2"]
+    argv = [sys.executable, "-m", "repact", "compare", "--acts", "relu,repact,hardswish", "--seeds", "0", "--epochs",
+            str(_KILL_EPOCHS), "--batch-size", "32", "--limit-batches", "1", "--out", str(out), "--jobs", "2"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    running, queued = ("relu", "repact"), "hardswish"
+    log = {a: out / "logs" / f"digits-small_cnn-{a}-seed0.log" for a in (*running, queued)}
+    log[queued].parent.mkdir(parents=True)
+    gates = [_gated_log(log[a]) for a in running]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not all((_cell(out, a, 0) / "last.safetensors").exists()
-                                                      for a in ("relu", "repact")):
+                                                      for a in running):
             assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.5)
-        assert all((_cell(out, a, 0) / "last.safetensors").exists() for a in ("relu", "repact")), "no epoch in 240 s"
+            time.sleep(0.2)
+        assert all((_cell(out, a, 0) / "last.safetensors").exists() for a in running), "no epoch in 300 s"
         workers = [k for k in _children(proc.pid) if "spawn_main" in Path(f"/proc/{k}/cmdline").read_text()]
         assert len(workers) == 2, workers
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(_alive(w) for w in workers):
-            time.sleep(0.5)
-        assert not any(_alive(w) for w in workers), "a worker outlived its compare process"
+        killed = time.monotonic()
+        while time.monotonic() < killed + 30 and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        took = time.monotonic() - killed
+        # the kernel kills them with their parent (before: a 1 s poll, then up to 20 s of grace)
+        assert took < 3, f"the workers outlived their compare process by {took:.1f} s"
     finally:
         if proc.poll() is None:
             proc.kill()
-    done = {a: len((_cell(out, a, 0) / "metrics.jsonl").read_text().splitlines()) for a in ("relu", "repact")}
-    assert all(0 < n < 40 for n in done.values()), done
-    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        for fd in gates:
+            os.close(fd)
+    assert not log[queued].exists() and not _cell(out, queued, 0).exists()  # the waiting cell never started
+    done = {a: len((_cell(out, a, 0) / "metrics.jsonl").read_text().splitlines()) for a in running}
+    assert all(0 < n < _KILL_EPOCHS for n in done.values()), done
+    for a in running:
+        log[a].unlink()  # the rerun logs into plain files
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr
-    for a in ("relu", "repact"):
-        log = (out / "logs" / f"digits-small_cnn-{a}-seed0.log").read_text()
-        at = re.search(rf"resuming {re.escape(str(_cell(out, a, 0)))} at epoch (\d+)", log)
-        assert at and 2 <= int(at.group(1)) <= done[a] + 1, log  # from its last checkpoint, not from scratch
-        assert len((_cell(out, a, 0) / "metrics.jsonl").read_text().splitlines()) == 40
+    for a in running:
+        text = log[a].read_text()
+        at = re.search(rf"resuming {re.escape(str(_cell(out, a, 0)))} at epoch (\d+)", text)
+        assert at and 2 <= int(at.group(1)) <= done[a] + 1, text  # from its last checkpoint, not from scratch
+    assert "training into" in log[queued].read_text()
+    for a in (*running, queued):
+        assert len((_cell(out, a, 0) / "metrics.jsonl").read_text().splitlines()) == _KILL_EPOCHS

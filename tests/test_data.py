@@ -218,11 +218,11 @@ def test_missing_mnist_names_the_files(tmp_path):
 
 
 def test_batched_random_crop_flip_crops_and_flips_each_image_on_its_own():
-    from repact.data.transforms import random_crop_flip
+    from repact.data.transforms import random_crop_flip, sample_seeds
 
     x = torch.randint(0, 256, (40, 2, 6, 5), dtype=torch.uint8)
-    torch.manual_seed(1)
-    out = random_crop_flip(x, 2)
+    seeds = sample_seeds(1, 0, range(40))
+    out = random_crop_flip(x, 2, seeds)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     seen = set()
     for i in range(len(x)):
@@ -231,3 +231,8 @@ def test_batched_random_crop_flip_crops_and_flips_each_image_on_its_own():
         assert hits, f"image {i} is no crop of its padded self"
         seen.add(hits[0])
     assert len(seen) > 10 and {f for _, _, f in seen} == {False, True}  # offsets and flips vary per image
+    # each image's crop follows its own seed alone: the same image alone, or elsewhere in another batch
+    for i in (0, 17):
+        assert torch.equal(random_crop_flip(x[i:i + 1], 2, seeds[i:i + 1])[0], out[i])
+    order = torch.randperm(40)
+    assert torch.equal(random_crop_flip(x[order], 2, seeds[order.numpy()]), out[order])

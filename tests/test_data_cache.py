@@ -39,9 +39,12 @@ def _add_unreadable(root: Path) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _announce_every_build(monkeypatch):
-    """The fixture folders are tiny; the progress lines (a build's observable here) are kept for them."""
+def _announce_every_build(monkeypatch, tmp_path):
+    """The fixture folders are tiny; the progress lines (a build's observable here) are kept for them.
+    Each test has its own cache folder: the cache is keyed by content, and the tests' folders hold
+    the same images."""
     monkeypatch.setattr(cache_module, "ANNOUNCE_FROM", 0)
+    monkeypatch.setenv("REPACT_DATA_CACHE", str(tmp_path / "data-cache"))
 
 
 def _batches(ds, seed: int = 3, batch_size: int = 5, workers: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -100,7 +103,7 @@ def test_unreadable_files_are_named_with_and_without_the_cache(tmp_path):
     with pytest.raises(DataError) as e:
         build_datasets("imagefolder", root, cache="on")
     msg = str(e.value)
-    assert all(b in msg for b in bad) and "2 unreadable image(s)" in msg and "--skip-bad-images" in msg
+    assert all(b in msg for b in bad) and "cannot read 2 images under" in msg and "--skip-bad-images" in msg
     # without the cache the folder opens, and the batch that reaches a bad file names it, also from a worker
     tr, _, _ = build_datasets("imagefolder", root, cache="off")
     for workers in (0, 1):
@@ -225,3 +228,122 @@ def test_an_unreadable_image_under_the_cache_is_one_line_at_the_command_line(tmp
                           env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "broken.png" in proc.stderr and "--skip-bad-images" in proc.stderr
+
+
+def test_build_datasets_draws_no_number_from_the_global_generators(tmp_path):
+    """Building the cache (and the --skip-bad-images scan) leaves torch's RNG as it found it, so the
+    model initialised after it is the same on the run that builds the cache as on every later one."""
+    root = _folder(tmp_path)
+    _add_unreadable(root)
+    for cache in ("on", "on", "off"):  # a build, a hit, a scan without the cache
+        before = torch.get_rng_state()
+        build_datasets("imagefolder", root, cache=cache, skip_bad_images=True)
+        assert torch.equal(torch.get_rng_state(), before), cache
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from repact.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "last").model_state
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_run_that_builds_the_cache_trains_as_the_runs_that_read_or_skip_it(tmp_path):
+    from train_fixtures import cli_env, run_cli
+
+    root = _folder(tmp_path, ext=".jpg")
+    env = cli_env(REPACT_DATA_CACHE=str(tmp_path / "fresh-cache"))
+    runs = {}
+    for name, cache in (("builds", "on"), ("reads", "on"), ("off", "off")):
+        proc = run_cli("train", "--dataset", "imagefolder", "--data-dir", str(root), "--epochs", "1", "--batch-size",
+                       "8", "--seed", "5", "--cache", cache, "--quiet", "--out", str(tmp_path / name), env=env)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = _weights(tmp_path / name)
+    assert len(list((tmp_path / "fresh-cache").glob("[0-9a-f]*"))) == 2  # the first run built train and val
+    assert _same_weights(runs["builds"], runs["reads"]) and _same_weights(runs["builds"], runs["off"])
+
+
+def test_a_file_replaced_by_other_bytes_of_the_same_size_and_time_gives_its_new_pixels(tmp_path, capsys):
+    """The key hashes each file's bytes: sizes and modification times are not trusted."""
+    root = _folder(tmp_path, ext=".bmp")  # uncompressed: every 16 x 16 image file has the same size
+    tr, _, _ = build_datasets("imagefolder", root, cache="on")
+    target, donor = Path(tr.samples[4][0]), Path(tr.samples[9][0])
+    st = target.stat()
+    assert donor.stat().st_size == st.st_size and not torch.equal(read_image(target), read_image(donor))
+    target.write_bytes(donor.read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    capsys.readouterr()
+    tr2, _, _ = build_datasets("imagefolder", root, cache="on")
+    assert "decoding" in capsys.readouterr().err and tr2.decoded.dir != tr.decoded.dir
+    assert torch.equal(tr2.pixels([4])[0], read_image(donor))
+
+
+def _damage(folder: Path, how: str) -> None:
+    if how == "random bytes over pixels.u8":
+        p = folder / "pixels.u8"
+        p.write_bytes(np.random.default_rng(0).integers(0, 256, p.stat().st_size, dtype=np.uint8).tobytes())
+    elif how == "truncated pixels.u8":
+        p = folder / "pixels.u8"
+        p.write_bytes(p.read_bytes()[:-100])
+    elif how == "edited index.npy":  # an offset past the end of pixels.u8
+        index = np.load(folder / "index.npy")
+        index[3, 0] = 10**7
+        np.save(folder / "index.npy", index)
+    elif how == "edited meta.json":  # a readable image marked unreadable
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["bad"] = {"2": "edited"}
+        (folder / "meta.json").write_text(json.dumps(meta))
+    elif how == "meta.json cut short":
+        p = folder / "meta.json"
+        p.write_text(p.read_text()[:40])
+
+
+DAMAGES = ["random bytes over pixels.u8", "truncated pixels.u8", "edited index.npy", "edited meta.json",
+           "meta.json cut short"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_cache_is_named_and_built_afresh(tmp_path, capsys, how):
+    root = _folder(tmp_path)
+    tr, _, _ = build_datasets("imagefolder", root, cache="on")
+    folder = tr.decoded.dir
+    _damage(folder, how)
+    with pytest.raises(cache_module.DamagedCache, match=f"decoded-image cache {folder} is damaged"):
+        cache_module.DecodedImages(folder, len(tr))
+    capsys.readouterr()
+    tr2, _, _ = build_datasets("imagefolder", root, cache="on")
+    err = capsys.readouterr().err
+    assert f"the decoded-image cache {folder} is damaged" in err and f"decoding {root / 'train'} afresh" in err
+    assert tr2.decoded.dir == folder
+    assert torch.equal(tr2.pixels(list(range(len(tr2)))), torch.stack([read_image(p) for p, _ in tr2.samples]))
+    capsys.readouterr()
+    build_datasets("imagefolder", root, cache="on")  # sound again: a hit
+    assert "decoding" not in capsys.readouterr().err
+
+
+def test_a_damaged_cache_gives_the_run_of_a_sound_one_at_the_command_line(tmp_path):
+    """'repact train' on damaged caches (random bytes over train's pixels.u8; val's cut short, which
+    failed with 'mmap length is greater than file size'): each named once, decoded afresh, and the run
+    trains the weights of the run on sound caches."""
+    from train_fixtures import cli_env, run_cli
+
+    root = _folder(tmp_path, ext=".jpg")
+    env = cli_env(REPACT_DATA_CACHE=str(tmp_path / "cache"))
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(root), "--epochs", "1", "--batch-size", "8",
+            "--cache", "on", "--quiet"]
+    assert run_cli(*args, "--out", str(tmp_path / "sound"), env=env).returncode == 0
+    caches = {json.loads((d / "meta.json").read_text())["source"]: d for d in (tmp_path / "cache").iterdir()
+              if d.is_dir() and not d.name.startswith(".")}
+    train_cache, val_cache = caches[str((root / "train").resolve())], caches[str((root / "val").resolve())]
+    _damage(train_cache, "random bytes over pixels.u8")
+    _damage(val_cache, "truncated pixels.u8")
+    proc = run_cli(*args, "--out", str(tmp_path / "after"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    for folder in (train_cache, val_cache):
+        assert proc.stderr.count(f"decoded-image cache {folder} is damaged") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "mmap" not in proc.stderr
+    assert _same_weights(_weights(tmp_path / "sound"), _weights(tmp_path / "after"))

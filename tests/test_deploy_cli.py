@@ -111,7 +111,7 @@ def test_deploy_cli_exit_codes_for_bad_input(tmp_path, capsys):
     rc, out, err = _run(capsys, "deploy", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path))
     assert rc == 2 and "does not exist" in err
     rc, out, err = _run(capsys, "deploy", "resnet18", "--act", "repact", "--opset", "16", "--out", str(tmp_path))
-    assert rc == 2 and "--opset must be at least 17" in err
+    assert rc == 2 and "--opset 16 is not accepted: 17 to" in err
     rc, out, err = _run(capsys, "deploy", "resnet18", "--act", "nope", "--out", str(tmp_path))
     assert rc == 2 and "unknown activation 'nope'" in err
     rc, out, err = _run(capsys, "deploy", "resnet18", "--model-arg", "small_input", "--out", str(tmp_path))

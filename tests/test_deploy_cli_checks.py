@@ -100,21 +100,20 @@ def _huge_weights(m):  # finite weights whose logits overflow to inf / NaN
     m.features[6].weight.mul_(1e30)
 
 
-def test_verify_deploy_and_eval_fail_on_non_finite_weights(tmp_path, capsys):
+def test_verify_deploy_and_eval_refuse_non_finite_weights(tmp_path, capsys):
+    # one check as the checkpoint is loaded (repact.checkpoint.build_model): bad input, exit 2, nothing written
     ckpt = _digits_checkpoint(tmp_path / "nan", poison=_nan_weight)
     rc, out, err = _cli("verify", str(ckpt))
     msg = _one_message(err)
-    assert rc == 1 and "FAILED" in msg and "parameter features.0.weight holds 1 NaN/inf" in msg and "OK" not in out
+    assert rc == 2 and f"{ckpt} holds non-finite weights (NaN/inf): features.0.weight (1 of" in msg and out == ""
     rc, out, err = _run(capsys, "deploy", str(ckpt), "--out", str(tmp_path / "d"))
-    msg = _one_message(err)
-    assert rc == 1 and "check failed" in msg and "features.0.weight" in msg and "nothing was written" in msg
+    assert rc == 2 and "features.0.weight" in _one_message(err)
     assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
-    rc, out, err = _run(capsys, "eval", str(ckpt), "--reparameterize")
-    msg = _one_message(err)
-    assert rc == 1 and "FAILED" in msg and "features.0.weight" in msg
+    rc, out, err = _run(capsys, "eval", str(ckpt), "--reparameterize", "--save-reparameterized", str(tmp_path / "s"))
+    assert rc == 2 and "features.0.weight" in _one_message(err) and not list(tmp_path.glob("s.*"))
     bn = _digits_checkpoint(tmp_path / "bn", poison=lambda m: m.features[1].running_var.fill_(float("inf")))
     rc, out, err = _run(capsys, "verify", str(bn), "--keep-bn")
-    assert rc == 1 and "buffer features.1.running_var" in _one_message(err)
+    assert rc == 2 and "features.1.running_var" in _one_message(err)
 
 
 def test_verify_deploy_and_eval_fail_on_non_finite_logits(tmp_path, capsys):

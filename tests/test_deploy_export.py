@@ -19,6 +19,7 @@ from repact.deploy import (
     ort_session,
     prepare_for_export,
 )
+from repact.deploy.onnx_export import max_opset
 from repact.models import create_model
 from repact.reparam import dense_grid
 
@@ -160,8 +161,10 @@ def test_export_errors_leave_existing_files_intact(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     target = tmp_path / "keep.onnx"
     target.write_bytes(b"previous file")
-    with pytest.raises(ValueError, match="opset must be >= 14"):
+    with pytest.raises(ValueError, match="opset 13 is not accepted: 14 to"):
         export_onnx(dep, x, target, opset=13)
+    with pytest.raises(ValueError, match=f"opset 99 is not accepted: 14 to {max_opset()}"):
+        export_onnx(dep, x, target, opset=99)
     with pytest.raises(ValueError, match="exporter must be one of"):
         export_onnx(dep, x, target, exporter="tf")
     with pytest.raises(IsADirectoryError):

@@ -112,3 +112,22 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="no last checkpoint"):
         config_for_resume(tmp_path / "empty")
+
+
+def test_a_run_resumed_with_other_workers_trains_as_the_uninterrupted_one(tmp_path, capsys):
+    """Augmentation is drawn per sample from (seed, epoch, index), so --workers may change on --resume.
+    (A constant learning rate: a run trained for 1 of 2 epochs, not killed, has the 1-epoch schedule.)"""
+    from train_fixtures import run_main, write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", per_class=8, val_per_class=2, size=16, ext=".jpg")
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(root), "--augment", "crop-flip", "--schedule",
+            "constant", "--batch-size", "8", "--seed", "2", "--quiet"]
+    assert run_main(capsys, *args, "--epochs", "2", "--workers", "0", "--out", str(tmp_path / "full"))[0] == 0
+    assert run_main(capsys, *args, "--epochs", "1", "--workers", "0", "--out", str(tmp_path / "part"))[0] == 0
+    rc, _, err = run_main(capsys, "train", "--resume", str(tmp_path / "part"), "--epochs", "2", "--workers", "2",
+                          "--quiet")
+    assert rc == 0, err
+    a, b = load_checkpoint(tmp_path / "full" / "last"), load_checkpoint(tmp_path / "part" / "last")
+    assert b.state["epoch"] == 2 and b.state["config"]["workers"] == 2
+    assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+    assert _history(tmp_path / "full") == _history(tmp_path / "part")

@@ -113,6 +113,16 @@ def test_degenerate_boxes_are_dropped_and_counted_and_partly_outside_boxes_clipp
     assert t["labels"].tolist() == [VOC_CLASSES.index("cat") + 1, VOC_CLASSES.index("dog") + 1]
 
 
+def test_boxes_with_nan_or_inf_coordinates_are_dropped_with_the_degenerate_warning(tmp_path):
+    objs = [("cat", (float("nan"), 5, 20, 20), 0), ("dog", (3, 4, float("inf"), 30), 0), ("dog", (3, 4, 40, 30), 0)]
+    root = _det_root(tmp_path, {"a": voc_xml("a.jpg", 48, 32, objs), "b": voc_xml("b.jpg", 0, 0, objs[:1])})
+    with pytest.warns(DataWarning, match=r"dropped 3 degenerate box\(es\).*not a finite number "
+                                         r"\(a.xml: cat \[nan, 5, 20, 20\]; a.xml: dog \[3, 4, inf, 30\]; b.xml"):
+        ds = VOCDetection(root, "train")
+    assert ds.target(0)["boxes"].tolist() == [[3.0, 4.0, 40.0, 30.0]]
+    assert ds.target(1)["boxes"].shape == (0, 4) and ds.counts.clipped == 0
+
+
 def test_difficult_objects_stay_out_of_training_and_are_flagged_for_evaluation(tmp_path):
     objs = [("cat", (2, 2, 20, 20), 1), ("dog", (22, 2, 40, 20), 0)]
     root = _det_root(tmp_path, {"a": voc_xml("a.jpg", 48, 32, objs)})

@@ -17,6 +17,7 @@ new one is complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ __all__ = [
     "atomic_write_text",
     "build_model",
     "check_model_config",
+    "check_weights_finite",
 ]
 
 FORMAT_VERSION = 1
@@ -277,8 +279,18 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
 
     ``model_config`` holds ``create_model`` arguments: ``name``, ``act``, ``num_classes`` and any
     builder keywords (``kwargs``). A model saved after ``reparameterize`` records
-    ``"reparameterized": true`` and is rebuilt in its deploy form.
+    ``"reparameterized": true`` and is rebuilt in its deploy form. ``"anneal"`` re-wraps the
+    activations a training run annealed, ``"structure"`` puts the modules a deploy changed (merged
+    layers, activations annealed to nothing) at their paths (:func:`repact.merge.apply_structure`).
+
+    The header is data, not instructions: before anything is built, the model config is checked
+    (:func:`check_model_config`: types, only builder keywords that shape the architecture, never
+    ones that fetch weights from a file or the network, and a model that fits in memory, counted
+    on the meta device, its structure record included) and the weights must be finite
+    (:func:`check_weights_finite`). Each refusal is a :class:`CheckpointError` naming the file.
     """
+    from .activations.anneal import anneal_activations
+    from .merge.layers import apply_structure
     from .models import create_model
     from .reparam import reparameterize
 
@@ -290,14 +302,22 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
             f"{ckpt.path} records no model config (name, act, num_classes); load its state dict into a model you build"
         )
     check_model_config(cfg, ckpt.path)
+    check_weights_finite(ckpt)
     try:
         model = create_model(cfg["name"], act=cfg.get("act"), num_classes=cfg.get("num_classes", 1000),
                              **cfg.get("kwargs", {}))
-    except ValueError as exc:
+        if cfg.get("anneal"):  # activations wrapped by repact train --anneal-include
+            anneal_activations(model, cfg["anneal"].get("include"))
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{ckpt.path} records a model that cannot be built: {exc}") from None
     _prime_lazy(model, cfg)
     if cfg.get("reparameterized"):
         model = reparameterize(model)
+    if cfg.get("structure"):  # modules a deploy put in place of others (merged layers, annealed activations)
+        try:
+            apply_structure(model, cfg["structure"])
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt.path}: {exc}") from None
     try:
         model.load_state_dict(ckpt.model_state, strict=strict)
     except RuntimeError as exc:
@@ -309,15 +329,24 @@ def build_model(ckpt: Checkpoint | str | Path, *, strict: bool = True) -> nn.Mod
     return model
 
 
+#: bytes per parameter while loading a checkpoint: the model's weight and the checkpoint's copy (fp32)
+LOAD_BYTES_PER_PARAM = 8
+
 #: the model config's entries and the JSON types each may have
 _MODEL_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "act": (str, type(None)), "num_classes": (int,), "kwargs": (dict,), "input_shape": (list,),
-    "reparameterized": (bool,), "task": (str,),
+    "reparameterized": (bool,), "task": (str,), "preprocess": (dict,), "anneal": (dict,), "structure": (dict,),
 }
 
 
 def check_model_config(cfg: Mapping[str, Any], path: Path | None) -> None:
-    """Refuse, naming the file, a model config whose entries have the wrong types."""
+    """Refuse, naming the file, a model config whose entries have the wrong types, whose builder
+    keywords a checkpoint may not record (:func:`repact.models.checks.check_recorded_kwargs`: nothing
+    that fetches weights, reads a file or the network), whose recorded input is absurdly large, or
+    whose model would not fit in memory (its parameters counted on the meta device, nothing allocated)."""
+    from .models.checks import check_model_fits, check_recorded_kwargs
+    from .models.registry import MAX_IMAGE_SIDE
+
     for key, types in _MODEL_CONFIG_TYPES.items():
         if key not in cfg:
             continue
@@ -326,9 +355,67 @@ def check_model_config(cfg: Mapping[str, Any], path: Path | None) -> None:
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise CheckpointError(f"{path}: its model config's {key!r} is {v!r} ({type(v).__name__}), not a {want}; "
                                   "the file is damaged or was not written by repact")
-    shape = cfg.get("input_shape")
-    if shape is not None and not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise CheckpointError(f"{path}: its model config's input_shape {shape!r} is not a list of positive integers")
+    pre = cfg.get("preprocess") or {}
+    recorded = {"input_shape": cfg.get("input_shape"),  # one sample's shape; preprocess: a square image
+                "preprocess": [pre.get(k, 1) for k in ("channels", "img_size", "img_size")]}
+    most = 3 * MAX_IMAGE_SIDE**2
+    for key, values in recorded.items():
+        if values is not None and not (all(_positive_int(v) for v in values) and math.prod(values) <= most):
+            raise CheckpointError(f"{path}: its model config's {key} asks for inputs of {values}; accepted: positive "
+                                  f"integers, at most {most:,} values (3 x {MAX_IMAGE_SIDE} x {MAX_IMAGE_SIDE})")
+    _check_deploy_records(cfg, path)
+    if "name" not in cfg:
+        return
+    try:
+        check_recorded_kwargs(cfg["name"], cfg.get("kwargs", {}))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its model config is refused: {exc}") from None
+    try:
+        check_model_fits(cfg["name"], cfg.get("act"), cfg.get("num_classes", 1000), cfg.get("kwargs", {}),
+                         torch.device("cpu"), bytes_per_param=LOAD_BYTES_PER_PARAM,
+                         purpose="loading it needs about {gib} GiB")
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} records a model that cannot be built: {exc}") from None
+
+
+def _check_deploy_records(cfg: Mapping[str, Any], path: Path | None) -> None:
+    """The ``anneal`` record holds one regex (or null); the ``structure`` record only modules that
+    ``repact.merge.module_spec`` writes, whose tensors fit in memory (counted, not allocated)."""
+    from .merge.layers import check_structure
+    from .models.checks import memory_bytes
+
+    anneal = cfg.get("anneal")
+    if anneal is not None and (set(anneal) != {"include"} or not isinstance(anneal["include"], (str, type(None)))):
+        raise CheckpointError(f"{path}: its model config's anneal record is {anneal!r}, not "
+                              "{\"include\": REGEX or null}; the file is damaged or was not written by repact")
+    if "structure" not in cfg:
+        return
+    try:
+        n = check_structure(cfg["structure"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}; the file is damaged or was not written by repact") from None
+    have = memory_bytes(torch.device("cpu"))
+    if have is not None and n * LOAD_BYTES_PER_PARAM > have:
+        raise CheckpointError(f"{path}: its structure record asks for modules of {n:,} values, "
+                              f"{n * LOAD_BYTES_PER_PARAM / 2**30:,.1f} GiB to load, more than the "
+                              f"{have / 2**30:,.1f} GiB of memory")
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def check_weights_finite(ckpt: Checkpoint) -> None:
+    """Refuse, naming the file and its first such tensors, a checkpoint whose weights hold NaN or inf:
+    the one check of every command that rebuilds a model from a checkpoint (``train --resume`` too)."""
+    from .reparam import nonfinite_tensors
+
+    bad = nonfinite_tensors(ckpt.model_state)
+    if bad:
+        shown = ", ".join(f"{name} ({n} of {numel})" for _, name, n, numel in bad[:3])
+        more = f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{ckpt.path} holds non-finite weights (NaN/inf): {shown}{more}; no model is built "
+                              "from it (a diverged run? use an earlier checkpoint)")
 
 
 def _prime_lazy(model: nn.Module, cfg: Mapping[str, Any]) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "repact_coefficients",
     "batchnorm_affine",
     "fold_affine",
+    "blend_identity",
     "evaluate_pieces",
     "HARDSWISH_KNOTS",
     "BasisCoefficients",
@@ -210,6 +211,14 @@ def fold_affine(coeffs: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) 
     sh = shift.reshape(-1, 1).to(coeffs.dtype)
     out = coeffs * sc
     return torch.cat([out[..., :1] + sh.unsqueeze(-1), out[..., 1:]], dim=-1)
+
+
+def blend_identity(coeffs: torch.Tensor, lam: float) -> torch.Tensor:
+    """Coefficients of ``(1 - lam) * f(x) + lam * x`` (an annealed activation's table), computed in
+    float64 and rounded once to ``coeffs``' dtype."""
+    c = coeffs.detach().double() * (1.0 - float(lam))
+    c[..., 1] += float(lam)
+    return c.to(coeffs.dtype)
 
 
 def evaluate_pieces(x: torch.Tensor, knots: Sequence[float], coeffs: torch.Tensor) -> torch.Tensor:

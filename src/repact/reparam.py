@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ __all__ = [
     "reparameterize",
     "deployable_modules",
     "verify",
+    "compare_outputs",
     "verify_reparameterization",
     "VerifyResult",
     "dense_grid",
@@ -44,12 +45,17 @@ class NonFiniteError(ValueError):
     """A parameter, buffer or output holds NaN or infinity."""
 
 
-def nonfinite_tensors(module: nn.Module) -> list[tuple[str, str, int, int]]:
-    """``(kind, name, non-finite count, numel)`` of every floating parameter or buffer holding NaN/inf."""
+def nonfinite_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> list[tuple[str, str, int, int]]:
+    """``(kind, name, non-finite count, numel)`` of every floating parameter or buffer of a module (kind
+    ``parameter`` / ``buffer``), or tensor of a state dict (kind ``tensor``), that holds NaN/inf."""
+    if isinstance(source, nn.Module):
+        groups = (("parameter", source.named_parameters()), ("buffer", source.named_buffers()))
+    else:
+        groups = (("tensor", source.items()),)
     out = []
-    for kind, items in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+    for kind, items in groups:
         for name, t in items:
-            if is_lazy(t) or t.is_meta or not (t.is_floating_point() or t.is_complex()):
+            if not torch.is_tensor(t) or is_lazy(t) or t.is_meta or not (t.is_floating_point() or t.is_complex()):
                 continue
             bad = int((~torch.isfinite(t.detach())).sum())
             if bad:
@@ -217,6 +223,11 @@ def verify(
     with eval_mode(reference, candidate):
         ref = _flatten_outputs(reference(*args))
         cand = _flatten_outputs(candidate(*args))
+    return compare_outputs(ref, cand)
+
+
+def compare_outputs(ref: Sequence[torch.Tensor], cand: Sequence[torch.Tensor]) -> VerifyResult:
+    """The :class:`VerifyResult` of output tensors ``cand`` against ``ref`` (same count and shapes)."""
     if len(ref) != len(cand) or not ref:
         raise ValueError(f"reference gave {len(ref)} output tensors and candidate {len(cand)}")
     max_abs = 0.0

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._hooks import run_hooked
 from ._modes import eval_mode
 from .activations.base import Activation
 from .fit import fit_activation, model_device_dtype
@@ -334,13 +335,7 @@ def _example_forward(model: nn.Module, example_input: Any, candidates: dict[int,
         handles.append(mod.register_forward_pre_hook(pre(path, mod)))
         handles.append(mod.register_forward_hook(post))
     scan = _FunctionalScan(functional_names, stack)
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    try:
-        with eval_mode(model), torch.no_grad(), scan:
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example_input, handles, eval_mode(model), torch.no_grad(), scan)
     return calls, list(scan.calls.values())
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 
 from ..registry import register_act
+from .anneal import Annealed, anneal, anneal_activations, annealed_modules
 from .base import Activation, NotDeployableError
 from .piecewise import PiecewiseQuadratic
 from .repact import RepAct
 
-__all__ = ["Activation", "NotDeployableError", "PiecewiseQuadratic", "RepAct"]
+__all__ = ["Activation", "Annealed", "NotDeployableError", "PiecewiseQuadratic", "RepAct", "anneal",
+           "anneal_activations", "annealed_modules"]
 
 register_act(
     "repact", RepAct, aliases=("repact1", "repact_i", "repact_origin"), family="repact", learnable=True,

@@ -24,9 +24,11 @@ from ..registry import create_act, resolve_name
 from ..reparam import _knots_of
 from .figures import pyplot
 
-__all__ = ["Curve", "ActsData", "activation_knots", "activation_channels", "curve_grid", "activation_curve",
-           "build_activation", "plot_acts", "draw_curve", "disable_inplace"]
+__all__ = ["Curve", "ActsData", "MAX_POINTS", "activation_knots", "activation_channels", "curve_grid",
+           "activation_curve", "build_activation", "plot_acts", "draw_curve", "disable_inplace"]
 
+#: the most grid points of a curve (a wide 1200-dpi figure is ~10,000 pixels across)
+MAX_POINTS = 100_000
 #: torch's own piecewise-linear activations and the repact branch whose knots they share
 _TORCH_PIECEWISE = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
                     nn.LeakyReLU: "leaky_relu", nn.PReLU: "prelu"}
@@ -91,8 +93,8 @@ def curve_grid(lo: float = -6.0, hi: float = 6.0, points: int = 1201, knots: Seq
     """``points`` evenly spaced values on [lo, hi] plus every knot inside it, float64, sorted."""
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"the range must be two finite numbers LO < HI, got {lo} {hi}")
-    if points < 2:
-        raise ValueError(f"points must be at least 2, got {points}")
+    if not 2 <= points <= MAX_POINTS:
+        raise ValueError(f"points must be from 2 to {MAX_POINTS:,} (more than a picture shows), got {points}")
     x = torch.linspace(float(lo), float(hi), int(points), dtype=torch.float64)
     inside = [float(k) for k in knots if lo <= k <= hi]
     if inside:
@@ -149,7 +151,11 @@ def build_activation(name: str, params: Mapping[str, Any] | None = None) -> nn.M
             if k not in tensors:
                 continue
             t = own[k]
-            value = torch.as_tensor(v, dtype=t.dtype)
+            try:
+                value = torch.as_tensor(v, dtype=t.dtype)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"{name}: {k}={v!r} is not a number or a list of numbers (e.g. {k}=0.5 or "
+                                 f"{k}=[{', '.join(['0.5'] * min(t.numel(), 4))}])") from None
             if value.numel() not in (1, t.numel()):
                 raise ValueError(f"{name}: {k} holds {t.numel()} value(s) (shape {tuple(t.shape)}), got {value.numel()}")
             t.copy_(value.expand(t.numel()).reshape(t.shape) if value.numel() == 1 else value.reshape(t.shape))

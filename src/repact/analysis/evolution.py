@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..train.logs import read_jsonl
 from .curves import activation_curve
 from .figures import pyplot
 from .layers import activation_layers
+from .runs import read_log
 
 __all__ = ["EvolutionData", "ACT_PARAMS_FILE", "read_act_params", "load_recorded", "evolution_data",
            "plot_evolution"]
@@ -48,8 +48,12 @@ def read_act_params(run_dir: str | Path) -> dict[int, dict[str, dict[str, Any]]]
         raise FileNotFoundError(f"{path} does not exist: plot evolution needs a run folder written by repact train "
                                 "(it records every activation layer's parameters per epoch there)")
     out: dict[int, dict[str, dict[str, Any]]] = {}
-    for rec in read_jsonl(path):
-        out[int(rec["epoch"])] = dict(rec.get("layers", {}))
+    for rec in read_log(path, "epoch"):
+        layers = rec.get("layers", {})
+        if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
+            raise ValueError(f"{path}: the record of epoch {rec['epoch']} has no mapping of layer names to their "
+                             f"parameters under 'layers' (as repact train writes), got {str(layers)[:60]!r}")
+        out[int(rec["epoch"])] = dict(layers)
     return dict(sorted(out.items()))
 
 
@@ -69,7 +73,10 @@ def load_recorded(module: nn.Module, record: dict[str, Any]) -> nn.Module:
         if isinstance(values, dict):
             raise ValueError(f"{name} ({values.get('numel')} values) was recorded as summary statistics only")
         t = tensors[name]
-        v = torch.as_tensor(values, dtype=t.dtype).reshape(-1)
+        try:
+            v = torch.as_tensor(values, dtype=t.dtype).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name} was recorded as {str(values)[:40]!r}, not a list of numbers") from None
         if v.numel() != t.numel():
             raise ValueError(f"{name} has {t.numel()} values, the record {v.numel()}")
         t.copy_(v.reshape(t.shape))

@@ -41,11 +41,17 @@ def output_path(out: str | Path | None, fmt: str | None, default_stem: str, flag
     if suffix in FORMATS:
         if fmt is not None and fmt != suffix:
             raise ValueError(f"{flag} {path} ends in .{suffix} but --format is {fmt}; make them agree")
-        return path, suffix
-    if suffix:
+    elif suffix:
         raise ValueError(f"{flag} {path}: unknown picture format .{suffix}; accepted: {', '.join(FORMATS)}")
-    fmt = fmt or "png"
-    return path.with_name(f"{path.name}.{fmt}"), fmt
+    else:
+        suffix = fmt or "png"
+        path = path.with_name(f"{path.name}.{suffix}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a picture file name such as {path / default_stem}.{suffix}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder; give a picture path in a folder")
+    return path, suffix
 
 
 def save_figure(fig, path: str | Path, fmt: str | None = None, dpi: int = 110) -> Path:

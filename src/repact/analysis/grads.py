@@ -10,10 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..train.logs import read_jsonl
 from ..train.pictures import GRADS_FILE
 from .figures import pyplot
-from .runs import read_metrics
+from .runs import _num, read_log, read_metrics
 
 __all__ = ["GRAD_KEYS", "GradSeries", "GradsData", "grad_series", "plot_grads"]
 
@@ -52,13 +51,14 @@ def grad_series(run_dir: str | Path, label: str | None = None) -> GradSeries:
     run_dir = Path(run_dir)
     label = label or run_dir.name
     trace = run_dir / GRADS_FILE
-    if trace.exists() and (recs := read_jsonl(trace)):
+    if trace.exists() and (recs := read_log(trace, "epochs", GRAD_KEYS)):
         x = np.array([float(r["epochs"]) for r in recs])
-        vals = {k: np.array([float(r.get(k, np.nan)) for r in recs]) for k in GRAD_KEYS if any(k in r for r in recs)}
+        vals = {k: np.array([float(r.get(k) if r.get(k) is not None else np.nan) for r in recs]) for k in GRAD_KEYS
+                if any(k in r for r in recs)}
         return GradSeries(label, str(trace), x, vals, _layer_names(run_dir))
     recs = read_metrics(run_dir)
     x = np.array([float(r["epoch"]) for r in recs])
-    vals = {k: np.array([float(r.get(f"grad_{k}", np.nan)) for r in recs]) for k in GRAD_KEYS
+    vals = {k: np.array([_num(r.get(f"grad_{k}")) for r in recs]) for k in GRAD_KEYS
             if any(f"grad_{k}" in r for r in recs)}
     if not vals:
         raise ValueError(f"{run_dir} records no gradient magnitudes ({GRADS_FILE} or grad_* in metrics.jsonl)")

@@ -9,7 +9,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["preprocess_record", "preprocess_from", "imagenet_preprocess", "load_image", "LoadedImage"]
+__all__ = ["preprocess_record", "preprocess_from", "imagenet_preprocess", "check_image_file", "load_image",
+           "LoadedImage"]
 
 
 def preprocess_record(info, augment: str = "auto") -> dict[str, Any]:
@@ -68,15 +69,23 @@ class LoadedImage:
         self.path, self.tensor, self.display = path, tensor, display
 
 
+def check_image_file(path: str | Path) -> Path:
+    """``path`` when it names a file; ``FileNotFoundError`` / ``IsADirectoryError`` saying which it is not."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image {path} is a folder; give an image file (png, jpg, ...)")
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    return path
+
+
 def load_image(path: str | Path, pre: Mapping[str, Any]) -> LoadedImage:
     """Read an image file and apply the recorded val transform (resize, center crop, normalize)."""
     from PIL import Image, UnidentifiedImageError
 
     from ..data.transforms import build_transforms
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
+    path = check_image_file(path)
     try:
         with Image.open(path) as im:
             img = im.convert("L" if int(pre["image_channels"]) == 1 else "RGB")

@@ -3,18 +3,18 @@ grid's curves per activation, mean and band (± one std) over seeds (``compare_c
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..train.logs import read_jsonl
 from .figures import pyplot, save_figure
 
-__all__ = ["RunCurves", "CompareCurves", "read_metrics", "run_curves", "plot_run_curves", "compare_curves",
-           "plot_compare_curves", "write_compare_curves", "CURVE_KEYS"]
+__all__ = ["RunCurves", "CompareCurves", "read_log", "read_metrics", "run_curves", "plot_run_curves",
+           "compare_curves", "plot_compare_curves", "write_compare_curves", "CURVE_KEYS"]
 
 #: the per-epoch metrics a learning curve shows
 CURVE_KEYS = ("train_loss", "val_loss", "train_acc1", "val_acc1")
@@ -41,12 +41,49 @@ class CompareCurves:
     # cell -> {"seeds": [...], "epochs": [...], key: {"runs": (seeds, epochs), "mean": (epochs,), "std": (epochs,)}}
 
 
+def read_log(path: str | Path, key: str, numbers: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The records of a run's JSON-lines log (``metrics.jsonl``, ``act_params.jsonl``, ``grads.jsonl``),
+    for drawing: each a JSON object with a finite number under ``key`` and, where present, a number
+    under each of ``numbers`` (NaN or infinity allowed: a diverged run logs them); a torn last line
+    (a write cut off by a kill) is left out. Anything else is a ``ValueError`` naming the file and
+    the line: text that is not UTF-8, a line that is not a JSON object, a value of the wrong type."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a log written by repact train: byte {exc.start} is not UTF-8 text") from None
+    lines = text.splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) and not text.endswith("\n"):
+                break  # torn last line
+            raise ValueError(f"{path} line {i} is not JSON (expected one JSON object per line, as repact train "
+                             f"writes): {line[:60]!r}") from None
+        for k in (key, *numbers):
+            v = rec.get(k) if isinstance(rec, dict) else None
+            if not (isinstance(rec, dict) and (_is_number(v) and (k != key or math.isfinite(v)) or
+                                               k != key and v is None)):
+                raise ValueError(f"{path} line {i}: expected a JSON object with a number under {k!r} (a record "
+                                 f"written by repact train), got {line[:60]!r}")
+        records.append(rec)
+    return records
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """A run's ``metrics.jsonl`` records (one per epoch; a resumed epoch's last record wins)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: not a run folder written by repact train")
-    by_epoch = {int(r["epoch"]): r for r in read_jsonl(path)}
+    by_epoch = {int(r["epoch"]): r for r in read_log(path, "epoch")}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

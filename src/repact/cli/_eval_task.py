@@ -4,14 +4,36 @@ AP, or mIoU, per-class IoU and global pixel accuracy, on the run's VOC-format da
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from . import CLIError
 
-__all__ = ["checkpoint_task", "run_task_eval", "TASK_DEFAULT_BATCH"]
+__all__ = ["checkpoint_task", "run_task_eval", "TASK_DEFAULT_BATCH", "json_text", "nonfinite_metrics"]
 
 #: eval batch size of detection and segmentation checkpoints when --batch-size is not given
 TASK_DEFAULT_BATCH = 8
+
+
+def nonfinite_metrics(results: dict[str, Any], where: str = "") -> str:
+    """The numbers of ``results`` (nested dicts) that are not finite, as ``"loss of X is nan, ..."``;
+    empty when all are. ``repact eval`` fails (exit 1) on any: a NaN metric means the model's outputs
+    are not finite numbers, and JSON has no NaN."""
+    import math
+
+    bad = []
+    for key, v in results.items():
+        if isinstance(v, dict):
+            inner = nonfinite_metrics(v, f"{key}: ")
+            bad += [inner] if inner else []
+        elif isinstance(v, float) and not math.isfinite(v):
+            bad.append(f"{where}{key} is {v}")
+    return "; ".join(bad)
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON; never NaN or Infinity (callers refuse non-finite metrics first)."""
+    return json.dumps(obj, indent=2, allow_nan=False)
 
 
 def checkpoint_task(model_config: dict[str, Any]) -> str | None:
@@ -56,6 +78,7 @@ def run_task_eval(args, ckpt, task_name: str) -> int:
     from ..checkpoint import build_model
     from ..tasks import get_task
     from ..train.objective import METRIC_LABELS
+    from ..train.state import check_data_classes
 
     _refuse_classification_flags(args, task_name)
     task = get_task(task_name)
@@ -63,6 +86,11 @@ def run_task_eval(args, ckpt, task_name: str) -> int:
     cfg = dict(ckpt.state.get("config", {}))
     mc = ckpt.model_config
     dataset = args.dataset or cfg.get("dataset") or task.default_dataset
+    try:
+        dataset = task.check_dataset(dataset)
+    except ValueError:
+        raise CLIError(f"--dataset {dataset}: {ckpt.path} is a {task_name} model, evaluated on VOC-format data; "
+                       f"accepted: {', '.join(task.datasets)} (with --data-dir the VOC root)") from None
     same = dataset == cfg.get("dataset")
     data_dir = args.data_dir if args.data_dir is not None else (cfg.get("data_dir") if same else None)
     if data_dir is None:
@@ -77,15 +105,20 @@ def run_task_eval(args, ckpt, task_name: str) -> int:
     if info.num_classes != int(mc.get("num_classes", info.num_classes)):
         raise CLIError(f"{ckpt.path} has {mc.get('num_classes')} output classes but {dataset} in {data_dir} has "
                        f"{info.num_classes} ({', '.join(info.classes)}); evaluate it on the data it was trained for")
+    check_data_classes(ckpt, info.classes, f"{dataset} in {data_dir}")
     loader = DataLoader(val_set, batch_size=args.batch_size or TASK_DEFAULT_BATCH, shuffle=False,
                         num_workers=args.workers, collate_fn=task.collate_fn)
     device = torch.device(args.device)
     model.to(device)
     summary = task.evaluate(model, loader, device, limit=args.limit_batches)
+    bad = nonfinite_metrics(summary)
+    if bad:
+        print(f"repact eval: FAILED: {bad} ({ckpt.path}: its outputs are not finite numbers)", file=sys.stderr)
+        return 1
     label = f"{mc.get('name')} act={mc.get('act')}" + (" (reparameterized)" if mc.get("reparameterized") else "")
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "task": task_name, "dataset": dataset, "split": args.split,
-                          "results": [{"model": label, **summary}]}, indent=2))
+        print(json_text({"checkpoint": str(ckpt.path), "task": task_name, "dataset": dataset, "split": args.split,
+                         "results": [{"model": label, **summary}]}))
         return 0
     print(f"{ckpt.path} on {dataset} ({args.split}, {summary['n']} images, {img_size} px)")
     keys = [k for k in ("map50", "map", "map75", "mar100", "miou", "pixel_acc") if k in summary]

@@ -126,11 +126,19 @@ def _default_shape(model, cfg: dict[str, Any]) -> list[int] | None:
 
 
 def build_named(name: str, act: Any, num_classes: int, kwargs: dict[str, Any]):
-    """``create_model``, with impossible builder arguments (``width=-5``) as one ``CLIError``."""
+    """``create_model``, with impossible builder arguments (``width=-5``) as one ``CLIError``, and a model
+    whose weights would not fit in memory (counted on the meta device) refused before it is built."""
+    import torch
+
     from ..models import create_model
+    from ..models.checks import ModelTooLarge, check_model_fits
 
     try:
+        check_model_fits(name, act, num_classes, kwargs, torch.device("cpu"), bytes_per_param=4,
+                         purpose="its weights need about {gib} GiB")
         return create_model(name, act=act, num_classes=num_classes, **kwargs)
+    except ModelTooLarge as exc:
+        raise CLIError(f"{exc}; choose smaller --model-arg values") from None
     except (RuntimeError, TypeError, OverflowError) as exc:
         given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

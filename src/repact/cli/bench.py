@@ -9,6 +9,13 @@ from . import CLIError
 from ._model_arg import add_shape_flags, build_named, input_shape_of, parse_model_args, probe_input
 
 
+def max_threads() -> int:
+    """The most --threads accepted: four per core this process may run on."""
+    from ..train.compare import usable_cores
+
+    return 4 * usable_cores()
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench", help="cost table: params, FLOPs, latency (eager, torch.compile, onnxruntime)",
@@ -30,7 +37,7 @@ def add_parser(sub) -> None:
                                                    "(torch.cuda.max_memory_allocated)")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per engine and batch size (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per model first (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads, up to 4 per core (default: torch's)")
     p.add_argument("--onnx-form", choices=("auto", "basis", "where"), default="auto")
     p.add_argument("--no-ort-spinning", action="store_true", help="stop onnxruntime's idle threads busy-waiting")
     p.add_argument("--seed", type=int, default=0)
@@ -53,8 +60,9 @@ def run(args) -> int:
         raise CLIError("--rounds and --batch-sizes must be positive and --warmup >= 0")
     if args.image_size is not None and args.image_size < 1:
         raise CLIError(f"--image-size must be a positive integer, got {args.image_size}")
-    if args.threads is not None and args.threads < 1:
-        raise CLIError(f"--threads must be a positive integer, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= max_threads():
+        raise CLIError(f"--threads {args.threads} is outside 1 to {max_threads()} (4 per core of the "
+                       f"{max_threads() // 4} this process may use: more only queue for the same cores)")
     out = Path(args.json or f"bench-{args.model}-{args.act}.json")
     if out.exists() and out.is_dir():
         raise CLIError(f"--json {out} is a folder; give a file name")

@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--layer", default=None, metavar="PATH", help="target module path (default: the last conv stage)")
     p.add_argument("--class", dest="target_class", type=int, default=None, metavar="N",
                    help="explain class N (default: each model's predicted class)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's, or 224)")
+    p.add_argument("--image-size", type=int, default=None, help="input size, 1 to 4096 (default: the checkpoint's, "
+                   "or 224)")
     add_model_flags(p)
     add_output_flags(p, "cam")
     p.set_defaults(func=run)
@@ -36,16 +37,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..analysis.cam import cam_grid, cam_method
     from ..analysis.preprocess import preprocess_from
-    from .plot import _check_output, load_model_arg, write_figure
+    from .plot import _check_output, load_model_arg, refuse_task_model, write_figure
 
     _check_output(args, "cam")
     cam_method(args.method)
-    for img in args.images:
-        if not Path(img).is_file():
-            raise FileNotFoundError(f"image {img} does not exist")
     models = []
     for target in [args.target, *args.compare]:
         model, mc, state, label = load_model_arg(target, args)
+        refuse_task_model(target, mc, "repact cam", ("classification",))
         models.append([label, model, preprocess_from(mc, state, args.image_size), target])
     labels = [m[0] for m in models]
     for m in models:

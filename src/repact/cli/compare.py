@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .train import _kv, add_train_options, explicit_options
+from .train import _kv, add_train_options, check_tensorboard, explicit_options
 
 __all__ = ["add_parser", "run"]
 
@@ -86,6 +86,7 @@ def run(args) -> int:
                 datasets=[str(d) for d in data.get("datasets", datasets)], seeds=data["seeds"],
                 baseline=data.get("baseline"), metric=data.get("metric", "last"), train=train_values, task=task)
     overrides.setdefault("quiet", True)
+    check_tensorboard({**train_values, **overrides})
     if args.jobs < 1:
         raise CLIError(f"--jobs must be at least 1, got {args.jobs}")
     if args.executor_kw and args.executor != "submitit":

@@ -4,7 +4,6 @@ mIoU of a detection or segmentation checkpoint (:mod:`repact.cli._eval_task`).""
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -113,8 +112,9 @@ def run(args) -> int:
     from ..reparam import NonFiniteError, check_finite, reparameterize
     from ..train.config import img_size_problem
     from ..train.evaluate import evaluate, evaluate_pair
+    from ..train.state import check_data_classes
     from . import CLIError
-    from ._eval_task import checkpoint_task, run_task_eval
+    from ._eval_task import checkpoint_task, json_text, nonfinite_metrics, run_task_eval
     from ._model_arg import run_checkpoint
 
     for name in ("batch_size", "limit_batches", "img_size"):
@@ -156,48 +156,58 @@ def run(args) -> int:
     if info.num_classes != int(mc.get("num_classes", info.num_classes)):
         raise CLIError(f"{ckpt.path} has {mc.get('num_classes')} output classes but {dataset} has "
                        f"{info.num_classes}; evaluate it on the dataset it was trained for")
+    check_data_classes(ckpt, info.classes, f"{dataset} in {data_dir}" if data_dir else dataset)
     ds = val_set if args.split == "val" else train_set
     if args.split == "train":
         ds.transform = val_set.transform  # no augmentation when measuring
     loader = DataLoader(ds, batch_size=args.batch_size or 256, shuffle=False, num_workers=args.workers)
     device = torch.device(args.device)
     model.to(device)
-    rows = []
     label = f"{mc.get('name')} act={mc.get('act')}" + (" (reparameterized)" if mc.get("reparameterized") else "")
     written: list[str] = []
-    if args.reparameterize or args.save_reparameterized:
-        deployed = reparameterize(copy.deepcopy(model))
-        hooks = [_finite_logits(model, "the model"), _finite_logits(deployed, "the re-parameterized model")]
-        try:
-            check_finite(model, f"{ckpt.path}")
+    deployed = reparameterize(copy.deepcopy(model)) if args.reparameterize or args.save_reparameterized else None
+    hooks = [_finite_logits(model, "the model")]
+    if deployed is not None:
+        hooks.append(_finite_logits(deployed, "the re-parameterized model"))
+    try:
+        if deployed is not None:
             check_finite(deployed, "the re-parameterized model")
             res = evaluate_pair(model, deployed, loader, device, limit=args.limit_batches)
-        except NonFiniteError as exc:
-            print(f"repact eval: FAILED: {exc}" + ("; nothing written" if target else ""), file=sys.stderr)
-            return 1
-        finally:
-            for h in hooks:
-                h.remove()
+        else:
+            res = evaluate(model, loader, device, limit=args.limit_batches)
+    except NonFiniteError as exc:
+        print(f"repact eval: FAILED: {exc}" + ("; nothing written" if target else ""), file=sys.stderr)
+        return 1
+    finally:
+        for h in hooks:
+            h.remove()
+    if deployed is None:
+        rows, extra = [(label, res)], {}
+    else:
         rows = [(label, res["reference"]), (label + " reparameterized", res["candidate"])]
         change = abs(res["candidate"]["acc1"] - res["reference"]["acc1"])
         extra = {"max_abs_logit_error": res["max_abs_logit_error"], "top1_flips": res["top1_flips"],
                  "acc1_change": change}
-        if target and change <= MAX_ACC_CHANGE:
-            mc2 = {**mc, "reparameterized": True}
-            _save_deployed(deployed.cpu(), target, mc2, {"config": cfg, "source": str(ckpt.path)})
-            written = [str(p) for p in target]
-    else:
-        rows = [(label, evaluate(model, loader, device, limit=args.limit_batches))]
-        extra = {}
+    bad = nonfinite_metrics({name: r for name, r in rows} | extra)
+    if bad:
+        print(f"repact eval: FAILED: {bad} ({ckpt.path}: its outputs are not finite numbers)"
+              + ("; nothing written" if target else ""), file=sys.stderr)
+        return 1
+    if target and extra["acc1_change"] <= MAX_ACC_CHANGE:
+        from ..merge.layers import deploy_model_config
+
+        mc2 = deploy_model_config(mc, model, deployed)
+        _save_deployed(deployed.cpu(), target, mc2, {"config": cfg, "source": str(ckpt.path)})
+        written = [str(p) for p in target]
     if args.confusion:
         from ..analysis.confusion import write_confusion
 
         conf = write_confusion(model, loader, info.num_classes, args.confusion, device, args.limit_batches, info.classes)
         extra["confusion"] = {"path": str(args.confusion), "acc1": conf.acc1, "acc5": conf.acc5, "n": conf.n}
     if args.json:
-        print(json.dumps({"checkpoint": str(ckpt.path), "dataset": dataset, "split": args.split,
-                          "results": [{"model": r[0], **r[1]} for r in rows], **extra,
-                          **({"written": written} if target else {})}, indent=2))
+        print(json_text({"checkpoint": str(ckpt.path), "dataset": dataset, "split": args.split,
+                         "results": [{"model": r[0], **r[1]} for r in rows], **extra,
+                         **({"written": written} if target else {})}))
     else:
         print(f"{ckpt.path} on {dataset} ({args.split}, {rows[0][1]['n']} images)")
         print(f"{'model':<48} {'top-1 %':>9} {'top-5 %':>9} {'loss':>8}")

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
     a.add_argument("--param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
                    help="option or tensor value for every NAME (repeatable)")
     _range_flag(a)
-    a.add_argument("--points", type=int, default=1201, help="grid points (default 1201, plus the knots)")
+    a.add_argument("--points", type=int, default=1201, help="grid points, 2 to 100,000 (default 1201, plus the "
+                   "knots)")
     add_output_flags(a, "act")
     a.set_defaults(func=_act)
 
@@ -74,7 +75,8 @@ def add_parser(sub) -> None:
     fe.add_argument("image", metavar="IMAGE")
     fe.add_argument("--layer", default=None, metavar="PATH", help="module path of the activation (default: the first)")
     fe.add_argument("--top-k", type=int, default=8, help="channels shown (default 8)")
-    fe.add_argument("--image-size", type=int, default=None, help="input size (default: the checkpoint's, or 224)")
+    fe.add_argument("--image-size", type=int, default=None, help="input size, 1 to 4096 (default: the checkpoint's, "
+                    "or 224)")
     add_model_flags(fe)
     add_output_flags(fe, "features")
     fe.set_defaults(func=_features)
@@ -96,11 +98,31 @@ def write_figure(fig, args, stem: str) -> Path:
 
 
 def _check_output(args, stem: str) -> None:
+    """The flags of a picture command that fail before any work: --out, --dpi, --image-size, the image files."""
     from ..analysis.figures import output_path
+    from ..analysis.preprocess import check_image_file
+    from ..train.config import img_size_problem
 
     output_path(args.out, args.format, stem)  # a bad --out fails before any work
     if not 10 <= args.dpi <= 1200:
         raise ValueError(f"--dpi must lie in [10, 1200], got {args.dpi}")
+    if img_size_problem(getattr(args, "image_size", None)):
+        raise ValueError(f"--image-size {img_size_problem(args.image_size)}")
+    images = getattr(args, "images", None) or ([args.image] if getattr(args, "image", None) else [])
+    for image in images:
+        check_image_file(image)
+
+
+def refuse_task_model(target: str, model_config: dict[str, Any], command: str, takes: tuple[str, ...]) -> None:
+    """A one-line error where ``target`` is a detection or segmentation model that ``command`` does
+    not take (``takes``: the kinds it does, e.g. ``("classification",)``)."""
+    from . import CLIError
+    from ._eval_task import checkpoint_task
+
+    task = checkpoint_task(model_config) or "classification"
+    if task not in takes:
+        raise CLIError(f"{command} takes {' and '.join(takes)} models; {target} is a {task} model "
+                       f"({model_config.get('name')}): repact plot layers draws its activations")
 
 
 def load_model_arg(target: str, args) -> tuple[Any, dict[str, Any], dict[str, Any], str]:
@@ -177,6 +199,7 @@ def _features(args) -> int:
 
     _check_output(args, "features")
     model, mc, state, label = load_model_arg(args.target, args)
+    refuse_task_model(args.target, mc, "repact plot features", ("classification", "segmentation"))
     img = load_image(args.image, preprocess_from(mc, state, args.image_size))
     fig, data = plot_features(model, img.tensor, args.layer, args.top_k, display=img.display,
                               title=f"{Path(args.target).name} ({label}): {Path(args.image).name}")

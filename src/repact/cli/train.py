@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_parser", "add_train_options", "explicit_options", "run"]
+__all__ = ["add_parser", "add_train_options", "check_tensorboard", "explicit_options", "run"]
 
 S = argparse.SUPPRESS
 
@@ -47,8 +47,9 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
                    "(keys features.*) or the whole task model; nothing is downloaded")
     t.add_argument("--swap-heads", action="store_true", default=S, help="also swap the activations of the task's "
                    "heads (default: the backbone's only)")
-    t.add_argument("--classes", default=S, help="voc (the 20 VOC classes, default), auto (the names found in the "
-                   "train split's annotations), or names separated by commas")
+    t.add_argument("--classes", default=S, help="voc (the 20 VOC classes, default), auto (detection: the names found "
+                   "in the train split's annotations), or names separated by commas (segmentation: in pixel-value "
+                   "order, the background first)")
     t.add_argument("--year", default=S, help="VOC2007 / VOC2012 inside a VOCdevkit (default: the one found)")
     t.add_argument("--data-kw", dest="data_kwargs", action="append", type=_kv, default=S, metavar="KEY=VALUE",
                    help="extra data option (repeatable): keep_difficult=true, train_split=trainval, "
@@ -82,6 +83,15 @@ def add_train_options(p: argparse.ArgumentParser, *, grid: bool = False) -> None
     h.add_argument("--bn-momentum", type=float, default=S, help="momentum of every BatchNorm's running statistics, "
                    "e.g. 0.1 for all models alike (default: the model's own; torchvision's MobileNetV3 uses 0.01)")
     h.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm to this value")
+    a = p.add_argument_group("annealing activations into the identity (then repact deploy --merge)")
+    a.add_argument("--anneal-acts", default=S, metavar="START:END", help="move every annealed activation "
+                   "(1 - lam) act(x) + lam x from lam 0 at epoch START to lam 1 at epoch END (vanillanet_mini has "
+                   "them built in; other models: --anneal-include)")
+    a.add_argument("--anneal-schedule", default=S, choices=("linear", "cosine"), help="lam's path (default linear)")
+    a.add_argument("--anneal-by", default=S, choices=("model", "layer"), help="model: one window for all (default); "
+                   "layer: the window cut into one slice per layer, first layer first")
+    a.add_argument("--anneal-include", default=S, metavar="REGEX", help="anneal the activation modules whose path "
+                   "matches REGEX (re.search), e.g. 'classifier' or '.' for every one")
     r = p.add_argument_group("running")
     r.add_argument("--config", default=None, help="YAML file of options (flags given here override it)")
     r.add_argument("--amp", action="store_true", default=S, help="mixed precision (CUDA only)")
@@ -109,6 +119,20 @@ def explicit_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_tensorboard(values: dict[str, Any]) -> None:
+    """``--tensorboard`` (a flag, or ``tensorboard: true`` in a config or grid file) asked for logs that
+    need the tensorboard package: without it, a one-line error before any training."""
+    from . import CLIError
+
+    if not values.get("tensorboard"):
+        return
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise CLIError("--tensorboard needs the tensorboard package, which is not installed: pip install "
+                       "'repact[tensorboard]', or leave out --tensorboard") from None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a model (any activation x model x dataset)",
@@ -131,6 +155,7 @@ def run(args) -> int:
 
     overrides = explicit_options(args)
     file_values = load_config_file(args.config) if args.config else {}
+    check_tensorboard({**file_values, **overrides})
     if args.resume is not None and args.overwrite and (args.resume == "auto" or "out" not in overrides):
         raise CLIError("--resume continues a run in its folder and --overwrite replaces a run; give one of them "
                        "(--resume RUN --out OTHER --overwrite continues a copy of RUN in OTHER, replacing OTHER)")

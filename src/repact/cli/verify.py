@@ -1,6 +1,7 @@
 """``repact verify CHECKPOINT_OR_MODEL``: does the deploy form compute the same logits?
 
-Exit codes: 0 within tolerance, 1 above it or not finite (weights or outputs), 2 bad input.
+Exit codes: 0 within tolerance, 1 above it or outputs not finite, 2 bad input (a checkpoint whose weights
+are not finite included: every command that loads one refuses it, :func:`repact.checkpoint.build_model`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def add_parser(sub) -> None:
                     "first, as RepVGG's verify does (with default statistics the check is nearly trivial). "
                     "--reference branches compares with the literal branch sum of every RepAct instead of the "
                     "model's fused forward. --onnx FILE also compares onnxruntime on FILE with the deploy form. "
-                    "Weights or logits that are not finite fail the check. A detection or segmentation model is "
+                    "Logits that are not finite fail the check (a checkpoint whose weights are not finite is refused "
+                    "as it is loaded). A detection or segmentation model is "
                     "checked on its raw outputs (relative error) and its task outputs (detections; masks).",
     )
     p.add_argument("target", metavar="CHECKPOINT_OR_MODEL", help="a repact checkpoint (.safetensors), a run folder "
@@ -68,7 +70,7 @@ def _first_line(exc: BaseException) -> str:
 
 def run(args) -> int:
     from ..deploy import describe_activations, onnx_parity, unfused_activations
-    from ..reparam import NonFiniteError, check_finite, deployable_modules, verify_reparameterization
+    from ..reparam import deployable_modules, verify_reparameterization
 
     if args.batch < 1:
         raise CLIError(f"--batch must be a positive integer, got {args.batch}")
@@ -78,11 +80,6 @@ def run(args) -> int:
         raise CLIError("--onnx compares the file with the model's own weights: add --keep-bn")
     session = _onnx_session(args.onnx) if args.onnx else None
     model, cfg, what = load_target(args)
-    try:
-        check_finite(model, what)
-    except NonFiniteError as exc:
-        print(f"repact verify: FAILED: {exc}", file=sys.stderr)
-        return 1
     task = checkpoint_task(cfg)
     if task is not None:
         return verify_task(args, model, cfg, what, task, session)

@@ -2,11 +2,17 @@
 
 A split (``train/`` or ``val/`` of an ImageFolder tree) is decoded once into
 ``<cache dir>/<key>/pixels.u8`` (every image's (3, H, W) uint8 pixels, one after the other) with an
-index of offsets and shapes; later runs map the file and read batches from it. The key is a hash of
-the split's file list: each image's path relative to the split, its label, size in bytes and
-modification time (and the class list), so adding, removing, replacing or touching a file gives
-another key and the next run decodes afresh.
+index of offsets and shapes; later runs map the file and read batches from it.
 
+* Keyed by content (:mod:`repact.data.cache_check`): the key hashes each image's path relative to
+  the split, its label and a blake2b hash of its bytes (and the class list). Sizes and modification
+  times are not trusted, so adding, removing or changing a file, even for other bytes of the same
+  size and time, gives another key and the next run decodes afresh; an identical copy of the
+  folder elsewhere shares the cache.
+* Checked when opened: ``meta.json`` holds a crc32 per 64 MiB of ``pixels.u8``, a blake2b of
+  ``index.npy`` and its own checksum; a cache whose files do not match (bytes written over it,
+  truncated, edited) is named (:class:`DamagedCache`) and decoded afresh in its place. What the key
+  and the check cost: ``benchmarks/bench_cache_check.py`` (numbers in docs/training.md).
 * Where: ``$REPACT_DATA_CACHE``, else ``data/`` under repact's cache dir (``$REPACT_CACHE_DIR`` or
   ``~/.cache/repact``). Delete it at any time; it is rebuilt when needed.
 * When (``--cache``): ``off`` never; ``on`` whenever the disk has room; ``auto`` (the default) when
@@ -22,7 +28,7 @@ another key and the next run decodes afresh.
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import os
 import shutil
@@ -34,14 +40,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .cache_check import CHUNK, FORMAT, DamagedCache, extend_crcs, index_digest, meta_digest, split_key, verify
 from .common import DataError
 from .images import decode_files
 
-__all__ = ["CACHE_MODES", "DecodedImages", "cache_root", "split_key", "open_decoded", "scan_unreadable",
-           "fits_rule"]
+__all__ = ["CACHE_MODES", "DecodedImages", "DamagedCache", "cache_root", "split_key", "verify", "open_decoded",
+           "scan_unreadable", "fits_rule"]
 
 CACHE_MODES = ("auto", "on", "off")
-FORMAT = 1
 _GIB = 2**30
 DISK_RESERVE = _GIB  # the disk keeps at least this much free after a cache is written
 RAM_SHARE = 0.5  # auto caches a split up to this share of the memory available now
@@ -54,18 +60,6 @@ def cache_root() -> Path:
     from .._native import cache_dir
 
     return cache_dir() / "data"
-
-
-def split_key(split: Path, samples: Sequence[tuple[str, int]], classes: Sequence[str]) -> str:
-    """Hash of the split's contents as the file system describes them (paths, labels, sizes, mtimes)."""
-    h = hashlib.sha256(f"repact-decoded-v{FORMAT}\n".encode())
-    h.update(json.dumps(list(classes)).encode())
-    split = Path(split)
-    for path, label in samples:
-        st = os.stat(path)
-        rel = os.path.relpath(path, split)
-        h.update(f"\n{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:32]
 
 
 def _available_memory() -> int:
@@ -121,15 +115,14 @@ def fits_rule(need: int, mode: str, root: Path) -> str | None:
 
 
 class DecodedImages:
-    """The decoded pixels of one split, memory-mapped. ``bad`` maps sample index -> why it is unreadable."""
+    """The decoded pixels of one split, memory-mapped. ``bad`` maps sample index -> why it is unreadable.
+    Opening checks every file against its checksum (:func:`verify`)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, n: int | None = None) -> None:
         self.dir = Path(folder)
-        meta = json.loads((self.dir / "meta.json").read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise DataError(f"{self.dir} is a decoded-image cache of another format; delete it")
+        meta, index = verify(self.dir, n)
         self.meta = meta
-        self.index = np.load(self.dir / "index.npy")  # (N, 4): byte offset, C, H, W (C == 0: unreadable)
+        self.index = index  # (N, 4): byte offset, C, H, W (C == 0: unreadable)
         self.bad = {int(k): v for k, v in meta["bad"].items()}
         self.shape = tuple(meta["shape"]) if meta.get("shape") else None  # every readable image's shape
         self._map: np.ndarray | None = None
@@ -191,6 +184,7 @@ def _build(tmp: Path, paths: Sequence[str], source: str) -> None:
     index = np.zeros((len(paths), 4), dtype=np.int64)
     bad: dict[str, str] = {}
     shapes: set[tuple[int, ...]] = set()
+    crcs: list[int] = []
     offset = 0
     t0 = time.perf_counter()
     with open(tmp / "pixels.u8", "wb") as fh:
@@ -199,29 +193,27 @@ def _build(tmp: Path, paths: Sequence[str], source: str) -> None:
                 bad[str(i)] = err
                 index[i] = (offset, 0, 0, 0)
                 continue
-            fh.write(arr.tobytes())
+            data = arr.tobytes()
+            fh.write(data)
+            extend_crcs(crcs, offset, data)
             index[i] = (offset, *arr.shape)
             shapes.add(arr.shape)
             offset += arr.size
         fh.flush()
         os.fsync(fh.fileno())
-    np.save(tmp / "index.npy", index)
+    buf = io.BytesIO()
+    np.save(buf, index)
+    (tmp / "index.npy").write_bytes(buf.getvalue())
     meta = {"format": FORMAT, "n": len(paths), "bytes": offset, "bad": bad,
             "shape": list(next(iter(shapes))) if len(shapes) == 1 else None,
-            "source": source,
+            "source": source, "chunk": CHUNK, "pixels_crc32": crcs,
+            "index_blake2b": index_digest(buf.getvalue()),
             "decode_s": round(time.perf_counter() - t0, 3), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta["digest"] = meta_digest(meta)
     with open(tmp / "meta.json", "w", encoding="utf-8") as fh:  # written last: the folder is complete
         fh.write(json.dumps(meta, indent=1) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _valid(folder: Path, n: int) -> bool:
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        return meta.get("format") == FORMAT and int(meta.get("n", -1)) == n and (folder / "index.npy").exists()
-    except (OSError, ValueError):
-        return False
 
 
 def _prune_same_source(root: Path, key: str, source: str | None) -> None:
@@ -239,9 +231,17 @@ def _prune_same_source(root: Path, key: str, source: str | None) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
+def _sound(folder: Path, n: int) -> DecodedImages | None:
+    try:
+        return DecodedImages(folder, n)
+    except DamagedCache:
+        return None
+
+
 def open_decoded(split: Path, samples: Sequence[tuple[str, int]], classes: Sequence[str], mode: str,
                  say: Callable[[str], None] = _say) -> DecodedImages | None:
-    """The split's decoded-image cache (found, or built now), or None under ``off`` or when it does not fit."""
+    """The split's decoded-image cache (found and verified, or built now), or None under ``off`` or
+    when it does not fit. A damaged one is named and built afresh."""
     if mode not in CACHE_MODES:
         raise DataError(f"unknown cache mode {mode!r}; accepted: {', '.join(CACHE_MODES)}")
     if mode == "off" or not samples:
@@ -249,10 +249,10 @@ def open_decoded(split: Path, samples: Sequence[tuple[str, int]], classes: Seque
     from filelock import FileLock, Timeout
 
     root = cache_root()
-    key = split_key(split, samples, classes)
+    key = split_key(split, samples, classes, say)
     final = root / key
-    if _valid(final, len(samples)):
-        return DecodedImages(final)
+    if final.exists() and (cache := _sound(final, len(samples))) is not None:
+        return cache
     paths = [p for p, _ in samples]
     need = estimate_bytes(paths)
     why = fits_rule(need, mode, root)
@@ -269,12 +269,14 @@ def open_decoded(split: Path, samples: Sequence[tuple[str, int]], classes: Seque
         say(f"waiting for another process to finish the decoded-image cache of {split}")
         lock.acquire()
     try:
-        if _valid(final, len(samples)):  # another process built it while we waited
-            return DecodedImages(final)
+        if final.exists():  # built by another process while we waited, or damaged
+            try:
+                return DecodedImages(final, len(samples))
+            except DamagedCache as exc:
+                say(f"{exc}; decoding {split} afresh")
+            shutil.rmtree(final)
         for stale in root.glob(f".{key}.tmp-*"):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():
-            shutil.rmtree(final)
         tmp = root / f".{key}.tmp-{os.getpid()}"
         tmp.mkdir()
         loud = len(paths) >= ANNOUNCE_FROM
@@ -287,7 +289,7 @@ def open_decoded(split: Path, samples: Sequence[tuple[str, int]], classes: Seque
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        cache = DecodedImages(final)
+        cache = DecodedImages(final, len(samples))
         if loud:
             unreadable = f" ({len(cache.bad)} unreadable)" if cache.bad else ""
             say(f"decoded {len(paths):,} images in {time.perf_counter() - t0:.1f} s{unreadable}")

@@ -76,17 +76,20 @@ class TensorImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
+        if hasattr(self.transform, "batch"):
+            return self.__getitems__([i])[0]
         x = self.images[i]
         if self.transform is not None:
             x = self.transform(x)
         return x, int(self.targets[i])
 
     def __getitems__(self, indices: list[int]) -> list:
-        """A DataLoader batch: one call of the transform's batched form when it has one."""
+        """A DataLoader batch: one call of the transform's batched form (given the sample indices, which
+        its random draws follow) when it has one."""
         if not hasattr(self.transform, "batch"):
             return [self[i] for i in indices]
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return list(zip(self.transform.batch(self.images[idx]), self.targets[idx].tolist()))
+        return list(zip(self.transform.batch(self.images[idx], keys=list(indices)), self.targets[idx].tolist()))
 
 
 def dataset_targets(ds) -> list[int]:

@@ -17,7 +17,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .cache import DecodedImages, _say, open_decoded, scan_unreadable
 from .common import DataError, require_dir
-from .images import SKIP_HINT, read_image
+from .images import read_image, unreadable
 
 __all__ = ["ClassFolder", "imagenet100_classes", "load_folder_pair", "first_image_size"]
 
@@ -54,12 +54,9 @@ class ClassFolder(ImageFolder):
             return  # an unreadable file is named when a batch reaches it
         if not bad:
             return
-        reasons = [bad[i] for i in sorted(bad)]
         names = [self.samples[i][0] for i in sorted(bad)]
         if not skip_bad_images:
-            listed = "; ".join(f"{n} ({r})" for n, r in zip(names[:5], reasons[:5]))
-            raise DataError(f"{len(bad)} unreadable image(s) under {self.root}: {listed}"
-                            f"{' ...' if len(bad) > 5 else ''}; {SKIP_HINT}")
+            raise unreadable([(self.samples[i][0], bad[i]) for i in sorted(bad)], self.root)
         keep = [i for i in range(len(self.samples)) if i not in bad]
         self.source_index = keep
         self.samples = [self.samples[i] for i in keep]
@@ -76,6 +73,8 @@ class ClassFolder(ImageFolder):
         return [read_image(self.samples[i][0]) for i in indices]
 
     def __getitem__(self, index: int):
+        if hasattr(self.transform, "batch"):
+            return self.__getitems__([index])[0]
         x = self.pixels([index])[0]
         if self.transform is not None:
             x = self.transform(x)
@@ -84,7 +83,7 @@ class ClassFolder(ImageFolder):
     def __getitems__(self, indices: list[int]) -> list:
         if not hasattr(self.transform, "batch"):
             return [self[i] for i in indices]
-        x = self.transform.batch(self.pixels(indices))
+        x = self.transform.batch(self.pixels(indices), keys=list(indices))
         return list(zip(x, (self.samples[i][1] for i in indices)))
 
 

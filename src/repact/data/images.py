@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .common import UnreadableImage
 
-__all__ = ["read_image", "decode_files", "SKIP_HINT"]
+__all__ = ["read_image", "decode_files", "unreadable", "SKIP_HINT"]
 
 SKIP_HINT = "pass --skip-bad-images to leave unreadable images out"
 
@@ -32,12 +32,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
+def unreadable(files: Sequence[tuple[str, str]], folder: str | Path) -> UnreadableImage:
+    """The one error for unreadable images ``(path, reason)`` of ``folder``: the same words whether a
+    batch meets the file or the decoded-image cache found it (up to five named)."""
+    if len(files) == 1:
+        path, why = files[0]
+        return UnreadableImage(f"cannot read image {path} ({why}); {SKIP_HINT}")
+    listed = "; ".join(f"{p} ({why})" for p, why in files[:5])
+    return UnreadableImage(f"cannot read {len(files)} images under {folder}: {listed}"
+                           f"{' ...' if len(files) > 5 else ''}; {SKIP_HINT}")
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """The (3, H, W) uint8 tensor of an image file; :class:`UnreadableImage` naming the file otherwise."""
     try:
         return torch.from_numpy(_decode(path))
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError ...
-        raise UnreadableImage(f"cannot read image {path} ({_reason(exc)}); {SKIP_HINT}") from None
+        raise unreadable([(str(path), _reason(exc))], Path(path).parent) from None
 
 
 class _DecodeJob(Dataset):
@@ -65,11 +76,15 @@ def _workers() -> int:
 def decode_files(paths: Sequence[str], workers: int | None = None,
                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """``(index, pixels or None, error or None)`` for every path, in order, decoded by ``workers``
-    processes (default: the usable cores, at most 8; none for short lists)."""
+    processes (default: the usable cores, at most 8; none for short lists).
+
+    Draws no number from torch's global generator: the loader's own generator gives its workers'
+    seed, so a run that builds the decoded-image cache seeds its model exactly as one that reads it.
+    """
     if workers is None:
         workers = _workers() if len(paths) >= 512 else 0
     loader = DataLoader(_DecodeJob(paths), batch_size=64, num_workers=workers, collate_fn=list,
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None, generator=torch.Generator())
     done = 0
     for chunk in loader:
         yield from chunk

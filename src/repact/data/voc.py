@@ -26,6 +26,7 @@ Conventions, stated once:
 
 from __future__ import annotations
 
+import math
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -62,6 +63,11 @@ def find_voc_root(data_dir: str | Path, year: str | int | None = None, *, marker
     """
     base = Path(data_dir)
     require_dir(base, "VOC data folder", _LAYOUT)
+    if year is not None:  # 2007, "2007" or "VOC2007"
+        text = str(year).strip()
+        year = text[3:] if text.upper().startswith("VOC") else text
+        if not (len(year) == 4 and year.isdigit()):
+            raise DataError(f"year {text!r} is not a VOC year; give one such as 2007 or VOC2012")
     if year is None and (base / marker).is_dir():
         return base
     years = [str(year)] if year is not None else ["2007", "2012"]
@@ -71,7 +77,8 @@ def find_voc_root(data_dir: str | Path, year: str | int | None = None, *, marker
     if not found:
         where = f"VOC{year} " if year is not None else ""
         raise DataError(f"no {where}VOC-format data under {base}: expected {marker}/ there or in "
-                        f"VOCdevkit/VOC2007|VOC2012. Expected layout: {_LAYOUT}")
+                        f"VOCdevkit/{f'VOC{year}' if year is not None else 'VOC2007|VOC2012'}. Expected layout: "
+                        f"{_LAYOUT}")
     if len(found) > 1 and year is None:
         raise DataError(f"{base} holds several VOC years ({', '.join(str(p) for p in found)}); pass year= "
                         "or point the data folder at one of them")
@@ -173,12 +180,13 @@ def _parse_xml(path: Path, image_id: str, image: Path, counts: ParseCounts, keep
         if difficult and not keep_difficult:
             counts.difficult_dropped += 1
             continue
-        if w > 0 and h > 0:
+        finite = all(math.isfinite(v) for v in (x1, y1, x2, y2))  # "nan" and "inf" parse as floats
+        if finite and w > 0 and h > 0:
             cx1, cy1, cx2, cy2 = min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
                 counts.clipped += 1
             x1, y1, x2, y2 = cx1, cy1, cx2, cy2
-        if x2 <= x1 or y2 <= y1:
+        if not finite or x2 <= x1 or y2 <= y1:
             counts.degenerate.append(f"{path.name}: {name_node.text.strip()} [{x1:g}, {y1:g}, {x2:g}, {y2:g}]")
             continue
         ann.names.append(name_node.text.strip())
@@ -192,7 +200,7 @@ def _warn_counts(where: str, counts: ParseCounts) -> None:
     if counts.degenerate:
         shown = "; ".join(counts.degenerate[:4]) + (" ..." if len(counts.degenerate) > 4 else "")
         parts.append(f"dropped {len(counts.degenerate)} degenerate box(es) with zero width or height after "
-                     f"clipping to the image ({shown})")
+                     f"clipping to the image, or a coordinate that is not a finite number ({shown})")
     if counts.clipped:
         parts.append(f"clipped {counts.clipped} box(es) to the image")
     if counts.empty_files:

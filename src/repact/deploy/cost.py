@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .._hooks import run_hooked
 from .._modes import eval_mode
 from ..activations.flops import activation_flops
 
@@ -106,13 +107,8 @@ def count_flops(model: nn.Module, example_input: Any) -> FlopsReport:
 
     for m in {id(m): m for m in acts.values()}.values():
         handles.append(m.register_forward_hook(hook))
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    try:
-        with eval_mode(model), FlopCounterMode(display=False, depth=None) as counter:
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    counter = FlopCounterMode(display=False, depth=None)
+    run_hooked(model, example_input, handles, eval_mode(model), counter)
     counts = counter.get_flop_counts()
     everything = int(sum(counts.get("Global", {}).values()))
     root = type(model).__name__

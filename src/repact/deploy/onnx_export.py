@@ -21,11 +21,27 @@ from .._modes import eval_mode
 from ..checkpoint import current_umask
 from .onnx_forms import ExportFormSummary, prepare_for_export
 
-__all__ = ["MIN_OPSET", "EXPORTERS", "export_onnx", "check_onnx", "ort_session", "onnx_parity", "last_export_forms"]
+__all__ = ["MIN_OPSET", "EXPORTERS", "check_opset", "max_opset", "export_onnx", "check_onnx", "ort_session",
+           "onnx_parity", "last_export_forms"]
 
 MIN_OPSET = 14  # HardSwish
 EXPORTERS = ("torchscript", "dynamo")
 _LAST_FORMS: ExportFormSummary | None = None
+
+
+def max_opset(exporter: str = "torchscript") -> int:
+    """The highest ONNX opset this torch's exporter writes (20 for the TorchScript exporter of torch 2.x)."""
+    from torch.onnx import _constants
+
+    name = "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET" if exporter == "torchscript" else "ONNX_MAX_OPSET"
+    return int(getattr(_constants, name, getattr(_constants, "ONNX_MAX_OPSET", 17)))
+
+
+def check_opset(opset: int, lowest: int = MIN_OPSET, exporter: str = "torchscript", name: str = "opset") -> None:
+    """``ValueError`` naming ``opset`` and the accepted range unless ``lowest <= opset <= max_opset(exporter)``."""
+    if not lowest <= int(opset) <= max_opset(exporter):
+        raise ValueError(f"{name} {opset} is not accepted: {lowest} to {max_opset(exporter)} (the highest opset "
+                         f"this torch's {exporter} exporter writes)")
 
 
 def _as_args(example_input: Any) -> tuple:
@@ -62,10 +78,9 @@ def export_onnx(
     global _LAST_FORMS
     import onnx  # noqa: F401  (fail early with a clear error when onnx is missing)
 
-    if int(opset) < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET} (HardSwish), got {opset}")
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    check_opset(opset, MIN_OPSET, exporter)
     args = _as_args(example_input)
     path = Path(path)
     if path.exists() and path.is_dir():

@@ -39,6 +39,7 @@ from torch import nn
 import torch.nn.functional as F
 
 
+from .._hooks import run_hooked
 from ..fuse import BasisCoefficients, basis_coefficients
 from ..activations.piecewise import PiecewiseQuadratic
 
@@ -169,13 +170,7 @@ def _input_shapes(model: nn.Module, example_input: Any, paths: list[str]) -> dic
 
     for p in paths:
         handles.append(model.get_submodule(p).register_forward_pre_hook(record(p)))
-    try:
-        with torch.no_grad():
-            args = example_input if isinstance(example_input, tuple) else (example_input,)
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    run_hooked(model, example_input, handles, torch.no_grad())
     return shapes
 
 

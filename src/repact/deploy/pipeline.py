@@ -35,6 +35,7 @@ from torch import nn
 from .._modes import eval_mode, kept_modes
 from ..activations.piecewise import PiecewiseQuadratic
 from ..checkpoint import atomic_write_text, build_model, save_checkpoint
+from ..merge.layers import deploy_model_config
 from ..reparam import NonFiniteError, check_finite, deployable_modules, randomize_batchnorm_, reparameterize, verify
 from .cost import activation_modules, count_flops, count_params
 from .onnx_export import export_onnx, last_export_forms, onnx_parity
@@ -132,6 +133,9 @@ def deploy_model(
     seed: int = 0,
     overwrite: bool = False,
     allow_unfused: bool = False,
+    merge: str | None = None,
+    merge_latency_rounds: int = 0,
+    calibration: Sequence[torch.Tensor] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> DeployResult:
     """Reparameterize ``model``, check it, export and save it under ``out_dir``; see the module docstring.
@@ -148,6 +152,11 @@ def deploy_model(
         overwrite: replace the files of an earlier deploy under ``name`` (``FileExistsError`` otherwise).
         allow_unfused: deploy a model with nothing to re-parameterize as it is (``NothingToFuseError``
             otherwise, naming its activations).
+        merge: also merge the layers that linear parts leave apart (:func:`repact.merge_linear` with
+            ``when=merge``: ``"cheaper"`` or ``"always"``); the report gets its ``merge`` entry.
+        merge_latency_rounds: time the deploy form before and after merging (0: not timed).
+        calibration: batches on which the merge report measures which activations are linear on
+            their input range (merge candidates).
         log: called with one line per step (e.g. ``print``).
 
     The model's train/eval mode is restored afterwards; its weights are not changed.
@@ -164,8 +173,9 @@ def deploy_model(
     if not overwrite:
         refuse_existing(out, name)
     with kept_modes(model):
+        merging = MergeOptions(merge, merge_latency_rounds, calibration) if merge else None
         return _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form,
-                       randomize_bn, batch, seed, overwrite, allow_unfused, say)
+                       randomize_bn, batch, seed, overwrite, allow_unfused, say, merging)
 
 
 def check_fusible(model: nn.Module, model_config: dict[str, Any] | None, allow_unfused: bool,
@@ -194,19 +204,44 @@ def check_finite_weights(module: nn.Module, what: str) -> None:
         raise DeployError(f"{exc}; nothing was written") from None
 
 
+@dataclass
+class MergeOptions:
+    """What ``deploy_model(merge=...)`` passes to :func:`repact.merge_linear`."""
+
+    when: str
+    latency_rounds: int = 0
+    calibration: Sequence[torch.Tensor] | None = None
+
+    def apply(self, deployed: nn.Module, x: torch.Tensor, rtol: float, *, report: bool = True):
+        """(merged copy of ``deployed``, its report); :class:`DeployError` when it differs above ``rtol``."""
+        from ..merge import MergeError, merge_linear
+
+        try:
+            return merge_linear(deployed, x, when=self.when, rtol=rtol,
+                                latency_rounds=self.latency_rounds if report else 0,
+                                calibration=self.calibration if report else None)
+        except MergeError as exc:
+            raise DeployError(f"{exc}; nothing was written") from None
+
+
 def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dynamic_batch, onnx_form, randomize_bn,
-            batch, seed, overwrite, allow_unfused, say) -> DeployResult:
+            batch, seed, overwrite, allow_unfused, say, merging: MergeOptions | None = None) -> DeployResult:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=gen)
     model.eval()
     _prime(model, x)
     check_finite_weights(model, "the model")
 
-    fusible, already = check_fusible(model, model_config, allow_unfused, say)
+    fusible, already = check_fusible(model, model_config, allow_unfused or merging is not None, say)
     deployed = reparameterize(model, inplace=False).eval() if fusible else model
     unfused = unfused_activations(deployed)
     if fusible:
         say(f"re-parameterized {fusible} activation(s); staying as they are: {describe_activations(unfused)}")
+    merge_report = None
+    if merging is not None:
+        deployed, merge_report = merging.apply(deployed, x, rtol)
+        for line in merge_report.lines():
+            say(line)
     check_finite_weights(deployed, "the deploy form")
     res = verify(model, deployed, x)
     say(f"verify: {res}")
@@ -218,15 +253,17 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
                           "nothing was written")
     if randomize_bn:
         probe = randomize_batchnorm_(copy.deepcopy(model), seed)
-        rb = verify(probe, reparameterize(probe, inplace=False), x)
+        probe_deployed = reparameterize(probe, inplace=False)
+        if merging is not None:
+            probe_deployed = merging.apply(probe_deployed, x, float("inf"), report=False)[0]
+        rb = verify(probe, probe_deployed, x)
         say(f"verify with randomized BatchNorm statistics: {rb}")
         checks["logits_random_bn"] = rb.as_dict()
         if not rb.ok(rtol):
             raise DeployError(f"with randomized BatchNorm statistics the deploy form differs: {rb}, above rtol={rtol:g}; "
                               "nothing was written")
 
-    cfg = dict(model_config or {})
-    cfg["reparameterized"] = True
+    cfg = deploy_model_config(dict(model_config or {}), model, deployed)
     cfg["input_shape"] = shape
     batches = [x, torch.randn(1, *shape, generator=gen), torch.randn(batch + 1, *shape, generator=gen)]
     with staging_folder(out) as stage:
@@ -247,6 +284,8 @@ def _deploy(model, out, shape, model_config, name, rtol, parity_tol, opset, dyna
             "cost": deploy_cost(model, deployed, model, deployed, x),
             "versions": versions(),
         }
+        if merge_report is not None:
+            report["merge"] = {k: v for k, v in merge_report.as_dict().items() if k != "structure"}
         return publish(stage, out, name, report, overwrite, say)
 
 

@@ -33,7 +33,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBo
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor as _fpn_extractor
 from torchvision.models.detection.ssdlite import SSDLiteHead, _mobilenet_extractor as _ssd_extractor, _normal_init
 
-from .registry import register_model
+from .registry import MAX_IMAGE_SIDE, positive_int, register_model
 from .task_backbone import (OUTPUTS, DenseView, build_mobilenet_v3_large, check_choice, finish_task_model,
                             read_weights)
 
@@ -86,15 +86,28 @@ class DenseFasterRCNN(DenseView):
         return (*features, *objectness, *deltas)
 
 
+#: torchvision's detector arguments the builders set themselves (the others pass through)
+_SSD_FIXED = {"backbone", "anchor_generator", "size", "num_classes", "head"}
+_FRCNN_FIXED = {"backbone", "num_classes", "rpn_anchor_generator", "box_head"}
+
+
+def _detector_options(cls: type, fixed: set[str]) -> tuple[str, ...]:
+    """The keywords of torchvision's detector ``cls`` that a builder passes through."""
+    return tuple(sorted(set(inspect.signature(cls.__init__).parameters) - fixed - {"self", "kwargs"}))
+
+
 def _detector_kwargs(cls: type, kwargs: dict[str, Any], defaults: dict[str, Any], fixed: set[str]) -> dict[str, Any]:
-    accepted = set(inspect.signature(cls.__init__).parameters) - fixed - {"self", "kwargs"}
-    bad = sorted(set(kwargs) - accepted)
+    accepted = _detector_options(cls, fixed)
+    bad = sorted(set(kwargs) - set(accepted))
     if bad:
-        raise ValueError(f"{cls.__name__} does not take {', '.join(bad)}; it takes {', '.join(sorted(accepted))}")
+        raise ValueError(f"{cls.__name__} does not take {', '.join(bad)}; it takes {', '.join(accepted)}")
+    for key in set(kwargs) & {"min_size", "max_size"}:  # the side images are resized to, bounded like every input
+        for v in kwargs[key] if isinstance(kwargs[key], (list, tuple)) else [kwargs[key]]:
+            positive_int(cls.__name__, key, v, most=MAX_IMAGE_SIDE)
     return {**defaults, **kwargs}
 
 
-@register_model("ssdlite320_mobilenet_v3_large", family="detection")
+@register_model("ssdlite320_mobilenet_v3_large", family="detection", passthrough=_detector_options(SSD, _SSD_FIXED))
 def ssdlite320_mobilenet_v3_large(
     act: Any = None, num_classes: int = 21, *, convention: str = "repact", swap_heads: bool = False,
     act_init: str = "default", weights: Any = None, weights_kind: str = "auto", img_size: int = 320,
@@ -107,14 +120,14 @@ def ssdlite320_mobilenet_v3_large(
     Other keywords go to torchvision's ``SSD`` (``score_thresh``, ``nms_thresh``, ``detections_per_img``...).
     """
     check_choice(outputs, OUTPUTS, "outputs")
+    positive_int("ssdlite320_mobilenet_v3_large", "img_size", img_size, most=MAX_IMAGE_SIDE)
     state, kind = read_weights(weights, weights_kind)
     if reduced_tail is None:
         reduced_tail = kind != "backbone"
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     ssd_kwargs = _detector_kwargs(SSD, kwargs, {"score_thresh": 0.001, "nms_thresh": 0.55, "detections_per_img": 300,
                                                 "topk_candidates": 300, "image_mean": [0.5, 0.5, 0.5],
-                                                "image_std": [0.5, 0.5, 0.5]},
-                                  {"backbone", "anchor_generator", "size", "num_classes", "head"})
+                                                "image_std": [0.5, 0.5, 0.5]}, _SSD_FIXED)
     backbone, bb_report, loaded = build_mobilenet_v3_large(
         act, convention=convention, norm_layer=norm_layer, reduced_tail=reduced_tail, dilated=False,
         weights_state=state if kind == "backbone" else None, act_init=act_init,
@@ -131,7 +144,8 @@ def ssdlite320_mobilenet_v3_large(
                              arch={"reduced_tail": bool(reduced_tail)})
 
 
-@register_model("fasterrcnn_mobilenet_v3_large_320_fpn", family="detection")
+@register_model("fasterrcnn_mobilenet_v3_large_320_fpn", family="detection",
+                passthrough=_detector_options(FasterRCNN, _FRCNN_FIXED))
 def fasterrcnn_mobilenet_v3_large_320_fpn(
     act: Any = None, num_classes: int = 21, *, convention: str = "repact", swap_heads: bool = False,
     act_init: str = "default", weights: Any = None, weights_kind: str = "auto", trainable_backbone_layers: int = 6,
@@ -147,7 +161,7 @@ def fasterrcnn_mobilenet_v3_large_320_fpn(
     state, kind = read_weights(weights, weights_kind)
     frcnn_kwargs = _detector_kwargs(FasterRCNN, kwargs, {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150,
                                                          "rpn_post_nms_top_n_test": 150, "rpn_score_thresh": 0.05},
-                                    {"backbone", "num_classes", "rpn_anchor_generator", "box_head"})
+                                    _FRCNN_FIXED)
     backbone, bb_report, loaded = build_mobilenet_v3_large(
         act, convention=convention, norm_layer=nn.BatchNorm2d, reduced_tail=False, dilated=False,
         weights_state=state if kind == "backbone" else None, act_init=act_init)

@@ -15,7 +15,10 @@ from typing import Any, Callable
 from torch import nn
 
 __all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec", "positive_int",
-           "probability", "positive_number", "flag"]
+           "probability", "positive_number", "flag", "MAX_IMAGE_SIDE"]
+
+#: the largest input side a model is built for or fed (a 3 x 4096 x 4096 float image is 192 MiB)
+MAX_IMAGE_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -24,20 +27,23 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     family: str
     description: str
+    #: keywords of the builder's ``**kwargs`` that a checkpoint may record (see :mod:`repact.models.checks`)
+    passthrough: tuple[str, ...] = ()
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, family: str = "", description: str = ""):
-    """Decorator registering a builder under ``name`` (lower case)."""
+def register_model(name: str, *, family: str = "", description: str = "", passthrough: tuple[str, ...] = ()):
+    """Decorator registering a builder under ``name`` (lower case). ``passthrough``: the keywords its
+    ``**kwargs`` forwards that a checkpoint may record (its named keywords may be recorded anyway)."""
 
     def deco(fn: Callable[..., nn.Module]):
         key = name.lower()
         if key in _MODELS:
             raise ValueError(f"model name {key!r} is already registered")
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
-        _MODELS[key] = ModelSpec(key, fn, family, doc)
+        _MODELS[key] = ModelSpec(key, fn, family, doc, tuple(passthrough))
         return fn
 
     return deco

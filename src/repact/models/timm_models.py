@@ -18,7 +18,11 @@ from .registry import flag, positive_int, register_model
 __all__ = ["timm_model"]
 
 
-@register_model("timm", family="timm")
+#: timm.create_model keywords a checkpoint may record (never pretrained_cfg*, checkpoint_path, cache_dir...)
+TIMM_PASSTHROUGH = ("drop_rate", "drop_path_rate", "drop_block_rate", "in_chans", "global_pool")
+
+
+@register_model("timm", family="timm", passthrough=TIMM_PASSTHROUGH)
 def timm_model(act: Any = None, num_classes: int = 1000, *, model_name: str | None = None, pretrained: bool = False,
                targets: Sequence[Any] | None = None, include: Any = None, exclude: Any = None,
                input_size: int = 224, **kwargs: Any) -> nn.Module:

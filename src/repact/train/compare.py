@@ -15,11 +15,13 @@ bar plot with error bars and the learning curves of every cell (mean and band ov
 
 from __future__ import annotations
 
-import _thread
 import contextlib
+import ctypes
 import json
 import math
 import os
+import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checkpoint import atomic_write_text, checkpoint_paths
-from .config import ConfigError, TrainConfig, resolve_config
+from .config import ConfigError, TrainConfig, read_yaml_mapping, resolve_config
 from .logs import csv_text
-from .run_dir import refuse_if_busy
+from .run_dir import refuse_foreign, refuse_if_busy
 from .stats import summarize, welch_delta
 
 __all__ = ["Grid", "load_grid_file", "run_grid", "run_cell", "summarize_grid", "write_reports", "METRICS",
@@ -41,6 +43,9 @@ EXECUTORS = ("local", "submitit")
 _GRID_KEYS = ("acts", "models", "datasets", "seeds", "baseline", "metric", "train")
 #: config keys that may differ between a finished run and the grid that finds it
 _FREE = {"out", "quiet", "workers", "device", "data_dir", "download", "eval_batch_size", "cache", "tensorboard"}
+#: everything a grid writes under its --out (a folder holding anything else is refused)
+GRID_FILES = frozenset({"grid.yaml", "compare.md", "compare.csv", "runs.csv", "compare.png", "compare_curves.png",
+                        "runs", "logs", "submitit"})
 
 
 @dataclass
@@ -59,6 +64,9 @@ class Grid:
             raise ConfigError("the grid needs at least one activation (--acts a,b,...)")
         for name in ("acts", "models", "datasets", "seeds"):
             vals = getattr(self, name)
+            if not vals:  # an empty list would write an empty table and report success
+                raise ConfigError(f"the grid's {name} list is empty; give at least one (--{name} or the grid file's "
+                                  f"{name})")
             if len(set(map(str, vals))) != len(vals):
                 raise ConfigError(f"{name} lists a value twice: {vals}")
         if self.baseline is not None and self.baseline not in self.acts:
@@ -93,18 +101,9 @@ class Grid:
 
 def load_grid_file(path: str | Path) -> dict[str, Any]:
     """A YAML grid: acts, models, datasets, seeds, baseline, metric, and ``train:`` options for every run."""
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"grid file {p} does not exist (a YAML mapping with acts, models, datasets, seeds, "
-                          "baseline, metric, train)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"grid file {p} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"grid file {p} must hold a mapping, not a {type(data).__name__}")
+    data = read_yaml_mapping(p, "grid file", "a YAML mapping with acts, models, datasets, seeds, baseline, metric, "
+                                            "train")
     unknown = [k for k in data if k not in _GRID_KEYS]
     if unknown:
         raise ConfigError(f"grid file {p}: unknown key(s) {', '.join(map(str, unknown))}; accepted: "
@@ -112,7 +111,20 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
     for k in ("acts", "models", "datasets", "seeds"):
         if k in data and not isinstance(data[k], list):
             data[k] = [data[k]]
+    for k in ("acts", "models", "datasets"):
+        if not all(isinstance(v, str) and v.strip() for v in data.get(k, [])):
+            raise ConfigError(f"grid file {p}: {k} must list names, e.g. {k}: [{_EXAMPLE[k]}]; got {data[k]!r}")
+    for k in ("baseline", "metric"):
+        if data.get(k) is not None and not isinstance(data[k], str):
+            raise ConfigError(f"grid file {p}: {k} must be a name, e.g. {k}: {_EXAMPLE[k]}; got {data[k]!r}")
+    if not isinstance(data.get("train") or {}, dict):
+        raise ConfigError(f"grid file {p}: train must be a mapping of training options, e.g. train: {{epochs: 15}}; "
+                          f"got {data['train']!r}")
     return data
+
+
+_EXAMPLE = {"acts": "hardswish, repact", "models": "small_cnn", "datasets": "digits", "baseline": "hardswish",
+            "metric": "last"}
 
 
 def run_dir_for(out: Path, dataset: str, model: str, act: str, seed: int) -> Path:
@@ -179,26 +191,48 @@ def run_cell(cfg: TrainConfig, resume: bool, threads: int | None = None, log: st
 
 
 def _pool_cell(parent: int, cfg: TrainConfig, resume: bool, threads: int, log: str) -> dict[str, Any]:
-    """:func:`run_cell` in a pool worker that stops when ``parent`` (the compare process) is gone.
-
-    A killed ``repact compare`` (SIGTERM, SIGKILL, a closed terminal) would otherwise leave its
-    workers training on, holding their run folders' locks, so that the rerun that should resume the
-    grid finds its cells in use. The worker interrupts its run (as Ctrl-C would; what the last
-    checkpoint holds stays) and, should that not end it, exits.
-    """
-    threading.Thread(target=_stop_when_orphaned, args=(parent,), daemon=True, name="repact-orphan-watch").start()
+    """:func:`run_cell` in a pool worker, never started once ``parent`` (the compare process) is gone."""
+    if os.getppid() != parent:
+        os._exit(1)
     return run_cell(cfg, resume, threads, log)
 
 
-def _stop_when_orphaned(parent: int, every_s: float = 1.0, grace_s: float = 20.0) -> None:
+def _end_with_parent(parent: int) -> None:
+    """Pool initializer: the worker ends as soon as ``parent``, the compare process, does.
+
+    A killed ``repact compare`` (SIGKILL, SIGTERM, a closed terminal) would otherwise leave its
+    workers training on, holding their run folders' locks and taking the cells queued for them,
+    so that the rerun that should resume the grid finds its cells in use. On Linux the kernel
+    sends the worker SIGKILL when its parent dies (``PR_SET_PDEATHSIG``); elsewhere a thread
+    checks the parent ten times a second. What a run's last checkpoint holds stays (checkpoints
+    are written atomically), as after a SIGKILL of ``repact train``.
+    """
+    if not _kill_with_parent():
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="repact-orphan-watch").start()
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os._exit(1)
+
+
+def _kill_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent ends; False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return False
+    pr_set_pdeathsig = 1
+    return prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) == 0
+
+
+def _exit_when_orphaned(parent: int, every_s: float = 0.1) -> None:
     while os.getppid() == parent:
         time.sleep(every_s)
-    _thread.interrupt_main()
-    time.sleep(grace_s)
     os._exit(1)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -210,10 +244,11 @@ def _run_pool(todo: list, jobs: int, out: Path, say, total: int) -> dict[int, di
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, _usable_cores() // jobs)
+    threads = max(1, usable_cores() // jobs)
     say(f"running {len(todo)} run(s) in {jobs} processes, {threads} thread(s) each; logs in {out / 'logs'}")
     results: dict[int, dict] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_pool_cell, os.getpid(), cfg, resume, threads, str(_log_path(out, cell))): (i, cell)
                    for i, cell, cfg, resume in todo}
         for fut in as_completed(futures):
@@ -274,6 +309,7 @@ def run_grid(grid: Grid, out: str | Path, overrides: dict[str, Any] | None = Non
     overrides = dict(overrides or {})
     cells = grid.cells()
     configs = [_config_for(grid, out, c, overrides) for c in cells]  # validates every cell before any run
+    refuse_foreign(out, GRID_FILES, "repact compare", "a grid folder holds one grid")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "grid.yaml", yaml.safe_dump(grid.as_dict(), sort_keys=False))
     todo = []
@@ -424,11 +460,9 @@ def bar_plot(grid: Grid, rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_title(f"{d} / {m}")
         ax.set_ylabel(f"{grid.metric}-epoch val {grid.metric_name} % (95% CI)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from ..analysis.figures import save_figure
+
+    return save_figure(fig, path, "png", dpi=120)
 
 
 def write_reports(grid: Grid, records: list[dict[str, Any]], out: str | Path) -> dict[str, Path]:

@@ -6,17 +6,20 @@ The resolved config is saved with every run (``config.yaml``) and inside its che
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..models.registry import MAX_IMAGE_SIDE
+
 __all__ = ["TrainConfig", "ConfigError", "RECIPES", "OPTIMIZERS", "SCHEDULES", "resolve_config",
-           "load_config_file", "validate_config", "RESUME_MAY_CHANGE"]
+           "load_config_file", "read_yaml_mapping", "validate_config", "parse_bool", "RESUME_MAY_CHANGE"]
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
-#: the largest input side accepted (a 3 x 4096 x 4096 float image is 192 MiB)
-MAX_IMG_SIZE = 4096
+#: the largest input side accepted (a 3 x 4096 x 4096 float image is 192 MiB; the models' own bound)
+MAX_IMG_SIZE = MAX_IMAGE_SIDE
 #: the most data-loader worker processes accepted
 MAX_WORKERS = 256
 SCHEDULES = ("cosine", "linear", "step", "constant")
@@ -28,10 +31,21 @@ TASK_ONLY = {"classes": "voc", "year": None, "weights": None, "swap_heads": Fals
 
 def img_size_problem(size: int | None) -> str | None:
     """Why an input side is refused (``"{size} is too large: ..."``), or None when it is accepted."""
-    if size is None or size <= MAX_IMG_SIZE:
+    if size is None or 1 <= size <= MAX_IMG_SIZE:
         return None
+    if size < 1:
+        return f"{size} is not a size; accepted: 1 to {MAX_IMG_SIZE}"
     return (f"{size} is too large: one 3-channel image alone would take {3 * 4 * size ** 2 / 2**30:,.1f} GiB; "
             f"accepted: 1 to {MAX_IMG_SIZE}")
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is UTF-8 (a path of bytes that are not UTF-8 holds surrogates on POSIX)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ConfigError(ValueError):
@@ -75,6 +89,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     bn_momentum: float | None = None  # every BatchNorm's running-statistics momentum (None: the model's own)
+    # annealing activations into the identity (repact.train.anneal)
+    anneal_acts: str | None = None  # "START:END" epochs
+    anneal_schedule: str = "linear"  # linear, cosine
+    anneal_by: str = "model"  # model (one window), layer (one slice of it per layer, in order)
+    anneal_include: str | None = None  # regex of the activation paths to wrap (models without built-in ones)
     amp: bool = False
     device: str = "auto"
     seed: int = 0
@@ -116,21 +135,42 @@ def _key(k: str) -> str:
     return str(k).strip().replace("-", "_")
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping of TrainConfig keys (hyphens or underscores)."""
+def read_yaml_mapping(path: str | Path, what: str, holds: str) -> dict[Any, Any]:
+    """The mapping in the YAML file ``path`` (a regular file or a pipe; empty: ``{}``); a
+    :class:`ConfigError` naming ``what`` (``config file``) and the file for anything else: a missing
+    path, a folder or device, text that is not UTF-8 or not YAML, a document that is no mapping.
+    ``holds`` says what the file should hold (``a YAML file of training options``)."""
+    import stat
+
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist (give a YAML file of training options)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {p} does not exist (give {holds})") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {p} cannot be read: {exc.strerror} (give {holds})") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device or socket, not a regular file"
+        raise ConfigError(f"{what} {p} is {kind}; give {holds}")
+    try:
+        data = yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {p} is not UTF-8 text (byte {exc.start}); give {holds}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {p} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of options, not a {type(data).__name__}")
+        raise ConfigError(f"{what} {p} must hold a mapping, not a {type(data).__name__} (give {holds})")
+    return data
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of TrainConfig keys (hyphens or underscores)."""
+    p = Path(path)
+    data = read_yaml_mapping(p, "config file", "a YAML file of training options")
     out = {}
     for k, v in data.items():
         key = _key(k)
@@ -178,36 +218,47 @@ def _task_defaults(values: dict[str, Any]) -> None:
         values.setdefault("dataset", TASKS[task].default_dataset)
 
 
+#: the words a boolean option accepts (YAML and flags), and what they mean
+BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def parse_bool(value: Any, what: str) -> bool:
+    """``value`` as a bool: true/false, 1/0, yes/no, on/off (any case), else :class:`ConfigError`."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if word not in BOOL_WORDS:
+        raise ConfigError(f"{what} got {value!r}, which is not a boolean; accepted: true/false, 1/0, yes/no, on/off")
+    return BOOL_WORDS[word]
+
+
 def _coerce(key: str, value: Any) -> Any:
-    """Convert YAML/flag values to the field's type, with a clear error."""
+    """Convert YAML/flag values to the field's type, with a clear error. Booleans are not numbers
+    here (``epochs: true`` is refused, though Python counts True as 1)."""
     if value is None:
         return None
     default = _FIELDS[key].default
     kind = type(default) if default is not dataclasses.MISSING and default is not None else None
     typ = str(_FIELDS[key].type)
+    if kind is bool or typ == "bool":
+        return parse_bool(value, f"option {key!r}")
     try:
-        if kind is bool or typ == "bool":
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low in ("1", "true", "yes", "on"):
-                    return True
-                if low in ("0", "false", "no", "off"):
-                    return False
+        if kind in (int, float) or typ.startswith(("int", "float")):
+            if isinstance(value, bool):
                 raise ValueError(value)
-            return bool(value)
-        if kind is int or typ.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind is float or typ.startswith("float"):
+            if kind is int or typ.startswith("int"):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                return int(value)
             return float(value)
         if typ.startswith("dict"):
             if not isinstance(value, dict):
                 raise ValueError(value)
             return dict(value)
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key!r} got {value!r}, which is not a valid {typ}") from None
+    except (TypeError, ValueError, OverflowError):
+        why = " (true/false is not a number here)" if isinstance(value, bool) else ""
+        raise ConfigError(f"option {key!r} got {value!r}, which is not a valid {typ}{why}") from None
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -248,6 +299,9 @@ def validate_config(cfg: TrainConfig) -> None:
             bad(f"{name} must be a positive integer (or unset), got {v}")
     if img_size_problem(cfg.img_size):
         bad(f"img_size {img_size_problem(cfg.img_size)}")
+    if cfg.out is not None and not _utf8(str(cfg.out)):
+        bad(f"out {str(cfg.out).encode('utf-8', 'surrogateescape')!r} is not UTF-8 text: a run records its folder's "
+            "name in config.yaml, its JSON files and its pictures; give a folder name that is UTF-8")
     if cfg.workers < 0 or cfg.workers > MAX_WORKERS:
         bad(f"workers must be from 0 to {MAX_WORKERS}, got {cfg.workers}")
     if not 0 <= cfg.seed < 2**63:
@@ -276,6 +330,9 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("nesterov needs --optimizer sgd with a momentum > 0")
     if cfg.amp and cfg.device == "cpu":
         bad("--amp runs on CUDA only; it cannot be combined with --device cpu")
+    from .anneal import check_anneal_config
+
+    check_anneal_config(cfg)
     from ..data import AUGMENTS
 
     augments = AUGMENTS if task is None else task.augments
@@ -318,4 +375,14 @@ def _validate_task(cfg: TrainConfig):
                           "folder from --data-dir")
     if not all(isinstance(k, str) and k.isidentifier() for k in cfg.data_kwargs):
         raise ConfigError(f"data_kwargs keys must be option names, got {list(cfg.data_kwargs)}")
-    return TASKS[cfg.task]()
+    task = TASKS[cfg.task]()
+    _coerce_data_flags(cfg, task)
+    return task
+
+
+def _coerce_data_flags(cfg: TrainConfig, task) -> None:
+    """The task's boolean data options (``keep_difficult``) parsed strictly, as the boolean fields are."""
+    params = inspect.signature(task.build_data).parameters
+    for key, value in cfg.data_kwargs.items():
+        if key in params and str(params[key].annotation) == "bool":
+            cfg.data_kwargs[key] = parse_bool(value, f"--data-kw {key}")

@@ -23,15 +23,17 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write_text, checkpoint_paths, load_checkpoint, save_checkpoint
+from ..reparam import nonfinite_tensors
 from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, resolve_config, validate_config
 from .dist import DistEnv, all_gather_objects, all_reduce_sum, barrier, convert_sync_batchnorm, setup_distributed
+from .anneal import Annealer
 from .logs import RunLogger, activation_snapshot
 from .objective import Objective, objective_for
 from .optim import build_optimizer, build_scheduler
 from .pictures import TracedGradProbe, log_tensorboard_pictures, write_run_pictures
 from .setup import build_data, build_model_for, make_loaders, pick_device
 from .run_dir import RunFolder, RunFolderBusy, same_folder
-from .state import (capture_rng, check_train_state, locate_resume, nonfinite_tensors, resolve_resume, restore_rng,
+from .state import (capture_rng, check_data_classes, check_train_state, locate_resume, resolve_resume, restore_rng,
                     seed_all)
 
 __all__ = ["train", "RunResult", "TrainingDiverged", "RunWriteError", "config_for_resume"]
@@ -217,6 +219,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     seed_all(cfg.seed)
     objective = objective_for(cfg)
     train_set, val_set, info = build_data(cfg)
+    if ckpt is not None:
+        check_data_classes(ckpt, info.classes, f"{info.name} in {cfg.data_dir}" if cfg.data_dir else info.name)
     model, model_config = build_model_for(cfg, info, device, saved=ckpt.model_config if ckpt is not None else None)
     if ckpt is not None:
         try:
@@ -238,6 +242,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
     sched = build_scheduler(opt, cfg, steps)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp else None
     n_params = sum(p.numel() for p in model.parameters())
+    annealer = Annealer.from_config(cfg, model)
 
     start, best_score, best_epoch, history = 0, -1.0, 0, []
     logger = RunLogger(folder.path, enabled=env.is_main)
@@ -298,7 +303,9 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         probe.reset()
         t0 = time.perf_counter()
         tr = _train_epoch(net, model, train_loader, steps, opt, sched, scaler, objective, autocast, probe, cfg, env,
-                          device, epoch, folder)
+                          device, epoch, folder, annealer=annealer)
+        if annealer is not None:  # validation and the checkpoint see lam at the end of the epoch
+            annealer.set(epoch + 1)
         train_time = time.perf_counter() - t0
         _share_buffers(model, env)
         val = objective.evaluate(model if not env.enabled else net.module, val_loader, device, env, cfg.amp,
@@ -307,6 +314,8 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **tr, **objective.val_record(val),
                   "epoch_time_s": time.perf_counter() - t0,
                   "train_images_per_s": tr["train_images"] / max(train_time, 1e-9), **probe.epoch_means()}
+        if annealer is not None:
+            record["anneal_lam"] = annealer.mean()
         history.append(record)
         improved = objective.score(val) > best_score
         if improved:
@@ -350,7 +359,7 @@ def _run(cfg: TrainConfig, env: DistEnv, folder: RunFolder, ckpt, keep_model: bo
 
 
 def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objective, autocast, probe, cfg, env, device,
-                 epoch, folder) -> dict[str, float]:
+                 epoch, folder, annealer=None) -> dict[str, float]:
     """One epoch; returns ``train_loss``, ``train_<part>`` (the objective's logged parts, e.g.
     ``train_acc1`` or the detector's loss terms; means over images) and ``train_images``."""
     from tqdm import tqdm
@@ -366,6 +375,8 @@ def _train_epoch(net, model, loader, steps, opt, sched, scaler, objective: Objec
     for i, batch in enumerate(loader):
         if i >= steps:
             break
+        if annealer is not None:
+            annealer.set(epoch + i / steps)
         with autocast():
             loss, parts, n = objective.train_step(net, batch, device)
         if i % check_every == 0 or i == steps - 1:
@@ -430,7 +441,7 @@ def _check_epoch_finite(model: nn.Module, tr: dict[str, float], val: dict[str, f
                         folder: RunFolder, device: torch.device) -> None:
     """After an epoch: every weight and buffer, the mean training loss and the validation loss must
     be finite, or the epoch is not saved (its checkpoint would not be a good one)."""
-    bad = nonfinite_tensors(model.state_dict())
+    bad = [name for _, name, _, _ in nonfinite_tensors(model.state_dict())]
     losses = [f"{k} {v}" for k, v in (("train loss", tr["train_loss"]), ("val loss", val.get("loss")))
               if v is not None and not math.isfinite(v)]
     flag = torch.tensor([float(len(bad) + len(losses))], dtype=torch.float64, device=device)

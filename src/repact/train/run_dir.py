@@ -28,7 +28,7 @@ from .config import ConfigError
 from .pictures import ACTIVATIONS_FILE, CURVES_FILE, GRADS_FILE
 
 __all__ = ["RunFolder", "RunFolderBusy", "FolderState", "RUN_FILES", "inspect_folder", "refuse_if_busy",
-           "same_folder"]
+           "same_folder", "foreign_names", "refuse_foreign", "run_folder_of"]
 
 #: every file and folder ``repact train`` writes into a run folder
 RUN_FILES = frozenset({"config.yaml", "metrics.csv", "metrics.jsonl", "act_params.jsonl", "summary.json",
@@ -49,9 +49,38 @@ class RunFolderBusy(RuntimeError):
     """Another process holds the run folder's lock (it is training into it)."""
 
 
-def _ours(name: str) -> bool:
-    # atomic writes go through ".NAME.<random>.tmp" files; a killed writer may leave one behind
-    return name in RUN_FILES or (name.startswith(".") and name.endswith(".tmp"))
+def foreign_names(path: Path, owned: frozenset[str] = RUN_FILES) -> list[str]:
+    """The entries of the folder ``path`` that are neither in ``owned`` nor a hidden ``.NAME.*.tmp``
+    file (atomic writes go through those; a killed writer may leave one behind), sorted."""
+    return sorted(n for p in Path(path).iterdir()
+                  if not ((n := p.name) in owned or (n.startswith(".") and n.endswith(".tmp"))))
+
+
+def refuse_foreign(path: str | Path, owned: frozenset[str] = RUN_FILES, writer: str = "repact train",
+                   holds: str = "a run folder holds one run") -> None:
+    """:class:`ConfigError` where ``--out path`` is a file, or a folder holding entries ``writer`` did
+    not write (``owned`` names what it writes): repact writes into no such folder and deletes nothing in it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"--out {path} is a file, not a folder; give a folder")
+    foreign = foreign_names(path, owned)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"--out {path} holds files {writer} did not write ({shown}); {holds} and nothing else, "
+                          "and repact never deletes other files: give an empty or new folder")
+
+
+def run_folder_of(path: str | Path) -> Path | None:
+    """The run folder of ``repact train`` that ``path`` is or lies in (a ``config.yaml`` with the run's
+    log, checkpoint or summary beside it), or None."""
+    p = Path(os.path.abspath(path))
+    for q in (p, *p.parents):
+        if (q / "config.yaml").is_file() and any((q / n).exists() for n in ("metrics.jsonl", "last.safetensors",
+                                                                            "summary.json")):
+            return q
+    return None
 
 
 @dataclass
@@ -77,7 +106,7 @@ def inspect_folder(path: Path) -> FolderState:
     if not path.is_dir():
         raise ConfigError(f"--out {path} is a file, not a folder; give a folder for the run")
     names = sorted(p.name for p in path.iterdir())
-    foreign = [n for n in names if not _ours(n)]
+    foreign = foreign_names(path)
     if foreign:
         return FolderState("foreign", foreign)
     if not names:
@@ -252,7 +281,7 @@ class RunFolder:
         """Make the folder ready for a new run; returns a note for the user, or None."""
         state = inspect_folder(self.target)
         if state.kind == "foreign":
-            raise ConfigError(_foreign_message(self.target, state))
+            refuse_foreign(self.target)
         if state.kind == "run":
             if not overwrite:
                 raise ConfigError(f"run folder {self.target} already holds {state.describe()}; continue it with "
@@ -269,7 +298,7 @@ class RunFolder:
         """Copy the run in ``source`` (resumed from ``checkpoint``) into this folder, then swap it in."""
         state = inspect_folder(self.target)
         if state.kind == "foreign":
-            raise ConfigError(_foreign_message(self.target, state))
+            refuse_foreign(self.target)
         if state.kind in ("run", "unfinished") and not overwrite:
             raise ConfigError(f"--out {self.target} already holds {state.describe()}, not the run resumed from "
                               f"{source}; a folder holds one run: give an empty or new --out, or --overwrite to "
@@ -297,8 +326,9 @@ class RunFolder:
         self.commit()
 
     def _clear_own_files(self) -> None:
+        foreign = set(foreign_names(self.target))
         for p in self.target.iterdir():
-            if _ours(p.name):
+            if p.name not in foreign:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def _begin_aside(self) -> None:
@@ -355,10 +385,4 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _foreign_message(path: Path, state: FolderState) -> str:
-    shown = ", ".join(state.foreign[:3]) + (f" and {len(state.foreign) - 3} more" if len(state.foreign) > 3 else "")
-    return (f"--out {path} holds files repact train did not write ({shown}); a run folder holds one run and "
-            "nothing else, and repact never deletes other files: give an empty or new folder")
 

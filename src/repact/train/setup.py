@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import os
 import random
 from typing import Any
 
@@ -14,13 +13,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .._modes import eval_mode
 from ..data import balanced_subset, build_datasets, dataset_channels
+from ..data.transforms import reseed_augmentation
 from ..models import create_model, get_model_spec
+from ..models.checks import FETCHING, ModelTooLarge
+from ..models.checks import check_model_fits as fits
 from .config import CLASSIFICATION, ConfigError, TrainConfig
 from .dist import DistEnv, ShardSampler
 from .task_setup import build_task_data, build_task_model
 
 __all__ = ["pick_device", "model_act", "build_data", "build_model_for", "check_model_fits", "prime_lazy",
-           "set_bn_momentum", "make_loaders", "seed_worker"]
+           "set_bn_momentum", "make_loaders", "seed_worker", "TrainSampler"]
 
 
 def pick_device(cfg: TrainConfig, env: DistEnv) -> torch.device:
@@ -68,16 +70,21 @@ def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None, 
     Bad builder arguments, and a model too large for ``device``'s memory (counted on the meta
     device first), raise :class:`ConfigError` before its weights are allocated. Detection and
     segmentation models are built by their task (a resumed one from its checkpoint's model
-    config ``saved``); they build no activation lazily, so need no priming forward.
+    config ``saved``); they build no activation lazily, so need no priming forward. Builder
+    keywords that fetch weights (``weights=``, ``pretrained=``) initialize a new run only: the model
+    config leaves them out (a checkpoint's weights are its own), and a resumed run is built without them.
     """
     if cfg.task != CLASSIFICATION:
-        return build_task_model(cfg, info, model_act(cfg), saved)
+        return build_task_model(cfg, info, model_act(cfg), saved, device or torch.device("cpu"))
     params = _builder_params(cfg.model)
     kwargs = dict(cfg.model_kwargs)
     if "in_channels" in params and "in_channels" not in kwargs:
         kwargs["in_channels"] = info.in_channels
     if "small_input" in params and "small_input" not in kwargs and info.img_size <= 64:
         kwargs["small_input"] = True
+    architecture = {k: v for k, v in kwargs.items() if k not in FETCHING}
+    if saved is not None:
+        kwargs = architecture
     act = model_act(cfg)
     try:
         check_model_fits(cfg.model, act, info.num_classes, kwargs, device or torch.device("cpu"))
@@ -87,13 +94,18 @@ def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None, 
             raise
         raise ConfigError(f"model {cfg.model!r} cannot be built with {kwargs}: {exc}") from None
     input_shape = [info.in_channels, info.img_size, info.img_size]
+    from .anneal import wrap_for_training
+
+    anneal_record = wrap_for_training(model, cfg)
     prime_lazy(model, input_shape)
     if cfg.bn_momentum is not None:
         set_bn_momentum(model, cfg.bn_momentum)
     from ..analysis.preprocess import preprocess_record
 
-    config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": kwargs,
+    config = {"name": cfg.model, "act": act, "num_classes": info.num_classes, "kwargs": architecture,
               "input_shape": input_shape, "preprocess": preprocess_record(info, cfg.augment)}
+    if anneal_record:
+        config["anneal"] = anneal_record
     return model, config
 
 
@@ -101,39 +113,15 @@ def build_model_for(cfg: TrainConfig, info, device: torch.device | None = None, 
 TRAIN_BYTES_PER_PARAM = 16
 
 
-def memory_bytes(device: torch.device) -> int | None:
-    """Total memory of ``device`` (physical RAM for the CPU), or None where unknown."""
-    try:
-        if device.type == "cuda":
-            return int(torch.cuda.get_device_properties(device).total_memory)
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        return None
-
-
 def check_model_fits(name: str, act: Any, num_classes: int, kwargs: dict[str, Any], device: torch.device) -> None:
-    """Count the model's parameters on the meta device (nothing allocated) and refuse a model whose
-    weights, gradients and optimizer state alone exceed ``device``'s memory. Bad arguments raise
-    here as they would in the real build."""
-    built = None
-    with torch.random.fork_rng(devices=[]):
-        for a in (act, None):  # some activations cannot be built on meta; their parameters are few
-            try:
-                with torch.device("meta"):
-                    built = create_model(name, act=a, num_classes=num_classes, **kwargs)
-                break
-            except (ValueError, TypeError):
-                raise
-            except Exception:  # noqa: BLE001 - a builder that cannot run on meta: no estimate
-                continue
-    if built is None:
-        return
-    n = sum(p.numel() for p in built.parameters() if not isinstance(p, nn.parameter.UninitializedParameter))
-    need, have = n * TRAIN_BYTES_PER_PARAM, memory_bytes(device)
-    if have is not None and need > have:
-        raise ConfigError(f"model {name!r} with {kwargs} has {n:,} parameters: training it needs about "
-                          f"{need / 2**30:,.1f} GiB for weights, gradients and optimizer state, more than the "
-                          f"{have / 2**30:,.1f} GiB of {device.type}; choose smaller model arguments")
+    """:class:`ConfigError` for a model whose weights, gradients and optimizer state alone exceed
+    ``device``'s memory, counted on the meta device (nothing allocated); bad arguments raise here as
+    they would in the real build."""
+    try:
+        fits(name, act, num_classes, kwargs, device, bytes_per_param=TRAIN_BYTES_PER_PARAM,
+             purpose="training it needs about {gib} GiB for weights, gradients and optimizer state")
+    except ModelTooLarge as exc:
+        raise ConfigError(f"{exc}; choose smaller model arguments") from None
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> int:
@@ -162,19 +150,34 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+class TrainSampler(DistributedSampler):
+    """The training order of ``DistributedSampler``; ``set_epoch`` also gives the dataset's augmentation
+    (seed, epoch) (:func:`repact.data.transforms.reseed_augmentation`), so every image's random crop
+    and flip follow (seed, epoch, its index) whichever loader worker or rank draws it. The loader's
+    workers must start anew each epoch (not persistent) to see the new epoch."""
+
+    def __init__(self, dataset, **kw) -> None:
+        super().__init__(dataset, **kw)
+        reseed_augmentation(self.dataset, self.seed, self.epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        reseed_augmentation(self.dataset, self.seed, epoch)
+
+
 def make_loaders(cfg: TrainConfig, train_set, val_set, env: DistEnv, device: torch.device, collate_fn=None):
-    """(train loader, its sampler, its generator, val loader). The train order depends only on
-    (seed, epoch): call ``sampler.set_epoch(e)`` and reseed the generator each epoch. ``collate_fn``:
-    the task's (detection batches are lists of images and targets)."""
-    sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=False)
+    """(train loader, its sampler, its generator, val loader). The train order and augmentation depend
+    only on (seed, epoch), not on ``--workers``: call ``sampler.set_epoch(e)`` and reseed the generator
+    each epoch. ``collate_fn``: the task's (detection batches are lists of images and targets)."""
+    sampler = TrainSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=cfg.seed,
+                           drop_last=False)
     gen = torch.Generator()
     pin = device.type == "cuda"
     per_rank = len(sampler)
     drop_last = per_rank > cfg.batch_size  # no 1-sample last batch for BatchNorm
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               pin_memory=pin, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
-                              persistent_workers=False, collate_fn=collate_fn)
+                              persistent_workers=False, collate_fn=collate_fn)  # False: see TrainSampler
     val_batch = cfg.eval_batch_size or 2 * cfg.batch_size
     if cfg.task == CLASSIFICATION:  # a fixed class-balanced subset, not the first batches (tasks: the first batches)
         val_limit = cfg.limit_val_batches or cfg.limit_batches

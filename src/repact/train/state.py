@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, check_model_config, checkpoint_paths, load_checkpoint
+from ..checkpoint import CheckpointError, check_model_config, check_weights_finite, checkpoint_paths, load_checkpoint
 
-__all__ = ["seed_all", "capture_rng", "restore_rng", "resolve_resume", "locate_resume", "check_train_state", "nonfinite_tensors"]
+__all__ = ["seed_all", "capture_rng", "restore_rng", "resolve_resume", "locate_resume", "check_train_state",
+           "check_data_classes"]
 
 
 def seed_all(seed: int) -> None:
@@ -106,23 +107,47 @@ def check_train_state(ckpt) -> None:
         raise CheckpointError(f"{ckpt.path}: its training state's 'history' holds something other than records")
     if st.get("scaler") is not None and not isinstance(st["scaler"], dict):
         raise CheckpointError(f"{ckpt.path}: its training state's 'scaler' is {_kind(st['scaler'])}, not a dict")
-    bad = nonfinite_tensors(ckpt.model_state)
-    if bad:
-        raise CheckpointError(f"{ckpt.path} holds non-finite weights ({_names(bad)}); it is not a good checkpoint "
-                              "to resume from")
+    _check_config_kwargs(ckpt)
+    check_weights_finite(ckpt)
+
+
+def _check_config_kwargs(ckpt) -> None:
+    """The training config's builder keywords, as the model config's are checked (those that fetch
+    weights aside: a resumed model is built without them)."""
+    from ..models.checks import FETCHING, check_recorded_kwargs
+
+    cfg = ckpt.state["config"]
+    kwargs = cfg.get("model_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{ckpt.path}: its training config's model_kwargs is {_kind(kwargs)}, not a dict")
+    try:
+        check_recorded_kwargs(str(cfg.get("model")), {k: v for k, v in kwargs.items() if k not in FETCHING})
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt.path}: its training config is refused: {exc}") from None
 
 
 def _kind(v: Any) -> str:
     return "missing" if v is None else f"a {type(v).__name__}"
 
 
-def _names(names: list[str], shown: int = 3) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+def check_data_classes(ckpt, classes: list[str], where: str) -> None:
+    """Refuse data whose class names (``classes``, in label order) differ from those the checkpoint was
+    trained on, naming both lists and the first difference (``where`` names the data). A checkpoint
+    that records no names passes (its class count is checked by the caller)."""
+    data = ckpt.state.get("data") if isinstance(ckpt.state, dict) else None
+    recorded = data.get("classes") if isinstance(data, dict) else None
+    if not recorded:
+        recorded = (ckpt.model_config.get("preprocess") or {}).get("classes")
+    recorded, found = [str(c) for c in recorded or []], [str(c) for c in classes]
+    if not recorded or not found or recorded == found:
+        return
+    i = next(i for i, (a, b) in enumerate(zip([*recorded, None], [*found, None])) if a != b)
+    there = repr(recorded[i]) if i < len(recorded) else "none"
+    here = repr(found[i]) if i < len(found) else "none"
+    raise CheckpointError(f"{ckpt.path} was trained on {len(recorded)} classes ({_shown(recorded)}) but {where} has "
+                          f"{len(found)} ({_shown(found)}); they differ first at label {i}: {there} in the checkpoint, "
+                          f"{here} in the data. Use the data it was trained on")
 
 
-def nonfinite_tensors(tensors) -> list[str]:
-    """Names of the floating tensors holding a NaN or an infinity (a state dict or ``named_*`` pairs)."""
-    items = tensors.items() if hasattr(tensors, "items") else tensors
-    return [name for name, t in items
-            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+def _shown(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")

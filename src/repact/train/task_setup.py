@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Mapping
 
+import torch
 from torch import nn
 
 from ..data.common import DataError
@@ -42,15 +43,17 @@ def build_task_data(cfg: TrainConfig):
         raise ConfigError(f"--data-kw {', '.join(f'{k}={v!r}' for k, v in cfg.data_kwargs.items())}: {exc}") from None
 
 
-def build_task_model(cfg: TrainConfig, info, act: Any, saved: Mapping[str, Any] | None = None
-                     ) -> tuple[nn.Module, dict[str, Any]]:
+def build_task_model(cfg: TrainConfig, info, act: Any, saved: Mapping[str, Any] | None = None,
+                     device: torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """(model, model_config) for a detection or segmentation run.
 
     A new run passes ``--model-kw`` options, ``--weights``, ``--swap-heads`` and the input size
     (SSDlite's ``img_size``) to the builder; a resumed one rebuilds the architecture from the
-    checkpoint's ``model_config`` (``saved``), without reading the weights file again.
+    checkpoint's ``model_config`` (``saved``), without reading the weights file again. A model too
+    large for ``device`` (counted on the meta device) is refused before it is built.
     """
     from ..tasks import get_task
+    from .setup import check_model_fits
 
     task = get_task(cfg.task)
     if saved is not None:
@@ -65,6 +68,8 @@ def build_task_model(cfg: TrainConfig, info, act: Any, saved: Mapping[str, Any] 
         if cfg.swap_heads:
             kwargs["swap_heads"] = True
     try:
+        task.check_model(cfg.model)
+        check_model_fits(cfg.model, act, info.num_classes, kwargs, device or torch.device("cpu"))
         model, config = task.build_model(cfg.model, act=act, info=info, **kwargs)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
