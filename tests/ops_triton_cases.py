@@ -151,7 +151,7 @@ def test_piecewise_quadratic_table_and_basis(cc, layout):
     with torch.no_grad():
         with backend("triton"):
             y = d(x)
-            assert torch.is_tensor(d._table_cache[1]) and d._table_cache[1].shape == (4, cc)  # the basis
+            assert torch.is_tensor(d._table_cache[1]) and d._table_cache[1].shape == (cc, 4)  # the basis
         ref = m.forward_branches(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
@@ -217,3 +217,16 @@ def test_auto_takes_triton_for_cuda_tensors():
         x = torch.randn(2, C, 3, 3, device=DEVICE, dtype=dtype)
         assert choose(x) == "triton"
         assert choose(x.to(memory_format=torch.channels_last)) == "triton"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_layerwise_bn_backward_within_twice_the_float32_reference(seed):
+    """Issue 24.6 on the Triton kernels: a layer-wise RepAct-III's branch-weight gradient
+    with random BatchNorm statistics, within twice the float32 reference's error
+    (``tests/bn_accuracy.py``)."""
+    from bn_accuracy import assert_within_twice_the_reference, layerwise_bn
+
+    gen = torch.Generator().manual_seed(100 + seed)
+    x = torch.randn(8, 16, 12, 12, generator=gen) * 4
+    g = torch.randn(x.shape, generator=gen)
+    assert_within_twice_the_reference(layerwise_bn(seed), x.to(DEVICE), g.to(DEVICE), "triton")

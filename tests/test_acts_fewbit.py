@@ -238,3 +238,21 @@ def test_set_backward_bits_leaves_repact_iii_alone():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), repact.RepAct(variant="bn"), nn.SiLU())
     assert set_backward_bits(model, 2) == ["2"]
     assert model[1].bits is None and isinstance(model[2], FewBit)
+
+
+@pytest.mark.parametrize("variant", ["origin", "softmax"])
+def test_bits_set_after_a_cached_exact_call_take_effect_and_unset_restore_it(variant):
+    # RepAct keeps the call it decided per input layout; switching the backward's width must not
+    # leave the exact call (which saves x) in charge, nor the few-bit one once bits is None again
+    m = repact.RepAct(variant=variant, granularity="channel", channels=16)
+    x = torch.randn(8, 16, 32, 32)
+    full_bytes, y_full = saved_bytes(m, x.clone().requires_grad_(True))
+    full_again, _ = saved_bytes(m, x.clone().requires_grad_(True))  # the cached call
+    assert full_again == full_bytes >= x.numel() * 4
+    m.bits = 1
+    few_bytes, y = saved_bytes(m, x.clone().requires_grad_(True))
+    assert torch.equal(y, y_full) and few_bytes <= 0.05 * full_bytes
+    few_again, _ = saved_bytes(m, x.clone().requires_grad_(True))
+    assert few_again == few_bytes
+    m.bits = None
+    assert saved_bytes(m, x.clone().requires_grad_(True))[0] == full_bytes

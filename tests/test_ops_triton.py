@@ -1,5 +1,6 @@
-"""The Triton kernels' checks (``tests/ops_triton_cases.py``, and the ``triton`` cases of
-``tests/test_ops_dtypes.py``) in a fresh process: on CPU tensors with Triton's interpreter, which
+"""The Triton kernels' checks (``tests/ops_triton_cases.py``, the launch and op counts of
+``tests/ops_triton_counts.py``, and the ``triton`` cases of ``tests/test_ops_dtypes.py``) in a fresh
+process: on CPU tensors with Triton's interpreter, which
 must be switched on before Triton is first imported."""
 
 import os
@@ -13,6 +14,7 @@ import torch
 pytest.importorskip("triton")
 
 CASES = Path(__file__).with_name("ops_triton_cases.py")
+COUNTS = Path(__file__).with_name("ops_triton_counts.py")
 DTYPES = Path(__file__).with_name("test_ops_dtypes.py")
 
 
@@ -22,15 +24,16 @@ def test_triton_kernels_match_the_reference():
         env["TRITON_INTERPRET"] = "1"
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    # (-k keeps every test of ops_triton_cases.py, whose module name matches, and the dtype grid's
-    # triton cases; its reference and cpu cases run in this process)
+    # (-k keeps every test of ops_triton_cases.py and ops_triton_counts.py, whose module names
+    # match, and the dtype grid's triton cases; its reference and cpu cases run in this process)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-rsp",
-                           "-k", "triton", str(CASES), str(DTYPES)], env=env, capture_output=True, text=True,
+                           "-k", "triton", str(CASES), str(COUNTS), str(DTYPES)], env=env, capture_output=True, text=True,
                           timeout=1200)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert " passed" in summary and "failed" not in summary, summary
     passed = [line for line in proc.stdout.splitlines() if line.startswith("PASSED")]
     assert any("test_ops_dtypes.py::" in line and "[triton-" in line for line in passed), summary
+    assert any("ops_triton_counts.py::" in line for line in passed), summary
     skips = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
     assert all("needs a CUDA device" in line for line in skips), skips  # only the GPU-only checks skip

@@ -14,7 +14,8 @@
  *   stats     per channel: sum s(x), sum s(x)^2                       (RepAct-III batch statistics)
  *             with g: per channel sum g, sum g s(x)              (RepAct-III backward, first pass)
  *   backward  h = g                   (aff == NULL)
- *             h = alpha g + beta s(x) + delta   (aff: the gradient of a BatchNorm after s)
+ *             h = alpha g + (beta s(x) + delta)   (aff: the gradient of a BatchNorm after s;
+ *             RepAct-III passes s - mean and adds the small terms first: see train_backward)
  *             gx = h * s'(x);  gcoef[j][s][c] = sum over segment s of h * x^j
  *   train_forward / train_backward / train_sums   RepAct's whole training op (table from the
  *             branch weights, BatchNorm statistics and fold, the passes above, the table's VJP),
@@ -33,8 +34,10 @@
 #include <omp.h>
 
 #define MAXK 8
-/* elements between flushes of float partial sums into double: 128 per float lane */
-#define CHUNK (128 * (VBYTES / 4))
+/* elements between flushes of float partial sums into double: 32 per float lane (a float sum of
+ * m terms is off by ~sqrt(m) roundings; at 128 per lane RepAct-III's branch-weight gradients came
+ * out 2-4x further from float64 than the float32 reference's) */
+#define CHUNK (32 * (VBYTES / 4))
 
 /* Portable SIMD through GCC/Clang vector extensions: 64-byte vectors with AVX-512, 32 with AVX,
  * 16 otherwise. Casting between same-size vector types reinterprets the bits. */
@@ -155,7 +158,7 @@ static int pick_threads(int64_t work, int nthreads) {
         VT a0 = c0v[0];                                                                          \
         for (int k = 0; k < K; ++k) a0 = VSEL(VT, VI, mk[k], c0v[k + 1], a0);                    \
         VT s = a0 + v * (a1 + (VT)((VI)(a2 * v) & nz));                                          \
-        g = alv * g + bev * s + dev;                                                             \
+        g = alv * g + (bev * s + dev);                                                           \
         MASK_TAIL                                                                                \
     }
 #define BWD_VEC_GX(VT, VI) (g * (a1 + (VT)((VI)((a2 + a2) * v) & nz)))
@@ -255,7 +258,7 @@ static void bwd_block_##SUF##_k##K(const T* restrict xb, const T* restrict gb, T
             for (int k = 0; k < K; ++k) seg += (v >= tk[k]);                                        \
             if (aff) {                                                                              \
                 T q = (c2[seg] == (T)0) ? (T)0 : c2[seg] * v;                                       \
-                g = al * g + be * (c0[seg] + v * (c1[seg] + q)) + de;                               \
+                g = al * g + (be * (c0[seg] + v * (c1[seg] + q)) + de);                             \
             }                                                                                       \
             if (gxc) {                                                                              \
                 T q = (c2[seg] == (T)0) ? (T)0 : (c2[seg] + c2[seg]) * v;                           \
@@ -359,7 +362,7 @@ static void bwd_row_##SUF##_k##K(const T* restrict xp, const T* restrict gp, T* 
         T a0 = q0[seg * C + c], a1 = q1[seg * C + c], a2 = q2[seg * C + c];                      \
         if (aff) {                                                                               \
             T q = (a2 == (T)0) ? (T)0 : a2 * v;                                                  \
-            g = (T)aff[c] * g + (T)aff[C + c] * (a0 + v * (a1 + q)) + (T)aff[2 * C + c];         \
+            g = (T)aff[c] * g + ((T)aff[C + c] * (a0 + v * (a1 + q)) + (T)aff[2 * C + c]);       \
         }                                                                                        \
         if (gxp) {                                                                               \
             T q = (a2 == (T)0) ? (T)0 : (a2 + a2) * v;                                           \
@@ -566,7 +569,7 @@ DEFINE_ENTRIES(double, f64)
         memcpy(&v, xc + (OFF), sizeof v);                                                        \
         memcpy(&g, gc + (OFF), sizeof g);                                                        \
         HSB_VEC_T(VT, VI, v, u, t)                                                               \
-        if (has_aff) g = (alv * g + bev * (ev + v * t)) + dev;                                   \
+        if (has_aff) g = alv * g + (bev * (ev + v * t) + dev);                                   \
         if (gxc) {                                                                               \
             const VI mid = (v >= mthree) & (v < three);                                          \
             const VT o = g * (t + (VT)((VI)(qv * v) & mid));                                     \
@@ -752,7 +755,7 @@ static void hsb_bwd_run_##SUF(const T* restrict xp, const T* restrict gp, T* res
             const T v = xp[i];                                                                   \
             T g = gp[i], u;                                                                      \
             const T t = hsb_t_##SUF(v, a, b, q, &u);                                             \
-            if (has_aff) g = (al * g + be * (e + v * t)) + de;                                   \
+            if (has_aff) g = al * g + (be * (e + v * t) + de);                                   \
             if (gxp) gxp[i] = g * (t + ((v >= (T)-3 && v < (T)3) ? q * v : (T)0));               \
             if (sums) {                                                                          \
                 const double dg = (double)g, h1 = dg * (double)v;                                \
@@ -1197,7 +1200,10 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
     const int need_table = g_w != NULL || g_slope != NULL;                                       \
     TrainTable_##SUF tt;                                                                         \
     double* buf = (double*)malloc(sizeof(double) * (size_t)(Cc * S3 + 6 * Cc + nb));            \
-    int rc = buf ? train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc) : 2;     \
+    const int batch = bn == BN_BATCH || bn == BN_GIVEN;                                          \
+    T* centered = batch ? (T*)malloc(sizeof(T) * (size_t)(Cc * S3)) : NULL;                      \
+    const int have = buf && (centered || !batch);                                                \
+    int rc = have ? train_build_##SUF(&tt, K, w_raw, slope, base, part, nb, softmax, Cc) : 2;    \
     if (rc == 0) {                                                                               \
         double* gc = buf;                   /* planar sums from the kernel (see train_bwd) */    \
         double* aff = gc + Cc * S3;         /* (3, Cc): alpha, beta, delta */                    \
@@ -1207,21 +1213,29 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
         else if (bn != BN_NONE)                                                                  \
             rc = train_shifted_sums_##SUF(x, g, outer, C, inner, K, t, tt.coef, Cc, (double*)mean, gs, nthreads);\
         const double n = bn == BN_GIVEN ? count : (double)(total / Cc);                          \
+        /* the BatchNorm's backward: dL/ds = alpha g + (beta (s - mean) + delta), (s - mean) from  \
+         * the table with the mean shifted out. The kernels add a value that is nearly the same   \
+         * for every element (delta, or beta s + delta' with delta' = delta - beta mean) to       \
+         * alpha g only after the varying beta (s - mean): added to alpha g in float it rounds    \
+         * the same way for every element of a binade, an error that, summed with x^j over n      \
+         * elements, grows like n while the gradients grow like sqrt(n) (30x the float32          \
+         * reference's error on the branch weights at 1.6M elements). */                         \
+        if (rc == 0 && batch) train_shift_##SUF(tt.coef, centered, S, Cc, mean);                 \
         for (int64_t c = 0; rc == 0 && bn != BN_NONE && c < Cc; ++c) {                           \
-            /* the BatchNorm's backward: dL/ds = alpha g + beta s + delta */                     \
             const double sum_g = gs[c], invstd = 1.0 / sqrt(var[c] + eps);                       \
             const double sum_gshat = invstd * gs[Cc + c];                                        \
             const double alpha = (double)gamma[c] * invstd;                                      \
             const double be = bn == BN_CONST ? 0.0 : -alpha * invstd * sum_gshat / n;            \
             aff[c] = alpha;                                                                      \
             aff[Cc + c] = be;                                                                    \
-            aff[2 * Cc + c] = bn == BN_CONST ? 0.0 : -alpha * sum_g / n - be * mean[c];          \
+            aff[2 * Cc + c] = bn == BN_CONST ? 0.0 : -alpha * sum_g / n;                         \
             if (g_gamma) g_gamma[c] = (T)sum_gshat;                                              \
             if (g_beta) g_beta[c] = (T)sum_g;                                                    \
         }                                                                                        \
         if (rc == 0 && (gx || need_table))                                                       \
             rc = train_bwd_##SUF(x, g, gx, need_table ? gc : NULL, bn != BN_NONE ? aff : NULL,   \
-                                 outer, C, inner, K, t, tt.coef, Cc, nthreads);                  \
+                                 outer, C, inner, K, t, batch ? centered : tt.coef, Cc,          \
+                                 nthreads);                                                      \
         for (int64_t c = 0; rc == 0 && need_table && c < Cc; ++c) {                              \
             /* the table's VJP: d table[c] / d w[c, b] = base[b] + slope[c] part[b] */           \
             const double* wc = tt.w + c * nb;                                                    \
@@ -1243,8 +1257,9 @@ int repact_train_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, in
             if (g_slope && slope) g_slope[c] = (T)gsl;                                           \
         }                                                                                        \
     }                                                                                            \
-    if (buf) train_free_##SUF(&tt);                                                              \
+    if (have) train_free_##SUF(&tt);                                                             \
     free(buf);                                                                                   \
+    free(centered);                                                                              \
     return rc;                                                                                   \
 }
 

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 
 from .. import fuse
-from ..ops.piecewise import piecewise_quadratic, piecewise_quadratic_torch
+from ..ops import dispatch
+from ..ops.piecewise import piecewise_quadratic, piecewise_quadratic_torch, table_call
 from .base import Activation, check_float_input
 
 __all__ = ["PiecewiseQuadratic"]
@@ -45,6 +46,7 @@ class PiecewiseQuadratic(Activation):
         super().__init__(channels, channels_last=channels_last)
         self.register_buffer("knots", knots_t)
         self.register_buffer("coeffs", coeffs)
+        self._calls = dispatch.CallCache()
         self._refresh_form()
         self.flops_train = 4.0 + knots_t.numel()
         self.flops_deploy = self.flops_train
@@ -82,10 +84,25 @@ class PiecewiseQuadratic(Activation):
             return x.dim() - 1
         return 1
 
-    __jit_ignored_attributes__ = ["_table_cache", "hardswish_form"]
+    __jit_ignored_attributes__ = ["_table_cache", "hardswish_form", "_calls"]
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        # a layout seen before (without autograd) runs the call decided for it then, with none of
+        # the checks that decision already made
+        if not (torch.compiler.is_compiling() or torch._C._get_tracing_state()
+                or (torch.is_grad_enabled() and (x.requires_grad or self.coeffs.requires_grad))):
+            call = self._calls.get((x.shape, x.stride(), x.dtype, x.device, dispatch.get_backend()))
+            if call is not None:
+                b = self._buffers
+                y = call(x, b["knots"], b["coeffs"])
+                if y is not None:
+                    return y
+        return self._forward_checked(x)
+
+    @torch.jit.unused
+    def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(x, "PiecewiseQuadratic")
         nd = x.dim()
         coeffs = self.coeffs
         cd = nd - 1 if (self.channels_last or nd == 1) else 1
@@ -93,13 +110,22 @@ class PiecewiseQuadratic(Activation):
             self.check_channels(x)
         # the kernels' form of the table (RepAct's basis for a canonical table) is cached in
         # _table_cache and rebuilt when the buffers change (in place or moved)
-        cache = None if torch.compiler.is_compiling() else self.__dict__
+        compiling = torch.compiler.is_compiling()
+        cache = None if compiling else self.__dict__
+        if not (compiling or torch._C._get_tracing_state() or nd == 0
+                or (torch.is_grad_enabled() and (x.requires_grad or coeffs.requires_grad))):
+            call = table_call(x, self.knots, coeffs, cd, self.hardswish_form, cache)
+            if call is not None:
+                if len(self._calls) >= 16:
+                    self._calls.clear()
+                self._calls[(x.shape, x.stride(), x.dtype, x.device, dispatch.get_backend())] = call
+                return call(x, self.knots, coeffs)
         return piecewise_quadratic(x, self.knots, coeffs, cd, basis_ok=self.hardswish_form, cache=cache)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_float_input(x, "PiecewiseQuadratic")
         if not torch.jit.is_scripting():
             return self._forward_eager(x)
+        check_float_input(x, "PiecewiseQuadratic")
         return piecewise_quadratic_torch(x, self.knots, self.coeffs, self._channel_dim(x))
 
     def segments(self) -> list[tuple[float, float]]:

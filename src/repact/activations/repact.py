@@ -26,13 +26,54 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import fuse
-from ..ops import repact_train
+from ..ops import dispatch, repact_train
 from ..ops.batchnorm import batch_stats, sync_group, update_running
+from ..ops.cpu import BN_BATCH, BN_CONST, BN_NONE
 from ..ops.layout import channel_shape
+from ..ops.repact_train import Running, module_call, spec_of
 from .base import Activation, NotDeployableError, broadcast_channel
 from .piecewise import PiecewiseQuadratic
 
 __all__ = ["RepAct", "repact_branch_fn", "VARIANTS", "GRANULARITIES"]
+
+
+def _bn_state(bn) -> tuple:
+    """What a cached call of RepAct-III assumed of its BatchNorm: mode, momentum, eps, whether it
+    tracks running statistics, and which running buffers it updates (by id: a cast or an
+    assignment may replace them)."""
+    b = bn._buffers
+    return (bn.training, bn.momentum, bn.eps, bn.track_running_stats, id(b["running_mean"]),
+            id(b["running_var"]), id(b["num_batches_tracked"]))
+
+
+class _Call:
+    """A RepAct's forward on one input layout: the op's :class:`repact.ops.repact_train.TrainCall`
+    and where its arguments live in the module. Goes back to the checked path when the BatchNorm
+    was replaced or its mode, momentum, eps or running-statistics tracking changed, or the weights
+    changed dtype."""
+
+    __slots__ = ("op", "bn", "bn_state", "batch", "dtype")
+
+    def __init__(self, op, bn, batch: bool, dtype):
+        self.op, self.bn, self.batch, self.dtype = op, bn, batch, dtype
+        self.bn_state = None if bn is None else _bn_state(bn)
+
+    def __call__(self, m, x):
+        p = m._parameters
+        w = p["branch_weight"]
+        if w.dtype is not self.dtype:
+            return m._forward_checked(x)
+        if self.bn is None:
+            return self.op(x, w, p["prelu_weight"], None, None)
+        bn = m._modules["bn"]
+        if bn is not self.bn or _bn_state(bn) != self.bn_state:
+            return m._forward_checked(x)
+        bp = bn._parameters
+        if self.batch:
+            return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"])
+        bb = bn._buffers
+        return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
+
 
 VARIANTS = ("origin", "softmax", "bn")
 GRANULARITIES = ("layer", "channel")
@@ -121,6 +162,7 @@ class RepAct(Activation):
         self.prelu_init = float(prelu_init)
         self.bn_eps = float(bn_eps)
         self.bn_momentum = bn_momentum
+        self._calls = dispatch.CallCache()
         self.piecewise = all(fuse.is_piecewise_branch(b) for b in branches)
         self.has_slope = "prelu" in branches
         if self.piecewise:
@@ -164,6 +206,7 @@ class RepAct(Activation):
         if value is not None and self.few_bit_problem() is not None:
             raise ValueError(f"bits={value}: {self.few_bit_problem()}")
         self._bits = value
+        self._calls.clear()  # a call cached for the exact backward must not outlive it
 
     # --- construction ----------------------------------------------------------------------------
     def _fuse_constants(self, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
@@ -183,6 +226,7 @@ class RepAct(Activation):
         # a cast (.double(), .to(dtype), .half()) re-rounds the fuse constants from float64 rather
         # than from their float32 values, so a float64 RepAct holds 1/6 to float64 precision
         out = super()._apply(fn, recurse)
+        self._calls.clear()
         if self.piecewise and self._basis.dtype.is_floating_point:
             for name, value in self._fuse_constants(self._basis.dtype, self._basis.device).items():
                 setattr(self, name, value)
@@ -246,6 +290,15 @@ class RepAct(Activation):
 
     # --- forward -----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a layout seen before runs the call decided for it then (routing, the kernels' view and
+        # launches), with none of the checks that decision already made
+        if not (torch.compiler.is_compiling() or torch._C._get_tracing_state()):
+            call = self._calls.get((x.shape, x.stride(), x.dtype, x.device, self.training, dispatch.get_backend()))
+            if call is not None:
+                return call(self, x)
+        return self._forward_checked(x)
+
+    def _forward_checked(self, x: torch.Tensor) -> torch.Tensor:
         self.infer_channels(x)
         self.check_channels(x)
         if not self.piecewise:
@@ -255,24 +308,51 @@ class RepAct(Activation):
 
             if uses_few_bit(self._bits, x, (self.branch_weight, self.prelu_weight)):
                 return repact_few_bit(self, x)
-        y, mean, var, count = self._train_op(x)
-        if mean is not None:
-            update_running(self.bn, mean, var, count)
-        return y
+        return self._train_op(x)
 
-    def _train_op(self, x: torch.Tensor):
-        """RepAct's training op (:func:`repact.ops.repact_train`) on ``x``: ``(y, mean, var, count)``."""
+    def _train_op(self, x: torch.Tensor) -> torch.Tensor:
+        """RepAct's training op (:func:`repact.ops.repact_train`) on ``x``: y, with RepAct-III's running
+        statistics updated where it trains on batch statistics."""
         bn = self.bn if self.variant == "bn" else None
         batch = bn is not None and self._use_batch_stats(x)
         constant = bn is not None and not batch
-        y, mean, var, count = repact_train(
+        group = sync_group(bn) if batch else None
+        running = None
+        if batch and bn.training and bn.track_running_stats:
+            running = Running(bn.running_mean, bn.running_var, bn.num_batches_tracked, bn.momentum)
+        call = self._decide(x, bn, batch, group, running)
+        if call is not None:
+            return call(self, x)
+        return repact_train(
             x, self.branch_weight, self.prelu_weight, bn.weight if bn is not None else None,
             bn.bias if bn is not None else None, bn.running_mean if constant else None,
             bn.running_var if constant else None, self._knots, self._op_base, self._op_part,
             self.variant == "softmax", bn.eps if bn is not None else 0.0, self.channel_dim(x),
-            group=sync_group(bn) if batch else None,
-        )
-        return y, mean, var, count
+            group=group, running=running,
+        )[0]
+
+    def _decide(self, x, bn, batch: bool, group, running):
+        """The call for ``x``'s layout (kept in ``_calls``), or None where the op must decide per call:
+        under a compiler or tracer, with synced statistics, on the reference backend, or with
+        parameters in another dtype than the kernels compute in."""
+        if torch.compiler.is_compiling() or torch._C._get_tracing_state() or group is not None:
+            return None
+        if self._bits is not None:  # a few-bit backward decides per call (repact.activations.fewbit)
+            return None
+        if bn is not None and type(bn) is not nn.BatchNorm1d:
+            return None
+        mode = BN_NONE if bn is None else (BN_BATCH if batch else BN_CONST)
+        spec = spec_of(self.branch_weight, self.prelu_weight, self._knots, self._op_base, self.variant == "softmax",
+                       bn.eps if bn is not None else 0.0, self.channel_dim(x), mode, running)
+        op = module_call(dispatch.choose(x), spec, x, self._knots, self._op_base, self._op_part,
+                         self.variant == "softmax", bn.eps if bn is not None else 0.0, running)
+        if op is None or any(p.dtype != self._op_base.dtype for p in self.parameters()):
+            return None
+        call = _Call(op, bn, batch, self.branch_weight.dtype)
+        if len(self._calls) >= 16:
+            self._calls.clear()
+        self._calls[(x.shape, x.stride(), x.dtype, x.device, self.training, dispatch.get_backend())] = call
+        return call
 
     def _branch_sum(self, x: torch.Tensor) -> torch.Tensor:
         w = self.branch_weights()

@@ -1,14 +1,19 @@
-"""The ``triton`` backend: repact's Triton kernels (``_triton_kernels``) for CUDA tensors.
+"""The ``triton`` backend: repact's Triton kernels for CUDA tensors (``_triton_kernels``: the table
+op and ACON; ``_triton_train``: RepAct's training op).
 
 float32, float16, bfloat16 (computed in float32) and float64; any layout the dispatch's view
 takes (dense NCHW blocks, channels-last rows, token tensors). Sums are reduced in two stages
-(per tile, then over tiles) in float32 (float64 for float64 inputs). Built with
-``TRITON_INTERPRET=1`` in the environment, the kernels run in Triton's interpreter on CPU tensors
-instead (how the tests check them without a GPU; ``interpreted()``).
+(per tile, then over tiles) in float32 (float64 for float64 inputs; the training op finishes its
+sums in float64). Built with ``TRITON_INTERPRET=1`` in the environment, the kernels run in
+Triton's interpreter on CPU tensors instead (how the tests check them without a GPU;
+``interpreted()``).
 
-RepAct's coefficients and their gradient's map back onto the branch weights are tiny tensor ops
-(``reference.coefficients`` and its autograd); the BatchNorm statistics and backward terms come
-from ``repact.ops.batchnorm``.
+What a call decides once per input layout lives in a plan (:class:`TablePlan`,
+:class:`TrainPlan`): the grid and the compile-time arguments of each launch (:class:`Launch`).
+A call then allocates its outputs and launches, and does nothing else: RepAct's coefficients,
+their gradients' map back onto the branch weights (softmax's Jacobian included), RepAct-III's
+statistics, its BatchNorm fold and backward and the running statistics' update all happen in
+the kernels.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import torch
 import triton
 
 from . import _triton_kernels as kern
-from . import reference
-from .batchnorm import accumulation_dtype, backward_terms, moments_from_sums
-from .cpu import BN_BATCH, BN_CONST, BN_GIVEN, BN_NONE, TrainArgs
+from . import _triton_train as tk
+from .batchnorm import accumulation_dtype
+from .cpu import BN_BATCH, BN_CONST, BN_GIVEN, BN_NONE  # noqa: F401
 from .layout import FlatView, like_view
 
 _TILE = 1024  # elements per program
 _REDUCE_ROWS, _REDUCE_COLS = 64, 64
+_FINALIZE = 4096  # partials a finalizing program holds at once
 
 
 def interpreted() -> bool:
@@ -37,9 +43,26 @@ def _np2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
 
-def _grid(view: FlatView):
-    """Tile (BO, BC, BI), the number of programs and the partial sums per channel."""
-    O, C, I = view.outer, view.C, view.inner
+class Launch:
+    """One kernel with its grid and compile-time arguments fixed: ``launch(*args)`` runs it on
+    the runtime arguments. The compile-time arguments (the kernel's trailing parameters) go
+    positionally, after the runtime ones: Triton binds positional arguments faster than keywords."""
+
+    __slots__ = ("kernel", "grid", "tail")
+
+    def __init__(self, kernel, grid, **consts):
+        names = kernel.arg_names
+        tail = names[len(names) - len(consts):]
+        if set(tail) != set(consts):
+            raise TypeError(f"{kernel.__name__}: compile-time arguments {sorted(consts)} are not its last parameters")
+        self.kernel, self.grid, self.tail = kernel, grid, tuple(consts[n] for n in tail)
+
+    def __call__(self, *args):
+        self.kernel.run(*args, *self.tail, grid=self.grid, warmup=False)
+
+
+def _tiling(O: int, C: int, I: int):
+    """Tile (BO, BC, BI), the number of programs and the partial sums per channel of an (O, C, I) view."""
     if I == 1 and C > 1:
         bc = min(_np2(C), 128)
         bi = 1
@@ -50,6 +73,16 @@ def _grid(view: FlatView):
         bo = min(_np2(O), max(1, _TILE // bi))
     n_o, n_c, n_i = triton.cdiv(O, bo), triton.cdiv(C, bc), triton.cdiv(I, bi)
     return (bo, bc, bi), n_o * n_c * n_i, n_o * n_i
+
+
+def _grid(view: FlatView):
+    return _tiling(view.outer, view.C, view.inner)
+
+
+def _finalize_tiling(C: int, P: int):
+    """(BCF, BP, programs) of a kernel that reduces (P, ., C) partials per block of BCF channels."""
+    bcf = min(_np2(C), 64)
+    return bcf, max(1, min(_np2(P), _FINALIZE // bcf)), triton.cdiv(C, bcf)
 
 
 def _acc(view: FlatView) -> torch.dtype:
@@ -65,147 +98,210 @@ def _reduce(partials: torch.Tensor, P: int) -> torch.Tensor:
     return out.reshape(partials.shape[1:])
 
 
-def _form(coef: torch.Tensor, knots: Optional[torch.Tensor]):
-    basis = coef.shape[0] == 4
-    k = 0 if basis else coef.shape[0] // 3 - 1
-    return basis, k, (coef if basis or knots is None else knots)
-
-
-def _launch_apply(view, coef, knots, cc, scale=None, shift=None):
-    basis, k, kn = _form(coef, knots)
-    y = torch.empty_like(view.data)
-    (bo, bc, bi), n, _ = _grid(view)
-    kern.apply_kernel[(n,)](view.data, y, coef, kn, scale if scale is not None else coef,
-                            shift if shift is not None else coef, view.outer, view.C, view.inner, cc,
-                            K=k, BASIS=basis, PER_CHANNEL=cc > 1, AFFINE=scale is not None,
-                            F64=view.data.dtype == torch.float64, BO=bo, BC=bc, BI=bi)
-    return y
-
-
-def _launch_backward(view, g, coef, knots, cc, need_x, need_sums, terms=None, mean=None):
-    basis, k, kn = _form(coef, knots)
-    (bo, bc, bi), n, P = _grid(view)
-    gx = torch.empty_like(view.data) if need_x else view.data
-    partials = torch.empty((P, coef.shape[0], view.C) if need_sums else (1,), dtype=_acc(view),
-                           device=view.data.device)
-    alpha, c1, c2 = terms if terms is not None else (coef, coef, coef)
-    kern.backward_kernel[(n,)](view.data, like_view(g, view), gx, coef, kn, alpha, c1, c2,
-                               mean if mean is not None else coef, partials, view.outer, view.C, view.inner, cc,
-                               K=k, BASIS=basis, PER_CHANNEL=cc > 1, AFFINE=terms is not None, NEED_X=need_x,
-                               NEED_SUMS=need_sums, F64=view.data.dtype == torch.float64, BO=bo, BC=bc, BI=bi)
-    return (gx if need_x else None), (_reduce(partials, P) if need_sums else None)
-
-
 # --- the piecewise quadratic ------------------------------------------------------------------------
 def prepare(knots: torch.Tensor, coeffs: torch.Tensor, dtype: torch.dtype, basis_ok: bool):
-    """(4, Cc) basis rows (a tensor) where ``basis_ok`` and the table is in RepAct's basis, else
-    (knots, (3 (K + 1), Cc) rows) (a tuple), on the table's device in the kernels' dtype. (Checking
-    the basis reads the table on the host, once per table: the caller caches the result.)"""
+    """(Cc, 4) basis coefficients (a tensor) where ``basis_ok`` and the table is in RepAct's basis,
+    else (knots, (Cc, 3 (K + 1)) coefficients) (a tuple: the table itself where it is dense in the
+    kernels' dtype), on the table's device in the kernels' dtype. (Checking the basis reads the
+    table on the host, once per table: the caller caches the result.)"""
     acc = accumulation_dtype(dtype)
     if basis_ok:
         from ..fuse import basis_coefficients
 
         b = basis_coefficients(knots.detach().cpu(), coeffs.detach().cpu(), rtol=8 * torch.finfo(acc).eps)
         if b is not None:
-            return b.rows().to(device=coeffs.device, dtype=acc).contiguous()
-    rows = coeffs.detach().to(acc).reshape(coeffs.shape[0], -1).t().contiguous()
+            return b.rows().t().to(device=coeffs.device, dtype=acc).contiguous()
+    rows = coeffs.detach().to(acc).reshape(coeffs.shape[0], -1).contiguous()
     return knots.detach().to(acc).contiguous(), rows
 
 
-def pq_forward(view: FlatView, prepared, cc: int) -> torch.Tensor:
+def _rows(prepared):
+    """(coefficients (Cc, R), knots or None, K) of a prepared table."""
     if torch.is_tensor(prepared):
-        return _launch_apply(view, prepared, None, cc)
+        return prepared, None, 0
     knots, rows = prepared
-    return _launch_apply(view, rows, knots, cc)
+    return rows, knots, knots.shape[0]
 
 
-def pq_backward(view: FlatView, g: torch.Tensor, knots, coeffs, need_x: bool, need_c: bool):
-    """(gx, gcoeffs (Cc, S, 3)) of the table form."""
-    kn, rows = prepare(knots, coeffs, view.data.dtype, False)
-    cc = coeffs.shape[0]
-    gx, sums = _launch_backward(view, g, rows, kn, cc, need_x, need_c)
-    gc = sums.t().reshape(cc, -1, 3).to(coeffs.dtype) if need_c else None
-    return gx, gc
+class TablePlan:
+    """The table op on one input layout (O, C, I) and one table form: ``forward(x, prepared)`` and
+    ``backward(x, g, prepared, need_x, need_sums)``."""
+
+    def __init__(self, outer: int, C: int, inner: int, prepared, dtype: torch.dtype):
+        rows, _, k = _rows(prepared)
+        self.cc, self.width = rows.shape
+        (bo, bc, bi), self.n, self.P = _tiling(outer, C, inner)
+        self.dims = (outer, C, inner)
+        self.consts = dict(K=k, R=self.width, BASIS=self.width == 4, PER_CHANNEL=self.cc > 1,
+                           F64=dtype == torch.float64, BO=bo, BC=bc, BI=bi)
+        # (shape, strides) of the backward's per-tile sums
+        self.sums = ((self.P, C, self.width), (C * self.width, self.width, 1))
+        self.apply = Launch(kern.apply_kernel, (self.n,), **self.consts)
+        self._backward = {}
+
+    def forward(self, x: torch.Tensor, prepared) -> torch.Tensor:
+        rows, knots, _ = _rows(prepared)
+        y = torch.empty_like(x)
+        self.apply(x, y, rows, knots, *self.dims)
+        return y
+
+    def backward(self, x, g, knots, coeffs, need_x: bool, need_c: bool, prepared):
+        """(gx, gcoeffs (Cc, S, 3)) (None where not needed); the table's gradient takes the table
+        form, the input's alone any prepared form."""
+        if need_c and torch.is_tensor(prepared):
+            prepared = prepare(knots, coeffs, x.dtype, False)
+        rows, kn, k = _rows(prepared)
+        if g.stride() != x.stride() or type(g) is not torch.Tensor:
+            g = like_view(g, FlatView(x, *self.dims))
+        width = rows.shape[1]
+        launch = self._backward.get((need_x, need_c, width))
+        if launch is None:
+            consts = dict(self.consts, K=k, R=width, BASIS=width == 4)
+            launch = self._backward[need_x, need_c, width] = Launch(kern.backward_kernel, (self.n,), NEED_X=need_x,
+                                                                    NEED_SUMS=need_c, **consts)
+        gx = torch.empty_like(x) if need_x else None
+        sums = torch.empty_strided(*self.sums, dtype=rows.dtype, device=x.device) if need_c else None
+        launch(x, g, gx, rows, kn, sums, *self.dims)
+        gc = _reduce(sums, self.P).reshape(coeffs.shape).to(coeffs.dtype) if need_c else None
+        return gx, gc
 
 
 # --- RepAct's training op ------------------------------------------------------------------------------
-def _coefficients(a: TrainArgs, acc: torch.dtype, grad: bool = False):
-    params = [t.detach().to(acc).requires_grad_(grad) if t is not None else None for t in (a.w_raw, a.slope)]
-    with torch.enable_grad() if grad else torch.no_grad():
-        coef = reference.coefficients(params[0], params[1], a.base.to(acc), a.part.to(acc), a.softmax)
-    return coef, params
+class TrainPlan:
+    """RepAct's training op (:class:`repact.ops.repact_train.TrainSpec`) on one input layout (O, C, I):
+    the launches of ``_triton_train`` with their grids and compile-time arguments, and the shapes
+    of each pass's scratch buffers.
 
+    The parameters come in the kernels' dtype, dense; ``call`` (a
+    :class:`repact.ops.repact_train.TrainCall`) holds the rest of the op's arguments.
+    ``forward(x, w_raw, slope, gamma, beta, mean, var, call) -> (y, mean, var)``: batch statistics
+    (BN_BATCH) are computed, and ``call.running``'s statistics updated, in the kernels;
+    BN_GIVEN/BN_CONST take ``mean``/``var``. ``moments(x, w_raw, slope, call)``: the batch
+    statistics alone (BN_GIVEN: this process's). ``backward(x, g, w_raw, slope, gamma, mean, var,
+    call, need_x, need_params, share, count) -> (gx, g_w_raw, g_slope, g_gamma, g_beta)``;
+    ``share`` (BN_GIVEN) maps this process's sums of g and g (s - mean) to every process's, which
+    cover ``count`` values per table.
+    """
 
-def _knots(a: TrainArgs, acc: torch.dtype):
-    return a.knots.detach().to(acc).contiguous()
+    def __init__(self, spec, outer: int, C: int, inner: int, copy: bool, dtype: torch.dtype, device):
+        self.spec, self.copy = spec, copy
+        self.dims = (outer, C, inner)
+        self.count = outer * C * inner // spec.rows
+        self.acc, self.device = accumulation_dtype(dtype), device
+        self.basis = spec.width == 4
+        (bo, bc, bi), n, self.P = _tiling(outer, C, inner)
+        self.n, self.tile = n, dict(BO=bo, BC=bc, BI=bi)
+        self.common = dict(K=spec.knots, R=spec.width, NB=spec.nb, NBP=_np2(spec.nb), BASIS=self.basis,
+                           PER_CHANNEL=spec.rows > 1, HAS_SLOPE=spec.slope, SOFTMAX=spec.softmax,
+                           F64=dtype == torch.float64)
+        bn = self.bn = spec.bn
+        # batch statistics update the running ones in the kernels; across processes after the gather
+        self.in_kernel = spec.update and bn == BN_BATCH
+        self.apply = Launch(tk.apply_kernel, (n,), **self.common, BN=bn != BN_NONE, EPS=spec.eps,
+                            BUMP=self.in_kernel, **self.tile)
+        self.bcf, self.bp, self.nf = _finalize_tiling(C, self.P)
+        C = self.dims[1]
+        self.rows_per_tile = rows = {BN_NONE: spec.width, BN_CONST: 2 + spec.width}.get(bn, 2 + 3 * spec.width)
+        # (shape, strides) of the scratch buffers: the per-tile sums of the backward and of the
+        # statistics, the statistics, the BatchNorm backward's (alpha, c1, c2)
+        self.sums = ((self.P, rows, C), (rows * C, C, 1))
+        self.stat_sums = ((self.P, 2, C), (2 * C, C, 1))
+        self.stat = ((spec.rows,), (1,))
+        self.affine = ((3, C), (C, 1))
+        if bn in (BN_BATCH, BN_GIVEN):
+            self.stats = Launch(tk.stats_kernel, (n,), **self.common, **self.tile)
+            self.finalize = Launch(tk.stats_finalize_kernel, (self.nf,), **self.common, RUNNING=self.in_kernel,
+                                   CUMULATIVE=spec.momentum is None, MOMENTUM=float(spec.momentum or 0.0),
+                                   BCF=self.bcf, BP=self.bp)
+        self._backward = {}
 
+    def _scratch(self, layout) -> torch.Tensor:
+        # (empty_strided parses its arguments faster than empty)
+        return torch.empty_strided(*layout, dtype=self.acc, device=self.device)
 
-def _channel(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    return t.detach().to(acc).reshape(-1).contiguous()
+    def moments(self, x, w_raw, slope, call):
+        O, C, I = self.dims
+        sums = self._scratch(self.stat_sums)
+        kn = None if self.basis else call.knots
+        self.stats(x, w_raw, slope, call.base, call.part, kn, sums, O, C, I)
+        mean, var = self._scratch(self.stat), self._scratch(self.stat)
+        running = call.running if self.in_kernel else None
+        rm, rv, nbt = (None, None, None) if running is None else running[:3]
+        self.finalize(x, w_raw, slope, call.base, call.part, kn, sums, self.P, mean, var, rm, rv, nbt, C, I,
+                      self.count)
+        return mean, var
 
+    def forward(self, x, w_raw, slope, gamma, beta, mean, var, call):
+        nbt = None
+        if self.bn == BN_BATCH:
+            mean, var = self.moments(x, w_raw, slope, call)
+            if self.in_kernel and call.running is not None:
+                nbt = call.running.num_batches_tracked
+        y = torch.empty_like(x)
+        self.apply(x, y, w_raw, slope, call.base, call.part, None if self.basis else call.knots, mean, var, gamma,
+                   beta, nbt, *self.dims)
+        return y, mean, var
 
-def train_sums(view: FlatView, a: TrainArgs, g: Optional[torch.Tensor] = None, mean=None):
-    """As :func:`repact.ops.cpu.train_sums`: (shift, (2, Cc) sums), without ``g`` of s - shift
-    (shift = s at each table's first element), with ``g`` and the batch ``mean`` the sums of g and
-    g (s - mean)."""
-    acc = _acc(view)
-    coef = _coefficients(a, acc)[0].t().contiguous()
-    basis, k, kn = _form(coef, _knots(a, acc))
-    cc = a.rows
-    f64 = view.data.dtype == torch.float64
-    if g is None:
-        shift = torch.empty(cc, dtype=acc, device=view.data.device)
-        bcf = min(_np2(cc), 128)
-        kern.first_value_kernel[(triton.cdiv(cc, bcf),)](view.data, coef, kn, shift, cc, view.inner, cc, K=k,
-                                                          BASIS=basis, PER_CHANNEL=cc > 1, F64=f64, BC=bcf)
-    else:
-        shift = _channel(mean, acc)
-    (bo, bc, bi), n, P = _grid(view)
-    partials = torch.empty((P, 2, view.C), dtype=acc, device=view.data.device)
-    kern.sums_kernel[(n,)](view.data, like_view(g, view) if g is not None else view.data, coef, kn, shift, partials,
-                           view.outer, view.C, view.inner, cc, K=k, BASIS=basis, PER_CHANNEL=cc > 1,
-                           HAS_G=g is not None, F64=f64, BO=bo, BC=bc, BI=bi)
-    return shift, _reduce(partials, P)
+    def _backward_launches(self, need_x: bool, need_params: bool, given: bool):
+        """(mode, first, grad, last) of one backward configuration, made on first use: the sums pass
+        (with the input's gradient unless batch statistics), the parameters' gradients, and for batch
+        statistics the input's gradient."""
+        key = (need_x, need_params, given)
+        steps = self._backward.get(key)
+        if steps is None:
+            spec, c = self.spec, self.common
+            mode = {BN_NONE: 0, BN_CONST: 1}.get(self.bn, 2)
+            need_sums = need_params or mode != 0
 
+            def backward(m, nx, ns):
+                return Launch(tk.backward_kernel, (self.n,), **c, MODE=m, EPS=spec.eps, NEED_X=nx, NEED_SUMS=ns,
+                              **self.tile)
 
-def train_forward(view: FlatView, a: TrainArgs, bn: int, mean=None, var=None):
-    """As :func:`repact.ops.cpu.train_forward`: (y, mean, var)."""
-    acc = _acc(view)
-    cc = a.rows
-    coef = _coefficients(a, acc)[0].t().contiguous()
-    if bn == BN_BATCH:
-        shift, sums = train_sums(view, a)
-        mean, var = moments_from_sums(view.data.numel() // cc, shift, sums[0], sums[1])
-    if bn == BN_NONE:
-        return _launch_apply(view, coef, _knots(a, acc), cc), None, None
-    mean, var = _channel(mean, acc), _channel(var, acc)
-    scale = torch.rsqrt(var + a.eps) * _channel(a.gamma, acc)
-    shift = _channel(a.beta, acc) - mean * scale
-    return _launch_apply(view, coef, _knots(a, acc), cc, scale.contiguous(), shift.contiguous()), mean, var
+            grad = None
+            if need_sums:
+                grad = Launch(tk.grad_kernel, (self.nf,), R=c["R"], ROWS=self.rows_per_tile, NB=c["NB"],
+                              NBP=c["NBP"], PER_CHANNEL=c["PER_CHANNEL"], HAS_SLOPE=c["HAS_SLOPE"],
+                              SOFTMAX=c["SOFTMAX"], MODE=mode, GIVEN=given, EPS=spec.eps, NEED_W=need_params,
+                              BCF=self.bcf, BP=self.bp)
+            last = backward(3, True, False) if mode == 2 and need_x else None
+            steps = self._backward[key] = (mode, backward(mode, need_x and mode != 2, need_sums), grad, last)
+        return steps
 
-
-def train_backward(view: FlatView, g: torch.Tensor, a: TrainArgs, bn: int, mean, var, gsums, count: int,
-                   need_x: bool, need_params: bool):
-    """As :func:`repact.ops.cpu.train_backward`: (gx, g_w_raw, g_slope, g_gamma, g_beta), the
-    parameters' in float32 (float64 for float64 inputs: :func:`repact.ops.dispatch.param_dtype`)."""
-    acc = _acc(view)
-    cc = a.rows
-    coef, params = _coefficients(a, acc, grad=need_params)
-    rows = coef.detach().t().contiguous()
-    terms = ggm = gbt = None
-    if bn != BN_NONE:
-        mean, var = _channel(mean, acc), _channel(var, acc)
-        if bn != BN_GIVEN:
-            gsums = train_sums(view, a, g, mean)[1]
-            count = view.data.numel() // cc
-        alpha, c1, c2, ggm, gbt = backward_terms(_channel(a.gamma, acc), var, a.eps, gsums[0].to(acc),
-                                                 gsums[1].to(acc), count, bn == BN_CONST)
-        terms = (alpha.contiguous(), c1.contiguous(), c2.contiguous())
-    gx, gcoef = _launch_backward(view, g, rows, _knots(a, acc), cc, need_x, need_params, terms, mean)
-    gw = gsl = None
-    if need_params:
-        live = [p for p in params if p is not None]
-        grads = torch.autograd.grad(coef, live, gcoef.t())
-        gw = grads[0]
-        gsl = grads[1] if a.slope is not None else None
-    return gx, gw, gsl, ggm, gbt
+    def backward(self, x, g, w_raw, slope, gamma, mean, var, call, need_x: bool, need_params: bool, share=None,
+                 count=None):
+        O, C, I = self.dims
+        if g.stride() != x.stride() or type(g) is not torch.Tensor:
+            g = like_view(g, FlatView(x, O, C, I))
+        mode, first, grad, last = self._backward_launches(need_x, need_params, share is not None)
+        params = (w_raw, slope, call.base, call.part, None if self.basis else call.knots)
+        # the parameters' gradients: their shapes, in their dtype (the kernels'), dense like them
+        gw = gsl = ggm = gbt = None
+        if need_params:
+            gw = torch.empty_like(w_raw)
+            if slope is not None:
+                gsl = torch.empty_like(slope)
+        if mode != 0:
+            ggm, gbt = torch.empty_like(gamma), torch.empty_like(gamma)
+        if mode != 2:
+            # RepAct-I/II and constant statistics: the input's gradient and the sums in one pass
+            gx = torch.empty_like(x) if need_x else None
+            sums = self._scratch(self.sums) if grad is not None else None
+            first(x, g, gx, *params, mean, var, gamma, None, sums, O, C, I)
+            if grad is not None:
+                grad(sums, self.P, None, *params[:4], gamma, var, None, gw, gsl, ggm, gbt, C, self.count)
+            return gx, gw, gsl, ggm, gbt
+        # batch statistics: every sum first, then the parameters' gradients and the BatchNorm's
+        # backward coefficients, then the input's gradient
+        sums = self._scratch(self.sums)
+        first(x, g, None, *params, mean, var, gamma, None, sums, O, C, I)
+        totals = None
+        if share is not None:
+            totals = share(sums[:, :2].sum(0))
+        aff = self._scratch(self.affine)
+        grad(sums, self.P, totals, *params[:4], gamma, var, aff, gw, gsl, ggm, gbt, C,
+             count if share is not None else self.count)
+        gx = None
+        if need_x:
+            gx = torch.empty_like(x)
+            last(x, g, gx, *params, mean, var, gamma, aff, None, O, C, I)
+        return gx, gw, gsl, ggm, gbt

@@ -1,12 +1,13 @@
-"""repact's Triton kernels (see ``repact.ops._triton`` for the launches).
+"""repact's Triton kernels for the table op and ACON, and the helpers every kernel shares (RepAct's
+training op: ``_triton_train``; the launches: ``repact.ops._triton``).
 
 A tensor is seen as (O, C, I) in memory order (``repact.ops.layout``); a program takes a tile of
 (BO, BC, BI) elements, with BC = 1 (blocks: one channel per tile) or BI = 1 (rows: channels
-along the tile). Coefficients are (R, Cc) in float32 (float64 for float64 inputs), column c for
-channel c (Cc = C) or column 0 for every element (Cc = 1): R = 4 for RepAct's basis
+along the tile). Coefficients are (Cc, R) in float32 (float64 for float64 inputs), row c for
+channel c (Cc = C) or row 0 for every element (Cc = 1): R = 4 for RepAct's basis
 (E, A, B, Q of ``E + x (A + B [x >= 0] + Q clamp(x + 3, 0, 6))``), R = 3 (K + 1) for a table on K
-knots (row s * 3 + j multiplies x^j on segment s). Sums are written per tile (partials
-(P, R, C), P = tiles per channel) and reduced by ``_reduce`` in a second pass, in float32 or
+knots (coefficient s * 3 + j multiplies x^j on segment s: the (Cc, S, 3) table as it is). Sums are
+written per tile (partials, P = tiles per channel) and reduced in a second pass, in float32 or
 float64.
 """
 
@@ -34,31 +35,54 @@ def _tile(pid, O, C, I, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
 
 
 @triton.jit
-def _coef(coef, r, c, cmask, CC, PER_CHANNEL: tl.constexpr):
-    """Row r of the coefficients for channels c, shaped (1, BC, 1)."""
+def _coef(coef, r, c, cmask, R: tl.constexpr, PER_CHANNEL: tl.constexpr):
+    """Coefficient r of channels c from the (Cc, R) table, shaped (1, BC, 1)."""
     if PER_CHANNEL:
-        v = tl.load(coef + r * CC + c, mask=cmask, other=0.0)
+        v = tl.load(coef + c * R + r, mask=cmask, other=0.0)
     else:
-        v = tl.load(coef + r * CC + c * 0, mask=cmask, other=0.0)
+        v = tl.load(coef + c * 0 + r, mask=cmask, other=0.0)
     return v[None, :, None]
 
 
 @triton.jit
-def _evaluate(x, coef, knots, c, cmask, CC, K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr):
-    """s(x) and the slope parts the backward needs: (s, t, u, seg), in x's (compute) dtype.
+def _row(coef, r, c, cmask, PER_CHANNEL: tl.constexpr, w, sl, base, part, R: tl.constexpr, NB: tl.constexpr,
+         NBP: tl.constexpr, HAS_SLOPE: tl.constexpr, FROM_PARAMS: tl.constexpr):
+    """Coefficient r of channels c, shaped (1, BC, 1): read from ``coef`` (Cc, R), or
+    with FROM_PARAMS computed from RepAct's parameters, ``sum_b w[c, b] (base[b, r] + sl[c]
+    part[b, r])`` with w (BC, NBP) the branch weights and sl (BC,) the slope (``_weights``)."""
+    if FROM_PARAMS:
+        b = tl.arange(0, NBP)
+        bm = b < NB
+        v = tl.sum(w * tl.load(base + b * R + r, mask=bm, other=0.0)[None, :], axis=1)
+        if HAS_SLOPE:
+            v += sl * tl.sum(w * tl.load(part + b * R + r, mask=bm, other=0.0)[None, :], axis=1)
+        out = v[None, :, None]
+    else:
+        out = _coef(coef, r, c, cmask, R, PER_CHANNEL)
+    return out
 
-    Basis: t = A + B [x >= 0] + Q u with u = clamp(x + 3, 0, 6), s = E + x t. Table: seg = the
-    segment (number of knots <= x; NaN falls in segment 0), s = a0 + x (a1 + a2 x) with a2 x
-    taken as 0 where a2 == 0 (linear segments stay +-inf at +-inf), t = a1, u = a2.
+
+@triton.jit
+def _evaluate_rows(x, coef, knots, c, cmask, K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr,
+                   w, sl, base, part, R: tl.constexpr, NB: tl.constexpr, NBP: tl.constexpr,
+                   HAS_SLOPE: tl.constexpr, FROM_PARAMS: tl.constexpr):
+    """s(x), its right derivative s'(x) and the parts the coefficient sums need: (s, ds, u, seg),
+    in x's (compute) dtype; the rows come from ``_row``.
+
+    Basis: u = clamp(x + 3, 0, 6), s = E + x (A + B [x >= 0] + Q u), s' = A + B [x >= 0] + Q u
+    + Q x [-3 <= x < 3]. Table: seg = the segment (number of knots <= x; NaN falls in segment 0),
+    s = a0 + x (a1 + a2 x) with a2 x taken as 0 where a2 == 0 (linear segments stay +-inf at
+    +-inf), s' = a1 + 2 a2 x (the same), u = a2.
     """
     if BASIS:
-        e = _coef(coef, 0, c, cmask, CC, PER_CHANNEL)
-        a = _coef(coef, 1, c, cmask, CC, PER_CHANNEL)
-        b = _coef(coef, 2, c, cmask, CC, PER_CHANNEL)
-        q = _coef(coef, 3, c, cmask, CC, PER_CHANNEL)
+        e = _row(coef, 0, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
+        a = _row(coef, 1, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
+        b = _row(coef, 2, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
+        q = _row(coef, 3, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE, FROM_PARAMS)
         u = tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0)
         t = a + tl.where(x >= 0, b, 0.0) + q * u
         s = e + x * t
+        ds = t + tl.where((x >= -3.0) & (x < 3.0), q * x, 0.0)
         seg = tl.zeros(x.shape, tl.int32)
     else:
         seg = tl.zeros(x.shape, tl.int32)
@@ -69,11 +93,52 @@ def _evaluate(x, coef, knots, c, cmask, CC, K: tl.constexpr, BASIS: tl.constexpr
         u = tl.zeros(x.shape, x.dtype)
         for sg in tl.static_range(K + 1):
             on = seg == sg
-            a0 = tl.where(on, _coef(coef, sg * 3, c, cmask, CC, PER_CHANNEL), a0)
-            t = tl.where(on, _coef(coef, sg * 3 + 1, c, cmask, CC, PER_CHANNEL), t)
-            u = tl.where(on, _coef(coef, sg * 3 + 2, c, cmask, CC, PER_CHANNEL), u)
+            a0 = tl.where(on, _row(coef, sg * 3, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP, HAS_SLOPE,
+                                   FROM_PARAMS), a0)
+            t = tl.where(on, _row(coef, sg * 3 + 1, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
+                                  HAS_SLOPE, FROM_PARAMS), t)
+            u = tl.where(on, _row(coef, sg * 3 + 2, c, cmask, PER_CHANNEL, w, sl, base, part, R, NB, NBP,
+                                  HAS_SLOPE, FROM_PARAMS), u)
         s = a0 + x * (t + tl.where(u == 0, 0.0, u * x))
-    return s, t, u, seg
+        ds = t + tl.where(u == 0, 0.0, 2.0 * u * x)
+    return s, ds, u, seg
+
+
+@triton.jit
+def _evaluate(x, coef, knots, c, cmask, K: tl.constexpr, R: tl.constexpr, BASIS: tl.constexpr,
+              PER_CHANNEL: tl.constexpr):
+    """``_evaluate_rows`` with the coefficients read from ``coef`` (Cc, R)."""
+    return _evaluate_rows(x, coef, knots, c, cmask, K, BASIS, PER_CHANNEL, 0.0, 0.0, coef, coef, R, 1, 1, False,
+                          False)
+
+
+@triton.jit
+def _phi(x, u, seg, r: tl.constexpr, BASIS: tl.constexpr):
+    """ds/d(row r) at x: basis 1, x, x [x >= 0], x u; table x^j on segment s (r = 3 s + j), else 0."""
+    if BASIS:
+        if r == 0:
+            v = tl.full(x.shape, 1.0, x.dtype)
+        elif r == 1:
+            v = x
+        elif r == 2:
+            v = tl.where(x >= 0, x, 0.0)
+        else:
+            v = x * u
+    else:
+        on = seg == r // 3
+        if r % 3 == 0:
+            v = tl.where(on, 1.0, 0.0).to(x.dtype)
+        elif r % 3 == 1:
+            v = tl.where(on, x, 0.0)
+        else:
+            v = tl.where(on, x * x, 0.0)
+    return v
+
+
+@triton.jit
+def _tile_sum(v):
+    """A (BO, BC, BI) tile summed to one value per channel, (BC,)."""
+    return tl.sum(tl.sum(v, axis=2), axis=0)
 
 
 @triton.jit
@@ -93,100 +158,34 @@ def _channel_values(ptr, c, cmask, PER_CHANNEL: tl.constexpr):
 
 
 @triton.jit
-def apply_kernel(x, y, coef, knots, scale, shift, O, C, I, CC,
-                 K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr, AFFINE: tl.constexpr,
-                 F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
-    """y = s(x), or scale s(x) + shift per table (RepAct-III's BatchNorm, folded per channel)."""
+def apply_kernel(x, y, coef, knots, O, C, I, K: tl.constexpr, R: tl.constexpr, BASIS: tl.constexpr,
+                 PER_CHANNEL: tl.constexpr, F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
+    """The table op's forward, y = s(x)."""
     offs, mask, c, _ = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     xv = _load_x(x, offs, mask, F64)
-    s, _t, _u, _seg = _evaluate(xv, coef, knots, c, cmask, CC, K, BASIS, PER_CHANNEL)
-    if AFFINE:
-        s = s * _channel_values(scale, c, cmask, PER_CHANNEL) + _channel_values(shift, c, cmask, PER_CHANNEL)
+    s, _ds, _u, _seg = _evaluate(xv, coef, knots, c, cmask, K, R, BASIS, PER_CHANNEL)
     tl.store(y + offs, s.to(y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def sums_kernel(x, g, coef, knots, shift, partials, O, C, I, CC,
-                K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr, HAS_G: tl.constexpr,
-                F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
-    """Per tile and channel: without g, sum(s - k) and sum((s - k)^2) with k = shift (the value of
-    s at the table's first element, ``repact.ops.batchnorm``); with g, sum g and sum g (s - k)
-    with k = shift (the batch mean). partials: (P, 2, C)."""
-    offs, mask, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
-    cmask = c < C
-    xv = _load_x(x, offs, mask, F64)
-    s, _t, _u, _seg = _evaluate(xv, coef, knots, c, cmask, CC, K, BASIS, PER_CHANNEL)
-    d = tl.where(mask, s - _channel_values(shift, c, cmask, PER_CHANNEL), 0.0)
-    if HAS_G:
-        w = _load_x(g, offs, mask, F64)
-        s1 = tl.sum(tl.sum(w, axis=2), axis=0)
-        s2 = tl.sum(tl.sum(w * d, axis=2), axis=0)
-    else:
-        s1 = tl.sum(tl.sum(d, axis=2), axis=0)
-        s2 = tl.sum(tl.sum(d * d, axis=2), axis=0)
-    base = partials + p * 2 * C + c
-    tl.store(base, s1, mask=cmask)
-    tl.store(base + C, s2, mask=cmask)
-
-
-@triton.jit
-def first_value_kernel(x, coef, knots, shift, C, I, CC, K: tl.constexpr, BASIS: tl.constexpr,
-                       PER_CHANNEL: tl.constexpr, F64: tl.constexpr, BC: tl.constexpr):
-    """shift[c] = s at the table's first element (0 where that is not finite)."""
-    c = tl.program_id(0) * BC + tl.arange(0, BC)
-    cmask = c < C
-    xv = tl.load(x + c.to(tl.int64) * I, mask=cmask, other=0.0)
-    xv = xv.to(tl.float64) if F64 else xv.to(tl.float32)
-    s, _t, _u, _seg = _evaluate(xv[None, :, None], coef, knots, c, cmask, CC, K, BASIS, PER_CHANNEL)
-    s = tl.sum(tl.sum(s, axis=2), axis=0)
-    s = tl.where(s - s == 0, s, 0.0)  # NaN and +-inf give NaN
-    tl.store(shift + c, s, mask=cmask)
-
-
-@triton.jit
-def backward_kernel(x, g, gx, coef, knots, alpha, c1, c2, mean, partials, O, C, I, CC,
-                    K: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr, AFFINE: tl.constexpr,
-                    NEED_X: tl.constexpr, NEED_SUMS: tl.constexpr, F64: tl.constexpr,
-                    BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
-    """h = g, or alpha g + c1 + c2 (s - mean) (RepAct-III's BatchNorm backward); gx = h s'(x);
-    per tile and channel the coefficient gradients' sums: basis h, h x, h x [x >= 0], h x u;
-    table, per segment, h, h x, h x^2. partials: (P, R, C)."""
+def backward_kernel(x, g, gx, coef, knots, partials, O, C, I,
+                    K: tl.constexpr, R: tl.constexpr, BASIS: tl.constexpr, PER_CHANNEL: tl.constexpr, NEED_X: tl.constexpr,
+                    NEED_SUMS: tl.constexpr, F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
+    """The table op's backward: gx = g s'(x) and per tile and channel the coefficient gradients'
+    sums, g ds/d(coefficient r) (``_phi``). partials: (P, C, R), so that their sum over P is the
+    table's gradient (Cc, R)."""
     offs, mask, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     xv = _load_x(x, offs, mask, F64)
     h = _load_x(g, offs, mask, F64)
-    s, t, u, seg = _evaluate(xv, coef, knots, c, cmask, CC, K, BASIS, PER_CHANNEL)
-    if AFFINE:
-        h = (_channel_values(alpha, c, cmask, PER_CHANNEL) * h + _channel_values(c1, c, cmask, PER_CHANNEL)
-             + _channel_values(c2, c, cmask, PER_CHANNEL) * (s - _channel_values(mean, c, cmask, PER_CHANNEL)))
-    h = tl.where(mask, h, 0.0)
+    s, ds, u, seg = _evaluate(xv, coef, knots, c, cmask, K, R, BASIS, PER_CHANNEL)
     if NEED_X:
-        if BASIS:
-            q = _coef(coef, 3, c, cmask, CC, PER_CHANNEL)
-            mid = (xv >= -3.0) & (xv < 3.0)
-            d = t + tl.where(mid, q * xv, 0.0)
-        else:
-            d = t + tl.where(u == 0, 0.0, 2.0 * u * xv)
-        tl.store(gx + offs, (h * d).to(gx.dtype.element_ty), mask=mask)
+        tl.store(gx + offs, (h * ds).to(gx.dtype.element_ty), mask=mask)
     if NEED_SUMS:
-        h1 = h * xv
-        if BASIS:
-            base = partials + p * 4 * C + c
-            tl.store(base, tl.sum(tl.sum(h, axis=2), axis=0), mask=cmask)
-            tl.store(base + C, tl.sum(tl.sum(h1, axis=2), axis=0), mask=cmask)
-            tl.store(base + 2 * C, tl.sum(tl.sum(tl.where(xv >= 0, h1, 0.0), axis=2), axis=0), mask=cmask)
-            tl.store(base + 3 * C, tl.sum(tl.sum(h1 * u, axis=2), axis=0), mask=cmask)
-        else:
-            base = partials + p * (3 * (K + 1)) * C + c
-            h2 = h1 * xv
-            for sg in tl.static_range(K + 1):
-                on = seg == sg
-                tl.store(base + (sg * 3) * C, tl.sum(tl.sum(tl.where(on, h, 0.0), axis=2), axis=0), mask=cmask)
-                tl.store(base + (sg * 3 + 1) * C, tl.sum(tl.sum(tl.where(on, h1, 0.0), axis=2), axis=0),
-                         mask=cmask)
-                tl.store(base + (sg * 3 + 2) * C, tl.sum(tl.sum(tl.where(on, h2, 0.0), axis=2), axis=0),
-                         mask=cmask)
+        base = partials + (p * C + c) * R
+        for r in tl.static_range(R):
+            tl.store(base + r, _tile_sum(h * _phi(xv, u, seg, r, BASIS)), mask=cmask)
 
 
 @triton.jit

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["accumulation_dtype", "batch_stats", "moments_from_sums", "merge_moments", "gather_moments",
-           "update_running", "sync_group", "backward_terms"]
+           "update_running", "update_buffers", "sync_group", "backward_terms"]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -88,12 +88,21 @@ def update_running(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var:
     """``bn``'s running statistics after a training batch of ``count`` values per table."""
     if not (bn.training and bn.track_running_stats):
         return
+    update_buffers((bn.running_mean, bn.running_var, bn.num_batches_tracked, bn.momentum), mean, var, count)
+
+
+def update_buffers(running, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """Running statistics ``running`` = (mean, var, num_batches_tracked, momentum) after a training
+    batch of ``count`` values per table (as ``nn.BatchNorm``: the factor ``momentum``, or the
+    cumulative average for None; the unbiased variance). The one update, for every backend (the
+    Triton kernels make the same in place, ``repact.ops._triton_train``)."""
+    run_mean, run_var, tracked, momentum = running
     with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        tracked.add_(1)
+        factor = momentum if momentum is not None else 1.0 / float(tracked)
         unbiased = var.reshape(-1) * (count / max(count - 1, 1))
-        bn.running_mean.lerp_(mean.reshape(-1).to(bn.running_mean.dtype), factor)
-        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+        run_mean.lerp_(mean.reshape(-1).to(run_mean.dtype), factor)
+        run_var.lerp_(unbiased.to(run_var.dtype), factor)
 
 
 def sync_group(bn: Optional[nn.Module]):

@@ -92,11 +92,12 @@ def pq_forward(view: FlatView, prepared, cc: int) -> torch.Tensor:
     return y
 
 
-def pq_backward(view: FlatView, g: torch.Tensor, knots, coeffs, need_x: bool, need_c: bool):
-    """(gx, gcoeffs (Cc, S, 3)) of the table form."""
+def pq_backward(view: FlatView, g: torch.Tensor, knots, coeffs, need_x: bool, need_c: bool, prepared=None):
+    """(gx, gcoeffs (Cc, S, 3)) of the table form (``prepared``: the caller's cached table form,
+    used where it is one)."""
     xd = view.data
     g = like_view(g, view)
-    t, cf = prepare(knots, coeffs, xd.dtype, False)
+    t, cf = prepared if isinstance(prepared, tuple) else prepare(knots, coeffs, xd.dtype, False)
     cc, s_count = coeffs.shape[0], coeffs.shape[1]
     gx = torch.empty_like(xd) if need_x else None
     acc = torch.empty((3, s_count, cc), dtype=torch.float64) if need_c else None

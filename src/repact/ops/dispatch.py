@@ -37,7 +37,7 @@ from .. import _native
 from .batchnorm import accumulation_dtype
 
 __all__ = ["BACKENDS", "set_backend", "get_backend", "backend", "choose", "native_available",
-           "triton_available", "triton_interpreted", "param_dtype", "cast_params"]
+           "triton_available", "triton_interpreted", "param_dtype", "cast_params", "CallCache"]
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 _ALIASES = {"torch": "reference", "native": "cpu"}
@@ -45,6 +45,21 @@ CPU_DTYPES = (torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 _backend = "auto"
+
+
+class CallCache(dict):
+    """The per-input-layout calls a module decided (its routing, its kernels' views and launches),
+    keyed by the module (on :func:`get_backend` too: the decision is the dispatch's); never copied
+    or pickled (a copy of the module starts with none)."""
+
+    def __reduce__(self):
+        return (CallCache, ())
+
+    def __deepcopy__(self, memo):
+        return CallCache()
+
+    def __copy__(self):
+        return CallCache()
 
 
 def _canonical(name: str) -> str:

@@ -21,7 +21,7 @@ from . import reference
 from .dispatch import choose
 from .layout import FlatView, flat_view
 
-__all__ = ["piecewise_quadratic", "piecewise_quadratic_torch", "backend_module"]
+__all__ = ["piecewise_quadratic", "piecewise_quadratic_torch", "backend_module", "table_call", "TableCall"]
 
 #: the reference form under its historical name (scriptable)
 piecewise_quadratic_torch = reference.pq_forward
@@ -63,34 +63,96 @@ def _prepared(name: str, x: torch.Tensor, knots, coeffs, basis_ok: bool, holder:
     return cache[1]
 
 
-def _view(name: str, x: torch.Tensor, cd: int, cc: int) -> Optional[FlatView]:
-    return None if name == "reference" else flat_view(x, cd, cc)
+class ViewTablePlan:
+    """A backend's table entry points (``pq_forward``/``pq_backward``, as :mod:`repact.ops.cpu`
+    has them) on one input layout."""
+
+    def __init__(self, mod, outer: int, C: int, inner: int, cc: int):
+        self.mod, self.dims, self.cc = mod, (outer, C, inner), cc
+
+    def forward(self, x, prepared):
+        return self.mod.pq_forward(FlatView(x, *self.dims), prepared, self.cc)
+
+    def backward(self, x, g, knots, coeffs, need_x, need_c, prepared):
+        return self.mod.pq_backward(FlatView(x, *self.dims), g, knots, coeffs, need_x, need_c, prepared)
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 512
+
+
+def _form(prepared) -> tuple:
+    """What a plan depends on in a prepared table: its kind and shape."""
+    return tuple(prepared.shape) if torch.is_tensor(prepared) else (prepared[0].shape[0], tuple(prepared[1].shape))
+
+
+def table_plan(name: str, x: torch.Tensor, cd: int, cc: int, prepared):
+    """(plan, copy) of backend ``name`` for the table op on ``x``'s layout (copy: the kernels need
+    ``x.contiguous()``), cached; (None, False) where the kernels cannot view ``x``."""
+    key = (name, x.shape, x.stride(), x.dtype, x.device, cd, cc, _form(prepared))
+    hit = _PLANS.get(key)
+    if hit is None:
+        view = flat_view(x, cd, cc)
+        if view is None:
+            return None, False
+        mod = backend_module(name)
+        make = getattr(mod, "TablePlan", None)
+        plan = (make(view.outer, view.C, view.inner, prepared, x.dtype) if make is not None
+                else ViewTablePlan(mod, view.outer, view.C, view.inner, cc))
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        hit = _PLANS[key] = (plan, view.data is not x)
+    return hit
+
+
+class TableCall:
+    """A deploy module's forward on one input layout and table, decided once:
+    ``call(x, knots, coeffs)`` returns y, or None when the table tensors are not the ones it was
+    made for or were modified in place since (the module then takes the checked path)."""
+
+    __slots__ = ("plan", "copy", "prepared", "knots", "coeffs", "versions")
+
+    def __init__(self, plan, copy: bool, prepared, knots, coeffs):
+        self.plan, self.copy, self.prepared, self.knots, self.coeffs = plan, copy, prepared, knots, coeffs
+        self.versions = (knots._version, coeffs._version)
+
+    def __call__(self, x, knots, coeffs):
+        if knots is not self.knots or coeffs is not self.coeffs or (knots._version, coeffs._version) != self.versions:
+            return None
+        return self.plan.forward(x.contiguous() if self.copy else x, self.prepared)
+
+
+def table_call(x: torch.Tensor, knots, coeffs, cd: int, basis_ok: bool, holder: Optional[dict]):
+    """A :class:`TableCall` for ``x``'s layout, or None where the reference runs, the table
+    is an inference tensor (no version counter) or ``holder`` keeps no table cache."""
+    name = choose(x)
+    if name == "reference" or holder is None or knots.is_inference() or coeffs.is_inference():
+        return None
+    prepared = _prepared(name, x, knots, coeffs, basis_ok, holder)
+    plan, copy = table_plan(name, x, cd, coeffs.shape[0], prepared)
+    return None if plan is None else TableCall(plan, copy, prepared, knots, coeffs)
 
 
 def _forward(name, x, knots, coeffs, cd, basis_ok, holder):
-    cc = coeffs.shape[0]
-    view = _view(name, x, cd, cc)
-    if view is None:
+    prepared = None if name == "reference" else _prepared(name, x, knots, coeffs, basis_ok, holder)
+    plan, copy = (None, False) if prepared is None else table_plan(name, x, cd, coeffs.shape[0], prepared)
+    if plan is None:
         return reference.pq_forward(x, knots, coeffs, cd)
-    y = backend_module(name).pq_forward(view, _prepared(name, x, knots, coeffs, basis_ok, holder), cc)
-    return y if view.data is x else y.reshape(x.shape)
+    return plan.forward(x.contiguous() if copy else x, prepared)
 
 
-def _backward(name, g, x, knots, coeffs, cd, need_x, need_c):
-    view = _view(name, x, cd, coeffs.shape[0])
-    if view is None:
-        gx, gc = reference.pq_backward(g, x, knots, coeffs, cd, need_x, need_c)
-    else:
-        gx, gc = backend_module(name).pq_backward(view, g, knots, coeffs, need_x, need_c)
-    if gx is not None and gx.shape != x.shape:
-        gx = gx.reshape(x.shape)
-    return gx, gc
+def _backward(name, g, x, knots, coeffs, cd, need_x, need_c, basis_ok, holder):
+    prepared = None if name == "reference" else _prepared(name, x, knots, coeffs, basis_ok and not need_c, holder)
+    plan, copy = (None, False) if prepared is None else table_plan(name, x, cd, coeffs.shape[0], prepared)
+    if plan is None:
+        return reference.pq_backward(g, x, knots, coeffs, cd, need_x, need_c)
+    return plan.backward(x.contiguous() if copy else x, g, knots, coeffs, need_x, need_c, prepared)
 
 
 class _PiecewiseQuadraticFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, knots, coeffs, channel_dim, name, basis_ok, holder):
-        ctx.conf = (channel_dim, name)
+        ctx.conf = (channel_dim, name, basis_ok, holder)
         ctx.save_for_backward(x, knots, coeffs)
         return _forward(name, x, knots, coeffs, channel_dim, basis_ok, holder)
 
@@ -98,8 +160,10 @@ class _PiecewiseQuadraticFn(torch.autograd.Function):
     def backward(ctx, g):
         x, knots, coeffs = ctx.saved_tensors
         need_x, _, need_c = ctx.needs_input_grad[:3]
-        cd, name = ctx.conf
-        gx, gc = _backward(name, g, x, knots, coeffs, cd, need_x, need_c)
+        cd, name, basis_ok, holder = ctx.conf
+        gx, gc = _backward(name, g, x, knots, coeffs, cd, need_x, need_c, basis_ok, holder)
+        if gx is not None and gx.shape != x.shape:
+            gx = gx.reshape(x.shape)
         return gx, None, gc, None, None, None, None
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .cpu import BN_BATCH, BN_CONST, BN_NONE, TrainArgs
-from .layout import flat_view
-from .piecewise import backend_module
+from .cpu import BN_BATCH, BN_CONST, BN_NONE
 
 __all__ = ["train_op"]
 
@@ -38,23 +36,26 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.device.type == "cpu" or x.dtype == torch.float64 else torch.float32
 
 
-def _module(x: torch.Tensor):
-    return backend_module("cpu" if x.device.type == "cpu" else "triton")
+def _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn):
+    from .repact_train import TrainCall, spec_of, train_plan
+
+    plan = train_plan("cpu" if x.device.type == "cpu" else "triton", spec_of(w_raw, slope, knots, base, softmax, eps,
+                                                                             cd, bn), x)
+    return TrainCall(plan, knots, base, part, softmax, eps), (x.contiguous() if plan.copy else x)
 
 
 def _forward_kernel(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps, cd):
-    a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
     bn = _mode(gamma, running_mean)
-    y, mean, var = _module(x).train_forward(flat_view(x, cd, a.rows), a, bn, running_mean, running_var)
+    call, xv = _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn)
+    y, mean, var = call.plan.forward(xv, w_raw, slope, gamma, beta, running_mean, running_var, call)
     if bn != BN_BATCH:
         mean, var = x.new_empty(0, dtype=_stats_dtype(x)), x.new_empty(0, dtype=_stats_dtype(x))
     return y.reshape(x.shape), mean, var
 
 
 def _backward_kernel(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, bn):
-    a = TrainArgs(w_raw, slope, gamma, None, knots, base, part, softmax, eps)
-    grads = _module(x).train_backward(flat_view(x, cd, a.rows), g, a, bn, mean, var, None, x.numel() // a.rows,
-                                      True, True)
+    call, xv = _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn)
+    grads = call.plan.backward(xv, g, w_raw, slope, gamma, mean, var, call, True, True)
     gx = grads[0].reshape(x.shape)
     return [gx] + [t if t is not None else x.new_empty(0) for t in grads[1:]]
 

@@ -7,30 +7,62 @@ where ``s`` is the piecewise quadratic whose coefficients are ``w @ base + (w * 
 (``w = softmax(w_raw)`` for RepAct-II; ``base``/``part`` map the branch weights onto the table's
 rows, or onto RepAct's own basis for the paper's branch sets, ``repact.fuse.hardswish_basis_map``)
 and mean/var are the batch statistics of ``s`` (per table), those of every process of a group
-(``--sync-bn``), or given running statistics (eval mode).
+(``--sync-bn``), or given running statistics (eval mode). With batch statistics and a
+:class:`Running` the op also updates the running statistics in place (as ``nn.BatchNorm``).
 
 The parameters come in :func:`repact.ops.dispatch.param_dtype` of ``x`` (the dispatch's one dtype
 rule; ``y`` has ``x``'s dtype). Only ``x`` and the parameters are kept for backward. Each backend
-(``cpu``: one C call each way; ``triton``: a few kernels) computes the same thing as
-:func:`repact.ops.reference.repact_train`; under ``torch.compile`` the kernels run as the
+(``cpu``: one C call each way; ``triton``: one to three kernels each way) computes the same thing
+as :func:`repact.ops.reference.repact_train`; under ``torch.compile`` the kernels run as the
 registered op ``torch.ops.repact.repact_train``.
+
+What a call decides once per input layout is kept in a :class:`TrainPlan` per (backend,
+:class:`TrainSpec`, shape, strides, dtype, device): the kernels' view and grids (``triton``: the
+launches with their compile-time arguments). :class:`TrainCall` is the per-call path for a
+module that already holds a plan: no checks, no re-derivation, straight to the kernels.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from . import reference
-from .batchnorm import backward_terms, gather_moments, moments_from_sums
+from . import dispatch, reference
+from .batchnorm import backward_terms, gather_moments, update_buffers
 from .cpu import BN_BATCH, BN_CONST, BN_GIVEN, BN_NONE, TrainArgs
 from .dispatch import cast_params, choose
-from .layout import flat_view
+from .layout import FlatView, flat_view
 from .piecewise import backend_module
 
-__all__ = ["repact_train", "TrainArgs"]
+__all__ = ["repact_train", "TrainArgs", "TrainSpec", "Running", "TrainCall", "train_plan", "spec_of", "module_call"]
+
+
+class Running(NamedTuple):
+    """Running statistics to update in place with a batch's (``nn.BatchNorm``'s buffers and momentum;
+    momentum None: the cumulative average)."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+    momentum: Optional[float]
+
+
+class TrainSpec(NamedTuple):
+    """The training op's static configuration (what its kernels are specialized on)."""
+
+    rows: int  # tables: 1, or one per channel
+    nb: int  # branch weights per table
+    width: int  # coefficient rows: 4 (RepAct's basis) or 3 (K + 1) (a table on K knots)
+    knots: int
+    slope: bool
+    softmax: bool
+    bn: int  # BN_NONE, BN_BATCH, BN_GIVEN, BN_CONST
+    eps: float
+    update: bool  # batch statistics update running ones in place
+    momentum: Optional[float]
+    cd: int  # the channels' dim
 
 
 def _bn_mode(gamma, running_mean, group) -> int:
@@ -41,121 +73,228 @@ def _bn_mode(gamma, running_mean, group) -> int:
     return BN_GIVEN if group is not None else BN_BATCH
 
 
-def _kernel_forward(mod, view, a: TrainArgs, bn: int, running_mean, running_var, group):
-    """(y, mean, var, count) from a backend's kernels; with a group the statistics of every
-    process's batch (count-weighted), reduced between the statistics pass and the forward pass."""
-    count = view.data.numel() // a.rows
-    if bn == BN_GIVEN:
-        shift, sums = mod.train_sums(view, a)
-        mean, var = moments_from_sums(count, shift, sums[0], sums[1])
-        mean, var, count = gather_moments(count, mean, var, group)
-        y, _, _ = mod.train_forward(view, a, BN_GIVEN, mean, var)
-        return y, mean, var, count
-    if bn == BN_CONST:
-        y, _, _ = mod.train_forward(view, a, BN_CONST, running_mean, running_var)
-        return y, None, None, 0
-    y, mean, var = mod.train_forward(view, a, bn)
-    return y, mean, var, count
+def spec_of(w_raw, slope, knots, base, softmax: bool, eps: float, cd: int, bn: int,
+            running: Optional[Running] = None) -> TrainSpec:
+    """The :class:`TrainSpec` of the op's arguments, with BatchNorm mode ``bn``."""
+    return TrainSpec(w_raw.shape[0] if w_raw.dim() == 2 else 1, w_raw.shape[-1], base.shape[-1], knots.shape[0],
+                     slope is not None, bool(softmax), bn, float(eps) if bn else 0.0,
+                     running is not None and bn in (BN_BATCH, BN_GIVEN),
+                     running.momentum if running is not None else None, cd)
 
 
-def _kernel_backward(mod, view, g, a: TrainArgs, bn: int, mean, var, count, group, need_x, need_params):
-    if bn != BN_GIVEN:
-        return mod.train_backward(view, g, a, bn, mean, var, None, count, need_x, need_params)
-    # synced statistics: the input's gradient takes every process's sums of g and g (s - mean);
-    # gamma's and beta's stay this process's share (DDP reduces parameter gradients itself)
-    import torch.distributed as dist
+class ViewPlan:
+    """A backend's training entry points (``train_forward``/``train_sums``/``train_backward``, as
+    :mod:`repact.ops.cpu` has them) on one input layout, with the interface of the Triton backend's
+    ``TrainPlan`` (the running update after the forward)."""
 
-    _, local = mod.train_sums(view, a, g, mean)
-    total = local.clone()
-    dist.all_reduce(total, group=group)
-    gx, gw, gsl, ggm, gbt = mod.train_backward(view, g, a, bn, mean, var, total, count, need_x, need_params)
-    *_, ggm_local, gbt_local = backward_terms(a.gamma.detach().to(local.dtype), var.to(local.dtype), a.eps,
-                                              local[0], local[1], count, False)
-    return gx, gw, gsl, ggm_local.to(ggm.dtype), gbt_local.to(gbt.dtype)
+    def __init__(self, mod, spec: TrainSpec, outer: int, C: int, inner: int, copy: bool):
+        self.mod, self.spec, self.copy = mod, spec, copy
+        self.dims = (outer, C, inner)
+        self.count = outer * C * inner // spec.rows
+
+    def forward(self, x, w_raw, slope, gamma, beta, mean, var, call):
+        bn = self.spec.bn
+        y, mean, var = self.mod.train_forward(FlatView(x, *self.dims), call.args(w_raw, slope, gamma, beta),
+                                              BN_CONST if bn == BN_GIVEN else bn, mean, var)
+        if bn == BN_BATCH and call.running is not None:
+            update_buffers(call.running, mean, var, self.count)
+        return y, mean, var
+
+    def moments(self, x, w_raw, slope, call):
+        from .batchnorm import moments_from_sums
+
+        shift, sums = self.mod.train_sums(FlatView(x, *self.dims), call.args(w_raw, slope, None, None))
+        return moments_from_sums(self.count, shift, sums[0], sums[1])
+
+    def backward(self, x, g, w_raw, slope, gamma, mean, var, call, need_x: bool, need_params: bool, share=None,
+                 count=None):
+        view = FlatView(x, *self.dims)
+        bn = self.spec.bn
+        a = call.args(w_raw, slope, gamma, None)
+        if share is None:
+            return self.mod.train_backward(view, g, a, bn, mean, var, None, self.count, need_x, need_params)
+        # synced statistics: the input's gradient takes every process's sums of g and g (s - mean);
+        # gamma's and beta's stay this process's share (DDP reduces parameter gradients itself)
+        _, local = self.mod.train_sums(view, a, g, mean)
+        gx, gw, gsl, ggm, gbt = self.mod.train_backward(view, g, a, bn, mean, var, share(local.clone()), count,
+                                                        need_x, need_params)
+        *_, ggm_local, gbt_local = backward_terms(gamma.detach().to(local.dtype), var.to(local.dtype), call.eps,
+                                                  local[0], local[1], count, False)
+        return gx, gw, gsl, ggm_local.to(ggm.dtype), gbt_local.to(gbt.dtype)
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 512
+
+
+def train_plan(name: str, spec: TrainSpec, x: torch.Tensor):
+    """The cached plan of backend ``name`` for ``spec`` on ``x``'s layout; None where the kernels
+    cannot view ``x`` (the reference runs instead)."""
+    key = (name, spec, x.shape, x.stride(), x.dtype, x.device)
+    plan = _PLANS.get(key)
+    if plan is None:
+        view = flat_view(x, spec.cd, spec.rows)
+        if view is None:
+            return None
+        mod = backend_module(name)
+        make = getattr(mod, "TrainPlan", None)
+        args = (spec, view.outer, view.C, view.inner, view.data is not x)
+        plan = make(*args, x.dtype, x.device) if make is not None else ViewPlan(mod, *args)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+class TrainCall:
+    """The op bound to a plan and to the arguments that stay fixed between calls (the fuse
+    constants, the process group, the running statistics to update): ``call(x, w_raw, slope, gamma,
+    beta, mean, var)`` returns y (through autograd when grad mode is on); ``mean``/``var`` are the
+    constant statistics (BN_CONST). A module keeps one per input layout; :func:`repact_train` makes
+    one per call."""
+
+    __slots__ = ("plan", "knots", "base", "part", "softmax", "eps", "group", "running")
+
+    def __init__(self, plan, knots, base, part, softmax: bool, eps: float, group=None,
+                 running: Optional[Running] = None):
+        self.plan, self.knots, self.base, self.part, self.softmax, self.eps = plan, knots, base, part, softmax, eps
+        self.group, self.running = group, running
+
+    def args(self, w_raw, slope, gamma, beta) -> TrainArgs:
+        return TrainArgs(w_raw, slope, gamma, beta, self.knots, self.base, self.part, self.softmax, self.eps)
+
+    def run(self, x, w_raw, slope, gamma, beta, mean, var):
+        """(y, mean, var, count) without autograd; with a group the statistics of every process's
+        batch (count-weighted), gathered between the statistics pass and the forward pass."""
+        plan = self.plan
+        if plan.copy:
+            x = x.contiguous()
+        if plan.spec.bn == BN_GIVEN:
+            mean, var = plan.moments(x, w_raw, slope, self)
+            mean, var, count = gather_moments(plan.count, mean, var, self.group)
+            y = plan.forward(x, w_raw, slope, gamma, beta, mean, var, self)[0]
+            if self.running is not None:
+                update_buffers(self.running, mean, var, count)
+            return y, mean, var, count
+        y, mean, var = plan.forward(x, w_raw, slope, gamma, beta, mean, var, self)
+        return y, mean, var, plan.count
+
+    def __call__(self, x, w_raw, slope, gamma, beta, mean=None, var=None):
+        if torch.is_grad_enabled():
+            return _TrainFn.apply(x, w_raw, slope, gamma, beta, mean, var, self, False)
+        return self.run(x, w_raw, slope, gamma, beta, mean, var)[0]
 
 
 class _TrainFn(torch.autograd.Function):
-    """Eager autograd wrapper of a backend's kernels; keeps the input and the tiny parameters only."""
+    """Eager autograd of a :class:`TrainCall`; keeps the input and the tiny parameters only. Returns
+    y, or with ``stats`` (y, mean, var, count) (mean and var not differentiable)."""
 
     @staticmethod
-    def forward(ctx, x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps, cd,
-                name, group, view):
-        a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
-        bn = _bn_mode(gamma, running_mean, group)
-        with torch.no_grad():
-            y, mean, var, count = _kernel_forward(backend_module(name), view, a, bn, running_mean, running_var, group)
-        batch = bn in (BN_BATCH, BN_GIVEN)
-        kept = (mean, var) if batch else (running_mean, running_var)
-        ctx.save_for_backward(x, w_raw, slope, gamma, beta, knots, base, part, *kept)
-        ctx.conf = (softmax, eps, cd, name, group, bn, count)
-        if batch:
-            ctx.mark_non_differentiable(mean, var)
-        return (y if y.shape == x.shape else y.reshape(x.shape)), mean, var, count
+    def forward(ctx, x, w_raw, slope, gamma, beta, mean, var, call, stats):
+        plan = call.plan
+        if plan.copy or plan.spec.bn == BN_GIVEN:
+            y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, mean, var)
+        else:
+            y, mean, var = plan.forward(x, w_raw, slope, gamma, beta, mean, var, call)
+            count = plan.count
+        ctx.save_for_backward(x, w_raw, slope, gamma)
+        ctx.call = (call, mean, var, count)
+        if not stats:
+            return y
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)  # (no zero gradients made for mean and var)
+        return y, mean, var, count
 
     @staticmethod
-    def backward(ctx, g, _gmean, _gvar, _count):
-        x, w_raw, slope, gamma, beta, knots, base, part, mean, var = ctx.saved_tensors
-        softmax, eps, cd, name, group, bn, count = ctx.conf
-        a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
-        view = flat_view(x, cd, a.rows)
-        need_params = any(ctx.needs_input_grad[1:3])
-        with torch.no_grad():
-            gx, gw, gsl, ggm, gbt = _kernel_backward(backend_module(name), view, g, a, bn, mean, var, count, group,
-                                                    ctx.needs_input_grad[0], need_params)
+    def backward(ctx, g, *_):
+        call, mean, var, count = ctx.call
+        if g is None:  # y unused: every gradient is zero (the processes of a group still meet)
+            if call.group is None:
+                return None, None, None, None, None, None, None, None, None
+            g = torch.zeros_like(ctx.saved_tensors[0])
+        x, w_raw, slope, gamma = ctx.saved_tensors
+        plan = call.plan
+        if plan.copy:
+            x = x.contiguous()
+        need = ctx.needs_input_grad
+        share = None
+        if call.group is not None:
+            import torch.distributed as dist
+
+            def share(local):
+                dist.all_reduce(local, group=call.group)
+                return local
+        # (autograd runs a Function's backward with grad mode off, unless asked for a graph of it,
+        # which the kernels cannot give)
+        gx, gw, gsl, ggm, gbt = plan.backward(x, g, w_raw, slope, gamma, mean, var, call, need[0], need[1] or need[2],
+                                              share, count)
         if gx is not None and gx.shape != x.shape:
             gx = gx.reshape(x.shape)
-        return gx, gw, gsl, ggm, gbt, None, None, None, None, None, None, None, None, None, None, None
+        return gx, gw, gsl, ggm, gbt, None, None, None, None
 
 
 def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
                  beta: Optional[torch.Tensor], running_mean: Optional[torch.Tensor],
                  running_var: Optional[torch.Tensor], knots: torch.Tensor, base: torch.Tensor, part: torch.Tensor,
-                 softmax: bool, eps: float, channel_dim: int, group=None):
+                 softmax: bool, eps: float, channel_dim: int, group=None, running: Optional[Running] = None):
     """RepAct's training op: ``(y, mean, var, count)``; see the module docstring.
 
     ``w_raw`` (nb,) or (Cc, nb); ``slope``, ``gamma``, ``beta``, ``running_mean``/``running_var``
     (Cc,) or None; ``base``/``part`` (nb, R). mean/var (Cc,) are the batch statistics (None unless
     RepAct-III uses batch statistics) over ``count`` values per table (every process's with a
-    ``group``). The backend comes from :func:`repact.ops.dispatch.choose`; every tensor but ``x``
-    is cast to :func:`repact.ops.dispatch.param_dtype` of ``x`` first, whichever backend runs.
+    ``group``); with ``running`` they also update those running statistics in place. Given
+    ``running_mean``/``running_var`` are used as constant statistics instead. The backend comes
+    from :func:`repact.ops.dispatch.choose`; every tensor but ``x`` (and ``running``'s buffers) is
+    cast to :func:`repact.ops.dispatch.param_dtype` of ``x`` first, whichever backend runs.
     """
-    w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part = cast_params(
-        x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part)
-    cc = w_raw.shape[0] if w_raw.dim() == 2 else 1
-    bn = _bn_mode(gamma, running_mean, group)
+    # (dense too: the kernels index the parameters as dense arrays)
+    w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part = (
+        t if t is None else t.contiguous() for t in cast_params(
+            x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part))
+    spec = spec_of(w_raw, slope, knots, base, softmax, eps, channel_dim, _bn_mode(gamma, running_mean, group), running)
+    if not spec.update:
+        running = None
+    batch = spec.bn in (BN_BATCH, BN_GIVEN)
     if torch.compiler.is_compiling() and group is None:
         if choose(x, compiled=True) != "reference":
             from . import registered
 
             y, mean, var = registered.train_op(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base,
                                                part, softmax, eps, channel_dim)
-            batch = bn == BN_BATCH
-            return y, mean if batch else None, var if batch else None, x.numel() // cc if batch else 0
+            count = x.numel() // spec.rows if batch else 0
+            if running is not None:
+                update_buffers(running, mean, var, count)
+            return y, mean if batch else None, var if batch else None, count
         name = "reference"
     else:
         name = choose(x)
-    view = None if name == "reference" else flat_view(x, channel_dim, cc)
-    if view is None:
-        name = "reference"
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or w_raw.requires_grad or (slope is not None and slope.requires_grad)
-        or (gamma is not None and gamma.requires_grad) or (beta is not None and beta.requires_grad))
-    if name == "reference":
+    plan = None if name == "reference" else train_plan(name, spec, x)
+    if plan is None:
         args = (x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps,
                 channel_dim, group)
-        if needs_grad:
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w_raw, slope, gamma, beta)):
             # plain ops, recomputed from x in backward (left to itself, autograd or the compiler's
             # partitioner would keep the masks and intermediates instead)
-            return checkpoint(reference.repact_train, *args, use_reentrant=False)
-        return reference.repact_train(*args)
-    if needs_grad:
-        y, mean, var, count = _TrainFn.apply(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base,
-                                             part, softmax, eps, channel_dim, name, group, view)
-    else:
-        a = TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
-        y, mean, var, count = _kernel_forward(backend_module(name), view, a, bn, running_mean, running_var, group)
-        if y.shape != x.shape:
-            y = y.reshape(x.shape)
-    if bn in (BN_BATCH, BN_GIVEN):
-        return y, mean, var, count
-    return y, None, None, 0
+            out = checkpoint(reference.repact_train, *args, use_reentrant=False)
+        else:
+            out = reference.repact_train(*args)
+        if running is not None:
+            update_buffers(running, out[1], out[2], out[3])
+        return out
+    call = TrainCall(plan, knots, base, part, softmax, eps, group, running)
+    if torch.is_grad_enabled():
+        if not batch:
+            return _TrainFn.apply(x, w_raw, slope, gamma, beta, running_mean, running_var, call, False), None, None, 0
+        return _TrainFn.apply(x, w_raw, slope, gamma, beta, None, None, call, True)
+    y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, running_mean, running_var)
+    return (y, mean, var, count) if batch else (y, None, None, 0)
+
+
+def module_call(name: str, spec: TrainSpec, x: torch.Tensor, knots, base, part, softmax: bool, eps: float,
+                running: Optional[Running] = None):
+    """A :class:`TrainCall` for a module whose parameters already have :func:`repact.ops.dispatch.param_dtype`
+    of ``x``, or None where the reference would run (no plan: ``repact_train`` then decides per call)."""
+    if name == "reference" or dispatch.param_dtype(x) != base.dtype:
+        return None
+    plan = train_plan(name, spec, x)
+    return None if plan is None else TrainCall(plan, knots, base, part, softmax, eps, None, running)
