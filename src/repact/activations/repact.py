@@ -64,7 +64,7 @@ class _Call:
         if w.dtype is not self.dtype:
             return m._forward_checked(x)
         if self.bn is None:
-            return self.op(x, w, p["prelu_weight"], None, None)
+            return self.op(x, w, p["prelu_weight"])
         bn = m._modules["bn"]
         if bn is not self.bn or _bn_state(bn) != self.bn_state:
             return m._forward_checked(x)

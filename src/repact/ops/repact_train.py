@@ -153,17 +153,19 @@ class TrainCall:
     constant statistics (BN_CONST). A module keeps one per input layout; :func:`repact_train` makes
     one per call."""
 
-    __slots__ = ("plan", "knots", "base", "part", "softmax", "eps", "group", "running")
+    __slots__ = ("plan", "knots", "base", "part", "softmax", "eps", "group", "running", "direct")
 
     def __init__(self, plan, knots, base, part, softmax: bool, eps: float, group=None,
                  running: Optional[Running] = None):
         self.plan, self.knots, self.base, self.part, self.softmax, self.eps = plan, knots, base, part, softmax, eps
         self.group, self.running = group, running
+        # the plan's forward alone does the whole call (no copy of x, no statistics to gather)
+        self.direct = not plan.copy and plan.spec.bn != BN_GIVEN
 
     def args(self, w_raw, slope, gamma, beta) -> TrainArgs:
         return TrainArgs(w_raw, slope, gamma, beta, self.knots, self.base, self.part, self.softmax, self.eps)
 
-    def run(self, x, w_raw, slope, gamma, beta, mean, var):
+    def run(self, x, w_raw, slope, gamma=None, beta=None, mean=None, var=None):
         """(y, mean, var, count) without autograd; with a group the statistics of every process's
         batch (count-weighted), gathered between the statistics pass and the forward pass."""
         plan = self.plan
@@ -179,24 +181,27 @@ class TrainCall:
         y, mean, var = plan.forward(x, w_raw, slope, gamma, beta, mean, var, self)
         return y, mean, var, plan.count
 
-    def __call__(self, x, w_raw, slope, gamma, beta, mean=None, var=None):
+    def __call__(self, x, w_raw, slope, *bn):
+        """y; ``bn``: nothing (RepAct-I/II), (gamma, beta) (batch statistics) or (gamma, beta, mean,
+        var) (constant statistics)."""
         if torch.is_grad_enabled():
-            return _TrainFn.apply(x, w_raw, slope, gamma, beta, mean, var, self, False)
-        return self.run(x, w_raw, slope, gamma, beta, mean, var)[0]
+            return _TrainFn.apply(self, False, x, w_raw, slope, *bn)
+        return self.run(x, w_raw, slope, *bn)[0]
 
 
 class _TrainFn(torch.autograd.Function):
-    """Eager autograd of a :class:`TrainCall`; keeps the input and the tiny parameters only. Returns
-    y, or with ``stats`` (y, mean, var, count) (mean and var not differentiable)."""
+    """Eager autograd of a :class:`TrainCall`: ``apply(call, stats, x, w_raw, slope, *bn)`` (``bn`` as
+    :meth:`TrainCall.__call__` takes it, no trailing Nones: every argument costs autograd time per
+    call); keeps the input and the tiny parameters only. Returns y, or with ``stats`` (y, mean, var,
+    count) (mean and var not differentiable)."""
 
     @staticmethod
-    def forward(ctx, x, w_raw, slope, gamma, beta, mean, var, call, stats):
-        plan = call.plan
-        if plan.copy or plan.spec.bn == BN_GIVEN:
-            y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, mean, var)
+    def forward(ctx, call, stats, x, w_raw, slope, gamma=None, beta=None, mean=None, var=None):
+        if call.direct:
+            y, mean, var = call.plan.forward(x, w_raw, slope, gamma, beta, mean, var, call)
+            count = call.plan.count
         else:
-            y, mean, var = plan.forward(x, w_raw, slope, gamma, beta, mean, var, call)
-            count = plan.count
+            y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, mean, var)
         ctx.save_for_backward(x, w_raw, slope, gamma)
         ctx.call = (call, mean, var, count)
         if not stats:
@@ -207,12 +212,13 @@ class _TrainFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g, *_):
+        # (gradients past the inputs given are None: autograd drops them)
         call, mean, var, count = ctx.call
+        x, w_raw, slope, gamma = ctx.saved_tensors
         if g is None:  # y unused: every gradient is zero (the processes of a group still meet)
             if call.group is None:
                 return None, None, None, None, None, None, None, None, None
-            g = torch.zeros_like(ctx.saved_tensors[0])
-        x, w_raw, slope, gamma = ctx.saved_tensors
+            g = torch.zeros_like(x)
         plan = call.plan
         if plan.copy:
             x = x.contiguous()
@@ -226,11 +232,11 @@ class _TrainFn(torch.autograd.Function):
                 return local
         # (autograd runs a Function's backward with grad mode off, unless asked for a graph of it,
         # which the kernels cannot give)
-        gx, gw, gsl, ggm, gbt = plan.backward(x, g, w_raw, slope, gamma, mean, var, call, need[0], need[1] or need[2],
+        gx, gw, gsl, ggm, gbt = plan.backward(x, g, w_raw, slope, gamma, mean, var, call, need[2], need[3] or need[4],
                                               share, count)
         if gx is not None and gx.shape != x.shape:
             gx = gx.reshape(x.shape)
-        return gx, gw, gsl, ggm, gbt, None, None, None, None
+        return None, None, gx, gw, gsl, ggm, gbt, None, None
 
 
 def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
@@ -284,8 +290,8 @@ def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Ten
     call = TrainCall(plan, knots, base, part, softmax, eps, group, running)
     if torch.is_grad_enabled():
         if not batch:
-            return _TrainFn.apply(x, w_raw, slope, gamma, beta, running_mean, running_var, call, False), None, None, 0
-        return _TrainFn.apply(x, w_raw, slope, gamma, beta, None, None, call, True)
+            return _TrainFn.apply(call, False, x, w_raw, slope, gamma, beta, running_mean, running_var), None, None, 0
+        return _TrainFn.apply(call, True, x, w_raw, slope, gamma, beta)
     y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, running_mean, running_var)
     return (y, mean, var, count) if batch else (y, None, None, 0)
 
