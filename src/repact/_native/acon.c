@@ -12,7 +12,8 @@
  * Blocks of one to sixteen vectors with parameters of their own (7x7, 14x14 maps) run in vectors
  * that may straddle two blocks, each lane with its block's parameters (fwd_straddle); where no
  * parameter depends on the sample, they read their lanes' parameters from a table laid out like
- * one sample, built once per call (param_table), and backward sums per element of that table
+ * one sample, built once per call (param_table), whole samples four at a time (one table read
+ * per four vectors), and backward sums per element of that table
  * over four samples at a time, then per channel (no per-block steps). A
  * parameter of element (o, c, i) is read at [(o / od) so + c sc], od rows of outer per sample:
  * (so, sc) = (0, 0) one value, (0, 1) per channel, (C, 1) per sample and channel, (1, 0) per
@@ -527,35 +528,45 @@ static T* param_table_##SUF(int64_t C, int64_t inner, const AconParams_##SUF* a)
     return t;                                                                                    \
 }                                                                                                \
                                                                                                  \
-/* len elements of one sample from the table offset of x (td: d there; p2 and beta n further on; \
- * beta from bf when given) */                                                                   \
+/* len elements of each of ks samples (sample k at k n) from the table offset of x (td: d there;  * p2 and beta n further on; beta from bf when given) */ \
 static void fwd_tab_piece_##SUF(const T* restrict x, T* restrict y, const T* restrict bf,        \
-                                const T* restrict td, int64_t n, int64_t len, int has_p2) {      \
+                                const T* restrict td, int64_t n, int64_t len, int ks, int has_p2) { \
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const VT zero = {0}, one = zero + 1;                                                         \
     const T* tp = td + n;                                                                        \
-    const T* tb = bf ? bf : td + 2 * n;                                                          \
+    const T* tb = td + 2 * n;                                                                    \
     int64_t i = 0;                                                                               \
     for (; i + L <= len; i += L) {                                                               \
-        VT xv, dv, p2v = zero, bv, out;                                                          \
-        memcpy(&xv, x + i, sizeof xv);                                                           \
+        VT dv, p2v = zero, btv;                                                                  \
         memcpy(&dv, td + i, sizeof dv);                                                          \
         if (has_p2) memcpy(&p2v, tp + i, sizeof p2v);                                            \
-        memcpy(&bv, tb + i, sizeof bv);                                                          \
-        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
-        memcpy(y + i, &out, sizeof out);                                                         \
+        memcpy(&btv, tb + i, sizeof btv);                                                        \
+        for (int k = 0; k < ks; ++k) {                                                           \
+            const int64_t at = k * n + i;                                                        \
+            VT xv, bv = btv, out;                                                                \
+            memcpy(&xv, x + at, sizeof xv);                                                      \
+            if (bf) memcpy(&bv, bf + at, sizeof bv);                                             \
+            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                     \
+            memcpy(y + at, &out, sizeof out);                                                    \
+        }                                                                                        \
     }                                                                                            \
     if (i < len) { /* zero-padded: x = 0 gives 0 */                                              \
         const size_t m = (size_t)(len - i) * sizeof(T);                                          \
-        VT xv = zero, dv = zero, p2v = zero, bv = zero, out;                                     \
-        memcpy(&xv, x + i, m);                                                                   \
+        VT dv = zero, p2v = zero, btv = zero;                                                    \
         memcpy(&dv, td + i, m);                                                                  \
         if (has_p2) memcpy(&p2v, tp + i, m);                                                     \
-        memcpy(&bv, tb + i, m);                                                                  \
-        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
-        memcpy(y + i, &out, m);                                                                  \
+        memcpy(&btv, tb + i, m);                                                                 \
+        for (int k = 0; k < ks; ++k) {                                                           \
+            const int64_t at = k * n + i;                                                        \
+            VT xv = zero, bv = btv, out;                                                         \
+            memcpy(&xv, x + at, m);                                                              \
+            if (bf) { bv = zero; memcpy(&bv, bf + at, m); }                                      \
+            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                     \
+            memcpy(y + at, &out, m);                                                             \
+        }                                                                                        \
     }                                                                                            \
 }                                                                                                \
+                                                                                                 \
                                                                                                  \
 /* fwd_tab_piece's backward over ks samples at once (x, g, gx, bf, gbf of sample k at k n): gx,  * gbf as bwd_piece; acc (or NULL): the float sums per element of a sample from x's offset on,     * three planes n apart, += the three terms of the ks samples (one update per vector) */ \
 static void bwd_tab_piece_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,        \
@@ -651,11 +662,13 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
         } else {                                                                                 \
             const int64_t end = total * (tid + 1) / nth, n = C * inner;                          \
             int64_t pos = total * tid / nth;                                                     \
-            for (; tab && pos < end;) { /* one sample's piece at a time */                       \
+            for (; tab && pos < end;) { /* by samples, whole ones four at a time */              \
                 const int64_t j = pos % n, len = n - j < end - pos ? n - j : end - pos;          \
+                const int64_t whole = j ? 1 : (end - pos) / n;                                   \
+                const int ks = whole >= 4 ? 4 : whole > 1 ? (int)whole : 1;                      \
                 fwd_tab_piece_##SUF(x + pos, y + pos, beta_full ? beta + pos : NULL, tab + j, n, len, \
-                                    p2 != NULL);                                                 \
-                pos += len;                                                                      \
+                                    ks, p2 != NULL);                                             \
+                pos += len + (ks - 1) * n;                                                       \
             }                                                                                    \
             if (straddle)                                                                        \
                 pos = fwd_straddle_##SUF(x, y, beta_full ? beta : NULL, pos, end, C, inner, &a); \
