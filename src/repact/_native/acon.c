@@ -13,8 +13,8 @@
  * that may straddle two blocks, each lane with its block's parameters (fwd_straddle); where no
  * parameter depends on the sample, they read their lanes' parameters from a table laid out like
  * one sample, built once per call (param_table), whole samples four at a time (one table read
- * per four vectors), and backward sums per element of that table
- * over four samples at a time, then per channel (no per-block steps). A
+ * per four vectors; no per-block steps), and backward sums per element of that table, then per
+ * channel in double every FLUSH_ROWS samples. A
  * parameter of element (o, c, i) is read at [(o / od) so + c sc], od rows of outer per sample:
  * (so, sc) = (0, 0) one value, (0, 1) per channel, (C, 1) per sample and channel, (1, 0) per
  * sample; beta may also be laid out like x (beta_full), its gradient then written per element.
