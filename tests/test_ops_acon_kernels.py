@@ -341,7 +341,8 @@ def test_cpu_extreme_inputs_stay_finite(dtype):
 def test_cpu_two_threads_split_blocks_and_rows(layout, shape):
     """A tensor large enough for two threads, cut mid-block and mid-sample: the per-thread partial
     sums add up to the float64 reference (per channel and per sample and channel). 7x7 maps run
-    in vectors that straddle two blocks."""
+    from the per-channel parameter table (ACON-C: whole samples four at a time, the sums flushed
+    every 64 samples) or in vectors that straddle two blocks (per sample and channel)."""
     n = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

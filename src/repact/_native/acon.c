@@ -10,7 +10,11 @@
  * Layout as in piecewise.c: the tensor is (outer, C, inner) in memory order; blocks (inner > 1)
  * run in SIMD vectors along the block, rows (inner == 1, channels last) along the channels.
  * Blocks of one to sixteen vectors with parameters of their own (7x7, 14x14 maps) run in vectors
- * that may straddle two blocks, each lane with its block's parameters (fwd_straddle). A
+ * that may straddle two blocks, each lane with its block's parameters (fwd_straddle); where no
+ * parameter depends on the sample, they read their lanes' parameters from a table laid out like
+ * one sample, built once per call (param_table), whole samples four at a time (one table read
+ * per four vectors; no per-block steps), and backward sums per element of that table, then per
+ * channel in double every FLUSH_ROWS samples. A
  * parameter of element (o, c, i) is read at [(o / od) so + c sc], od rows of outer per sample:
  * (so, sc) = (0, 0) one value, (0, 1) per channel, (C, 1) per sample and channel, (1, 0) per
  * sample; beta may also be laid out like x (beta_full), its gradient then written per element.
@@ -503,6 +507,139 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
     return i;                                                                                    \
 }                                                                                                \
                                                                                                  \
+/* Per-channel parameters only (no map depends on the sample) and blocks of a few vectors (7x7,  \
+ * 14x14): the parameters laid out like one sample, C blocks of inner elements (d, then p2, then \
+ * beta), built once per call, so that every vector reads its lanes' parameters at its offset in \
+ * the sample: no per-block steps, no straddling vectors. NULL where that does not apply, the    \
+ * table would pass 1 MiB or memory is short (the straddling walk runs instead). */              \
+static T* param_table_##SUF(int64_t C, int64_t inner, const AconParams_##SUF* a) {               \
+    if (!straddles_##SUF(C, inner, a) || a->m1.so || a->m2.so || a->mb.so) return NULL;          \
+    const int64_t n = C * inner;                                                                 \
+    if ((size_t)(3 * n) * sizeof(T) > ((size_t)1 << 20)) return NULL;                            \
+    T* t = (T*)malloc((size_t)(3 * n) * sizeof(T));                                              \
+    if (!t) return NULL;                                                                         \
+    for (int64_t c = 0; c < C; ++c) {                                                            \
+        T d, p2, bt;                                                                             \
+        block_params_##SUF(a, 0, c, &d, &p2, &bt);                                               \
+        for (int64_t i = 0; i < inner; ++i) {                                                    \
+            t[c * inner + i] = d; t[n + c * inner + i] = p2; t[2 * n + c * inner + i] = bt;      \
+        }                                                                                        \
+    }                                                                                            \
+    return t;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+/* len elements of each of ks samples (sample k at k n) from the table offset of x (td: d there;  * p2 and beta n further on; beta from bf when given) */ \
+static void fwd_tab_piece_##SUF(const T* restrict x, T* restrict y, const T* restrict bf,        \
+                                const T* restrict td, int64_t n, int64_t len, int ks, int has_p2) { \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const T* tp = td + n;                                                                        \
+    const T* tb = td + 2 * n;                                                                    \
+    int64_t i = 0;                                                                               \
+    for (; i + L <= len; i += L) {                                                               \
+        VT dv, p2v = zero, btv;                                                                  \
+        memcpy(&dv, td + i, sizeof dv);                                                          \
+        if (has_p2) memcpy(&p2v, tp + i, sizeof p2v);                                            \
+        memcpy(&btv, tb + i, sizeof btv);                                                        \
+        for (int k = 0; k < ks; ++k) {                                                           \
+            const int64_t at = k * n + i;                                                        \
+            VT xv, bv = btv, out;                                                                \
+            memcpy(&xv, x + at, sizeof xv);                                                      \
+            if (bf) memcpy(&bv, bf + at, sizeof bv);                                             \
+            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                     \
+            memcpy(y + at, &out, sizeof out);                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    if (i < len) { /* zero-padded: x = 0 gives 0 */                                              \
+        const size_t m = (size_t)(len - i) * sizeof(T);                                          \
+        VT dv = zero, p2v = zero, btv = zero;                                                    \
+        memcpy(&dv, td + i, m);                                                                  \
+        if (has_p2) memcpy(&p2v, tp + i, m);                                                     \
+        memcpy(&btv, tb + i, m);                                                                 \
+        for (int k = 0; k < ks; ++k) {                                                           \
+            const int64_t at = k * n + i;                                                        \
+            VT xv = zero, bv = btv, out;                                                         \
+            memcpy(&xv, x + at, m);                                                              \
+            if (bf) { bv = zero; memcpy(&bv, bf + at, m); }                                      \
+            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                     \
+            memcpy(y + at, &out, m);                                                             \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+                                                                                                 \
+/* fwd_tab_piece's backward over ks samples at once (x, g, gx, bf, gbf of sample k at k n): gx,  * gbf as bwd_piece; acc (or NULL): the float sums per element of a sample from x's offset on,     * three planes n apart, += the three terms of the ks samples (one update per vector) */ \
+static void bwd_tab_piece_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,        \
+                                const T* restrict bf, T* restrict gbf, const T* restrict td,     \
+                                int64_t n, int64_t len, int ks, int has_p2, T* restrict acc) {   \
+    const int L = VBYTES / (int)sizeof(T);                                                       \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    const T* tp = td + n;                                                                        \
+    const T* tb = td + 2 * n;                                                                    \
+    int64_t i = 0;                                                                               \
+    for (; i + L <= len; i += L) {                                                               \
+        VT dv, p2v = zero, btv, sa = zero, sbv = zero, sc = zero, s;                             \
+        memcpy(&dv, td + i, sizeof dv);                                                          \
+        if (has_p2) memcpy(&p2v, tp + i, sizeof p2v);                                            \
+        memcpy(&btv, tb + i, sizeof btv);                                                        \
+        for (int k = 0; k < ks; ++k) {                                                           \
+            const int64_t at = k * n + i;                                                        \
+            VT xv, gv, bv = btv, o, ta, tb_, tc;                                                 \
+            memcpy(&xv, x + at, sizeof xv);                                                      \
+            memcpy(&gv, g + at, sizeof gv);                                                      \
+            if (bf) memcpy(&bv, bf + at, sizeof bv);                                             \
+            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb_, tc)                      \
+            if (gx) memcpy(gx + at, &o, sizeof o);                                               \
+            if (gbf) memcpy(gbf + at, &tc, sizeof tc);                                           \
+            sa += ta; sbv += tb_; sc += tc;                                                      \
+        }                                                                                        \
+        if (!acc) continue;                                                                      \
+        memcpy(&s, acc + i, sizeof s); s += sa; memcpy(acc + i, &s, sizeof s);                   \
+        memcpy(&s, acc + n + i, sizeof s); s += sbv; memcpy(acc + n + i, &s, sizeof s);          \
+        memcpy(&s, acc + 2 * n + i, sizeof s); s += sc; memcpy(acc + 2 * n + i, &s, sizeof s);   \
+    }                                                                                            \
+    if (i < len) { /* zero-padded: g = 0 adds nothing */                                         \
+        const size_t m = (size_t)(len - i) * sizeof(T);                                          \
+        VT dv = zero, p2v = zero, btv = zero, sa = zero, sbv = zero, sc = zero, s;               \
+        memcpy(&dv, td + i, m);                                                                  \
+        if (has_p2) memcpy(&p2v, tp + i, m);                                                     \
+        memcpy(&btv, tb + i, m);                                                                 \
+        for (int k = 0; k < ks; ++k) {                                                           \
+            const int64_t at = k * n + i;                                                        \
+            VT xv = zero, gv = zero, bv = btv, o, ta, tb_, tc;                                   \
+            memcpy(&xv, x + at, m);                                                              \
+            memcpy(&gv, g + at, m);                                                              \
+            if (bf) { bv = zero; memcpy(&bv, bf + at, m); }                                      \
+            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb_, tc)                      \
+            if (gx) memcpy(gx + at, &o, m);                                                      \
+            if (gbf) memcpy(gbf + at, &tc, m);                                                   \
+            sa += ta; sbv += tb_; sc += tc;                                                      \
+        }                                                                                        \
+        if (acc) {                                                                               \
+            s = zero; memcpy(&s, acc + i, m); s += sa; memcpy(acc + i, &s, m);                   \
+            s = zero; memcpy(&s, acc + n + i, m); s += sbv; memcpy(acc + n + i, &s, m);          \
+            s = zero; memcpy(&s, acc + 2 * n + i, m); s += sc; memcpy(acc + 2 * n + i, &s, m);   \
+        }                                                                                        \
+    }                                                                                            \
+}                                                                                                \
+                                                                                                 \
+                                                                                                 \
+/* bwd_tab_piece's float sums (3 planes of n = C inner) per channel into the thread's slots in   \
+ * double, then 0 */                                                                             \
+static void flush_table_##SUF(T* acc, int64_t C, int64_t inner, const AconParams_##SUF* a,       \
+                              double* s1, double* s2, double* sb) {                              \
+    const int64_t n = C * inner;                                                                 \
+    for (int64_t c = 0; c < C; ++c) {                                                            \
+        double sa = 0, sbb = 0, sc = 0;                                                          \
+        for (int64_t i = c * inner; i < (c + 1) * inner; ++i) {                                  \
+            sa += acc[i]; sbb += acc[n + i]; sc += acc[2 * n + i];                               \
+        }                                                                                        \
+        add_slots_##SUF(s1, s2, sb, a, 0, c, sa, sbb, sc);                                       \
+    }                                                                                            \
+    memset(acc, 0, sizeof(T) * (size_t)(3 * n));                                                 \
+}                                                                                                \
+                                                                                                 \
+                                                                                                 \
 int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t inner,         \
                               int64_t od, const T* p1, int64_t p1_so, int64_t p1_sc, const T* p2, \
                               int64_t p2_so, int64_t p2_sc, const T* beta, int64_t b_so,         \
@@ -513,7 +650,8 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
                                 beta_full, od};                                                  \
     const int nt = acon_threads(total, nthreads);                                                \
-    const int straddle = straddles_##SUF(C, inner, &a);                                          \
+    T* tab = param_table_##SUF(C, inner, &a);                                                    \
+    const int straddle = !tab && straddles_##SUF(C, inner, &a);                                  \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
@@ -522,8 +660,16 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
             for (int64_t o = o0; o < o1; ++o)                                                    \
                 fwd_row_##SUF(x + o * C, y + o * C, beta_full ? beta + o * C : NULL, C, &a, o / od); \
         } else {                                                                                 \
-            const int64_t end = total * (tid + 1) / nth;                                         \
+            const int64_t end = total * (tid + 1) / nth, n = C * inner;                          \
             int64_t pos = total * tid / nth;                                                     \
+            for (; tab && pos < end;) { /* by samples, whole ones four at a time */              \
+                const int64_t j = pos % n, len = n - j < end - pos ? n - j : end - pos;          \
+                const int64_t whole = j ? 1 : (end - pos) / n;                                   \
+                const int ks = whole >= 4 ? 4 : whole > 1 ? (int)whole : 1;                      \
+                fwd_tab_piece_##SUF(x + pos, y + pos, beta_full ? beta + pos : NULL, tab + j, n, len, \
+                                    ks, p2 != NULL);                                             \
+                pos += len + (ks - 1) * n;                                                       \
+            }                                                                                    \
             if (straddle)                                                                        \
                 pos = fwd_straddle_##SUF(x, y, beta_full ? beta : NULL, pos, end, C, inner, &a); \
             while (pos < end) {                                                                  \
@@ -538,6 +684,7 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
+    free(tab);                                                                                   \
     return 0;                                                                                    \
 }                                                                                                \
                                                                                                  \
@@ -559,12 +706,13 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
                                 beta_full, od};                                                  \
     const int nt = acon_threads(total, nthreads);                                                \
-    const int straddle = straddles_##SUF(C, inner, &a);                                          \
+    T* tab = param_table_##SUF(C, inner, &a);                                                    \
+    const int straddle = !tab && straddles_##SUF(C, inner, &a);                                  \
     const int rows = inner == 1 && C > 1;                                                        \
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const int64_t Cp = (C + L - 1) / L * L;                                                      \
     double* part = ns ? (double*)calloc((size_t)(nt * ns), sizeof(double)) : NULL;               \
-    if (ns && !part) return 2;                                                                   \
+    if (ns && !part) { free(tab); return 2; }                                                    \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
@@ -597,8 +745,34 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
                 free(acc);                                                                       \
             }                                                                                    \
         } else {                                                                                 \
-            const int64_t end = total * (tid + 1) / nth;                                         \
+            const int64_t end = total * (tid + 1) / nth, n = C * inner;                          \
             int64_t pos = total * tid / nth;                                                     \
+            if (tab) { /* by samples; float sums per element, ~FLUSH_ROWS deep */  \
+                T* acc = ns ? (T*)calloc((size_t)(3 * n), sizeof(T)) : NULL;                     \
+                if (ns && !acc) {                                                                \
+                    _Pragma("omp atomic write")                                                  \
+                    failed = 1;                                                                  \
+                    pos = end;                                                                   \
+                }                                                                                \
+                for (int64_t pieces = 0; pos < end;) {                                           \
+                    const int64_t j = pos % n, len = n - j < end - pos ? n - j : end - pos;      \
+                    /* whole samples four at a time (one sums update per four vectors) */        \
+                    const int64_t whole = j ? 1 : (end - pos) / n;                               \
+                    const int ks = whole >= 4 ? 4 : whole > 1 ? (int)whole : 1;                  \
+                    bwd_tab_piece_##SUF(x + pos, g + pos, gx ? gx + pos : NULL,                  \
+                                        beta_full ? beta + pos : NULL,                           \
+                                        gbeta_full ? gbeta_full + pos : NULL, tab + j, n, len,   \
+                                        ks, p2 != NULL, acc ? acc + j : NULL);                   \
+                    pos += len + (ks - 1) * n;                                                   \
+                    pieces += ks;                                                                \
+                    if (acc && pieces >= FLUSH_ROWS) {                                           \
+                        flush_table_##SUF(acc, C, inner, &a, s1, s2, sb);                        \
+                        pieces = 0;                                                              \
+                    }                                                                            \
+                }                                                                                \
+                if (acc) flush_table_##SUF(acc, C, inner, &a, s1, s2, sb);                       \
+                free(acc);                                                                       \
+            }                                                                                    \
             if (straddle)                                                                        \
                 pos = bwd_straddle_##SUF(x, g, gx, beta_full ? beta : NULL, gbeta_full, pos, end, C, \
                                          inner, &a, s1, s2, sb);                                 \
@@ -628,6 +802,7 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
         }                                                                                        \
     }                                                                                            \
     free(part);                                                                                  \
+    free(tab);                                                                                   \
     return failed ? 2 : 0;                                                                       \
 }
 

@@ -144,20 +144,22 @@ def _backend_module(name: str):
     return mod
 
 
-def _kernel_forward(name: str, x, p1, p2, beta) -> Optional[torch.Tensor]:
+def _kernel_plan(name: str, x, p1, p2, beta):
+    """(the plan, the backend's module) where a kernel backend runs this call, else None."""
     pl = plan(x, p1, p2, beta)
-    mod = _backend_module(name)
-    if pl is None or not mod.supports(pl):
+    if pl is None:
         return None
-    return mod.forward(pl).reshape(x.shape)
+    mod = _backend_module(name)
+    return (pl, mod) if mod.supports(pl) else None
 
 
-def _kernel_backward(name: str, g, x, p1, p2, beta, need):
-    """(gx, gp1, gp2, gbeta) shaped like x and the operands (None where not needed), or None."""
-    pl = plan(x, p1, p2, beta)
-    mod = _backend_module(name)
-    if pl is None or not mod.supports(pl):
+def _kernel_backward(name: str, g, x, p1, p2, beta, need, found=None):
+    """(gx, gp1, gp2, gbeta) shaped like x and the operands (None where not needed), or None.
+    ``found``: the forward's :func:`_kernel_plan` of the same call (else made here)."""
+    found = found or _kernel_plan(name, x, p1, p2, beta)
+    if found is None:
         return None
+    pl, mod = found
     gx, sums = mod.backward(pl, like_view(g, pl.view), need[0], need[1:])
     out = [gx.reshape(x.shape) if gx is not None else None]
     for t, s in zip((p1, p2, beta), sums):
@@ -165,28 +167,44 @@ def _kernel_backward(name: str, g, x, p1, p2, beta, need):
     return tuple(out)
 
 
+def _no_copies(pl: AconPlan, x: torch.Tensor, beta) -> bool:
+    """Whether the plan holds x's and a per-element beta's own memory (no input-sized copies)."""
+    return pl.view.data.data_ptr() == x.data_ptr() and (
+        not pl.beta_full or pl.params[2].data_ptr() == beta.data_ptr())
+
+
 class _AconFn(torch.autograd.Function):
-    """y = d x sigmoid(beta d x) + p2 x with d = p1 - p2; saves x and the parameters only."""
+    """y = d x sigmoid(beta d x) + p2 x with d = p1 - p2; saves x and the parameters only, and
+    the forward's kernel plan where it holds no input-sized copy (backward then reads the same
+    views instead of planning again)."""
 
     @staticmethod
     def forward(ctx, x, p1, p2, beta, name):
         ctx.save_for_backward(x, p1, p2, beta)
         ctx.name = name
-        return _forward(name, x, p1, p2, beta)
+        y, found = _forward(name, x, p1, p2, beta)
+        ctx.kernel = found is not None
+        ctx.found = found if found is not None and _no_copies(found[0], x, beta) else None
+        return y
 
     @staticmethod
     def backward(ctx, g):
         x, p1, p2, beta = ctx.saved_tensors
         need = ctx.needs_input_grad[:4]
-        grads = _kernel_backward(ctx.name, g, x, p1, p2, beta, need) if ctx.name != "reference" else None
+        found, ctx.found = ctx.found, None
+        grads = _kernel_backward(ctx.name, g, x, p1, p2, beta, need, found) if ctx.kernel else None
         if grads is None:
             grads = reference.acon_backward(g, x, p1, p2, beta, *need)
         return (*grads, None)
 
 
-def _forward(name: str, x, p1, p2, beta) -> torch.Tensor:
-    y = _kernel_forward(name, x, p1, p2, beta) if name != "reference" else None
-    return y if y is not None else reference.acon_forward(x, p1, p2, beta, inplace=True)
+def _forward(name: str, x, p1, p2, beta):
+    """(y, the kernel plan that made it or None: the reference ran)."""
+    found = _kernel_plan(name, x, p1, p2, beta) if name != "reference" else None
+    if found is None:
+        return reference.acon_forward(x, p1, p2, beta, inplace=True), None
+    pl, mod = found
+    return mod.forward(pl).reshape(x.shape), found
 
 
 # --- the registered op (torch.compile) --------------------------------------------------------------------
@@ -200,7 +218,7 @@ def _device_backend(x: torch.Tensor) -> str:
 
 
 def _op_forward(x, p1, p2, beta):
-    return _forward(_device_backend(x), x, p1, p2, beta)
+    return _forward(_device_backend(x), x, p1, p2, beta)[0]
 
 
 def _op_backward(g, x, p1, p2, beta, need):
@@ -268,4 +286,4 @@ def acon(
     name = choose(x)
     if needs_grad:
         return _AconFn.apply(x, p1, p2, beta, name)
-    return _forward(name, x, p1, p2, beta)
+    return _forward(name, x, p1, p2, beta)[0]
