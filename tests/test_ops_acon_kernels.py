@@ -158,6 +158,38 @@ GRAD_CASES = {
 }
 
 
+#: one-channel inputs (shape, channels-last module): a per-sample operand must still be read per sample
+ONE_CHANNEL = {"4d": ((7, 1, 3, 4), False), "1x1": ((37, 1, 1, 1), False), "2d": ((9, 1), False),
+               "tokens": ((3, 6, 1), True)}
+
+
+def _one_channel_cases():
+    for name in ("cpu", "triton"):
+        marks = () if _kernels_here(name) else (pytest.mark.skip(reason=f"{name} kernels do not run here"),)
+        for act in ("acon_c", "meta-layer", "meta-channel", "meta-pixel"):
+            for layout in ONE_CHANNEL:
+                if act in ("meta-channel", "meta-pixel") and layout == "2d":
+                    continue  # as in _cases
+                yield pytest.param(name, act, layout, marks=marks, id=f"{name}-{act}-one-channel-{layout}")
+
+
+@pytest.mark.parametrize("name,act,layout", list(_one_channel_cases()))
+def test_one_channel_inputs_match_the_float64_reference(name, act, layout):
+    """One channel with meta-ACON's per-sample beta (N, 1, ...): every sample reads its own beta and
+    gets its own beta gradient (the one-table view of the whole tensor read sample 0's beta for
+    all and summed every sample's gradient into it)."""
+    shape, last = ONE_CHANNEL[layout]
+    kind, kw = ACTS[act]
+    m = repact.create_act(kind, channels=1, channels_last=last, **kw)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    x = (torch.randn(shape, generator=gen, dtype=f64) * 3).to(_device(name), f32)
+    g = torch.randn(shape, generator=gen, dtype=f64).to(_device(name), f32)
+    _matches_truth(m.train().to(_device(name)), x, g, name, f32, f32)
+
+
 def _grad_cases():
     for name in ("cpu", "triton"):
         marks = () if _kernels_here(name) else (pytest.mark.skip(reason=f"{name} kernels do not run here"),)
@@ -373,6 +405,11 @@ def test_plan_reads_each_acons_parameters():
     tok = torch.randn(2, 7, 3)
     p = plan(tok, torch.ones(1, 1, 3), None, torch.ones(2, 1, 3))
     assert p.maps[0] == (0, 1) and p.maps[2] == (3, 1) and p.od == 7
+    one_channel = torch.randn(6, 1, 4, 5)
+    p = plan(one_channel, None, None, torch.ones(6, 1, 1, 1))  # per sample, one channel: rows are samples
+    assert p.maps[2] == (1, 0) and (p.view.outer, p.view.C, p.view.inner, p.od) == (6, 1, 20, 1)
+    p = plan(torch.randn(2, 7, 1), torch.ones(1, 1, 1), None, torch.ones(2, 1, 1))  # tokens, one channel
+    assert p.maps[2] == (1, 0) and p.view.outer // p.od == 2
     assert plan(x, torch.ones(1, 1, 4, 1), None, None) is None  # along H: no kernel
     assert plan(x, torch.ones(1, 3, 4, 5), None, None) is None  # p1 per element: no kernel
 

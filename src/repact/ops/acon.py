@@ -115,6 +115,22 @@ def _laid_out_like(t: torch.Tensor, view: FlatView) -> torch.Tensor:
     return torch.empty_like(d, dtype=t.dtype).copy_(t)
 
 
+def _channel_view(x: torch.Tensor, cd: int) -> FlatView:
+    """x as (outer, C, inner) with the channels on ``cd`` and the samples on ``outer``, also for one
+    channel, where a per-sample operand needs the outer dim to follow the samples (``flat_view``
+    with one table sees the whole tensor as one row)."""
+    c = x.shape[cd]
+    view = flat_view(x, cd, c) if c > 1 else None
+    if view is not None:
+        return view
+    x = x.contiguous()
+    n = x.numel()
+    if cd == x.dim() - 1:
+        return FlatView(x, n // max(c, 1), c, 1)
+    rows = x.shape[0] if x.dim() > 1 else 1
+    return FlatView(x, rows, c, n // max(rows * c, 1))
+
+
 def plan(x: torch.Tensor, p1, p2, beta) -> Optional[AconPlan]:
     """The kernels' plan for ``x`` and the operands (as :func:`acon` passes them), or None where a
     parameter's shape is not one the kernels read."""
@@ -126,9 +142,7 @@ def plan(x: torch.Tensor, p1, p2, beta) -> Optional[AconPlan]:
     if beta_full:
         maps[2] = (0, 0)
     per_channel = beta_full or any(m != (0, 0) for m in maps)
-    view = flat_view(x, cd, x.shape[cd]) if per_channel else None
-    if view is None:
-        view = flat_view(x, cd, 1)
+    view = _channel_view(x, cd) if per_channel else flat_view(x, cd, 1)
     od = max(view.outer // max(x.shape[0], 1), 1)
     params = [None if t is None else t.detach().contiguous().reshape(-1) for t in (p1, p2, beta)]
     if beta_full:
