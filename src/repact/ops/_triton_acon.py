@@ -22,32 +22,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ._triton import _tiling
+from ._triton_kernels import _tile
 from .batchnorm import accumulation_dtype
 from .dispatch import triton_interpreted
 
 __all__ = ["supports", "forward", "backward"]
 
-_TILE = 1024  # elements per program
 _REDUCE_ROWS, _REDUCE_COLS = 64, 64
 # parameter modes (constexpr): absent, one value, per channel, [(o // OD) SO + c SC], per element
 NONE, ONE, CHANNEL, MAP, ELEMENT = 0, 1, 2, 3, 4
-
-
-@triton.jit
-def _tile(pid, O, C, I, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
-    """Offsets, mask, outer and channel indices, and the tile's partial index for program ``pid``."""
-    n_pi = tl.cdiv(I, BI)
-    n_pc = tl.cdiv(C, BC)
-    pi = pid % n_pi
-    rest = pid // n_pi
-    pc = rest % n_pc
-    po = rest // n_pc
-    o = po * BO + tl.arange(0, BO)
-    c = pc * BC + tl.arange(0, BC)
-    i = pi * BI + tl.arange(0, BI)
-    offs = (o[:, None, None].to(tl.int64) * C + c[None, :, None]) * I + i[None, None, :]
-    mask = (o < O)[:, None, None] & (c < C)[None, :, None] & (i < I)[None, None, :]
-    return offs, mask, o, c, po * n_pi + pi
 
 
 @triton.jit
@@ -157,23 +141,9 @@ def supports(plan) -> bool:
         all(m in ((0, 0), (0, 1)) for m in plan.maps[:2])
 
 
-def _np2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
-
-
 def _grid(view):
-    """Tile (BO, BC, BI), the number of programs and the partial sums per channel."""
-    O, C, I = view.outer, view.C, view.inner
-    if I == 1 and C > 1:
-        bc = min(_np2(C), 128)
-        bi = 1
-        bo = min(_np2(O), max(1, _TILE // bc))
-    else:
-        bc = 1
-        bi = min(_np2(I), _TILE)
-        bo = min(_np2(O), max(1, _TILE // bi))
-    n_o, n_c, n_i = triton.cdiv(O, bo), triton.cdiv(C, bc), triton.cdiv(I, bi)
-    return (bo, bc, bi), n_o * n_c * n_i, n_o * n_i
+    """Tile (BO, BC, BI), the number of programs and the partial sums per channel (RepAct's tiling)."""
+    return _tiling(view.outer, view.C, view.inner)
 
 
 def _modes(plan) -> Tuple[int, int, int]:

@@ -19,7 +19,8 @@ import triton.language as tl
 
 @triton.jit
 def _tile(pid, O, C, I, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
-    """Offsets, mask, channel indices and the tile's partial index for program ``pid``."""
+    """Offsets, mask, outer and channel indices, and the tile's partial index for program ``pid``
+    (the (O, C, I) tiling every repact Triton kernel walks; ACON's kernels too)."""
     n_pi = tl.cdiv(I, BI)
     n_pc = tl.cdiv(C, BC)
     pi = pid % n_pi
@@ -31,7 +32,7 @@ def _tile(pid, O, C, I, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
     i = pi * BI + tl.arange(0, BI)
     offs = (o[:, None, None].to(tl.int64) * C + c[None, :, None]) * I + i[None, None, :]
     mask = (o < O)[:, None, None] & (c < C)[None, :, None] & (i < I)[None, None, :]
-    return offs, mask, c, po * n_pi + pi
+    return offs, mask, o, c, po * n_pi + pi
 
 
 @triton.jit
@@ -161,7 +162,7 @@ def _channel_values(ptr, c, cmask, PER_CHANNEL: tl.constexpr):
 def apply_kernel(x, y, coef, knots, O, C, I, K: tl.constexpr, R: tl.constexpr, BASIS: tl.constexpr,
                  PER_CHANNEL: tl.constexpr, F64: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
     """The table op's forward, y = s(x)."""
-    offs, mask, c, _ = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
+    offs, mask, _o, c, _ = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     xv = _load_x(x, offs, mask, F64)
     s, _ds, _u, _seg = _evaluate(xv, coef, knots, c, cmask, K, R, BASIS, PER_CHANNEL)
@@ -175,7 +176,7 @@ def backward_kernel(x, g, gx, coef, knots, partials, O, C, I,
     """The table op's backward: gx = g s'(x) and per tile and channel the coefficient gradients'
     sums, g ds/d(coefficient r) (``_phi``). partials: (P, C, R), so that their sum over P is the
     table's gradient (Cc, R)."""
-    offs, mask, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
+    offs, mask, _o, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     xv = _load_x(x, offs, mask, F64)
     h = _load_x(g, offs, mask, F64)

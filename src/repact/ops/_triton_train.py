@@ -108,7 +108,7 @@ def stats_kernel(x, w_raw, slope, base, part, knots, partials, O, C, I,
                  PER_CHANNEL: tl.constexpr, HAS_SLOPE: tl.constexpr, SOFTMAX: tl.constexpr, F64: tl.constexpr,
                  BO: tl.constexpr, BC: tl.constexpr, BI: tl.constexpr):
     """Per tile and channel, sum(s - k) and sum((s - k)^2) with k = ``_first_value``. partials (P, 2, C)."""
-    offs, mask, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
+    offs, mask, _o, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     w, sl = _weights(w_raw, slope, c, cmask, NB, NBP, PER_CHANNEL, HAS_SLOPE, SOFTMAX, F64)
     xv = _load_x(x, offs, mask, F64)
@@ -162,7 +162,7 @@ def apply_kernel(x, y, w_raw, slope, base, part, knots, mean, var, gamma, beta, 
     """y = s(x), or with BN gamma (s(x) - mean) / sqrt(var + EPS) + beta; BUMP: program 0 adds 1
     to num_batches_tracked (after ``stats_finalize_kernel`` read it)."""
     pid = tl.program_id(0)
-    offs, mask, c, _ = _tile(pid, O, C, I, BO, BC, BI)
+    offs, mask, _o, c, _ = _tile(pid, O, C, I, BO, BC, BI)
     cmask = c < C
     w, sl = _weights(w_raw, slope, c, cmask, NB, NBP, PER_CHANNEL, HAS_SLOPE, SOFTMAX, F64)
     xv = _load_x(x, offs, mask, F64)
@@ -194,7 +194,7 @@ def backward_kernel(x, g, gx, w_raw, slope, base, part, knots, mean, var, gamma,
     * MODE 3 (batch statistics, second pass; no sums): h = alpha g + c1 + c2 d with aff (3, C) =
       (alpha, c1, c2) from ``grad_kernel``.
     """
-    offs, mask, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
+    offs, mask, _o, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
     w, sl = _weights(w_raw, slope, c, cmask, NB, NBP, PER_CHANNEL, HAS_SLOPE, SOFTMAX, F64)
     xv = _load_x(x, offs, mask, F64)
