@@ -268,9 +268,10 @@ def test_triton_acon_is_one_launch_forward_and_two_backward(monkeypatch, name, a
     """Per call: the forward one kernel, the backward one kernel and the reduction of its per-tile
     sums, and no other op on the tensors (counted in Triton's interpreter: its launch, and every
     non-view ATen op between module.forward and the kernels)."""
-    kernels = importlib.import_module("repact.ops._triton_acon")
     log = {"launches": 0, "inside": False, "ops": []}
-    for k in ("acon_forward_kernel", "acon_backward_kernel", "reduce_kernel"):
+    for mod, k in (("_triton_acon", "acon_forward_kernel"), ("_triton_acon", "acon_backward_kernel"),
+                   ("_triton_kernels", "reduce_kernel")):  # (the reduction is RepAct's, shared)
+        kernels = importlib.import_module(f"repact.ops.{mod}")
         monkeypatch.setattr(kernels, k, _Counted(getattr(kernels, k), log))
     m = _module(act, layout).to(DEVICE)
     x, g = _input(layout, f32, DEVICE)

@@ -9,9 +9,9 @@ dtype are computed in float32 (float64 for float64), the parameters' dtype
 
 Backward: gx, and per tile and channel the sums of g dy/dp1, g dy/dp2 and, for a beta of one
 value or per channel, g dy/dbeta (partials (P, 3, C), P tiles per channel), reduced over P by
-``reduce_kernel``. p1 and p2 are one value or per channel; a beta per sample and channel or per
-sample gets g dy/dbeta per element, summed to its shape by tensor ops (as a per-element beta,
-whose gradient that is).
+RepAct's reduction (``_triton._reduce``). p1 and p2 are one value or per channel; a beta per
+sample and channel or per sample gets g dy/dbeta per element, summed to its shape by tensor ops
+(as a per-element beta, whose gradient that is).
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton import _tiling
+from ._triton import _reduce, _tiling
 from ._triton_kernels import _tile
 from .batchnorm import accumulation_dtype
 from .dispatch import triton_interpreted
 
 __all__ = ["supports", "forward", "backward"]
 
-_REDUCE_ROWS, _REDUCE_COLS = 64, 64
 # parameter modes (constexpr): absent, one value, per channel, [(o // OD) SO + c SC], per element
 NONE, ONE, CHANNEL, MAP, ELEMENT = 0, 1, 2, 3, 4
 
@@ -119,19 +118,6 @@ def acon_backward_kernel(x, g, gx, gbe, p1, p2, beta, partials, O, C, I, OD, SO,
         tl.store(base + 2 * C, tl.sum(tl.sum(tb, axis=2), axis=0), mask=cm)
 
 
-@triton.jit
-def reduce_kernel(partials, out, P, RC, BP: tl.constexpr, BR: tl.constexpr):
-    """out[j] = sum over p of partials[p, j] (partials (P, RC))."""
-    j = tl.program_id(0) * BR + tl.arange(0, BR)
-    jm = j < RC
-    acc = tl.zeros((BP, BR), out.dtype.element_ty)
-    for p0 in range(0, P, BP):
-        p = p0 + tl.arange(0, BP)
-        acc += tl.load(partials + p[:, None].to(tl.int64) * RC + j[None, :], mask=(p < P)[:, None] & jm[None, :],
-                       other=0.0)
-    tl.store(out + j, tl.sum(acc, axis=0), mask=jm)
-
-
 # --- launches ------------------------------------------------------------------------------------------
 def supports(plan) -> bool:
     """p1 and p2 one value or per channel (every ACON's); beta any map the plan has."""
@@ -173,15 +159,6 @@ def forward(plan) -> torch.Tensor:
     grid, params, dims, consts = _launch_args(plan)
     acon_forward_kernel[grid](plan.view.data, y, *params, *dims, **consts)
     return y
-
-
-def _reduce(partials: torch.Tensor, P: int) -> torch.Tensor:
-    """Sum (P, ...) partials over P."""
-    flat = partials.reshape(P, -1)
-    out = torch.empty(flat.shape[1], dtype=flat.dtype, device=flat.device)
-    reduce_kernel[(triton.cdiv(flat.shape[1], _REDUCE_COLS),)](flat, out, P, flat.shape[1], BP=_REDUCE_ROWS,
-                                                               BR=_REDUCE_COLS)
-    return out.reshape(partials.shape[1:])
 
 
 def _to_slots(per_element: torch.Tensor, plan) -> torch.Tensor:
