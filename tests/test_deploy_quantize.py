@@ -1,8 +1,10 @@
 """INT8 post-training quantization of a deployed model (``repact deploy --quantize int8``, issue 25
-point 3): the QDQ file onnxruntime writes, its outputs against FP32, the per-channel activation
-ranges and the report, on a small model and a small image folder (real files, real onnxruntime)."""
+point 3): the QDQ file onnxruntime writes and the OpenVINO IR NNCF writes (``--target openvino``),
+their outputs against FP32, the per-channel activation ranges and the report, on a small model and
+a small image folder (real files, real onnxruntime, real OpenVINO and NNCF where installed)."""
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -13,7 +15,9 @@ from PIL import Image
 
 from repact import PiecewiseQuadratic
 from repact.cli import main
-from repact.deploy.quantize import activation_ranges, quantize_int8, summarize_ranges
+from repact.deploy.quantize import QuantizeError, activation_ranges, quantize_int8, summarize_ranges
+from repact.deploy.quantize_openvino import openvino_quantize_missing, quantize_int8_openvino
+from repact.deploy.runtime_forms import form_for_target
 
 SMALL = ["small_cnn", "--act", "repact", "--num-classes", "3", "--image-size", "16",
          "--model-arg", "in_channels=3", "--model-arg", "width=8"]
@@ -120,3 +124,73 @@ def test_activation_ranges_are_per_channel_and_summarized():
     # channel widths 1, 2, 4, 8: median 3; the tensor's 8 leaves the median channel 8 - log2(8 / 3) bits
     assert site["tensor_range"] == 8.0 and site["median_channel_range"] == 3.0 and site["max_channel_range"] == 8.0
     assert site["median_channel_bits"] == pytest.approx(8 - np.log2(8 / 3))
+
+
+def _val_images(folder):
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
+                     for p in sorted((folder / "val").rglob("*.png"))])
+
+
+@pytest.mark.skipif(bool(openvino_quantize_missing()),
+                    reason=f"OpenVINO INT8 needs {' and '.join(openvino_quantize_missing())}, not installed here "
+                           "(pip install 'repact[openvino]')")
+def test_deploy_quantize_int8_for_openvino_writes_an_nncf_ir_close_to_fp32_and_reports_it(tmp_path, capsys, folder):
+    import openvino as ov
+
+    from repact.deploy.openvino_run import ov_compile
+
+    out_dir = tmp_path / "out"
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--target", "openvino", "--quantize", "int8",
+                        "--calibration-data", str(folder), "--calibration-images", "12", "--out", str(out_dir))
+    assert rc == 0, err
+    assert "int8: wrote" in out and "(openvino)" in out
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model_deploy.json", "model_deploy.safetensors",
+                                                         "model_deploy_report.json", "model_int8.bin",
+                                                         "model_int8.xml"]
+    report = json.loads((out_dir / "model_deploy_report.json").read_text())
+    assert report["onnx"]["target"] == "openvino" and report["onnx"]["openvino"]["checked"]
+    q = report["int8"]
+    assert q["runtime"] == "openvino" and q["quantized_form"] == form_for_target("openvino") and "NNCF" in q["format"]
+    assert q["file"] == "model_int8.xml" and q["files"] == ["model_int8.xml", "model_int8.bin"]
+    assert q["calibration_images"] == 12 and q["val_images"] == 15
+    assert q["top1_loss"] == pytest.approx(q["top1_fp32"] - q["top1_int8"])
+    assert {(r["batch"], r["variant"]) for r in q["latency_openvino"]} == \
+        {(1, "fp32"), (1, "int8"), (32, "fp32"), (32, "int8")}
+    assert "latency_onnxruntime" not in q and len(q["activation_ranges"]["sites"]) == 3
+
+    # the IR: quantized activations (FakeQuantize) and int8 weights with one scale per output channel
+    model = ov.Core().read_model(str(out_dir / "model_int8.xml"))
+    ops = [o.get_type_name() for o in model.get_ordered_ops()]
+    assert ops.count("FakeQuantize") >= 3 and "Convolution" in ops
+    int8_weights = [o for o in model.get_ordered_ops()
+                    if o.get_type_name() == "Constant" and o.get_element_type() == ov.Type.i8]
+    assert len(int8_weights) == 4  # the three convolutions' weights and the classifier's
+    for w in int8_weights:  # Constant(i8) -> Convert -> Multiply(per-channel scale)
+        convert = next(iter(w.output(0).get_target_inputs())).get_node()
+        scale_mul = next(iter(convert.output(0).get_target_inputs())).get_node()
+        scale = [scale_mul.input_value(i).get_node() for i in range(2)
+                 if scale_mul.input_value(i).get_node().get_type_name() == "Constant"][0]
+        assert scale_mul.get_type_name() == "Multiply" and scale.get_data().size == w.get_data().shape[0] > 1
+
+    # INT8 follows FP32 (but is not the same model): OpenVINO's logits on val images agree to a few 8-bit steps
+    x = _val_images(folder)
+    fp32 = ov_compile(out_dir / "model.onnx", x.shape)(x)[0]
+    int8 = ov_compile(out_dir / "model_int8.xml", x.shape)(x)[0]
+    err_rel = float(np.abs(int8 - fp32).max() / np.abs(fp32).max())
+    assert 0.0 < err_rel <= 0.05, err_rel
+
+
+def test_openvino_int8_without_openvino_or_nncf_is_a_one_line_error_naming_the_extra(tmp_path, capsys, folder,
+                                                                                      monkeypatch):
+    for name in [n for n in sys.modules if n.split(".")[0] in ("openvino", "nncf")] + ["openvino", "nncf"]:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes the import fail: as if not installed
+    assert openvino_quantize_missing() == ["openvino", "nncf"]
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--target", "openvino", "--quantize", "int8",
+                        "--calibration-data", str(folder), "--out", str(tmp_path / "a"))
+    assert rc == 2 and "Traceback" not in err
+    assert "--target openvino --quantize int8 needs openvino and nncf, which are not installed: pip install " \
+           "'repact[openvino]'" in err
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    with pytest.raises(QuantizeError, match=r"needs openvino and nncf.*pip install 'repact\[openvino\]'"):
+        quantize_int8_openvino(tmp_path / "missing.onnx", tmp_path / "q.xml", [torch.zeros(1, 3, 16, 16)])
+    assert not (tmp_path / "q.xml").exists()

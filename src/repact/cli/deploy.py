@@ -74,9 +74,10 @@ def add_edge_flags(p) -> None:
                         "--onnx-form default; openvino also checks OpenVINO's outputs when it is installed; executorch "
                         "also writes NAME.pte for ExecuTorch's XNNPACK delegate, batch 1, checked against PyTorch)")
     p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="also write NAME_int8.onnx: static INT8 post-training quantization (onnxruntime, QDQ, "
-                        "per-channel weights) of the plain basis form, with FP32 vs INT8 top-1, per-channel "
-                        "activation ranges and latency in the report")
+                   help="also write an INT8 model: static post-training quantization with per-channel weights; with "
+                        "--target openvino NNCF's, written as OpenVINO IR NAME_int8.xml + .bin (needs "
+                        "'repact[openvino]'), else onnxruntime's (QDQ) of the plain basis form, NAME_int8.onnx; "
+                        "FP32 vs INT8 top-1, per-channel activation ranges and latency (that runtime) in the report")
     p.add_argument("--calibration-data", default=None, metavar="DIR",
                    help="image folder with train/<class>/ (calibration) and val/<class>/ (accuracy), for --quantize")
     p.add_argument("--calibration-images", type=int, default=500, metavar="N",
@@ -94,6 +95,13 @@ def check_edge_flags(args) -> None:
         if not executorch_available():
             raise CLIError("--target executorch needs ExecuTorch, which is not installed: pip install "
                            "'repact[executorch]'")
+    if args.quantize and args.runtime == "openvino":
+        from ..deploy.quantize_openvino import openvino_quantize_missing
+
+        missing = openvino_quantize_missing()
+        if missing:
+            raise CLIError(f"--target openvino --quantize int8 needs {' and '.join(missing)}, which "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'repact[openvino]'")
     if args.quantize and not args.calibration_data:
         raise CLIError("--quantize int8 needs --calibration-data DIR (an image folder with train/ and val/)")
     if args.calibration_data and not args.quantize:
@@ -110,24 +118,27 @@ def check_edge_flags(args) -> None:
 
 
 def quantize_deployed(args, model, res, shape) -> None:
-    """--quantize int8: write NAME_int8.onnx beside the deploy and add an ``int8`` entry to its report."""
+    """--quantize int8: write the INT8 model beside the deploy (``NAME_int8.onnx``, or ``NAME_int8.xml`` + ``.bin``
+    for OpenVINO) and add an ``int8`` entry to its report."""
     import json
 
     from ..checkpoint import atomic_write_text
-    from ..deploy.int8_report import int8_report
+    from ..deploy.int8_report import int8_file, int8_report, int8_runtime
     from ..deploy.pipeline import json_ready
     from ..reparam import reparameterize
 
     deployed = reparameterize(model, inplace=False).eval()
-    int8 = res.onnx_path.with_name(f"{args.name}_int8.onnx")
-    rep = int8_report(deployed, res.onnx_path, int8, args.calibration_data, shape,
+    runtime = int8_runtime(args.runtime)
+    int8 = int8_file(res.onnx_path, args.name, runtime)
+    rep = int8_report(deployed, res.onnx_path, int8, args.calibration_data, shape, runtime=runtime,
                       calibration_images=args.calibration_images, val_images=args.val_images, seed=args.seed, say=print)
     res.report["int8"] = rep
     atomic_write_text(res.report_path, json.dumps(json_ready(res.report), indent=2, sort_keys=True) + "\n")
-    lat = {(r["batch"], r["variant"]): r for r in rep["latency_onnxruntime"]}
+    lat = {(r["batch"], r["variant"]): r for r in rep[f"latency_{runtime}"]}
     ratios = ", ".join(f"batch {b}: {lat[(b, 'int8')]['ratio']:.2f}x" for b in sorted({k[0] for k in lat}))
-    print(f"int8: wrote {int8}; top-1 FP32 {rep['top1_fp32']:.2f}% -> INT8 {rep['top1_int8']:.2f}% "
-          f"({rep['val_images']} val images); INT8 / FP32 time {ratios}")
+    written = ", ".join(str(int8.with_name(f)) for f in rep["files"])
+    print(f"int8: wrote {written}; top-1 FP32 {rep['top1_fp32']:.2f}% -> INT8 {rep['top1_int8']:.2f}% "
+          f"({rep['val_images']} val images); INT8 / FP32 time ({runtime}) {ratios}")
 
 
 def run(args) -> int:
