@@ -15,7 +15,8 @@ from PIL import Image
 
 from repact import PiecewiseQuadratic
 from repact.cli import main
-from repact.deploy.quantize import QuantizeError, activation_ranges, quantize_int8, summarize_ranges
+from repact.deploy.quantize import (QuantizeError, activation_ranges, module_path_of_node, nodes_of_modules,
+                                    quantize_int8, summarize_ranges)
 from repact.deploy.quantize_openvino import openvino_quantize_missing, quantize_int8_openvino
 from repact.deploy.runtime_forms import form_for_target
 
@@ -111,6 +112,33 @@ def test_quantize_int8_needs_calibration_batches(tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
+def test_nodes_of_modules_reads_the_scope_names_of_torchs_onnx_exporter(tmp_path):
+    assert module_path_of_node("/features/features.1/block/block.0/block.0.2/Mul_1") == "features.1.block.0.2"
+    assert module_path_of_node("/features/features.0/features.0.2/HardSwish") == "features.0.2"
+    assert module_path_of_node("/layer1/layer1.0/act/Relu") == "layer1.0.act"
+    assert module_path_of_node("Mul_12") is None and module_path_of_node("/Flatten") is None
+    names = ["/features/features.1/block/block.0/block.0.2/Mul", "/features/features.1/block/block.0/block.0.0/Conv",
+             "/features/features.12/features.12.2/Add", "/features/features.1/block/block.0/block.0.20/Add", "Add_3"]
+    assert nodes_of_modules(names, ["features.1.block.0.2", "features.12.2"]) == [names[0], names[2]]
+    # and on a real export: the nodes of each activation module of a small model
+    from repact import reparameterize
+    from repact.models import create_model
+    from repact.deploy.onnx_export import export_onnx
+    from repact.deploy.quantize import activation_sites
+
+    model = create_model("small_cnn", act="repact", num_classes=3, in_channels=3, width=8).eval()
+    x = torch.randn(1, 3, 16, 16)
+    model(x)  # lazy activations build their parameters
+    deployed = reparameterize(model, inplace=False).eval()
+    sites = activation_sites(deployed)
+    assert len(sites) == 3
+    graph = onnx.load(str(export_onnx(deployed, x, tmp_path / "m.onnx", form="basis"))).graph
+    for site in sites:
+        found = nodes_of_modules((n.name for n in graph.node), [site])
+        ops = {n.op_type for n in graph.node if n.name in found}
+        assert {"Mul", "Add", "Relu", "HardSwish"} <= ops and "Conv" not in ops, (site, ops)
+
+
 def test_activation_ranges_are_per_channel_and_summarized():
     identity = PiecewiseQuadratic([0.0], torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]]))
     model = torch.nn.Sequential(torch.nn.Identity(), identity)
@@ -157,6 +185,7 @@ def test_deploy_quantize_int8_for_openvino_writes_an_nncf_ir_close_to_fp32_and_r
     assert {(r["batch"], r["variant"]) for r in q["latency_openvino"]} == \
         {(1, "fp32"), (1, "int8"), (32, "fp32"), (32, "int8")}
     assert "latency_onnxruntime" not in q and len(q["activation_ranges"]["sites"]) == 3
+    assert q["float_activation_sites"] == 3
 
     # the IR: quantized activations (FakeQuantize) and int8 weights with one scale per output channel
     model = ov.Core().read_model(str(out_dir / "model_int8.xml"))
@@ -171,6 +200,14 @@ def test_deploy_quantize_int8_for_openvino_writes_an_nncf_ir_close_to_fp32_and_r
         scale = [scale_mul.input_value(i).get_node() for i in range(2)
                  if scale_mul.input_value(i).get_node().get_type_name() == "Constant"][0]
         assert scale_mul.get_type_name() == "Multiply" and scale.get_data().size == w.get_data().shape[0] > 1
+
+    # the activation sites stay float: their nodes are found in the IR and none of them reads a FakeQuantize
+    sites = list(q["activation_ranges"]["sites"])
+    site_ops = set(nodes_of_modules((o.get_friendly_name() for o in model.get_ops()), sites))
+    assert len(site_ops) >= 3 * 4  # at least Mul, Relu, HardSwish, Add per site
+    for o in model.get_ops():
+        if o.get_friendly_name() in site_ops:
+            assert all(o.input_value(i).get_node().get_type_name() != "FakeQuantize" for i in range(o.get_input_size()))
 
     # INT8 follows FP32 (but is not the same model): OpenVINO's logits on val images agree to a few 8-bit steps
     x = _val_images(folder)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from .latency import time_interleaved
 from .onnx_export import export_onnx
-from .quantize import activation_ranges, image_batches, onnx_top1, quantize_int8, summarize_ranges
+from .quantize import activation_ranges, activation_sites, image_batches, onnx_top1, quantize_int8, summarize_ranges
 from .quantize_openvino import OPENVINO_INT8_FORMAT, ov_top1, quantize_int8_openvino
 from .runtime_forms import form_for_target
 
@@ -48,17 +48,18 @@ class Int8Route:
     suffix: str  # of the INT8 file
     source_form: str  # the export form that is quantized
     format: str  # what the INT8 file holds, for the report
-    quantize: Callable[..., Path]  # (FP32 ONNX file, INT8 path, calibration batches) -> INT8 path
+    quantize: Callable[..., Path]  # (FP32 ONNX file, INT8 path, calibration batches, float_sites=) -> INT8 path
     top1: Callable[..., dict[str, float]]  # (file, loader, threads=) -> {"acc1", "n"}
+    float_activations: bool  # keep the activation sites' own nodes in float (only their outputs quantized)
 
 
 #: runtime -> how it quantizes, evaluates and times (OpenVINO and NNCF are imported on use)
 INT8_ROUTES: dict[str, Int8Route] = {
     "onnxruntime": Int8Route("onnxruntime", ".onnx", INT8_SOURCE_FORM,
                              "QDQ, int8 weights per channel, uint8 activations per tensor, min/max calibration "
-                             "(onnxruntime.quantization)", quantize_int8, onnx_top1),
+                             "(onnxruntime.quantization)", quantize_int8, onnx_top1, float_activations=False),
     "openvino": Int8Route("openvino", ".xml", form_for_target("openvino"), OPENVINO_INT8_FORMAT,
-                          quantize_int8_openvino, ov_top1),
+                          quantize_int8_openvino, ov_top1, float_activations=True),
 }
 
 
@@ -134,7 +135,8 @@ def int8_report(deployed: nn.Module, fp32_onnx: Path, int8_path: Path, data_dir:
     say(f"int8: calibrating on {n_cal} images of {Path(data_dir) / 'train'}")
     with tempfile.TemporaryDirectory(prefix=".repact-int8-", dir=Path(int8_path).parent) as tmp:
         source = export_onnx(deployed, calib[0][:1], Path(tmp) / "source.onnx", form=route.source_form)
-        route.quantize(source, int8_path, calib)
+        floats = activation_sites(deployed) if route.float_activations else []
+        route.quantize(source, int8_path, calib, float_sites=floats)
     ranges = summarize_ranges(activation_ranges(deployed, calib))
     if val_images is not None:
         val = torch.utils.data.Subset(val, range(min(int(val_images), len(val))))
@@ -148,6 +150,7 @@ def int8_report(deployed: nn.Module, fp32_onnx: Path, int8_path: Path, data_dir:
     files = [Path(int8_path)] + ([Path(int8_path).with_suffix(".bin")] if route.suffix == ".xml" else [])
     return {"file": Path(int8_path).name, "files": [p.name for p in files], "runtime": runtime,
             "format": route.format, "quantized_form": route.source_form,
+            "float_activation_sites": len(floats),
             "calibration_images": n_cal, "calibration_split": str(Path(data_dir) / "train"),
             "val_images": acc_int8["n"], "top1_fp32": acc_fp32["acc1"], "top1_int8": acc_int8["acc1"],
             "top1_loss": acc_fp32["acc1"] - acc_int8["acc1"], "activation_ranges": ranges,

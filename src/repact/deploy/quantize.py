@@ -6,6 +6,8 @@ batches of real images. ``activation_ranges`` records, per activation site of a 
 the per-channel output ranges on those images: static activation quantization gives a whole
 tensor one scale, so a layer whose channels span very different ranges leaves its narrow channels
 few of the 256 levels. ``onnx_top1`` evaluates an ONNX file on a dataset with onnxruntime.
+``nodes_of_modules`` finds the exported nodes of given modules (by the scope names torch's ONNX
+exporter gives them), for quantizers told to leave those modules in float.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from torch import nn
 
 from ..activations.piecewise import PiecewiseQuadratic
 
-__all__ = ["QUANTIZE_MODES", "quantize_int8", "onnx_top1", "activation_ranges", "summarize_ranges", "image_batches"]
+__all__ = ["QUANTIZE_MODES", "ACTIVATION_SITES", "quantize_int8", "onnx_top1", "activation_ranges", "activation_sites",
+           "summarize_ranges", "image_batches", "module_path_of_node", "nodes_of_modules"]
 
 QUANTIZE_MODES = ("int8",)
+#: the activation modules whose outputs are measured, and which a quantizer may keep in float
+ACTIVATION_SITES: tuple[type, ...] = (PiecewiseQuadratic, nn.Hardswish)
 
 
 class QuantizeError(RuntimeError):
@@ -44,10 +49,41 @@ def image_batches(dataset, indices: Sequence[int], batch: int = 32) -> list[torc
     return out
 
 
+def module_path_of_node(name: str) -> str | None:
+    """The path of the module an exported node belongs to, from the scope name torch's ONNX exporter gives
+    it: ``/features/features.1/block/block.0/block.0.2/Mul`` -> ``features.1.block.0.2`` (each scope
+    repeats its parent's name when the parent is a container); None for a node outside any module."""
+    scopes = name.split("/")[1:-1] if name.startswith("/") else []
+    if not scopes:
+        return None
+    path, prev = scopes[0], scopes[0]
+    for s in scopes[1:]:
+        path += s[len(prev):] if s.startswith(prev + ".") else "." + s
+        prev = s
+    return path
+
+
+def nodes_of_modules(node_names: Iterable[str], paths: Iterable[str]) -> list[str]:
+    """The names among ``node_names`` of nodes exported from the modules at ``paths`` (or inside them)."""
+    wanted = tuple(paths)
+    out = []
+    for n in node_names:
+        p = module_path_of_node(n)
+        if p is not None and any(p == w or p.startswith(w + ".") for w in wanted):
+            out.append(n)
+    return out
+
+
+def activation_sites(model: nn.Module, kinds: tuple[type, ...] = ACTIVATION_SITES) -> list[str]:
+    """The paths of ``model``'s activation modules of ``kinds``."""
+    return list(_sites(model, kinds))
+
+
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calibration: Iterable[torch.Tensor],
-                  *, per_channel: bool = True) -> Path:
+                  *, per_channel: bool = True, float_sites: Sequence[str] = ()) -> Path:
     """Static INT8 quantization of ``fp32_path`` into ``int8_path`` (QDQ, int8 per-channel weights,
-    uint8 activations), calibrated by min/max on the ``calibration`` batches. Returns the path."""
+    uint8 activations), calibrated by min/max on the ``calibration`` batches; the nodes of the modules at
+    ``float_sites`` stay float (between DequantizeLinear and QuantizeLinear). Returns the path."""
     try:
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                               quantize_static)
@@ -75,9 +111,14 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, ca
     with tempfile.TemporaryDirectory(prefix=".repact-quant-", dir=out.parent) as tmp:  # same file system: os.replace
         pre, staged = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        excluded = []
+        if float_sites:
+            import onnx
+
+            excluded = nodes_of_modules((n.name for n in onnx.load(str(pre)).graph.node), float_sites)
         quantize_static(str(pre), str(staged), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded)
         os.replace(staged, out)
     return out
 
@@ -105,7 +146,7 @@ def _sites(model: nn.Module, kinds: tuple[type, ...]) -> dict[str, nn.Module]:
 
 @torch.no_grad()
 def activation_ranges(model: nn.Module, batches: Iterable[torch.Tensor],
-                      kinds: tuple[type, ...] = (PiecewiseQuadratic, nn.Hardswish)) -> dict[str, dict[str, list[float]]]:
+                      kinds: tuple[type, ...] = ACTIVATION_SITES) -> dict[str, dict[str, list[float]]]:
     """Per activation site (modules of ``kinds``): per-channel min and max of its output over ``batches``."""
     sites = _sites(model, kinds)
     lo: dict[str, torch.Tensor] = {}
