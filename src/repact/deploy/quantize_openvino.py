@@ -5,9 +5,10 @@
 8-bit activations per tensor, min/max statistics on the calibration images) and writes the OpenVINO
 IR (``.xml`` + ``.bin``). The nodes of the activation modules named in ``float_sites`` are left to
 NNCF's ignored scope: the activation then runs in float inside the one kernel OpenVINO compiles
-per site, and only its output is quantized (for the next convolution). On the RepAct
+per site, and only its output is quantized (for the next convolution). On the trained RepAct
 MobileNetV3-Small this made the INT8 model run as fast as the INT8 HardSwish model at batch 32
-(1.00x, against 1.31x with the activation's own nodes quantized) at the same top-1 (docs/benchmarks.md). ``ov_top1`` evaluates an ONNX or IR file with OpenVINO's CPU plugin.
+(0.93-1.01x, against 1.32-1.34x with the activation's own nodes quantized) at the same top-1
+(docs/benchmarks.md). ``ov_top1`` evaluates an ONNX or IR file with OpenVINO's CPU plugin.
 """
 
 from __future__ import annotations
