@@ -10,8 +10,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 EXTRAS ?= all,test
 STAMP := $(VENV)/.repact-installed
-# the suite runs in one pytest worker per core (pytest-xdist, in the test extra); PYTEST_ARGS= runs it serially
-PYTEST_ARGS ?= -n auto
+# the suite runs in one pytest worker per core (pytest-xdist, in the test extra), one test sent at a time
+# (the slow ones first: tests/conftest.py); PYTEST_ARGS= runs it serially
+PYTEST_ARGS ?= -n auto --maxschedchunk 1
 
 .PHONY: demo test bench venv clean
 

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cli_process
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--batch-size", "32", "--limit-batches", "2", "--quiet"]
 
@@ -205,8 +207,7 @@ def _env() -> dict[str, str]:
 
 
 def _repact(*argv: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "repact", *argv], env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return cli_process.run(argv, env=_env(), timeout=timeout)
 
 
 def digest(path: Path) -> dict[str, str]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import cli_process
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MESSAGE_STARTS = ("repact ", "FAILED", "usage:")
@@ -85,8 +86,8 @@ def _fixtures(work: Path) -> None:
     (work / "a_folder").mkdir()
     (work / "bench_dir.json").mkdir()
     deployed = work / "deployed"
-    rc = subprocess.run([sys.executable, "-m", "repact", "deploy", "small_cnn", "--act", "repact", "--image-size", "8",
-                         "--out", str(deployed)], env=_env(), capture_output=True, text=True, cwd=work)
+    rc = cli_process.run(["deploy", "small_cnn", "--act", "repact", "--image-size", "8", "--out", str(deployed)],
+                         env=_env(), cwd=work)
     if rc.returncode != 0:
         raise SystemExit(f"fixture deploy failed:\n{rc.stderr}")
 
@@ -180,8 +181,7 @@ def _run(case: Case, work: Path) -> Outcome:
     if missing:
         raise SystemExit(f"{case.name}: fixture files {missing} are absent")
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "repact", *case.argv], capture_output=True, text=True, env=_env(),
-                       cwd=work, timeout=900)
+    p = cli_process.run(case.argv, env=_env(), cwd=work, timeout=900)
     seconds = time.perf_counter() - t0
     err = p.stderr
     lines = [line for line in err.splitlines() if line.strip()]

@@ -65,3 +65,10 @@ def _seed():
 @pytest.fixture
 def shared_data_dir():
     return shared_data("")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` tests first (in their order): with one test sent to a worker at a time
+    (``--maxschedchunk 1`` in the Makefile), the long ones spread over the workers early instead of
+    keeping one worker busy after the other has finished."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -146,6 +146,7 @@ def test_output_into_a_closed_pipe_ends_quietly(argv):
     assert rc in (0, 141)
 
 
+@pytest.mark.slow
 def test_debug_flag_and_environment_show_the_traceback(tmp_path):
     argv = ["train", "--img-size", "100000", "--out", str(tmp_path / "r")]
     plain = _cli(*argv)
@@ -155,6 +156,7 @@ def test_debug_flag_and_environment_show_the_traceback(tmp_path):
         assert "Traceback (most recent call last)" in proc.stderr and "ConfigError: img_size" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_fault_at_run_time_is_one_line_exit_1_pointing_at_debug(tmp_path):
     """A real out-of-memory: the process may map 6 GiB, the model's weights need more."""
     def limit():
@@ -182,6 +184,7 @@ def test_usage_errors_are_one_line(capsys):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deploy_refuses_a_run_folder_and_folders_inside_one(real_checkpoint):
     """Deploy files in a run folder (or a folder in it) would make repact train refuse to replace or resume it."""
     from repact.train.run_dir import inspect_folder

@@ -50,6 +50,7 @@ def test_plot_act_formats_and_tensor_values(tmp_path, capsys):
     assert_picture(tmp_path / "a.pdf")
 
 
+@pytest.mark.slow
 def test_plot_layers_of_a_run_a_checkpoint_and_a_model_name(tmp_path, capsys):
     run = shared_run("small")
     rc, out, _ = _run(capsys, "plot", "layers", run, "--out", tmp_path / "run.png")
@@ -73,6 +74,7 @@ def test_plot_evolution_of_runs(tmp_path, capsys):
     assert_picture(tmp_path / "m.pdf")
 
 
+@pytest.mark.slow
 def test_plot_features_of_a_run_and_a_torchvision_model(tmp_path, capsys):
     img, _ = digit_png(tmp_path / "d.png", 5)
     rc, out, _ = _run(capsys, "plot", "features", shared_run("small"), img, "--layer", "features.2", "--top-k", "3",

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_sweep_of_bad_inputs(tmp_path):
     out = tmp_path / "sweep.json"
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "cli_sweep.py"), "--quick", "--jobs", "2",

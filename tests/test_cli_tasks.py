@@ -38,6 +38,7 @@ def seg_root(tmp_path_factory) -> Path:
     return write_segmentation_set(tmp_path_factory.mktemp("voc_seg"), n_train=16, n_val=8, size=64)
 
 
+@pytest.mark.slow
 def test_segmentation_train_resume_eval_deploy(seg_root, tmp_path, capsys):
     whole, part = tmp_path / "whole", tmp_path / "part"
     rc, out, err = _run(capsys, "train", *SEG_FAST, "--data-dir", seg_root, "--epochs", "2", "--out", whole)
@@ -87,6 +88,7 @@ def test_segmentation_train_resume_eval_deploy(seg_root, tmp_path, capsys):
     assert rc == 0 and "masks: 0 differing" in out and out.strip().endswith("OK"), err
 
 
+@pytest.mark.slow
 def test_detection_on_bccd_train_resume_eval_deploy(tmp_path, capsys):
     bccd = shared_data("BCCD")
     run = tmp_path / "det"
@@ -125,6 +127,7 @@ def test_detection_on_bccd_train_resume_eval_deploy(tmp_path, capsys):
     assert rc == 0 and "detections:" in out and out.strip().endswith("OK"), err
 
 
+@pytest.mark.slow
 def test_compare_ranks_a_segmentation_grid_by_miou(seg_root, tmp_path, capsys):
     out_dir = tmp_path / "grid"
     rc, out, err = _run(capsys, "compare", "--task", "segmentation", "--acts", "hardswish,repact", "--seeds", "0",

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import cli_process
 import guarded_cli
 from analysis_fixtures import digit_png, train_run
 from repact.checkpoint import load_checkpoint, save_checkpoint
@@ -126,8 +125,7 @@ def test_a_crafted_header_is_refused_at_once_in_a_real_process_without_reaching_
     env = cli_env(REPACT_GUARD_LOG=str(log), HF_HUB_OFFLINE="1", TORCH_HOME=str(tmp_path / "torch_home"),
                   HF_HOME=str(tmp_path / "hf_home"), no_proxy="", http_proxy="http://127.0.0.1:9",
                   https_proxy="http://127.0.0.1:9")
-    proc = subprocess.run([sys.executable, str(TESTS / "guarded_cli.py"), *argv], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+    proc = cli_process.run(argv, script=TESTS / "guarded_cli.py", env=env, cwd=tmp_path, timeout=300)
     records = guarded_cli.read_log(log)
     assert [r for r in records if "reached_out" in r] == []  # nothing fetched, connected to or read
     assert proc.returncode == 2, proc.stderr
@@ -209,8 +207,7 @@ def test_every_command_refuses_non_finite_weights_naming_the_tensor(run, tmp_pat
 
 def test_eval_json_of_a_nan_checkpoint_in_a_real_process(run, tmp_path):
     ck = _craft(run / "last.safetensors", tmp_path / "nan.safetensors", poison=_nan_first_conv)
-    proc = subprocess.run([sys.executable, "-m", "repact", "eval", str(ck), "--json"], env=cli_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = cli_process.run(["eval", str(ck), "--json"], env=cli_env(), timeout=300)
     assert proc.returncode == 2 and proc.stdout == ""
     assert "features.0.weight" in _one_line(proc.stderr, "eval")
 

@@ -73,6 +73,7 @@ def _reference_grid(capsys, out) -> list[dict[str, str]]:
     return _stats(out)
 
 
+@pytest.mark.slow
 def test_grid_runs_the_same_in_parallel_processes(tmp_path, capsys):
     out = tmp_path / "grid"
     reference = _reference_grid(capsys, out)
@@ -94,6 +95,7 @@ def test_grid_runs_the_same_in_parallel_processes(tmp_path, capsys):
     assert rc == 0 and text.count("finished earlier, skipped") == 4 and _stats(out) == reference
 
 
+@pytest.mark.slow
 def test_grid_runs_the_same_through_submitit(tmp_path, capsys):
     pytest.importorskip("submitit")
     out = tmp_path / "grid"
@@ -193,6 +195,7 @@ def _gated_log(path: Path) -> int:
     return fd
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
 def test_killing_compare_stops_its_workers_and_the_rerun_resumes(tmp_path):
     """SIGKILL to `compare --jobs 2` while its two cells run (each past its first checkpoint, held

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+import cli_process
 
 from repact.checkpoint import load_checkpoint
 from repact.cli import main
@@ -16,7 +16,7 @@ TRAIN = ["train", "--dataset", "imagefolder", "--model", "small_cnn", "--epochs"
 
 
 def _repact(*argv: str):
-    return subprocess.run([sys.executable, "-m", "repact", *argv], capture_output=True, text=True, timeout=600)
+    return cli_process.run(argv)
 
 
 def _main(capsys, *argv: str):

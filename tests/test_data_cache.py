@@ -251,6 +251,7 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_the_run_that_builds_the_cache_trains_as_the_runs_that_read_or_skip_it(tmp_path):
     from train_fixtures import cli_env, run_cli
 
@@ -325,6 +326,7 @@ def test_a_damaged_cache_is_named_and_built_afresh(tmp_path, capsys, how):
     assert "decoding" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_gives_the_run_of_a_sound_one_at_the_command_line(tmp_path):
     """'repact train' on damaged caches (random bytes over train's pixels.u8; val's cut short, which
     failed with 'mmap length is greater than file size'): each named once, decoded afresh, and the run

@@ -57,6 +57,7 @@ def test_an_image_is_augmented_the_same_in_any_batch(tmp_path):
     assert not all(torch.equal(train[k][0], batch[k][0]) for k in range(len(train)))
 
 
+@pytest.mark.slow
 def test_workers_0_and_2_train_the_same_weights(tmp_path):
     root = write_image_folder(tmp_path / "imgs", per_class=8, val_per_class=2, size=16, ext=".jpg")
     weights = {}

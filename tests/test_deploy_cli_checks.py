@@ -5,12 +5,12 @@ the command says (exit 2 for bad input, 1 for a failed check; one message, no tr
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+import cli_process
 
 import repact
 from repact import PiecewiseQuadratic, RepAct
@@ -27,8 +27,7 @@ def _cli(*argv, cwd=None):
     """The real command in a fresh process: (exit code, stdout, stderr)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     env.pop("REPACT_DEBUG", None)
-    p = subprocess.run([sys.executable, "-m", "repact", *argv], capture_output=True, text=True, env=env, cwd=cwd,
-                       timeout=600)
+    p = cli_process.run(argv, env=env, cwd=cwd)
     return p.returncode, p.stdout, p.stderr
 
 

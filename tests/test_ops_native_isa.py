@@ -30,6 +30,7 @@ sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-k", "t
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", sorted(WIDTHS))
 def test_native_kernels_on_a_narrower_simd_build(isa):
     if platform.machine().lower() not in ("x86_64", "amd64"):

@@ -156,6 +156,7 @@ def test_resume_into_another_folder_copies_the_run_or_refuses(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_folder_in_use_is_refused_at_once_and_freed_when_its_process_dies(tmp_path, capsys):
     grid = tmp_path / "grid"
     cell = grid / "runs" / "digits" / "small_cnn" / "repact" / "seed0"
@@ -189,6 +190,7 @@ def test_a_folder_in_use_is_refused_at_once_and_freed_when_its_process_dies(tmp_
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overwrite_killed_before_its_first_checkpoint_leaves_the_old_run(tmp_path, capsys):
     run = tmp_path / "run"
     assert _run(capsys, "train", *FAST, "--act", "repact", "--out", str(run))[0] == 0

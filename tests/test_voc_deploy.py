@@ -12,6 +12,7 @@ from repact.models import create_model
 pytest.importorskip("onnxruntime")
 
 
+@pytest.mark.slow
 def test_deeplab_with_aux_head_deploys_both_outputs(tmp_path):
     torch.manual_seed(0)
     name, kwargs = "deeplabv3_mobilenet_v3_large", {"aux_loss": True, "swap_heads": True}
@@ -28,6 +29,7 @@ def test_deeplab_with_aux_head_deploys_both_outputs(tmp_path):
     assert [o.name for o in ort_session(res.onnx_path).get_outputs()] == ["output_0", "output_1"]  # out, aux
 
 
+@pytest.mark.slow
 def test_faster_rcnn_dense_view_exports(tmp_path):
     torch.manual_seed(0)
     kwargs = {"min_size": 96, "max_size": 192, "swap_heads": True}

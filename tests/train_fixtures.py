@@ -97,9 +97,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None, **kw):
-    """``python -m repact ARGV`` in a subprocess (text output captured)."""
-    import subprocess
-    import sys
+    """``repact ARGV`` in a child process of its own (text output captured; :mod:`cli_process`)."""
+    import cli_process
 
-    return subprocess.run([sys.executable, "-m", "repact", *argv], env=env or cli_env(), capture_output=True,
-                          text=True, timeout=600, **kw)
+    return cli_process.run(argv, env=env or cli_env(), **kw)
