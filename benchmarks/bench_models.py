@@ -12,8 +12,8 @@ Two reference models measure a runtime's floor for an activation it cannot fold 
 OpenVINO fuses it into the convolution) and ``abs_res`` (``x + |x|``: two uses of the conv output,
 so OpenVINO runs it as one standalone elementwise pass). In the export engines ``deploy`` is written
 in each runtime's own form (``--target`` of ``repact deploy``), ``deploy_generic`` in the generic
-form (before per-runtime forms) and ``deploy_conv`` / ``deploy_basis`` in the other forms
-(``--forms``), each where it is not the runtime's own.
+form (before per-runtime forms) and ``deploy_conv`` / ``deploy_basis`` / ``deploy_clamp`` in the
+other forms (``--forms``), each where it is not the runtime's own.
 
 Targets of issue 3 (deploy form vs HardSwish model, CPU): eager <= 1.05x, torch.compile <= 1.02x;
 of issue 25 (2 threads): onnxruntime <= 1.05x ``abs``, OpenVINO <= 1.05x ``abs_res``; of issue 24 on
@@ -45,11 +45,12 @@ from torch import nn
 from repact.checkpoint import atomic_write_text
 from repact.deploy import bench_device
 from repact.deploy.bench import ALL_ENGINES, build_variants, cost_report, pick_engines
+from repact.deploy.onnx_forms import ONNX_FORMS
 from repact.models import create_model
 
 EXPORT_ENGINES = ("onnxruntime", "openvino", "executorch")
 #: forms of the deploy model timed beside each runtime's own: variant name -> ``export_onnx`` form
-EXTRA_FORMS = ("auto", "conv", "basis")
+EXTRA_FORMS = ("auto", "conv", "basis", "clamp")
 
 
 def form_variants(engine: str, forms, onnx_form: str) -> dict[str, str]:
@@ -97,7 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and onnxruntime")
-    p.add_argument("--onnx-form", choices=("target", "auto", "conv", "basis", "where"), default="target",
+    p.add_argument("--onnx-form", choices=("target", *ONNX_FORMS), default="target",
                    help="export form of 'deploy' (default target: each runtime's own)")
     p.add_argument("--forms", nargs="*", choices=EXTRA_FORMS, default=list(EXTRA_FORMS),
                    help="export forms of the deploy model timed beside each runtime's own in onnxruntime and "
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     print(report.table())
     print()
     fmt = (lambda v: f"{v:.3f}" if v is not None else "-")
-    cols = ("abs", "abs_res", "deploy_generic", "deploy_conv", "deploy_basis", "deploy", "train")
+    cols = ("abs", "abs_res", "deploy_generic", "deploy_conv", "deploy_basis", "deploy_clamp", "deploy", "train")
     print(f"{'engine':<12} {'batch':>5} " + " ".join(f"{c + '/hsw':>18}" for c in cols)
           + f" {'deploy/abs':>11} {'deploy/abs_res':>15}")
     for engine in args.engines:

@@ -40,7 +40,7 @@ def _deployed(seed=0):
 
 def test_each_engine_exports_its_own_form():
     assert [engine_form(e, "deploy", "target") for e in ("onnxruntime", "openvino", "executorch", "eager")] == \
-        ["conv", "basis", "basis", "auto"]
+        ["conv", "clamp", "basis", "auto"]
     assert engine_form("openvino", "deploy_generic", "target", {"deploy_generic": "auto"}) == "auto"
     assert engine_form("onnxruntime", "deploy", "where") == "where"
 
@@ -51,8 +51,10 @@ def test_bench_models_times_each_other_form_beside_the_runtimes_own():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     forms = bench.EXTRA_FORMS
-    assert bench.form_variants("onnxruntime", forms, "target") == {"deploy_generic": "auto", "deploy_basis": "basis"}
-    assert bench.form_variants("openvino", forms, "target") == {"deploy_generic": "auto", "deploy_conv": "conv"}
+    assert bench.form_variants("onnxruntime", forms, "target") == {"deploy_generic": "auto", "deploy_basis": "basis",
+                                                                   "deploy_clamp": "clamp"}
+    assert bench.form_variants("openvino", forms, "target") == {"deploy_generic": "auto", "deploy_conv": "conv",
+                                                                "deploy_basis": "basis"}
     assert bench.form_variants("openvino", ["auto"], "conv") == {"deploy_generic": "auto"}
     assert bench.form_variants("onnxruntime", [], "target") == {}
 
@@ -81,9 +83,28 @@ def test_target_openvino_checks_openvinos_outputs(tmp_path, capsys):
     rc, out, err = _run(capsys, "deploy", *SMALL, "--target", "openvino", "--randomize-bn", "--out", str(tmp_path))
     assert rc == 0, err
     report = json.loads((tmp_path / "model_deploy_report.json").read_text())
-    assert report["onnx"]["export_forms"] == {"plain_basis": 3}
+    assert report["onnx"]["export_forms"] == {"clamp_abs": 3}
     ov = report["onnx"]["openvino"]
     assert ov["checked"] and ov["parity_max_abs"] <= 1e-4 and "openvino" in report["versions"]
+
+
+@needs_openvino
+@pytest.mark.parametrize("granularity", ["layer", "channel"])
+def test_openvino_runs_the_clamp_form_exactly(tmp_path, granularity):
+    from repact.deploy import export_onnx, last_export_forms
+    from repact.deploy.openvino_run import ov_parity
+
+    act = (lambda channels=None: repact.create_act("repact", channels=channels, granularity=granularity))
+    model = create_model("small_cnn", act=act, num_classes=3, in_channels=3, width=8).eval()
+    repact.randomize_batchnorm_(model, 3)
+    repact.randomize_activations_(model, 3, scale=1.0)
+    dep = repact.reparameterize(model, inplace=False).eval()
+    x = torch.randn(2, 3, 8, 8) * 4
+    path = export_onnx(dep, x, tmp_path / "m.onnx", form="clamp")
+    assert last_export_forms().counts() == {"clamp_abs": 3}
+    with torch.no_grad():
+        scale = float(dep(x).abs().max())
+    assert ov_parity(dep, path, [x, torch.randn(1, 3, 8, 8) * 4]) <= 1e-4 * scale
 
 
 @needs_openvino

@@ -94,7 +94,7 @@ def test_prepare_for_export_picks_forms_and_keeps_the_model():
         assert float((m(x) - dep(x)).abs().max()) <= 1e-5 * float(dep(x).abs().max())
     assert prepare_for_export(dep, x, "where")[1].counts() == {"where": 23}
     assert prepare_for_export(dep, x, "basis")[1].counts() == {"plain_basis": 23}
-    with pytest.raises(ValueError, match="onnx form must be one of auto, conv, basis, where"):
+    with pytest.raises(ValueError, match="onnx form must be one of auto, conv, basis, clamp, where"):
         prepare_for_export(dep, x, "fast")
 
 

@@ -17,6 +17,11 @@ class _Abs(nn.Module):
         return torch.abs(x)
 
 
+class _AbsResidual(nn.Module):
+    def forward(self, x):
+        return x + torch.abs(x)
+
+
 def _net(act):
     return nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), act, nn.Conv2d(32, 16, 3, padding=1)).eval()
 
@@ -41,3 +46,7 @@ def test_ov_node_counts_list_the_compiled_layers(tmp_path):
     x = torch.randn(1, 16, 12, 12)
     counts = ov_node_counts(export_onnx(_net(nn.Hardswish()), x, tmp_path / "h.onnx"), x.shape)
     assert counts.get("Convolution", 0) == 2 and "Parameter" not in counts and "Result" not in counts
+    # the openvino form: the whole activation one JIT kernel, the layers of the one-pass x + |x|
+    clamp = ov_node_counts(export_onnx(_net(_table(0.2, 0.7, 1.1)), x, tmp_path / "c.onnx", form="clamp"), x.shape)
+    assert clamp.get("Subgraph") == 1 and "Eltwise" not in clamp
+    assert clamp == ov_node_counts(export_onnx(_net(_AbsResidual()), x, tmp_path / "r.onnx"), x.shape)

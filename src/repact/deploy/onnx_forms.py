@@ -25,7 +25,9 @@ PyTorch keep the piecewise-quadratic op.
 
 Tables that are not in this span, inputs that are not 4-D NCHW, or channels whose D is 0 while
 others' is not, use :class:`PlainBasis` (the same formula with broadcast constants) when the
-table is in the span, and the op's own ``where`` form otherwise.
+table is in the span, and the op's own ``where`` form otherwise. :class:`ClampAbsBasis` is the
+same function with less arithmetic, for runtimes that compile the whole activation into one
+elementwise kernel (OpenVINO).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "basis_coefficients",
     "HardSwishBasis",
     "PlainBasis",
+    "ClampAbsBasis",
     "ExportFormSummary",
     "prepare_for_export",
 ]
@@ -57,8 +60,9 @@ __all__ = [
 #: ``auto``: the fastest exact form per activation for onnxruntime before per-runtime targets (the
 #: ``generic`` target); ``conv``: onnxruntime's fused-convolution form where the table allows
 #: (:mod:`repact.deploy.runtime_forms`), else ``auto``'s; ``basis``: the plain basis formula where the
+#: table allows; ``clamp``: the same function with less arithmetic (:class:`ClampAbsBasis`) where the
 #: table allows; ``where``: the op's own where-chain
-ONNX_FORMS = ("auto", "conv", "basis", "where")
+ONNX_FORMS = ("auto", "conv", "basis", "clamp", "where")
 
 
 
@@ -132,15 +136,19 @@ class HardSwishBasis(nn.Module):
         return out
 
 
+def _broadcast_shape(channels: int, channel_dim: int, ndim: int) -> list[int]:
+    shape = [1] * ndim
+    if channels > 1:
+        shape[channel_dim] = channels
+    return shape
+
+
 class PlainBasis(nn.Module):
     """``E + A x + B relu(x) + D hardswish(x)`` with broadcast constants (any shape, channels on ``dim``)."""
 
     def __init__(self, coef: BasisCoefficients, channel_dim: int, ndim: int) -> None:
         super().__init__()
-        shape = [1] * ndim
-        cc = coef.A.numel()
-        if cc > 1:
-            shape[channel_dim] = cc
+        shape = _broadcast_shape(coef.A.numel(), channel_dim, ndim)
         for name in ("A", "B", "D", "E"):
             self.register_buffer(name, getattr(coef, name).float().reshape(shape))
 
@@ -148,11 +156,33 @@ class PlainBasis(nn.Module):
         return self.E + self.A * x + self.B * F.relu(x) + self.D * F.hardswish(x)
 
 
+class ClampAbsBasis(nn.Module):
+    """``E + A x + B relu(x) + D hardswish(x)`` as ``(R |x| + E) + x (Q clamp(x, -3, 3) + P)``.
+
+    With t = clamp(x, -3, 3), hardswish(x) = x (t + 3) / 6 for every x (t + 3 is hardswish's
+    clamp(x + 3, 0, 6)) and relu(x) = (x + |x|) / 2, so P = A + B/2 + D/2, Q = D/6, R = B/2 (per
+    layer or per channel, broadcast constants, channels on ``channel_dim``). Clip, Abs, three
+    multiplies and three adds: fewer operations than :class:`PlainBasis` (whose HardSwish alone is
+    an add, a clamp and two multiplies) where a runtime runs the activation as one elementwise kernel.
+    """
+
+    def __init__(self, coef: BasisCoefficients, channel_dim: int, ndim: int) -> None:
+        super().__init__()
+        shape = _broadcast_shape(coef.A.numel(), channel_dim, ndim)
+        A, B, D, E = (getattr(coef, n).double() for n in ("A", "B", "D", "E"))
+        for name, value in (("P", A + B / 2 + D / 2), ("Q", D / 6), ("R", B / 2), ("E", E)):
+            self.register_buffer(name, value.float().reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.R * torch.abs(x) + self.E) + x * (self.Q * torch.clamp(x, -3.0, 3.0) + self.P)
+
+
 @dataclass
 class ExportFormSummary:
     """Which export form each deploy activation got."""
 
-    forms: dict[str, str] = field(default_factory=dict)  # path -> "conv_fused" | "hardswish_basis" | "plain_basis" | "where"
+    # path -> "conv_fused" | "hardswish_basis" | "plain_basis" | "clamp_abs" | "where"
+    forms: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -223,4 +253,6 @@ def _export_module(pq: PiecewiseQuadratic, shape: tuple[int, ...] | None, form: 
             return fused, "conv_fused"
     if form in ("auto", "conv") and nchw and all_or_none and not tiny:
         return HardSwishBasis(coef, int(shape[1])).eval(), "hardswish_basis"
+    if form == "clamp":
+        return ClampAbsBasis(coef, cd, ndim).eval(), "clamp_abs"
     return PlainBasis(coef, cd, ndim).eval(), "plain_basis"

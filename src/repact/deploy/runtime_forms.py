@@ -20,7 +20,11 @@ their optimized graphs, see docs/deploy.md):
   using hardswish(-x) = hardswish(x) - x to move D x between the parts. ``alpha`` is one ONNX
   attribute, so the form needs a per-layer table (per-channel ones keep the generic form).
 * **openvino** tokenizes a branching elementwise graph with per-channel constants into one JIT
-  kernel ("snippets", static shapes), so the plain formula (:class:`PlainBasis`) is one pass.
+  kernel ("snippets", static shapes), so any form is one pass; what is left to choose is the
+  kernel's arithmetic. The ``clamp`` form (:class:`~repact.deploy.onnx_forms.ClampAbsBasis`,
+  ``(R |x| + E) + x (Q clamp(x, -3, 3) + P)``) has the fewest operations of those measured (see
+  docs/benchmarks.md, "Runtimes"). An extension op (a C++ custom op) would run as a reference node
+  in planar layout with layout reorders around it.
 * **tensorrt**: its pointwise fusion takes a whole elementwise graph into one kernel; the plain
   formula too (no GPU here to check it).
 * **executorch**: XNNPACK takes the plain formula's ``mul``/``add``/``relu``/``hardswish`` whole
@@ -41,7 +45,7 @@ __all__ = ["TARGETS", "TARGET_FORMS", "form_for_target", "ConvFusedBasis", "conv
 
 TARGETS = ("generic", "onnxruntime", "openvino", "tensorrt", "executorch")
 #: the ``export_onnx`` form each target uses (executorch: the form its ``.pte`` file is exported in)
-TARGET_FORMS = {"generic": "auto", "onnxruntime": "conv", "openvino": "basis", "tensorrt": "basis",
+TARGET_FORMS = {"generic": "auto", "onnxruntime": "conv", "openvino": "clamp", "tensorrt": "basis",
                 "executorch": "basis"}
 
 
