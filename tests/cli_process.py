@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 #: imported once by the server process; a name that is not installed is skipped
 PRELOAD = ("numpy", "torch", "torchvision", "safetensors.torch", "yaml", "PIL.Image", "onnx", "onnxruntime",
-           "onnxscript", "torch.onnx")
+           "onnxscript", "torch.onnx", "matplotlib.pyplot")
 
 _context = None
 

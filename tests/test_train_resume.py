@@ -18,7 +18,7 @@ from repact.train import ConfigError, TrainConfig, config_for_resume, train
 from train_fixtures import tree_digest
 
 ARGS = ["--dataset", "digits", "--model", "small_cnn", "--act", "repact", "--epochs", "4", "--batch-size", "16",
-        "--limit-batches", "40",
+        "--limit-batches", "12",
         "--lr", "0.05", "--seed", "3", "--quiet"]
 VOLATILE = {"epoch_time_s", "train_images_per_s"}  # wall-clock figures differ between processes
 

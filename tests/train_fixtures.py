@@ -96,8 +96,15 @@ def cli_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", **extra)
 
 
-def run_cli(*argv: str, env: dict[str, str] | None = None, **kw):
-    """``repact ARGV`` in a child process of its own (text output captured; :mod:`cli_process`)."""
+def run_cli(*argv: str, env: dict[str, str] | None = None, preexec_fn=None, **kw):
+    """``repact ARGV`` in a child process of its own (text output captured; :mod:`cli_process`), or,
+    with a ``preexec_fn`` (limits set on the new process), as ``python -m repact`` in a subprocess."""
+    import subprocess
+    import sys
+
     import cli_process
 
+    if preexec_fn is not None:
+        return subprocess.run([sys.executable, "-m", "repact", *argv], env=env or cli_env(), capture_output=True,
+                              text=True, timeout=600, preexec_fn=preexec_fn, **kw)
     return cli_process.run(argv, env=env or cli_env(), **kw)
