@@ -177,15 +177,13 @@ class TrainPlan:
     the launches of ``_triton_train`` with their grids and compile-time arguments, and the shapes
     of each pass's scratch buffers.
 
-    The parameters come in the kernels' dtype, dense; ``call`` (a
-    :class:`repact.ops.repact_train.TrainCall`) holds the rest of the op's arguments.
-    ``forward(x, w_raw, slope, gamma, beta, mean, var, call) -> (y, mean, var)``: batch statistics
-    (BN_BATCH) are computed, and ``call.running``'s statistics updated, in the kernels;
-    BN_GIVEN/BN_CONST take ``mean``/``var``. ``moments(x, w_raw, slope, call)``: the batch
-    statistics alone (BN_GIVEN: this process's). ``backward(x, g, w_raw, slope, gamma, mean, var,
-    call, need_x, need_params, share, count) -> (gx, g_w_raw, g_slope, g_gamma, g_beta)``;
-    ``share`` (BN_GIVEN) maps this process's sums of g and g (s - mean) to every process's, which
-    cover ``count`` values per table.
+    The parameters come in the kernels' dtype, dense. :meth:`bind` gives the forward and backward
+    passes for one call's fixed arguments (what a :class:`repact.ops.repact_train.TrainCall`
+    runs): batch statistics (BN_BATCH) are computed, and the running statistics updated, in the
+    kernels; BN_GIVEN/BN_CONST take ``mean``/``var``. ``moments(x, w_raw, slope, call)``: the
+    batch statistics alone (BN_GIVEN: this process's). The backward's ``share`` (BN_GIVEN) maps
+    this process's sums of g and g (s - mean) to every process's, which cover ``count`` values per
+    table.
     """
 
     def __init__(self, spec, outer: int, C: int, inner: int, copy: bool, dtype: torch.dtype, device):
@@ -213,6 +211,12 @@ class TrainPlan:
         self.stat_sums = ((self.P, 2, C), (2 * C, C, 1))
         self.stat = ((spec.rows,), (1,))
         self.affine = ((3, C), (C, 1))
+        # each scratch layout (all dense) as a one-element tensor expanded to its shape: empty_like of
+        # it allocates that layout, with no keyword arguments to parse per call
+        one = torch.empty(1, dtype=self.acc, device=device)
+        self.scratch = {name: one.expand(layout[0]) for name, layout in
+                        (("sums", self.sums), ("stat_sums", self.stat_sums), ("stat", self.stat),
+                         ("affine", self.affine))}
         if bn in (BN_BATCH, BN_GIVEN):
             self.stats = Launch(tk.stats_kernel, (n,), **self.common, **self.tile)
             self.finalize = Launch(tk.stats_finalize_kernel, (self.nf,), **self.common, RUNNING=self.in_kernel,
@@ -246,22 +250,21 @@ class TrainPlan:
         -> (gx, g_w_raw, g_slope, g_gamma, g_beta)``. (Each launch looks its kernel's ``run`` up when
         it runs, so that a wrapped ``run`` sees every launch.)"""
         O, C, I = self.dims
-        P, count, acc, dev = self.P, self.count, self.acc, self.device
+        P, count = self.P, self.count
         base, part, kn = self.tables(knots, base, part)
-        empty_like, empty_strided = torch.empty_like, torch.empty_strided
+        empty_like = torch.empty_like
         ak, at, ag = self.apply.parts()
         bn = self.bn
         if bn == BN_BATCH:
             sk, st, sg = self.stats.parts()
             fk, ft, fg = self.finalize.parts()
             rm, rv, nbt = running[:3] if self.in_kernel and running is not None else (None, None, None)
-            (stat_shape, stat_strides), (sums_shape, sums_strides) = self.stat, self.stat_sums
+            like_stat, like_stat_sums = self.scratch["stat"], self.scratch["stat_sums"]
 
             def forward(x, w_raw, slope, gamma, beta, mean, var):
-                sums = empty_strided(sums_shape, sums_strides, dtype=acc, device=dev)
+                sums = empty_like(like_stat_sums)
                 sk.run(x, w_raw, slope, base, part, kn, sums, O, C, I, *st, grid=sg, warmup=False)
-                mean = empty_strided(stat_shape, stat_strides, dtype=acc, device=dev)
-                var = empty_strided(stat_shape, stat_strides, dtype=acc, device=dev)
+                mean, var = empty_like(like_stat), empty_like(like_stat)
                 fk.run(x, w_raw, slope, base, part, kn, sums, P, mean, var, rm, rv, nbt, C, I, count, *ft, grid=fg,
                        warmup=False)
                 y = empty_like(x)
@@ -275,16 +278,17 @@ class TrainPlan:
                        warmup=False)
                 return y, mean, var
 
-        steps = {}
-        sums_layout, affine = self.sums, self.affine
+        steps = [None] * 8  # by need_x + 2 need_params + 4 (share given)
+        like_sums, like_affine = self.scratch["sums"], self.scratch["affine"]
 
         def backward(x, g, w_raw, slope, gamma, mean, var, need_x, need_params, share=None, count=count):
             if g.stride() != x.stride() or type(g) is not torch.Tensor:
                 g = like_view(g, FlatView(x, O, C, I))
-            key = (need_x, need_params, share is not None)
-            launches = steps.get(key)
+            given = share is not None
+            key = need_x + 2 * need_params + 4 * given
+            launches = steps[key]
             if launches is None:
-                launches = steps[key] = self._backward_launches(*key)
+                launches = steps[key] = self._backward_launches(bool(need_x), bool(need_params), given)
             mode, (bk, bt, bg), grad, last = launches
             # the parameters' gradients: their shapes, in their dtype (the kernels'), dense like them
             gw = gsl = ggm = gbt = None
@@ -293,12 +297,12 @@ class TrainPlan:
                 if slope is not None:
                     gsl = empty_like(slope)
             if mode == 0 and grad is None:  # the input's gradient alone
-                gx = empty_like(x)
+                gx = empty_like(x) if need_x else None
                 bk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, None, None, O, C, I, *bt, grid=bg,
                        warmup=False)
                 return gx, None, None, None, None
             gk, gt, gg = grad
-            sums = empty_strided(*sums_layout, dtype=acc, device=dev)
+            sums = empty_like(like_sums)
             if mode != 0:
                 ggm, gbt = empty_like(gamma), empty_like(gamma)
             if mode != 2:
@@ -314,7 +318,7 @@ class TrainPlan:
             bk.run(x, g, None, w_raw, slope, base, part, kn, mean, var, gamma, None, sums, O, C, I, *bt, grid=bg,
                    warmup=False)
             totals = None if share is None else share(sums[:, :2].sum(0))
-            aff = empty_strided(*affine, dtype=acc, device=dev)
+            aff = empty_like(like_affine)
             gk.run(sums, P, totals, w_raw, slope, base, part, gamma, var, aff, gw, gsl, ggm, gbt, C, count, *gt,
                    grid=gg, warmup=False)
             gx = None

@@ -19,7 +19,8 @@ registered op ``torch.ops.repact.repact_train``.
 What a call decides once per input layout is kept in a :class:`TrainPlan` per (backend,
 :class:`TrainSpec`, shape, strides, dtype, device): the kernels' view and grids (``triton``: the
 launches with their compile-time arguments). :class:`TrainCall` is the per-call path for a
-module that already holds a plan: no checks, no re-derivation, straight to the kernels.
+module that already holds a plan: the plan's passes bound to the call's fixed arguments
+(``plan.bind``), no checks, no re-derivation, straight to the kernels.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def spec_of(w_raw, slope, knots, base, softmax: bool, eps: float, cd: int, bn: i
 class ViewPlan:
     """A backend's training entry points (``train_forward``/``train_sums``/``train_backward``, as
     :mod:`repact.ops.cpu` has them) on one input layout, with the interface of the Triton backend's
-    ``TrainPlan`` (the running update after the forward)."""
+    ``TrainPlan`` (``moments``, ``bind``; the running update after the forward)."""
 
     def __init__(self, mod, spec: TrainSpec, outer: int, C: int, inner: int, copy: bool):
         self.mod, self.spec, self.copy = mod, spec, copy
