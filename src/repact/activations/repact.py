@@ -75,7 +75,7 @@ class _Call:
             else:
                 bb = bn._buffers
                 args = (x, w, p["prelu_weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
-        # (the op's own __call__, one frame less)
+        # (what TrainCall.__call__ does, one Python frame less per call)
         if torch.is_grad_enabled():
             return train_autograd(self.op, False, *args)
         return self.op.run(*args)[0]

@@ -208,15 +208,16 @@ class TrainPlan:
         # (shape, strides) of the scratch buffers: the per-tile sums of the backward and of the
         # statistics, the statistics, the BatchNorm backward's (alpha, c1, c2)
         self.sums = ((self.P, rows, C), (rows * C, C, 1))
+        if bn in (BN_BATCH, BN_GIVEN):
+            # one buffer: the BatchNorm backward's (alpha, c1, c2) (3, C), then the sums
+            self.sums = ((3 * C + self.P * rows * C,), (1,))
         self.stat_sums = ((self.P, 2, C), (2 * C, C, 1))
         self.stat = ((spec.rows,), (1,))
-        self.affine = ((3, C), (C, 1))
         # each scratch layout (all dense) as a one-element tensor expanded to its shape: empty_like of
         # it allocates that layout, with no keyword arguments to parse per call
         one = torch.empty(1, dtype=self.acc, device=device)
         self.scratch = {name: one.expand(layout[0]) for name, layout in
-                        (("sums", self.sums), ("stat_sums", self.stat_sums), ("stat", self.stat),
-                         ("affine", self.affine))}
+                        (("sums", self.sums), ("stat_sums", self.stat_sums), ("stat", self.stat))}
         if bn in (BN_BATCH, BN_GIVEN):
             self.stats = Launch(tk.stats_kernel, (n,), **self.common, **self.tile)
             self.finalize = Launch(tk.stats_finalize_kernel, (self.nf,), **self.common, RUNNING=self.in_kernel,
@@ -279,7 +280,7 @@ class TrainPlan:
                 return y, mean, var
 
         steps = [None] * 8  # by need_x + 2 need_params + 4 (share given)
-        like_sums, like_affine = self.scratch["sums"], self.scratch["affine"]
+        like_sums, rows = self.scratch["sums"], self.rows_per_tile
 
         def backward(x, g, w_raw, slope, gamma, mean, var, need_x, need_params, share=None, count=count):
             if g.stride() != x.stride() or type(g) is not torch.Tensor:
@@ -314,18 +315,18 @@ class TrainPlan:
                        grid=gg, warmup=False)
                 return gx, gw, gsl, ggm, gbt
             # batch statistics: every sum first, then the parameters' gradients and the BatchNorm's
-            # backward coefficients, then the input's gradient
+            # backward coefficients (alpha, c1, c2), then the input's gradient; ``sums`` holds the
+            # coefficients (3, C) and then the per-tile sums
             bk.run(x, g, None, w_raw, slope, base, part, kn, mean, var, gamma, None, sums, O, C, I, *bt, grid=bg,
                    warmup=False)
-            totals = None if share is None else share(sums[:, :2].sum(0))
-            aff = empty_like(like_affine)
-            gk.run(sums, P, totals, w_raw, slope, base, part, gamma, var, aff, gw, gsl, ggm, gbt, C, count, *gt,
+            totals = None if share is None else share(sums[3 * C:].view(P, rows, C)[:, :2].sum(0))
+            gk.run(sums, P, totals, w_raw, slope, base, part, gamma, var, sums, gw, gsl, ggm, gbt, C, count, *gt,
                    grid=gg, warmup=False)
             gx = None
             if need_x:
                 gx = empty_like(x)
                 lk, lt, lg = last
-                lk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, aff, None, O, C, I, *lt, grid=lg,
+                lk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, sums, None, O, C, I, *lt, grid=lg,
                        warmup=False)
             return gx, gw, gsl, ggm, gbt
 
