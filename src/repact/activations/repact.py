@@ -30,7 +30,7 @@ from ..ops import dispatch, repact_train
 from ..ops.batchnorm import batch_stats, sync_group, update_running
 from ..ops.cpu import BN_BATCH, BN_CONST, BN_NONE
 from ..ops.layout import channel_shape
-from ..ops.repact_train import Running, module_call, spec_of
+from ..ops.repact_train import Running, module_call, spec_of, train_autograd
 from .base import Activation, NotDeployableError, broadcast_channel
 from .piecewise import PiecewiseQuadratic
 
@@ -64,15 +64,21 @@ class _Call:
         if w.dtype is not self.dtype:
             return m._forward_checked(x)
         if self.bn is None:
-            return self.op(x, w, p["prelu_weight"])
-        bn = m._modules["bn"]
-        if bn is not self.bn or _bn_state(bn) != self.bn_state:
-            return m._forward_checked(x)
-        bp = bn._parameters
-        if self.batch:
-            return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"])
-        bb = bn._buffers
-        return self.op(x, w, p["prelu_weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
+            args = (x, w, p["prelu_weight"])
+        else:
+            bn = m._modules["bn"]
+            if bn is not self.bn or _bn_state(bn) != self.bn_state:
+                return m._forward_checked(x)
+            bp = bn._parameters
+            if self.batch:
+                args = (x, w, p["prelu_weight"], bp["weight"], bp["bias"])
+            else:
+                bb = bn._buffers
+                args = (x, w, p["prelu_weight"], bp["weight"], bp["bias"], bb["running_mean"], bb["running_var"])
+        # (what TrainCall.__call__ does, one Python frame less per call)
+        if torch.is_grad_enabled():
+            return train_autograd(self.op, False, *args)
+        return self.op.run(*args)[0]
 
 
 VARIANTS = ("origin", "softmax", "bn")

@@ -60,6 +60,11 @@ class Launch:
     def __call__(self, *args):
         self.kernel.run(*args, *self.tail, grid=self.grid, warmup=False)
 
+    def parts(self) -> tuple:
+        """(kernel, compile-time arguments, grid), for a caller that launches ``kernel.run(*args,
+        *tail, grid=grid, warmup=False)`` itself (one Python call less per launch)."""
+        return self.kernel, self.tail, self.grid
+
 
 def _tiling(O: int, C: int, I: int):
     """Tile (BO, BC, BI), the number of programs and the partial sums per channel of an (O, C, I) view."""
@@ -172,15 +177,13 @@ class TrainPlan:
     the launches of ``_triton_train`` with their grids and compile-time arguments, and the shapes
     of each pass's scratch buffers.
 
-    The parameters come in the kernels' dtype, dense; ``call`` (a
-    :class:`repact.ops.repact_train.TrainCall`) holds the rest of the op's arguments.
-    ``forward(x, w_raw, slope, gamma, beta, mean, var, call) -> (y, mean, var)``: batch statistics
-    (BN_BATCH) are computed, and ``call.running``'s statistics updated, in the kernels;
-    BN_GIVEN/BN_CONST take ``mean``/``var``. ``moments(x, w_raw, slope, call)``: the batch
-    statistics alone (BN_GIVEN: this process's). ``backward(x, g, w_raw, slope, gamma, mean, var,
-    call, need_x, need_params, share, count) -> (gx, g_w_raw, g_slope, g_gamma, g_beta)``;
-    ``share`` (BN_GIVEN) maps this process's sums of g and g (s - mean) to every process's, which
-    cover ``count`` values per table.
+    The parameters come in the kernels' dtype, dense. :meth:`bind` gives the forward and backward
+    passes for one call's fixed arguments (what a :class:`repact.ops.repact_train.TrainCall`
+    runs): batch statistics (BN_BATCH) are computed, and the running statistics updated, in the
+    kernels; BN_GIVEN/BN_CONST take ``mean``/``var``. ``moments(x, w_raw, slope, call)``: the
+    batch statistics alone (BN_GIVEN: this process's). The backward's ``share`` (BN_GIVEN) maps
+    this process's sums of g and g (s - mean) to every process's, which cover ``count`` values per
+    table.
     """
 
     def __init__(self, spec, outer: int, C: int, inner: int, copy: bool, dtype: torch.dtype, device):
@@ -205,9 +208,16 @@ class TrainPlan:
         # (shape, strides) of the scratch buffers: the per-tile sums of the backward and of the
         # statistics, the statistics, the BatchNorm backward's (alpha, c1, c2)
         self.sums = ((self.P, rows, C), (rows * C, C, 1))
+        if bn in (BN_BATCH, BN_GIVEN):
+            # one buffer: the BatchNorm backward's (alpha, c1, c2) (3, C), then the sums
+            self.sums = ((3 * C + self.P * rows * C,), (1,))
         self.stat_sums = ((self.P, 2, C), (2 * C, C, 1))
         self.stat = ((spec.rows,), (1,))
-        self.affine = ((3, C), (C, 1))
+        # each scratch layout (all dense) as a one-element tensor expanded to its shape: empty_like of
+        # it allocates that layout, with no keyword arguments to parse per call
+        one = torch.empty(1, dtype=self.acc, device=device)
+        self.scratch = {name: one.expand(layout[0]) for name, layout in
+                        (("sums", self.sums), ("stat_sums", self.stat_sums), ("stat", self.stat))}
         if bn in (BN_BATCH, BN_GIVEN):
             self.stats = Launch(tk.stats_kernel, (n,), **self.common, **self.tile)
             self.finalize = Launch(tk.stats_finalize_kernel, (self.nf,), **self.common, RUNNING=self.in_kernel,
@@ -215,37 +225,118 @@ class TrainPlan:
                                    BCF=self.bcf, BP=self.bp)
         self._backward = {}
 
-    def _scratch(self, layout) -> torch.Tensor:
-        # (empty_strided parses its arguments faster than empty)
-        return torch.empty_strided(*layout, dtype=self.acc, device=self.device)
-
     def moments(self, x, w_raw, slope, call):
         O, C, I = self.dims
-        sums = self._scratch(self.stat_sums)
-        kn = None if self.basis else call.knots
-        self.stats(x, w_raw, slope, call.base, call.part, kn, sums, O, C, I)
-        mean, var = self._scratch(self.stat), self._scratch(self.stat)
-        running = call.running if self.in_kernel else None
-        rm, rv, nbt = (None, None, None) if running is None else running[:3]
-        self.finalize(x, w_raw, slope, call.base, call.part, kn, sums, self.P, mean, var, rm, rv, nbt, C, I,
-                      self.count)
+        acc, dev = self.acc, self.device
+        base, part, kn = self.tables(call.knots, call.base, call.part)
+        sums = torch.empty_strided(*self.stat_sums, dtype=acc, device=dev)
+        self.stats(x, w_raw, slope, base, part, kn, sums, O, C, I)
+        mean = torch.empty_strided(*self.stat, dtype=acc, device=dev)
+        var = torch.empty_strided(*self.stat, dtype=acc, device=dev)
+        self.finalize(x, w_raw, slope, base, part, kn, sums, self.P, mean, var, None, None, None, C, I, self.count)
         return mean, var
 
-    def forward(self, x, w_raw, slope, gamma, beta, mean, var, call):
-        nbt = None
-        if self.bn == BN_BATCH:
-            mean, var = self.moments(x, w_raw, slope, call)
-            if self.in_kernel and call.running is not None:
-                nbt = call.running.num_batches_tracked
-        y = torch.empty_like(x)
-        self.apply(x, y, w_raw, slope, call.base, call.part, None if self.basis else call.knots, mean, var, gamma,
-                   beta, nbt, *self.dims)
-        return y, mean, var
+    def tables(self, knots, base, part) -> tuple:
+        """The fuse constants as the launches take them (after the parameters): base, part, and the
+        knots where the coefficients are a table's (None for RepAct's basis)."""
+        return base, part, None if self.basis else knots
+
+    def bind(self, knots, base, part, softmax, eps, running):
+        """``(forward, backward)`` of this layout for one call's fixed arguments (the fuse constants,
+        the running statistics to update): closures with every launch's kernel, grid, compile-time
+        arguments and scratch layouts bound, so that a call does nothing but allocate and launch.
+
+        ``forward(x, w_raw, slope, gamma, beta, mean, var) -> (y, mean, var)``;
+        ``backward(x, g, w_raw, slope, gamma, mean, var, need_x, need_params, share=None, count=None)
+        -> (gx, g_w_raw, g_slope, g_gamma, g_beta)``. (Each launch looks its kernel's ``run`` up when
+        it runs, so that a wrapped ``run`` sees every launch.)"""
+        O, C, I = self.dims
+        P, count = self.P, self.count
+        base, part, kn = self.tables(knots, base, part)
+        empty_like = torch.empty_like
+        ak, at, ag = self.apply.parts()
+        bn = self.bn
+        if bn == BN_BATCH:
+            sk, st, sg = self.stats.parts()
+            fk, ft, fg = self.finalize.parts()
+            rm, rv, nbt = running[:3] if self.in_kernel and running is not None else (None, None, None)
+            like_stat, like_stat_sums = self.scratch["stat"], self.scratch["stat_sums"]
+
+            def forward(x, w_raw, slope, gamma, beta, mean, var):
+                sums = empty_like(like_stat_sums)
+                sk.run(x, w_raw, slope, base, part, kn, sums, O, C, I, *st, grid=sg, warmup=False)
+                mean, var = empty_like(like_stat), empty_like(like_stat)
+                fk.run(x, w_raw, slope, base, part, kn, sums, P, mean, var, rm, rv, nbt, C, I, count, *ft, grid=fg,
+                       warmup=False)
+                y = empty_like(x)
+                ak.run(x, y, w_raw, slope, base, part, kn, mean, var, gamma, beta, nbt, O, C, I, *at, grid=ag,
+                       warmup=False)
+                return y, mean, var
+        else:
+            def forward(x, w_raw, slope, gamma, beta, mean, var):
+                y = empty_like(x)
+                ak.run(x, y, w_raw, slope, base, part, kn, mean, var, gamma, beta, None, O, C, I, *at, grid=ag,
+                       warmup=False)
+                return y, mean, var
+
+        steps = [None] * 8  # by need_x + 2 need_params + 4 (share given)
+        like_sums, rows = self.scratch["sums"], self.rows_per_tile
+
+        def backward(x, g, w_raw, slope, gamma, mean, var, need_x, need_params, share=None, count=count):
+            if g.stride() != x.stride() or type(g) is not torch.Tensor:
+                g = like_view(g, FlatView(x, O, C, I))
+            given = share is not None
+            key = need_x + 2 * need_params + 4 * given
+            launches = steps[key]
+            if launches is None:
+                launches = steps[key] = self._backward_launches(bool(need_x), bool(need_params), given)
+            mode, (bk, bt, bg), grad, last = launches
+            # the parameters' gradients: their shapes, in their dtype (the kernels'), dense like them
+            gw = gsl = ggm = gbt = None
+            if need_params:
+                gw = empty_like(w_raw)
+                if slope is not None:
+                    gsl = empty_like(slope)
+            if mode == 0 and grad is None:  # the input's gradient alone
+                gx = empty_like(x) if need_x else None
+                bk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, None, None, O, C, I, *bt, grid=bg,
+                       warmup=False)
+                return gx, None, None, None, None
+            gk, gt, gg = grad
+            sums = empty_like(like_sums)
+            if mode != 0:
+                ggm, gbt = empty_like(gamma), empty_like(gamma)
+            if mode != 2:
+                # RepAct-I/II and constant statistics: the input's gradient and the sums in one pass
+                gx = empty_like(x) if need_x else None
+                bk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, None, sums, O, C, I, *bt, grid=bg,
+                       warmup=False)
+                gk.run(sums, P, None, w_raw, slope, base, part, gamma, var, None, gw, gsl, ggm, gbt, C, count, *gt,
+                       grid=gg, warmup=False)
+                return gx, gw, gsl, ggm, gbt
+            # batch statistics: every sum first, then the parameters' gradients and the BatchNorm's
+            # backward coefficients (alpha, c1, c2), then the input's gradient; ``sums`` holds the
+            # coefficients (3, C) and then the per-tile sums
+            bk.run(x, g, None, w_raw, slope, base, part, kn, mean, var, gamma, None, sums, O, C, I, *bt, grid=bg,
+                   warmup=False)
+            totals = None if share is None else share(sums[3 * C:].view(P, rows, C)[:, :2].sum(0))
+            gk.run(sums, P, totals, w_raw, slope, base, part, gamma, var, sums, gw, gsl, ggm, gbt, C, count, *gt,
+                   grid=gg, warmup=False)
+            gx = None
+            if need_x:
+                gx = empty_like(x)
+                lk, lt, lg = last
+                lk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, sums, None, O, C, I, *lt, grid=lg,
+                       warmup=False)
+            return gx, gw, gsl, ggm, gbt
+
+        return forward, backward
 
     def _backward_launches(self, need_x: bool, need_params: bool, given: bool):
-        """(mode, first, grad, last) of one backward configuration, made on first use: the sums pass
-        (with the input's gradient unless batch statistics), the parameters' gradients, and for batch
-        statistics the input's gradient."""
+        """(mode, first, grad, last) of one backward configuration, made on first use, each launch as
+        its (kernel, compile-time arguments, grid) or None: the sums pass (with the input's gradient
+        unless batch statistics), the parameters' gradients, and for batch statistics the input's
+        gradient."""
         key = (need_x, need_params, given)
         steps = self._backward.get(key)
         if steps is None:
@@ -263,45 +354,7 @@ class TrainPlan:
                               NBP=c["NBP"], PER_CHANNEL=c["PER_CHANNEL"], HAS_SLOPE=c["HAS_SLOPE"],
                               SOFTMAX=c["SOFTMAX"], MODE=mode, GIVEN=given, EPS=spec.eps, NEED_W=need_params,
                               BCF=self.bcf, BP=self.bp)
-            last = backward(3, True, False) if mode == 2 and need_x else None
-            steps = self._backward[key] = (mode, backward(mode, need_x and mode != 2, need_sums), grad, last)
+            last = backward(3, True, False).parts() if mode == 2 and need_x else None
+            first = backward(mode, need_x and mode != 2, need_sums).parts()
+            steps = self._backward[key] = (mode, first, grad and grad.parts(), last)
         return steps
-
-    def backward(self, x, g, w_raw, slope, gamma, mean, var, call, need_x: bool, need_params: bool, share=None,
-                 count=None):
-        O, C, I = self.dims
-        if g.stride() != x.stride() or type(g) is not torch.Tensor:
-            g = like_view(g, FlatView(x, O, C, I))
-        mode, first, grad, last = self._backward_launches(need_x, need_params, share is not None)
-        params = (w_raw, slope, call.base, call.part, None if self.basis else call.knots)
-        # the parameters' gradients: their shapes, in their dtype (the kernels'), dense like them
-        gw = gsl = ggm = gbt = None
-        if need_params:
-            gw = torch.empty_like(w_raw)
-            if slope is not None:
-                gsl = torch.empty_like(slope)
-        if mode != 0:
-            ggm, gbt = torch.empty_like(gamma), torch.empty_like(gamma)
-        if mode != 2:
-            # RepAct-I/II and constant statistics: the input's gradient and the sums in one pass
-            gx = torch.empty_like(x) if need_x else None
-            sums = self._scratch(self.sums) if grad is not None else None
-            first(x, g, gx, *params, mean, var, gamma, None, sums, O, C, I)
-            if grad is not None:
-                grad(sums, self.P, None, *params[:4], gamma, var, None, gw, gsl, ggm, gbt, C, self.count)
-            return gx, gw, gsl, ggm, gbt
-        # batch statistics: every sum first, then the parameters' gradients and the BatchNorm's
-        # backward coefficients, then the input's gradient
-        sums = self._scratch(self.sums)
-        first(x, g, None, *params, mean, var, gamma, None, sums, O, C, I)
-        totals = None
-        if share is not None:
-            totals = share(sums[:, :2].sum(0))
-        aff = self._scratch(self.affine)
-        grad(sums, self.P, totals, *params[:4], gamma, var, aff, gw, gsl, ggm, gbt, C,
-             count if share is not None else self.count)
-        gx = None
-        if need_x:
-            gx = torch.empty_like(x)
-            last(x, g, gx, *params, mean, var, gamma, aff, None, O, C, I)
-        return gx, gw, gsl, ggm, gbt

@@ -193,6 +193,8 @@ def backward_kernel(x, g, gx, w_raw, slope, base, part, knots, mean, var, gamma,
       d phi_r (2 + 3 R);
     * MODE 3 (batch statistics, second pass; no sums): h = alpha g + c1 + c2 d with aff (3, C) =
       (alpha, c1, c2) from ``grad_kernel``.
+
+    MODE 2's partials start after 3 C values: the buffer holds aff (3, C) first (``grad_kernel``).
     """
     offs, mask, _o, c, p = _tile(tl.program_id(0), O, C, I, BO, BC, BI)
     cmask = c < C
@@ -221,8 +223,8 @@ def backward_kernel(x, g, gx, w_raw, slope, base, part, knots, mean, var, gamma,
             d = tl.where(mask, s - _channel_values(mean, c, cmask, PER_CHANNEL), 0.0)
             if MODE == 1:
                 out = partials + p * (2 + R) * C + c
-            else:
-                out = partials + p * (2 + 3 * R) * C + c
+            else:  # (after grad_kernel's aff (3, C), in one buffer)
+                out = partials + (3 + p * (2 + 3 * R)) * C + c
             tl.store(out, _tile_sum(gv), mask=cmask)
             tl.store(out + C, _tile_sum(gv * d), mask=cmask)
             for r in tl.static_range(R):
@@ -255,6 +257,8 @@ def grad_kernel(partials, P, totals, w_raw, slope, base, part, gamma, var, aff, 
     """
     c = tl.program_id(0) * BCF + tl.arange(0, BCF)
     cmask = c < C
+    if MODE == 2:  # one buffer (given as both): aff (3, C), then the partials
+        partials = aff + 3 * C
     alpha = tl.zeros((BCF,), tl.float64)
     c1 = tl.zeros((BCF,), tl.float64)
     c2 = tl.zeros((BCF,), tl.float64)

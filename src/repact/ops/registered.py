@@ -47,7 +47,7 @@ def _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn):
 def _forward_kernel(x, w_raw, slope, gamma, beta, running_mean, running_var, knots, base, part, softmax, eps, cd):
     bn = _mode(gamma, running_mean)
     call, xv = _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn)
-    y, mean, var = call.plan.forward(xv, w_raw, slope, gamma, beta, running_mean, running_var, call)
+    y, mean, var = call.forward(xv, w_raw, slope, gamma, beta, running_mean, running_var)
     if bn != BN_BATCH:
         mean, var = x.new_empty(0, dtype=_stats_dtype(x)), x.new_empty(0, dtype=_stats_dtype(x))
     return y.reshape(x.shape), mean, var
@@ -55,7 +55,7 @@ def _forward_kernel(x, w_raw, slope, gamma, beta, running_mean, running_var, kno
 
 def _backward_kernel(g, x, w_raw, slope, gamma, mean, var, knots, base, part, softmax, eps, cd, bn):
     call, xv = _call(x, w_raw, slope, knots, base, part, softmax, eps, cd, bn)
-    grads = call.plan.backward(xv, g, w_raw, slope, gamma, mean, var, call, True, True)
+    grads = call.backward(xv, g, w_raw, slope, gamma, mean, var, True, True)
     gx = grads[0].reshape(x.shape)
     return [gx] + [t if t is not None else x.new_empty(0) for t in grads[1:]]
 

@@ -19,7 +19,8 @@ registered op ``torch.ops.repact.repact_train``.
 What a call decides once per input layout is kept in a :class:`TrainPlan` per (backend,
 :class:`TrainSpec`, shape, strides, dtype, device): the kernels' view and grids (``triton``: the
 launches with their compile-time arguments). :class:`TrainCall` is the per-call path for a
-module that already holds a plan: no checks, no re-derivation, straight to the kernels.
+module that already holds a plan: the plan's passes bound to the call's fixed arguments
+(``plan.bind``), no checks, no re-derivation, straight to the kernels.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from .dispatch import cast_params, choose
 from .layout import FlatView, flat_view
 from .piecewise import backend_module
 
-__all__ = ["repact_train", "TrainArgs", "TrainSpec", "Running", "TrainCall", "train_plan", "spec_of", "module_call"]
+__all__ = ["repact_train", "TrainArgs", "TrainSpec", "Running", "TrainCall", "train_plan", "spec_of", "module_call",
+           "train_autograd"]
 
 
 class Running(NamedTuple):
@@ -85,20 +87,12 @@ def spec_of(w_raw, slope, knots, base, softmax: bool, eps: float, cd: int, bn: i
 class ViewPlan:
     """A backend's training entry points (``train_forward``/``train_sums``/``train_backward``, as
     :mod:`repact.ops.cpu` has them) on one input layout, with the interface of the Triton backend's
-    ``TrainPlan`` (the running update after the forward)."""
+    ``TrainPlan`` (``moments``, ``bind``; the running update after the forward)."""
 
     def __init__(self, mod, spec: TrainSpec, outer: int, C: int, inner: int, copy: bool):
         self.mod, self.spec, self.copy = mod, spec, copy
         self.dims = (outer, C, inner)
         self.count = outer * C * inner // spec.rows
-
-    def forward(self, x, w_raw, slope, gamma, beta, mean, var, call):
-        bn = self.spec.bn
-        y, mean, var = self.mod.train_forward(FlatView(x, *self.dims), call.args(w_raw, slope, gamma, beta),
-                                              BN_CONST if bn == BN_GIVEN else bn, mean, var)
-        if bn == BN_BATCH and call.running is not None:
-            update_buffers(call.running, mean, var, self.count)
-        return y, mean, var
 
     def moments(self, x, w_raw, slope, call):
         from .batchnorm import moments_from_sums
@@ -106,21 +100,35 @@ class ViewPlan:
         shift, sums = self.mod.train_sums(FlatView(x, *self.dims), call.args(w_raw, slope, None, None))
         return moments_from_sums(self.count, shift, sums[0], sums[1])
 
-    def backward(self, x, g, w_raw, slope, gamma, mean, var, call, need_x: bool, need_params: bool, share=None,
-                 count=None):
-        view = FlatView(x, *self.dims)
-        bn = self.spec.bn
-        a = call.args(w_raw, slope, gamma, None)
-        if share is None:
-            return self.mod.train_backward(view, g, a, bn, mean, var, None, self.count, need_x, need_params)
-        # synced statistics: the input's gradient takes every process's sums of g and g (s - mean);
-        # gamma's and beta's stay this process's share (DDP reduces parameter gradients itself)
-        _, local = self.mod.train_sums(view, a, g, mean)
-        gx, gw, gsl, ggm, gbt = self.mod.train_backward(view, g, a, bn, mean, var, share(local.clone()), count,
-                                                        need_x, need_params)
-        *_, ggm_local, gbt_local = backward_terms(gamma.detach().to(local.dtype), var.to(local.dtype), call.eps,
-                                                  local[0], local[1], count, False)
-        return gx, gw, gsl, ggm_local.to(ggm.dtype), gbt_local.to(gbt.dtype)
+    def bind(self, knots, base, part, softmax, eps, running):
+        """``(forward, backward)`` for one call's fixed arguments, as the Triton backend's ``TrainPlan.bind``."""
+        mod, dims, bn, count = self.mod, self.dims, self.spec.bn, self.count
+
+        def args(w_raw, slope, gamma, beta):
+            return TrainArgs(w_raw, slope, gamma, beta, knots, base, part, softmax, eps)
+
+        def forward(x, w_raw, slope, gamma, beta, mean, var):
+            y, mean, var = mod.train_forward(FlatView(x, *dims), args(w_raw, slope, gamma, beta),
+                                             BN_CONST if bn == BN_GIVEN else bn, mean, var)
+            if bn == BN_BATCH and running is not None:
+                update_buffers(running, mean, var, count)
+            return y, mean, var
+
+        def backward(x, g, w_raw, slope, gamma, mean, var, need_x, need_params, share=None, count=count):
+            view = FlatView(x, *dims)
+            a = args(w_raw, slope, gamma, None)
+            if share is None:
+                return mod.train_backward(view, g, a, bn, mean, var, None, count, need_x, need_params)
+            # synced statistics: the input's gradient takes every process's sums of g and g (s - mean);
+            # gamma's and beta's stay this process's share (DDP reduces parameter gradients itself)
+            _, local = mod.train_sums(view, a, g, mean)
+            gx, gw, gsl, ggm, gbt = mod.train_backward(view, g, a, bn, mean, var, share(local.clone()), count,
+                                                       need_x, need_params)
+            *_, ggm_local, gbt_local = backward_terms(gamma.detach().to(local.dtype), var.to(local.dtype), eps,
+                                                      local[0], local[1], count, False)
+            return gx, gw, gsl, ggm_local.to(ggm.dtype), gbt_local.to(gbt.dtype)
+
+        return forward, backward
 
 
 _PLANS: dict = {}
@@ -153,7 +161,8 @@ class TrainCall:
     constant statistics (BN_CONST). A module keeps one per input layout; :func:`repact_train` makes
     one per call."""
 
-    __slots__ = ("plan", "knots", "base", "part", "softmax", "eps", "group", "running", "direct")
+    __slots__ = ("plan", "knots", "base", "part", "softmax", "eps", "group", "running", "direct", "forward",
+                 "backward")
 
     def __init__(self, plan, knots, base, part, softmax: bool, eps: float, group=None,
                  running: Optional[Running] = None):
@@ -161,6 +170,10 @@ class TrainCall:
         self.group, self.running = group, running
         # the plan's forward alone does the whole call (no copy of x, no statistics to gather)
         self.direct = not plan.copy and plan.spec.bn != BN_GIVEN
+        # the plan's passes with these arguments bound: forward(x, w_raw, slope, gamma, beta, mean, var)
+        # -> (y, mean, var); backward(x, g, w_raw, slope, gamma, mean, var, need_x, need_params,
+        # share=None, count=...) -> (gx, g_w_raw, g_slope, g_gamma, g_beta)
+        self.forward, self.backward = plan.bind(knots, base, part, softmax, eps, running)
 
     def args(self, w_raw, slope, gamma, beta) -> TrainArgs:
         return TrainArgs(w_raw, slope, gamma, beta, self.knots, self.base, self.part, self.softmax, self.eps)
@@ -174,11 +187,11 @@ class TrainCall:
         if plan.spec.bn == BN_GIVEN:
             mean, var = plan.moments(x, w_raw, slope, self)
             mean, var, count = gather_moments(plan.count, mean, var, self.group)
-            y = plan.forward(x, w_raw, slope, gamma, beta, mean, var, self)[0]
+            y = self.forward(x, w_raw, slope, gamma, beta, mean, var)[0]
             if self.running is not None:
                 update_buffers(self.running, mean, var, count)
             return y, mean, var, count
-        y, mean, var = plan.forward(x, w_raw, slope, gamma, beta, mean, var, self)
+        y, mean, var = self.forward(x, w_raw, slope, gamma, beta, mean, var)
         return y, mean, var, plan.count
 
     def __call__(self, x, w_raw, slope, *bn):
@@ -198,7 +211,7 @@ class _TrainFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, stats, x, w_raw, slope, gamma=None, beta=None, mean=None, var=None):
         if call.direct:
-            y, mean, var = call.plan.forward(x, w_raw, slope, gamma, beta, mean, var, call)
+            y, mean, var = call.forward(x, w_raw, slope, gamma, beta, mean, var)
             count = call.plan.count
         else:
             y, mean, var, count = call.run(x, w_raw, slope, gamma, beta, mean, var)
@@ -215,28 +228,36 @@ class _TrainFn(torch.autograd.Function):
         # (gradients past the inputs given are None: autograd drops them)
         call, mean, var, count = ctx.call
         x, w_raw, slope, gamma = ctx.saved_tensors
+        plan = call.plan
+        need = ctx.needs_input_grad
+        if g is not None and call.group is None:
+            if plan.copy:
+                x = x.contiguous()
+            # (autograd runs a Function's backward with grad mode off, unless asked for a graph of
+            # it, which the kernels cannot give)
+            # (each plan's gx has the shape of the x it was given)
+            gx, gw, gsl, ggm, gbt = call.backward(x, g, w_raw, slope, gamma, mean, var, need[2], need[3] or need[4])
+            return None, None, gx, gw, gsl, ggm, gbt, None, None
         if g is None:  # y unused: every gradient is zero (the processes of a group still meet)
             if call.group is None:
                 return None, None, None, None, None, None, None, None, None
             g = torch.zeros_like(x)
-        plan = call.plan
         if plan.copy:
             x = x.contiguous()
-        need = ctx.needs_input_grad
-        share = None
-        if call.group is not None:
-            import torch.distributed as dist
+        import torch.distributed as dist
 
-            def share(local):
-                dist.all_reduce(local, group=call.group)
-                return local
-        # (autograd runs a Function's backward with grad mode off, unless asked for a graph of it,
-        # which the kernels cannot give)
-        gx, gw, gsl, ggm, gbt = plan.backward(x, g, w_raw, slope, gamma, mean, var, call, need[2], need[3] or need[4],
+        def share(local):
+            dist.all_reduce(local, group=call.group)
+            return local
+
+        gx, gw, gsl, ggm, gbt = call.backward(x, g, w_raw, slope, gamma, mean, var, need[2], need[3] or need[4],
                                               share, count)
-        if gx is not None and gx.shape != x.shape:
-            gx = gx.reshape(x.shape)
         return None, None, gx, gw, gsl, ggm, gbt, None, None
+
+
+#: ``train_autograd(call, stats, x, w_raw, slope, *bn)``: a :class:`TrainCall` under autograd, as
+#: :meth:`TrainCall.__call__` runs it with grad mode on (for a caller that checked grad mode itself)
+train_autograd = _TrainFn.apply
 
 
 def repact_train(x: torch.Tensor, w_raw: torch.Tensor, slope: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
