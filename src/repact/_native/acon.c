@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "simd.h"
 
 /* a x + b as one fused multiply-add where the CPU has one (ISO C mode leaves contraction off) */
 #if defined(__clang__)
@@ -44,34 +45,13 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#if defined(__AVX512F__)
-#define VBYTES 64
-#elif defined(__AVX__)
-#define VBYTES 32
-#else
-#define VBYTES 16
-#endif
-typedef float vf32 __attribute__((vector_size(VBYTES)));
-typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
-typedef uint32_t vu32 __attribute__((vector_size(VBYTES)));
-typedef double vf64 __attribute__((vector_size(VBYTES)));
-typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
-typedef uint64_t vu64 __attribute__((vector_size(VBYTES)));
-
 /* vectors between flushes of the float sums into double (128 additions per lane) */
 #define FLUSH 128
 /* rows between flushes of the per-channel float sums of the row kernels */
 #define FLUSH_ROWS 64
 
-#define VSEL(VT, VI, m, a, b) ((VT)((((VI)(a)) & (m)) | (((VI)(b)) & ~(m))))
-
-static int acon_threads(int64_t work, int nthreads) {
-    const int64_t grain = 16384;
-    int64_t nt = (work + grain - 1) / grain;
-    if (nt > nthreads) nt = nthreads;
-    if (nt < 1) nt = 1;
-    return (int)nt;
-}
+/* threads: one per 16384 elements */
+#define GRAIN 16384
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -649,7 +629,7 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
     if (total == 0) return 0;                                                                    \
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
                                 beta_full, od};                                                  \
-    const int nt = acon_threads(total, nthreads);                                                \
+    const int nt = threads_for(total, GRAIN, nthreads);                                          \
     T* tab = param_table_##SUF(C, inner, &a);                                                    \
     const int straddle = !tab && straddles_##SUF(C, inner, &a);                                  \
     _Pragma("omp parallel num_threads(nt)")                                                      \
@@ -705,7 +685,7 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
     if (total == 0) return 0;                                                                    \
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
                                 beta_full, od};                                                  \
-    const int nt = acon_threads(total, nthreads);                                                \
+    const int nt = threads_for(total, GRAIN, nthreads);                                          \
     T* tab = param_table_##SUF(C, inner, &a);                                                    \
     const int straddle = !tab && straddles_##SUF(C, inner, &a);                                  \
     const int rows = inner == 1 && C > 1;                                                        \
