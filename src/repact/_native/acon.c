@@ -57,31 +57,24 @@
 #include <immintrin.h>
 #endif
 
-/* max(a, lo) lane by lane, NaN staying NaN (one instruction on x86: maxps gives its second operand
- * where either is NaN) */
-static inline vf32 vmax_f32(vf32 a, vf32 lo) {
-#if defined(__AVX512F__)
-    return (vf32)_mm512_max_ps((__m512)lo, (__m512)a);
-#elif defined(__AVX__)
-    return (vf32)_mm256_max_ps((__m256)lo, (__m256)a);
-#elif defined(__SSE2__)
-    return (vf32)_mm_max_ps((__m128)lo, (__m128)a);
-#else
-    return VSEL(vf32, vi32, a < lo, lo, a);
-#endif
+/* vmax_SUF(a, lo): max(a, lo) lane by lane, NaN staying NaN (one instruction on x86: maxps/maxpd
+ * give their second operand where either is NaN); X is the intrinsics' ps or pd, D the x86 vector
+ * type's suffix (none or d) */
+#define DEFINE_VMAX(VT, VI, SUF, X, D)                                                           \
+static inline VT vmax_##SUF(VT a, VT lo) {                                                       \
+    VMAX_BODY(VT, VI, X, D)                                                                      \
 }
-
-static inline vf64 vmax_f64(vf64 a, vf64 lo) {
 #if defined(__AVX512F__)
-    return (vf64)_mm512_max_pd((__m512d)lo, (__m512d)a);
+#define VMAX_BODY(VT, VI, X, D) return (VT)_mm512_max_##X((__m512##D)lo, (__m512##D)a);
 #elif defined(__AVX__)
-    return (vf64)_mm256_max_pd((__m256d)lo, (__m256d)a);
+#define VMAX_BODY(VT, VI, X, D) return (VT)_mm256_max_##X((__m256##D)lo, (__m256##D)a);
 #elif defined(__SSE2__)
-    return (vf64)_mm_max_pd((__m128d)lo, (__m128d)a);
+#define VMAX_BODY(VT, VI, X, D) return (VT)_mm_max_##X((__m128##D)lo, (__m128##D)a);
 #else
-    return VSEL(vf64, vi64, a < lo, lo, a);
+#define VMAX_BODY(VT, VI, X, D) return VSEL(VT, VI, a < lo, lo, a);
 #endif
-}
+DEFINE_VMAX(vf32, vi32, f32, ps, )
+DEFINE_VMAX(vf64, vi64, f64, pd, d)
 
 /* e^a for a <= 0 (NaN stays NaN): a = n ln2 + f, |f| <= ln2 / 2, e^a = 2^n e^f with
  * e^f = 1 + f + f^2 q(f), q of degree 4 fitted for the least largest relative error on
