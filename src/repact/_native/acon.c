@@ -488,19 +488,25 @@ static T* param_table_##SUF(int64_t C, int64_t inner, const AconParams_##SUF* a)
     return t;                                                                                    \
 }                                                                                                \
                                                                                                  \
+/* the table's parameters of m bytes from element i of a sample as vectors (zeros past m): d at  \
+ * td, p2 (where has_p2, else 0) n further on, beta 2 n further on */                            \
+static ALWAYS_INLINE void tab_params_##SUF(const T* td, int64_t n, int64_t i, size_t m, int has_p2, \
+                                           VT* dv, VT* p2v, VT* btv) {                           \
+    const VT zero = {0};                                                                         \
+    *dv = zero; *p2v = zero; *btv = zero;                                                        \
+    memcpy(dv, td + i, m);                                                                       \
+    if (has_p2) memcpy(p2v, td + n + i, m);                                                      \
+    memcpy(btv, td + 2 * n + i, m);                                                              \
+}                                                                                                \
+                                                                                                 \
 /* len elements of each of ks samples (sample k at k n) from the table offset of x (td: d there;  * p2 and beta n further on; beta from bf when given) */ \
 static void fwd_tab_piece_##SUF(const T* restrict x, T* restrict y, const T* restrict bf,        \
                                 const T* restrict td, int64_t n, int64_t len, int ks, int has_p2) { \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0};                                                                         \
-    const T* tp = td + n;                                                                        \
-    const T* tb = td + 2 * n;                                                                    \
     int64_t i = 0;                                                                               \
     for (; i + L <= len; i += L) {                                                               \
-        VT dv, p2v = zero, btv;                                                                  \
-        memcpy(&dv, td + i, sizeof dv);                                                          \
-        if (has_p2) memcpy(&p2v, tp + i, sizeof p2v);                                            \
-        memcpy(&btv, tb + i, sizeof btv);                                                        \
+        VT dv, p2v, btv;                                                                         \
+        tab_params_##SUF(td, n, i, sizeof(VT), has_p2, &dv, &p2v, &btv);                         \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
             fwd_at_##SUF(x, y, bf, at, sizeof(VT), dv, p2v, btv, has_p2);                        \
@@ -508,10 +514,8 @@ static void fwd_tab_piece_##SUF(const T* restrict x, T* restrict y, const T* res
     }                                                                                            \
     if (i < len) { /* zero-padded: x = 0 gives 0 */                                              \
         const size_t m = (size_t)(len - i) * sizeof(T);                                          \
-        VT dv = zero, p2v = zero, btv = zero;                                                    \
-        memcpy(&dv, td + i, m);                                                                  \
-        if (has_p2) memcpy(&p2v, tp + i, m);                                                     \
-        memcpy(&btv, tb + i, m);                                                                 \
+        VT dv, p2v, btv;                                                                         \
+        tab_params_##SUF(td, n, i, m, has_p2, &dv, &p2v, &btv);                                  \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
             fwd_at_##SUF(x, y, bf, at, m, dv, p2v, btv, has_p2);                                 \
@@ -526,14 +530,10 @@ static void bwd_tab_piece_##SUF(const T* restrict x, const T* restrict g, T* res
                                 int64_t n, int64_t len, int ks, int has_p2, T* restrict acc) {   \
     const int L = VBYTES / (int)sizeof(T);                                                       \
     const VT zero = {0};                                                                         \
-    const T* tp = td + n;                                                                        \
-    const T* tb = td + 2 * n;                                                                    \
     int64_t i = 0;                                                                               \
     for (; i + L <= len; i += L) {                                                               \
-        VT dv, p2v = zero, btv, sa = zero, sbv = zero, sc = zero, s;                             \
-        memcpy(&dv, td + i, sizeof dv);                                                          \
-        if (has_p2) memcpy(&p2v, tp + i, sizeof p2v);                                            \
-        memcpy(&btv, tb + i, sizeof btv);                                                        \
+        VT dv, p2v, btv, sa = zero, sbv = zero, sc = zero, s;                                    \
+        tab_params_##SUF(td, n, i, sizeof(VT), has_p2, &dv, &p2v, &btv);                         \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
             VT ta, tb_, tc;                                                                      \
@@ -548,10 +548,8 @@ static void bwd_tab_piece_##SUF(const T* restrict x, const T* restrict g, T* res
     }                                                                                            \
     if (i < len) { /* zero-padded: g = 0 adds nothing */                                         \
         const size_t m = (size_t)(len - i) * sizeof(T);                                          \
-        VT dv = zero, p2v = zero, btv = zero, sa = zero, sbv = zero, sc = zero, s;               \
-        memcpy(&dv, td + i, m);                                                                  \
-        if (has_p2) memcpy(&p2v, tp + i, m);                                                     \
-        memcpy(&btv, tb + i, m);                                                                 \
+        VT dv, p2v, btv, sa = zero, sbv = zero, sc = zero, s;                                    \
+        tab_params_##SUF(td, n, i, m, has_p2, &dv, &p2v, &btv);                                  \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
             VT ta, tb_, tc;                                                                      \
