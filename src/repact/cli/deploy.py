@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
 
 def add_edge_flags(p) -> None:
     """--target, --quantize and the calibration flags (issue 25)."""
-    from ..deploy.runtime_forms import TARGETS
+    from .._export_forms import TARGETS
 
     p.add_argument("--target", choices=TARGETS, default=None, dest="runtime",
                    help="the runtime the ONNX file is for; picks the export form it runs fastest (generic: the "
