@@ -258,3 +258,31 @@ def test_bench_cuda_graphs_on_a_cpu_only_machine_is_one_clear_line(tmp_path, cap
     rc, out, err = _run(capsys, "bench", "small_cnn", *flags, "--json", str(tmp_path / "b.json"))
     assert rc == 2 and words in _one_message(err)
     assert not (tmp_path / "b.json").exists()
+
+
+# --- --onnx-form: the choices are the export forms' one list ------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["deploy", "bench"])
+def test_an_unknown_onnx_form_is_one_line_naming_every_export_form(tmp_path, command):
+    from repact.deploy import ONNX_FORMS
+    from train_fixtures import run_cli
+
+    argv = [command, "small_cnn", "--onnx-form", "bogus"] + (["--out", str(tmp_path / "d")] if command == "deploy" else [])
+    proc = run_cli(*argv, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--onnx-form: invalid choice: 'bogus'" in lines[0]
+    assert "clamp" in ONNX_FORMS and all(f"'{form}'" in lines[0] for form in ONNX_FORMS)
+    assert ("'target'" in lines[0]) == (command == "bench")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["deploy", "bench"])
+def test_every_export_form_is_an_onnx_form_choice(command):
+    from repact.cli import build_parser
+    from repact.deploy import ONNX_FORMS
+
+    for form in ONNX_FORMS:
+        argv = [command, "small_cnn", "--onnx-form", form] + (["--out", "d"] if command == "deploy" else [])
+        assert build_parser().parse_args(argv).onnx_form == form

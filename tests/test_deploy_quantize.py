@@ -46,15 +46,27 @@ def folder(tmp_path_factory):
     return root
 
 
-def test_deploy_quantize_int8_writes_a_qdq_file_close_to_fp32_and_reports_it(tmp_path, capsys, folder):
+def _deploy_int8(tmp_path, capsys, folder, target, int8_files):
+    """``repact deploy --quantize int8`` for ``target`` calibrated on 12 images of ``folder``: it
+    succeeds, says so and writes the deploy files and ``int8_files``; (folder, stdout, report)."""
     out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "deploy", *SMALL, "--target", "onnxruntime", "--quantize", "int8",
+    rc, out, err = _run(capsys, "deploy", *SMALL, "--target", target, "--quantize", "int8",
                         "--calibration-data", str(folder), "--calibration-images", "12", "--out", str(out_dir))
     assert rc == 0, err
-    assert "int8: wrote" in out and "top-1 FP32" in out
+    assert "int8: wrote" in out
     assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model_deploy.json", "model_deploy.safetensors",
-                                                         "model_deploy_report.json", "model_int8.onnx"]
-    report = json.loads((out_dir / "model_deploy_report.json").read_text())
+                                                         "model_deploy_report.json", *int8_files]
+    return out_dir, out, json.loads((out_dir / "model_deploy_report.json").read_text())
+
+
+def _val_images(folder):
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
+                     for p in sorted((folder / "val").rglob("*.png"))])
+
+
+def test_deploy_quantize_int8_writes_a_qdq_file_close_to_fp32_and_reports_it(tmp_path, capsys, folder):
+    out_dir, out, report = _deploy_int8(tmp_path, capsys, folder, "onnxruntime", ["model_int8.onnx"])
+    assert "top-1 FP32" in out
     assert report["onnx"]["target"] == "onnxruntime" and report["onnx"]["export_forms"] == {"conv_fused": 3}
     q = report["int8"]
     assert q["quantized_form"] == "basis"  # quantized from the plain formula, whatever the FP32 file's form
@@ -80,8 +92,7 @@ def test_deploy_quantize_int8_writes_a_qdq_file_close_to_fp32_and_reports_it(tmp
     # INT8 follows FP32 (but is not the same file): the logits on val images agree to a few 8-bit steps
     import onnxruntime as ort
 
-    x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
-                  for p in sorted((folder / "val").rglob("*.png"))])
+    x = _val_images(folder)
     fp32 = ort.InferenceSession(str(out_dir / "model.onnx")).run(None, {"input": x})[0]
     int8 = ort.InferenceSession(str(out_dir / "model_int8.onnx")).run(None, {"input": x})[0]
     err_rel = float(np.abs(int8 - fp32).max() / np.abs(fp32).max())
@@ -154,11 +165,6 @@ def test_activation_ranges_are_per_channel_and_summarized():
     assert site["median_channel_bits"] == pytest.approx(8 - np.log2(8 / 3))
 
 
-def _val_images(folder):
-    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255
-                     for p in sorted((folder / "val").rglob("*.png"))])
-
-
 @pytest.mark.skipif(bool(openvino_quantize_missing()),
                     reason=f"OpenVINO INT8 needs {' and '.join(openvino_quantize_missing())}, not installed here "
                            "(pip install 'repact[openvino]')")
@@ -167,15 +173,8 @@ def test_deploy_quantize_int8_for_openvino_writes_an_nncf_ir_close_to_fp32_and_r
 
     from repact.deploy.openvino_run import ov_compile
 
-    out_dir = tmp_path / "out"
-    rc, out, err = _run(capsys, "deploy", *SMALL, "--target", "openvino", "--quantize", "int8",
-                        "--calibration-data", str(folder), "--calibration-images", "12", "--out", str(out_dir))
-    assert rc == 0, err
-    assert "int8: wrote" in out and "(openvino)" in out
-    assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model_deploy.json", "model_deploy.safetensors",
-                                                         "model_deploy_report.json", "model_int8.bin",
-                                                         "model_int8.xml"]
-    report = json.loads((out_dir / "model_deploy_report.json").read_text())
+    out_dir, out, report = _deploy_int8(tmp_path, capsys, folder, "openvino", ["model_int8.bin", "model_int8.xml"])
+    assert "(openvino)" in out
     assert report["onnx"]["target"] == "openvino" and report["onnx"]["openvino"]["checked"]
     q = report["int8"]
     assert q["runtime"] == "openvino" and q["quantized_form"] == form_for_target("openvino") and "NNCF" in q["format"]

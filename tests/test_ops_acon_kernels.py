@@ -23,8 +23,10 @@ import pytest
 import torch
 
 import repact
-from repact.ops import acon, backend, choose, native_available, triton_available
+from repact.ops import acon, backend, native_available, triton_available
 from repact.ops.acon import plan
+
+from ops_fixtures import run_on_backend
 
 acon_module = importlib.import_module("repact.ops.acon")  # (repact.ops.acon is the function)
 
@@ -88,26 +90,13 @@ def _input(layout: str, dtype, device, seed=0, big=1e4):
     return x, g
 
 
-def _run(m, x, g, name):
-    m = copy.deepcopy(m)
-    xi = x.clone().requires_grad_(True)
-    with backend(name):
-        if name != "reference":
-            assert choose(xi) == name
-        y = m(xi)
-        y.backward(g)
-    out = {"y": y.detach(), "x": xi.grad}
-    out.update({n: p.grad for n, p in m.named_parameters()})
-    return out
-
-
 def _matches_truth(m, x, g, name, xdt, pdt):
-    got = _run(m, x, g, name)
+    got = run_on_backend(m, x, g, name)
     assert got["y"].dtype == x.dtype and got["x"].dtype == x.dtype
     for n, p in m.named_parameters():
         assert got[n] is not None and got[n].dtype == p.dtype, n
-    truth = _run(copy.deepcopy(m).double(), x.double(), g.double(), "reference")
-    own = _run(m, x, g, "reference")
+    truth = run_on_backend(copy.deepcopy(m).double(), x.double(), g.double(), "reference")
+    own = run_on_backend(m, x, g, "reference")
     tol = max(TOL[xdt], TOL[pdt])
     for k, ref in truth.items():
         assert torch.isfinite(got[k]).all(), k
@@ -327,7 +316,7 @@ def test_compiled_acon_is_the_registered_op_where_compiled_op_says_so(monkeypatc
     monkeypatch.setitem(acon_module.COMPILED_OP, "cpu", use_op)
     m = _module("acon_c", "4d")
     x, g = _input("4d", f32, "cpu")
-    eager = _run(m, x, g, "cpu")
+    eager = run_on_backend(m, x, g, "cpu")
     torch._dynamo.reset()
     xi = x.clone().requires_grad_(True)
     mc = copy.deepcopy(m)

@@ -25,7 +25,9 @@ from torch import nn
 
 import repact
 from repact import RepAct
-from repact.ops import backend, choose, native_available, piecewise_quadratic, triton_available
+from repact.ops import native_available, piecewise_quadratic, triton_available
+
+from ops_fixtures import run_on_backend
 
 f16, bf16, f32, f64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -90,21 +92,6 @@ def _input(dtype, device):
     return x.to(device, dtype), g.to(device, dtype)
 
 
-def _run(m, x, g, name):
-    """Output, gradients and running statistics of module ``m`` on ``x`` under backend ``name``."""
-    m = copy.deepcopy(m)
-    xi = x.clone().requires_grad_(True)
-    with backend(name):
-        if name != "reference":
-            assert choose(xi) == name
-        y = m(xi)
-        y.backward(g)
-    out = {"y": y.detach(), "x": xi.grad}
-    out.update({n: p.grad for n, p in m.named_parameters()})
-    out.update({n: b for n, b in m.named_buffers() if "running" in n})
-    return out
-
-
 def _dtypes_follow_the_rule(got, m, x):
     assert got["y"].dtype == x.dtype and got["x"].dtype == x.dtype
     for n, p in list(m.named_parameters()) + [(n, b) for n, b in m.named_buffers() if "running" in n]:
@@ -127,10 +114,10 @@ def test_backend_matches_the_float64_reference(name, xdt, pdt, case):
     device = "cpu" if name == "cpu" else DEVICE
     m = CASES[case]().to(device, pdt)
     x, g = _input(xdt, device)
-    got = _run(m, x, g, name)
+    got = run_on_backend(m, x, g, name)
     _dtypes_follow_the_rule(got, m, x)
-    truth = _run(copy.deepcopy(m).double(), x.double(), g.double(), "reference")
-    own = _run(m, x, g, "reference") if name != "reference" else None
+    truth = run_on_backend(copy.deepcopy(m).double(), x.double(), g.double(), "reference")
+    own = run_on_backend(m, x, g, "reference") if name != "reference" else None
     tol = max(TOL[xdt], TOL[pdt])
     for k, ref in truth.items():
         atol = tol * (float(ref.abs().max()) + 1e-12)

@@ -24,14 +24,21 @@ def _pretrain(out):
     return out / "last.safetensors"
 
 
-@pytest.mark.slow
-def test_a_pretrained_checkpoint_fine_tunes_only_its_swapped_activations(tmp_path):
+def _finetune(tmp_path, *args):
+    """A ReLU model pretrained under tmp_path, fine-tuned there with its activations swapped for
+    RepAct and only those training (plus ``args``): the pretrained weights, the run's folder, its process."""
     weights = _pretrain(tmp_path / "pre")
     out = tmp_path / "ft"
-    proc = run_cli("train", "--act", "relu", "--weights", str(weights), "--swap-act", "repact", "--init", "approximate",
-                   "--train-only", "acts", "--epochs", "1", "--limit-batches", "6", "--lr", "0.01", "--quiet",
-                   "--out", str(out))
+    proc = run_cli("train", "--act", "relu", "--weights", str(weights), "--swap-act", "repact", "--train-only", "acts",
+                   *args, "--quiet", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return weights, out, proc
+
+
+@pytest.mark.slow
+def test_a_pretrained_checkpoint_fine_tunes_only_its_swapped_activations(tmp_path):
+    weights, out, proc = _finetune(tmp_path, "--init", "approximate", "--epochs", "1", "--limit-batches", "6",
+                                   "--lr", "0.01")
     ft = json.loads((out / "finetune.json").read_text())
     assert ft["swapped"] == 3 and ft["fit_max_error"] == 0.0  # RepAct fits ReLU exactly
     assert ft["trainable_params"] == 3 * 5  # 4 branch weights and a PReLU slope per RepAct
@@ -149,12 +156,8 @@ def test_train_only_in_python_leaves_only_the_activations_and_optionally_the_bat
 @pytest.mark.slow
 def test_a_pretrained_model_fine_tunes_while_its_swapped_activations_anneal(tmp_path):
     # the pretrained file holds no annealing wrappers: the run loads it, swaps, then wraps (as build_model rebuilds)
-    weights = _pretrain(tmp_path / "pre")
-    out = tmp_path / "ft"
-    proc = run_cli("train", "--act", "relu", "--weights", str(weights), "--swap-act", "repact", "--train-only", "acts",
-                   "--anneal-acts", "0:2", "--anneal-include", ".", "--epochs", "2", "--limit-batches", "3", "--quiet",
-                   "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = _finetune(tmp_path, "--anneal-acts", "0:2", "--anneal-include", ".", "--epochs", "2",
+                    "--limit-batches", "3")[1]
     assert json.loads((out / "finetune.json").read_text())["trainable_params"] == 15
     model = build_model(out / "last").eval()  # strict: the wrappers' lam and the swapped RepActs' weights
     wrapped = [m for m in model.modules() if isinstance(m, repact.Annealed)]

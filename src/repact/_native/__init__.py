@@ -1,8 +1,8 @@
 """Builds and loads repact's native CPU kernels (``piecewise.c``, ``acon.c``) on first use.
 
-The C sources ship with the package and are compiled with the system C compiler into a per-user
-cache (``$REPACT_CACHE_DIR`` or ``~/.cache/repact``), keyed by the source, the compiler and the
-CPU, and written atomically. Set ``REPACT_NATIVE=0`` to never build or use it. Where no compiler
+The C sources (and ``simd.h``, which both include) ship with the package and are compiled with the
+system C compiler into a per-user cache (``$REPACT_CACHE_DIR`` or ``~/.cache/repact``), keyed by the
+sources and headers, the compiler and the CPU, and written atomically. Set ``REPACT_NATIVE=0`` to never build or use it. Where no compiler
 works, ``library()`` returns ``None`` and repact falls back to its pure PyTorch path.
 """
 
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: compiled together into one library
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("piecewise.c", "acon.c"))
+#: included by the sources (part of the build's cache key with them)
+_HEADERS = tuple(Path(__file__).with_name(name) for name in ("simd.h",))
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
@@ -136,14 +138,19 @@ def _flag_sets() -> list[list[str]]:
     return [base]
 
 
-def _build(cc: str) -> Path:
-    src = b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES)
-    head = header()
+def _build_dir(cc: str) -> Path:
+    """The build's cache folder, keyed by the sources, the headers, the compiler and the CPU."""
+    src = b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES + _HEADERS)
     key = hashlib.sha256(
-        src + head.encode() + cc.encode() + _compiler_version(cc).encode() + _cpu_signature().encode()
+        src + header().encode() + cc.encode() + _compiler_version(cc).encode() + _cpu_signature().encode()
         + sys.version.encode()
     ).hexdigest()[:16]
-    out_dir = cache_dir() / f"native-{key}"
+    return cache_dir() / f"native-{key}"
+
+
+def _build(cc: str) -> Path:
+    head = header()
+    out_dir = _build_dir(cc)
     target = out_dir / "librepact_native.so"
     if target.exists():
         return target

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <omp.h>
+#include "simd.h"
 
 /* a x + b as one fused multiply-add where the CPU has one (ISO C mode leaves contraction off) */
 #if defined(__clang__)
@@ -44,64 +45,39 @@
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#if defined(__AVX512F__)
-#define VBYTES 64
-#elif defined(__AVX__)
-#define VBYTES 32
-#else
-#define VBYTES 16
-#endif
-typedef float vf32 __attribute__((vector_size(VBYTES)));
-typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
-typedef uint32_t vu32 __attribute__((vector_size(VBYTES)));
-typedef double vf64 __attribute__((vector_size(VBYTES)));
-typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
-typedef uint64_t vu64 __attribute__((vector_size(VBYTES)));
+/* inlined even where the compiler's heuristics would not: the element helpers of the kernels' loops */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* vectors between flushes of the float sums into double (128 additions per lane) */
 #define FLUSH 128
 /* rows between flushes of the per-channel float sums of the row kernels */
 #define FLUSH_ROWS 64
 
-#define VSEL(VT, VI, m, a, b) ((VT)((((VI)(a)) & (m)) | (((VI)(b)) & ~(m))))
-
-static int acon_threads(int64_t work, int nthreads) {
-    const int64_t grain = 16384;
-    int64_t nt = (work + grain - 1) / grain;
-    if (nt > nthreads) nt = nthreads;
-    if (nt < 1) nt = 1;
-    return (int)nt;
-}
+/* threads: one per 16384 elements */
+#define GRAIN 16384
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 
-/* max(a, lo) lane by lane, NaN staying NaN (one instruction on x86: maxps gives its second operand
- * where either is NaN) */
-static inline vf32 vmax_f32(vf32 a, vf32 lo) {
-#if defined(__AVX512F__)
-    return (vf32)_mm512_max_ps((__m512)lo, (__m512)a);
-#elif defined(__AVX__)
-    return (vf32)_mm256_max_ps((__m256)lo, (__m256)a);
-#elif defined(__SSE2__)
-    return (vf32)_mm_max_ps((__m128)lo, (__m128)a);
-#else
-    return VSEL(vf32, vi32, a < lo, lo, a);
-#endif
+/* vmax_SUF(a, lo): max(a, lo) lane by lane, NaN staying NaN (one instruction on x86: maxps/maxpd
+ * give their second operand where either is NaN); X is the intrinsics' ps or pd, D the x86 vector
+ * type's suffix (none or d) */
+#define DEFINE_VMAX(VT, VI, SUF, X, D)                                                           \
+static inline VT vmax_##SUF(VT a, VT lo) {                                                       \
+    VMAX_BODY(VT, VI, X, D)                                                                      \
 }
-
-static inline vf64 vmax_f64(vf64 a, vf64 lo) {
 #if defined(__AVX512F__)
-    return (vf64)_mm512_max_pd((__m512d)lo, (__m512d)a);
+#define VMAX_BODY(VT, VI, X, D) return (VT)_mm512_max_##X((__m512##D)lo, (__m512##D)a);
 #elif defined(__AVX__)
-    return (vf64)_mm256_max_pd((__m256d)lo, (__m256d)a);
+#define VMAX_BODY(VT, VI, X, D) return (VT)_mm256_max_##X((__m256##D)lo, (__m256##D)a);
 #elif defined(__SSE2__)
-    return (vf64)_mm_max_pd((__m128d)lo, (__m128d)a);
+#define VMAX_BODY(VT, VI, X, D) return (VT)_mm_max_##X((__m128##D)lo, (__m128##D)a);
 #else
-    return VSEL(vf64, vi64, a < lo, lo, a);
+#define VMAX_BODY(VT, VI, X, D) return VSEL(VT, VI, a < lo, lo, a);
 #endif
-}
+DEFINE_VMAX(vf32, vi32, f32, ps, )
+DEFINE_VMAX(vf64, vi64, f64, pd, d)
 
 /* e^a for a <= 0 (NaN stays NaN): a = n ln2 + f, |f| <= ln2 / 2, e^a = 2^n e^f with
  * e^f = 1 + f + f^2 q(f), q of degree 4 fitted for the least largest relative error on
@@ -219,28 +195,42 @@ static inline VT pvec_##SUF(const T* p, AconMap m, int64_t r, int64_t c, int64_t
     return v;                                                                                    \
 }                                                                                                \
                                                                                                  \
+/* one vector's y at [at, at + m bytes): x there, parameters dv, p2v and beta bv, or beta from bf \
+ * there when given; lanes past m are zeros (the full vectors pass m = sizeof(VT)) */            \
+static ALWAYS_INLINE void fwd_at_##SUF(const T* restrict x, T* restrict y, const T* restrict bf, \
+                                       int64_t at, size_t m, VT dv, VT p2v, VT bv, int has_p2) { \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    VT xv = zero, out;                                                                           \
+    memcpy(&xv, x + at, m);                                                                      \
+    if (bf) { bv = zero; memcpy(&bv, bf + at, m); }                                              \
+    FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                             \
+    memcpy(y + at, &out, m);                                                                     \
+}                                                                                                \
+                                                                                                 \
+/* fwd_at's backward: gx and gbf (beta's gradient per element) there when given; *ta, *tb, *tc the \
+ * sums' terms (zero past m: g is zero-padded) */                                                \
+static ALWAYS_INLINE void bwd_at_##SUF(const T* restrict x, const T* restrict g, T* restrict gx, \
+                                       const T* restrict bf, T* restrict gbf, int64_t at, size_t m, VT dv, \
+                                       VT p2v, VT bv, int has_p2, VT* ta, VT* tb, VT* tc) {      \
+    const VT zero = {0}, one = zero + 1;                                                         \
+    VT xv = zero, gv = zero, o;                                                                  \
+    memcpy(&xv, x + at, m);                                                                      \
+    memcpy(&gv, g + at, m);                                                                      \
+    if (bf) { bv = zero; memcpy(&bv, bf + at, m); }                                              \
+    BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, *ta, *tb, *tc)                            \
+    if (gx) memcpy(gx + at, &o, m);                                                              \
+    if (gbf) memcpy(gbf + at, tc, m);                                                            \
+}                                                                                                \
+                                                                                                 \
 /* a block piece of len elements with scalar parameters (beta from bf when given) */             \
 static void fwd_piece_##SUF(const T* restrict x, T* restrict y, const T* restrict bf, int64_t len, \
                             T d, T p2, T bt, int has_p2) {                                       \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0}, one = zero + 1;                                                         \
+    const VT zero = {0};                                                                         \
     const VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                    \
     int64_t i = 0;                                                                               \
-    for (; i + L <= len; i += L) {                                                               \
-        VT xv, bv = btv, out;                                                                    \
-        memcpy(&xv, x + i, sizeof xv);                                                           \
-        if (bf) memcpy(&bv, bf + i, sizeof bv);                                                  \
-        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
-        memcpy(y + i, &out, sizeof out);                                                         \
-    }                                                                                            \
-    if (i < len) {                                                                               \
-        const size_t m = (size_t)(len - i) * sizeof(T);                                          \
-        VT xv = zero, bv = btv, out;                                                             \
-        memcpy(&xv, x + i, m);                                                                   \
-        if (bf) { bv = zero; memcpy(&bv, bf + i, m); }                                           \
-        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
-        memcpy(y + i, &out, m);                                                                  \
-    }                                                                                            \
+    for (; i + L <= len; i += L) fwd_at_##SUF(x, y, bf, i, sizeof(VT), dv, p2v, btv, has_p2);    \
+    if (i < len) fwd_at_##SUF(x, y, bf, i, (size_t)(len - i) * sizeof(T), dv, p2v, btv, has_p2); \
 }                                                                                                \
                                                                                                  \
 /* the lanes of v summed pairwise (a tree of log2 L additions) */                                \
@@ -266,31 +256,21 @@ static void bwd_piece_##SUF(const T* restrict x, const T* restrict g, T* restric
                             const T* restrict bf, T* restrict gbf, int64_t len, T d, T p2, T bt, \
                             int has_p2, double acc[3]) {                                         \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0}, one = zero + 1;                                                         \
+    const VT zero = {0};                                                                         \
     const VT dv = zero + d, p2v = zero + p2, btv = zero + bt;                                    \
     VT sa = zero, sb = zero, sc = zero;                                                          \
     int since = 0;                                                                               \
     int64_t i = 0;                                                                               \
     for (; i + L <= len; i += L) {                                                               \
-        VT xv, gv, bv = btv, o, ta, tb, tc;                                                      \
-        memcpy(&xv, x + i, sizeof xv);                                                           \
-        memcpy(&gv, g + i, sizeof gv);                                                           \
-        if (bf) memcpy(&bv, bf + i, sizeof bv);                                                  \
-        BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb, tc)                           \
-        if (gx) memcpy(gx + i, &o, sizeof o);                                                    \
-        if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                                \
+        VT ta, tb, tc;                                                                           \
+        bwd_at_##SUF(x, g, gx, bf, gbf, i, sizeof(VT), dv, p2v, btv, has_p2, &ta, &tb, &tc);     \
         sa += ta; sb += tb; sc += tc;                                                            \
         if (++since == FLUSH) { flush_##SUF(&sa, &sb, &sc, acc); since = 0; }                    \
     }                                                                                            \
     if (i < len) { /* zero-padded: g = 0 adds nothing to the sums */                             \
-        const size_t m = (size_t)(len - i) * sizeof(T);                                          \
-        VT xv = zero, gv = zero, bv = btv, o, ta, tb, tc;                                        \
-        memcpy(&xv, x + i, m);                                                                   \
-        memcpy(&gv, g + i, m);                                                                   \
-        if (bf) { bv = zero; memcpy(&bv, bf + i, m); }                                           \
-        BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb, tc)                           \
-        if (gx) memcpy(gx + i, &o, m);                                                           \
-        if (gbf) memcpy(gbf + i, &tc, m);                                                        \
+        VT ta, tb, tc;                                                                           \
+        bwd_at_##SUF(x, g, gx, bf, gbf, i, (size_t)(len - i) * sizeof(T), dv, p2v, btv, has_p2,  \
+                     &ta, &tb, &tc);                                                             \
         sa += ta; sb += tb; sc += tc;                                                            \
     }                                                                                            \
     flush_##SUF(&sa, &sb, &sc, acc);                                                             \
@@ -300,23 +280,21 @@ static void bwd_piece_##SUF(const T* restrict x, const T* restrict g, T* restric
 static void fwd_row_##SUF(const T* restrict x, T* restrict y, const T* restrict bf, int64_t C,   \
                           const AconParams_##SUF* a, int64_t r) {                                \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0}, one = zero + 1;                                                         \
+    const VT zero = {0};                                                                         \
     const int has_p2 = a->p2 != NULL;                                                            \
     for (int64_t c = 0; c < C; c += L) {                                                         \
         const int64_t n = C - c < L ? C - c : L;                                                 \
         const size_t m = (size_t)n * sizeof(T);                                                  \
         const VT p2v = pvec_##SUF(a->p2, a->m2, r, c, n, 0);                                     \
         const VT dv = pvec_##SUF(a->p1, a->m1, r, c, n, 1) - p2v;                                \
-        VT bv, xv = zero, out;                                                                   \
-        if (bf) { bv = zero; memcpy(&bv, bf + c, m); }                                           \
-        else bv = pvec_##SUF(a->beta, a->mb, r, c, n, 1);                                        \
-        memcpy(&xv, x + c, m);                                                                   \
-        FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                         \
-        memcpy(y + c, &out, m);                                                                  \
+        const VT bv = bf ? zero : pvec_##SUF(a->beta, a->mb, r, c, n, 1); /* (bf: from there) */ \
+        fwd_at_##SUF(x, y, bf, c, m, dv, p2v, bv, has_p2);                                       \
     }                                                                                            \
 }                                                                                                \
                                                                                                  \
-/* backward of one row: gx, gbf as the block piece; acc (3, Cp) float sums per channel (or NULL) */ \
+/* backward of one row: gx, gbf as the block piece; acc (3, Cp) float sums per channel (or NULL). \
+ * (Its own loads rather than bwd_at's: through bwd_at, gx came out one ulp off in places, the   \
+ * compiler fusing the multiply-adds differently.) */                                            \
 static void bwd_row_##SUF(const T* restrict x, const T* restrict g, T* restrict gx,              \
                           const T* restrict bf, T* restrict gbf, int64_t C, int64_t Cp,          \
                           const AconParams_##SUF* a, int64_t r, T* restrict acc) {               \
@@ -382,7 +360,7 @@ static int64_t fwd_straddle_##SUF(const T* restrict x, T* restrict y, const T* r
                                   int64_t pos, int64_t end, int64_t C, int64_t inner,            \
                                   const AconParams_##SUF* a) {                                   \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0}, one = zero + 1;                                                         \
+    const VT zero = {0};                                                                         \
     const int has_p2 = a->p2 != NULL;                                                            \
     /* the current block: channel c of sample r, its row ro of od, ending at bend */             \
     const int64_t blk = pos / inner, o = blk / C;                                                \
@@ -394,25 +372,17 @@ static int64_t fwd_straddle_##SUF(const T* restrict x, T* restrict y, const T* r
     int64_t i = pos;                                                                             \
     while (i + L <= end) {                                                                       \
         const int64_t stop = bend < end ? bend : end;                                            \
-        for (; i + L <= stop; i += L) { /* the vectors inside the block */                       \
-            VT xv, bl = btv, out;                                                                \
-            memcpy(&xv, x + i, sizeof xv);                                                       \
-            if (bf) memcpy(&bl, bf + i, sizeof bl);                                              \
-            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bl, out)                                     \
-            memcpy(y + i, &out, sizeof out);                                                     \
-        }                                                                                        \
+        for (; i + L <= stop; i += L) /* the vectors inside the block */                         \
+            fwd_at_##SUF(x, y, bf, i, sizeof(VT), dv, p2v, btv, has_p2);                         \
         if (i + L > end) break;                                                                  \
         /* the next block starts at i + n, in this vector (n > 0) or at it (n = 0) */            \
         const int64_t n = bend - i;                                                              \
-        VT dl = dv, pl = p2v, bl = btv, xv, out;                                                 \
+        VT dl = dv, pl = p2v, bl = btv;                                                          \
         STRADDLE_NEXT(SUF)                                                                       \
         if (n == 0) continue;                                                                    \
         const VI nx = idx >= (VI){0} + (int)n;                                                   \
         dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl); bl = VSEL(VT, VI, nx, btv, bl); \
-        memcpy(&xv, x + i, sizeof xv);                                                           \
-        if (bf) memcpy(&bl, bf + i, sizeof bl);                                                  \
-        FWD_VEC(VT, VI, SUF, SIGN, xv, dl, pl, bl, out)                                          \
-        memcpy(y + i, &out, sizeof out);                                                         \
+        fwd_at_##SUF(x, y, bf, i, sizeof(VT), dl, pl, bl, has_p2);                               \
         i += L;                                                                                  \
     }                                                                                            \
     return i;                                                                                    \
@@ -437,7 +407,7 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
                                   int64_t C, int64_t inner, const AconParams_##SUF* a, double* s1, \
                                   double* s2, double* sb) {                                      \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0}, one = zero + 1;                                                         \
+    const VT zero = {0};                                                                         \
     const int has_p2 = a->p2 != NULL, keep = s1 || s2 || sb;                                     \
     /* the current block: channel c of sample r, its row ro of od, ending at bend */             \
     const int64_t blk = pos / inner, o = blk / C;                                                \
@@ -456,29 +426,19 @@ static int64_t bwd_straddle_##SUF(const T* restrict x, const T* restrict g, T* r
     while (i + L <= end) {                                                                       \
         const int64_t stop = bend < end ? bend : end;                                            \
         for (; i + L <= stop; i += L) { /* the vectors inside the block */                       \
-            VT xv, gv, bl = btv, gxv, ta, tb, tc;                                                \
-            memcpy(&xv, x + i, sizeof xv);                                                       \
-            memcpy(&gv, g + i, sizeof gv);                                                       \
-            if (bf) memcpy(&bl, bf + i, sizeof bl);                                              \
-            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bl, gxv, ta, tb, tc)                     \
-            if (gx) memcpy(gx + i, &gxv, sizeof gxv);                                            \
-            if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                            \
+            VT ta, tb, tc;                                                                       \
+            bwd_at_##SUF(x, g, gx, bf, gbf, i, sizeof(VT), dv, p2v, btv, has_p2, &ta, &tb, &tc); \
             if (keep) { sa += ta; sbv += tb; sc += tc; any = 1; }                                \
         }                                                                                        \
         if (i + L > end) break;                                                                  \
         /* the next block starts at i + n, in this vector (n > 0) or at it (n = 0) */            \
         const int64_t n = bend - i, pc = c, pr = r;                                              \
-        VT dl = dv, pl = p2v, bl = btv, xv, gv, gxv, ta, tb, tc;                                 \
+        VT dl = dv, pl = p2v, bl = btv, ta, tb, tc;                                              \
         STRADDLE_NEXT(SUF)                                                                       \
         const VI nx = idx >= (VI){0} + (int)n; /* the lanes in the next block */                 \
         if (n > 0) {                                                                             \
             dl = VSEL(VT, VI, nx, dv, dl); pl = VSEL(VT, VI, nx, p2v, pl); bl = VSEL(VT, VI, nx, btv, bl); \
-            memcpy(&xv, x + i, sizeof xv);                                                       \
-            memcpy(&gv, g + i, sizeof gv);                                                       \
-            if (bf) memcpy(&bl, bf + i, sizeof bl);                                              \
-            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dl, pl, bl, gxv, ta, tb, tc)                      \
-            if (gx) memcpy(gx + i, &gxv, sizeof gxv);                                            \
-            if (gbf) memcpy(gbf + i, &tc, sizeof tc);                                            \
+            bwd_at_##SUF(x, g, gx, bf, gbf, i, sizeof(VT), dl, pl, bl, has_p2, &ta, &tb, &tc);   \
             i += L;                                                                              \
         }                                                                                        \
         if (!keep) continue;                                                                     \
@@ -528,41 +488,37 @@ static T* param_table_##SUF(int64_t C, int64_t inner, const AconParams_##SUF* a)
     return t;                                                                                    \
 }                                                                                                \
                                                                                                  \
+/* the table's parameters of m bytes from element i of a sample as vectors (zeros past m): d at  \
+ * td, p2 (where has_p2, else 0) n further on, beta 2 n further on */                            \
+static ALWAYS_INLINE void tab_params_##SUF(const T* td, int64_t n, int64_t i, size_t m, int has_p2, \
+                                           VT* dv, VT* p2v, VT* btv) {                           \
+    const VT zero = {0};                                                                         \
+    *dv = zero; *p2v = zero; *btv = zero;                                                        \
+    memcpy(dv, td + i, m);                                                                       \
+    if (has_p2) memcpy(p2v, td + n + i, m);                                                      \
+    memcpy(btv, td + 2 * n + i, m);                                                              \
+}                                                                                                \
+                                                                                                 \
 /* len elements of each of ks samples (sample k at k n) from the table offset of x (td: d there;  * p2 and beta n further on; beta from bf when given) */ \
 static void fwd_tab_piece_##SUF(const T* restrict x, T* restrict y, const T* restrict bf,        \
                                 const T* restrict td, int64_t n, int64_t len, int ks, int has_p2) { \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0}, one = zero + 1;                                                         \
-    const T* tp = td + n;                                                                        \
-    const T* tb = td + 2 * n;                                                                    \
     int64_t i = 0;                                                                               \
     for (; i + L <= len; i += L) {                                                               \
-        VT dv, p2v = zero, btv;                                                                  \
-        memcpy(&dv, td + i, sizeof dv);                                                          \
-        if (has_p2) memcpy(&p2v, tp + i, sizeof p2v);                                            \
-        memcpy(&btv, tb + i, sizeof btv);                                                        \
+        VT dv, p2v, btv;                                                                         \
+        tab_params_##SUF(td, n, i, sizeof(VT), has_p2, &dv, &p2v, &btv);                         \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
-            VT xv, bv = btv, out;                                                                \
-            memcpy(&xv, x + at, sizeof xv);                                                      \
-            if (bf) memcpy(&bv, bf + at, sizeof bv);                                             \
-            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                     \
-            memcpy(y + at, &out, sizeof out);                                                    \
+            fwd_at_##SUF(x, y, bf, at, sizeof(VT), dv, p2v, btv, has_p2);                        \
         }                                                                                        \
     }                                                                                            \
     if (i < len) { /* zero-padded: x = 0 gives 0 */                                              \
         const size_t m = (size_t)(len - i) * sizeof(T);                                          \
-        VT dv = zero, p2v = zero, btv = zero;                                                    \
-        memcpy(&dv, td + i, m);                                                                  \
-        if (has_p2) memcpy(&p2v, tp + i, m);                                                     \
-        memcpy(&btv, tb + i, m);                                                                 \
+        VT dv, p2v, btv;                                                                         \
+        tab_params_##SUF(td, n, i, m, has_p2, &dv, &p2v, &btv);                                  \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
-            VT xv = zero, bv = btv, out;                                                         \
-            memcpy(&xv, x + at, m);                                                              \
-            if (bf) { bv = zero; memcpy(&bv, bf + at, m); }                                      \
-            FWD_VEC(VT, VI, SUF, SIGN, xv, dv, p2v, bv, out)                                     \
-            memcpy(y + at, &out, m);                                                             \
+            fwd_at_##SUF(x, y, bf, at, m, dv, p2v, btv, has_p2);                                 \
         }                                                                                        \
     }                                                                                            \
 }                                                                                                \
@@ -573,24 +529,16 @@ static void bwd_tab_piece_##SUF(const T* restrict x, const T* restrict g, T* res
                                 const T* restrict bf, T* restrict gbf, const T* restrict td,     \
                                 int64_t n, int64_t len, int ks, int has_p2, T* restrict acc) {   \
     const int L = VBYTES / (int)sizeof(T);                                                       \
-    const VT zero = {0}, one = zero + 1;                                                         \
-    const T* tp = td + n;                                                                        \
-    const T* tb = td + 2 * n;                                                                    \
+    const VT zero = {0};                                                                         \
     int64_t i = 0;                                                                               \
     for (; i + L <= len; i += L) {                                                               \
-        VT dv, p2v = zero, btv, sa = zero, sbv = zero, sc = zero, s;                             \
-        memcpy(&dv, td + i, sizeof dv);                                                          \
-        if (has_p2) memcpy(&p2v, tp + i, sizeof p2v);                                            \
-        memcpy(&btv, tb + i, sizeof btv);                                                        \
+        VT dv, p2v, btv, sa = zero, sbv = zero, sc = zero, s;                                    \
+        tab_params_##SUF(td, n, i, sizeof(VT), has_p2, &dv, &p2v, &btv);                         \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
-            VT xv, gv, bv = btv, o, ta, tb_, tc;                                                 \
-            memcpy(&xv, x + at, sizeof xv);                                                      \
-            memcpy(&gv, g + at, sizeof gv);                                                      \
-            if (bf) memcpy(&bv, bf + at, sizeof bv);                                             \
-            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb_, tc)                      \
-            if (gx) memcpy(gx + at, &o, sizeof o);                                               \
-            if (gbf) memcpy(gbf + at, &tc, sizeof tc);                                           \
+            VT ta, tb_, tc;                                                                      \
+            bwd_at_##SUF(x, g, gx, bf, gbf, at, sizeof(VT), dv, p2v, btv, has_p2, &ta, &tb_,     \
+                         &tc);                                                                   \
             sa += ta; sbv += tb_; sc += tc;                                                      \
         }                                                                                        \
         if (!acc) continue;                                                                      \
@@ -600,19 +548,12 @@ static void bwd_tab_piece_##SUF(const T* restrict x, const T* restrict g, T* res
     }                                                                                            \
     if (i < len) { /* zero-padded: g = 0 adds nothing */                                         \
         const size_t m = (size_t)(len - i) * sizeof(T);                                          \
-        VT dv = zero, p2v = zero, btv = zero, sa = zero, sbv = zero, sc = zero, s;               \
-        memcpy(&dv, td + i, m);                                                                  \
-        if (has_p2) memcpy(&p2v, tp + i, m);                                                     \
-        memcpy(&btv, tb + i, m);                                                                 \
+        VT dv, p2v, btv, sa = zero, sbv = zero, sc = zero, s;                                    \
+        tab_params_##SUF(td, n, i, m, has_p2, &dv, &p2v, &btv);                                  \
         for (int k = 0; k < ks; ++k) {                                                           \
             const int64_t at = k * n + i;                                                        \
-            VT xv = zero, gv = zero, bv = btv, o, ta, tb_, tc;                                   \
-            memcpy(&xv, x + at, m);                                                              \
-            memcpy(&gv, g + at, m);                                                              \
-            if (bf) { bv = zero; memcpy(&bv, bf + at, m); }                                      \
-            BWD_VEC(VT, VI, SUF, SIGN, xv, gv, dv, p2v, bv, o, ta, tb_, tc)                      \
-            if (gx) memcpy(gx + at, &o, m);                                                      \
-            if (gbf) memcpy(gbf + at, &tc, m);                                                   \
+            VT ta, tb_, tc;                                                                      \
+            bwd_at_##SUF(x, g, gx, bf, gbf, at, m, dv, p2v, btv, has_p2, &ta, &tb_, &tc);        \
             sa += ta; sbv += tb_; sc += tc;                                                      \
         }                                                                                        \
         if (acc) {                                                                               \
@@ -649,7 +590,7 @@ int repact_acon_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_
     if (total == 0) return 0;                                                                    \
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
                                 beta_full, od};                                                  \
-    const int nt = acon_threads(total, nthreads);                                                \
+    const int nt = threads_for(total, GRAIN, nthreads);                                          \
     T* tab = param_table_##SUF(C, inner, &a);                                                    \
     const int straddle = !tab && straddles_##SUF(C, inner, &a);                                  \
     _Pragma("omp parallel num_threads(nt)")                                                      \
@@ -705,7 +646,7 @@ int repact_acon_backward_##SUF(const T* x, const T* g, T* gx, int64_t outer, int
     if (total == 0) return 0;                                                                    \
     const AconParams_##SUF a = {p1, p2, beta, {p1_so, p1_sc}, {p2_so, p2_sc}, {b_so, b_sc},      \
                                 beta_full, od};                                                  \
-    const int nt = acon_threads(total, nthreads);                                                \
+    const int nt = threads_for(total, GRAIN, nthreads);                                          \
     T* tab = param_table_##SUF(C, inner, &a);                                                    \
     const int straddle = !tab && straddles_##SUF(C, inner, &a);                                  \
     const int rows = inner == 1 && C > 1;                                                        \

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <math.h>
 #include <omp.h>
+#include "simd.h"
 
 #define MAXK 8
 /* elements between flushes of float partial sums into double: 32 per float lane (a float sum of
@@ -39,30 +40,8 @@
  * out 2-4x further from float64 than the float32 reference's) */
 #define CHUNK (32 * (VBYTES / 4))
 
-/* Portable SIMD through GCC/Clang vector extensions: 64-byte vectors with AVX-512, 32 with AVX,
- * 16 otherwise. Casting between same-size vector types reinterprets the bits. */
-#if defined(__AVX512F__)
-#define VBYTES 64
-#elif defined(__AVX__)
-#define VBYTES 32
-#else
-#define VBYTES 16
-#endif
-typedef float vf32 __attribute__((vector_size(VBYTES)));
-typedef int32_t vi32 __attribute__((vector_size(VBYTES)));
-typedef double vf64 __attribute__((vector_size(VBYTES)));
-typedef int64_t vi64 __attribute__((vector_size(VBYTES)));
-
-static int pick_threads(int64_t work, int nthreads) {
-    int64_t grain = 32768;
-    int64_t nt = (work + grain - 1) / grain;
-    if (nt > nthreads) nt = nthreads;
-    if (nt < 1) nt = 1;
-    return (int)nt;
-}
-
-/* select per lane: m ? a : b (m is all-ones or all-zeros per lane) */
-#define VSEL(VT, VI, m, a, b) ((VT)((((VI)(a)) & (m)) | (((VI)(b)) & ~(m))))
+/* threads: one per 32768 elements */
+#define GRAIN 32768
 
 /* ------------------------------------------------------------------------------------------ */
 /* Kernels for one knot count K (a compile-time constant so loops unroll and vectorize)        */
@@ -443,7 +422,7 @@ int repact_pq_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t 
     const int64_t S = K + 1;                                                                     \
     const int64_t total = outer * C * inner;                                                     \
     if (total == 0) return 0;                                                                    \
-    int nt = pick_threads(total, nthreads);                                                      \
+    int nt = threads_for(total, GRAIN, nthreads);                                                \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     FOR_THREAD_SHARE(0,                                                                          \
@@ -460,7 +439,7 @@ static int pq_sums_##SUF(const T* x, const T* g, int64_t outer, int64_t C, int64
     const int64_t total = outer * C * inner;                                                     \
     memset(out, 0, sizeof(double) * 2 * Cc);                                                     \
     if (total == 0) return 0;                                                                    \
-    int nt = pick_threads(total, nthreads);                                                      \
+    int nt = threads_for(total, GRAIN, nthreads);                                                \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
@@ -490,7 +469,7 @@ int repact_pq_backward_##SUF(const T* x, const T* g, T* gx, double* gcoef, const
     const int64_t nacc = 3 * S * Cc;                                                             \
     if (gcoef) memset(gcoef, 0, sizeof(double) * nacc);                                          \
     if (total == 0) return 0;                                                                    \
-    int nt = pick_threads(total, nthreads);                                                      \
+    int nt = threads_for(total, GRAIN, nthreads);                                                \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
@@ -891,7 +870,7 @@ static int hsb_forward_##SUF(const T* x, T* y, int64_t outer, int64_t C, int64_t
                              const T* coef, int64_t Cc, int nthreads) {                          \
     const int64_t total = outer * C * inner;                                                     \
     if (total == 0) return 0;                                                                    \
-    const int nt = pick_threads(total, nthreads);                                                \
+    const int nt = threads_for(total, GRAIN, nthreads);                                          \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();                       \
@@ -912,7 +891,7 @@ static int hsb_pass_##SUF(const T* x, const T* g, T* gx, double* out, const doub
     const int na = sums ? 2 : NHSB;                                                              \
     if (out) memset(out, 0, sizeof(double) * (size_t)(na * Cc));                                 \
     if (total == 0) return 0;                                                                    \
-    const int nt = pick_threads(total, nthreads);                                                \
+    const int nt = threads_for(total, GRAIN, nthreads);                                          \
     int failed = 0;                                                                              \
     _Pragma("omp parallel num_threads(nt)")                                                      \
     {                                                                                            \

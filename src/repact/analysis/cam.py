@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from .._modes import eval_mode
-from ..train.optim import activation_modules
 from .curves import disable_inplace
 from .figures import MissingDependency, pyplot
 
@@ -50,6 +49,8 @@ def default_target_layer(model: nn.Module, example: torch.Tensor) -> str:
     """Path of the last conv stage: the module holding the last conv (in forward order, outside the
     activation layers) whose output is a spatial map larger than 1x1; the conv itself when the model
     holds it directly."""
+    from ..train.optim import activation_modules  # (repact.train pulls in torchvision: not at `repact --help`)
+
     acts = [n for n, _ in activation_modules(model)]
     seen: list[tuple[str, tuple[int, ...]]] = []
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.append((n, tuple(o.shape))))

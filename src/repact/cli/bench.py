@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .._export_forms import ONNX_FORMS
 from . import CLIError
 from ._model_arg import add_shape_flags, build_named, input_shape_of, parse_model_args, probe_input
 
@@ -46,7 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per engine and batch size (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls per model first (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads, up to 4 per core (default: torch's)")
-    p.add_argument("--onnx-form", choices=("target", "auto", "conv", "basis", "where"), default="target",
+    p.add_argument("--onnx-form", choices=("target", *ONNX_FORMS), default="target",
                    help="export form of the deploy model (default target: each engine's own form, as repact deploy "
                         "--target ENGINE writes it; auto: the generic form)")
     p.add_argument("--no-ort-spinning", action="store_true", help="stop onnxruntime's idle threads busy-waiting")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from .._export_forms import ONNX_FORMS
 from . import CLIError
 from ._eval_task import checkpoint_task
 from ._model_arg import add_model_flags, add_shape_flags, input_shape_of, load_target, probe_input
@@ -44,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 to the highest torch's exporter writes "
                    "(20 for torch 2.x; default 17)")
     p.add_argument("--static-batch", action="store_true", help="export a fixed batch size instead of a dynamic one")
-    p.add_argument("--onnx-form", choices=("auto", "conv", "basis", "where"), default="auto",
+    p.add_argument("--onnx-form", choices=ONNX_FORMS, default="auto",
                    help="how deploy activations are written to ONNX (default: auto; --target picks it instead)")
     add_edge_flags(p)
     p.add_argument("--randomize-bn", action="store_true",
@@ -67,7 +68,7 @@ def add_parser(sub) -> None:
 
 def add_edge_flags(p) -> None:
     """--target, --quantize and the calibration flags (issue 25)."""
-    from ..deploy.runtime_forms import TARGETS
+    from .._export_forms import TARGETS
 
     p.add_argument("--target", choices=TARGETS, default=None, dest="runtime",
                    help="the runtime the ONNX file is for; picks the export form it runs fastest (generic: the "

@@ -41,6 +41,7 @@ from torch import nn
 import torch.nn.functional as F
 
 
+from .._export_forms import ONNX_FORMS
 from .._hooks import run_hooked
 from ..fuse import BasisCoefficients, basis_coefficients
 from ..activations.piecewise import PiecewiseQuadratic
@@ -57,12 +58,6 @@ __all__ = [
     "prepare_for_export",
 ]
 
-#: ``auto``: the fastest exact form per activation for onnxruntime before per-runtime targets (the
-#: ``generic`` target); ``conv``: onnxruntime's fused-convolution form where the table allows
-#: (:mod:`repact.deploy.runtime_forms`), else ``auto``'s; ``basis``: the plain basis formula where the
-#: table allows; ``clamp``: the same function with less arithmetic (:class:`ClampAbsBasis`) where the
-#: table allows; ``where``: the op's own where-chain
-ONNX_FORMS = ("auto", "conv", "basis", "clamp", "where")
 
 
 

@@ -39,14 +39,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .._export_forms import TARGET_FORMS, TARGETS
 from ..fuse import BasisCoefficients
 
 __all__ = ["TARGETS", "TARGET_FORMS", "form_for_target", "ConvFusedBasis", "conv_fused_parts"]
-
-TARGETS = ("generic", "onnxruntime", "openvino", "tensorrt", "executorch")
-#: the ``export_onnx`` form each target uses (executorch: the form its ``.pte`` file is exported in)
-TARGET_FORMS = {"generic": "auto", "onnxruntime": "conv", "openvino": "clamp", "tensorrt": "basis",
-                "executorch": "basis"}
 
 
 def form_for_target(target: str) -> str:
