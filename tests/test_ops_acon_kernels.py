@@ -404,6 +404,7 @@ def test_plan_reads_each_acons_parameters():
     assert plan(x, torch.ones(1, 3, 4, 5), None, None) is None  # p1 per element: no kernel
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 def test_triton_cases_in_the_interpreter():
     """This file's triton cases in a fresh process with Triton's interpreter on (on CUDA: as they are)."""

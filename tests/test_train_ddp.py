@@ -109,6 +109,7 @@ def sync_case(gran):
     return model, x, g
 
 
+@pytest.mark.slow
 def test_sync_bn_equals_one_process_on_the_whole_batch(tmp_path):
     """--sync-bn on gloo: outputs, input gradients (every process's sums), parameter gradients
     (summed over the processes, as DDP does) and running statistics of BatchNorm2d and RepAct-III
