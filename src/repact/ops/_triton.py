@@ -227,12 +227,10 @@ class TrainPlan:
 
     def moments(self, x, w_raw, slope, call):
         O, C, I = self.dims
-        acc, dev = self.acc, self.device
         base, part, kn = self.tables(call.knots, call.base, call.part)
-        sums = torch.empty_strided(*self.stat_sums, dtype=acc, device=dev)
+        sums = torch.empty_like(self.scratch["stat_sums"])
         self.stats(x, w_raw, slope, base, part, kn, sums, O, C, I)
-        mean = torch.empty_strided(*self.stat, dtype=acc, device=dev)
-        var = torch.empty_strided(*self.stat, dtype=acc, device=dev)
+        mean, var = torch.empty_like(self.scratch["stat"]), torch.empty_like(self.scratch["stat"])
         self.finalize(x, w_raw, slope, base, part, kn, sums, self.P, mean, var, None, None, None, C, I, self.count)
         return mean, var
 
@@ -297,23 +295,22 @@ class TrainPlan:
                 gw = empty_like(w_raw)
                 if slope is not None:
                     gsl = empty_like(slope)
-            if mode == 0 and grad is None:  # the input's gradient alone
-                gx = empty_like(x) if need_x else None
-                bk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, None, None, O, C, I, *bt, grid=bg,
-                       warmup=False)
-                return gx, None, None, None, None
-            gk, gt, gg = grad
-            sums = empty_like(like_sums)
             if mode != 0:
                 ggm, gbt = empty_like(gamma), empty_like(gamma)
             if mode != 2:
                 # RepAct-I/II and constant statistics: the input's gradient and the sums in one pass
+                # (no sums where no parameter's gradient is wanted)
                 gx = empty_like(x) if need_x else None
+                sums = None if grad is None else empty_like(like_sums)
                 bk.run(x, g, gx, w_raw, slope, base, part, kn, mean, var, gamma, None, sums, O, C, I, *bt, grid=bg,
                        warmup=False)
-                gk.run(sums, P, None, w_raw, slope, base, part, gamma, var, None, gw, gsl, ggm, gbt, C, count, *gt,
-                       grid=gg, warmup=False)
+                if grad is not None:
+                    gk, gt, gg = grad
+                    gk.run(sums, P, None, w_raw, slope, base, part, gamma, var, None, gw, gsl, ggm, gbt, C, count,
+                           *gt, grid=gg, warmup=False)
                 return gx, gw, gsl, ggm, gbt
+            gk, gt, gg = grad
+            sums = empty_like(like_sums)
             # batch statistics: every sum first, then the parameters' gradients and the BatchNorm's
             # backward coefficients (alpha, c1, c2), then the input's gradient; ``sums`` holds the
             # coefficients (3, C) and then the per-tile sums

@@ -228,31 +228,32 @@ class _TrainFn(torch.autograd.Function):
         # (gradients past the inputs given are None: autograd drops them)
         call, mean, var, count = ctx.call
         x, w_raw, slope, gamma = ctx.saved_tensors
-        plan = call.plan
-        need = ctx.needs_input_grad
-        if g is not None and call.group is None:
-            if plan.copy:
-                x = x.contiguous()
-            # (autograd runs a Function's backward with grad mode off, unless asked for a graph of
-            # it, which the kernels cannot give)
-            # (each plan's gx has the shape of the x it was given)
-            gx, gw, gsl, ggm, gbt = call.backward(x, g, w_raw, slope, gamma, mean, var, need[2], need[3] or need[4])
-            return None, None, gx, gw, gsl, ggm, gbt, None, None
-        if g is None:  # y unused: every gradient is zero (the processes of a group still meet)
-            if call.group is None:
-                return None, None, None, None, None, None, None, None, None
-            g = torch.zeros_like(x)
-        if plan.copy:
+        share = None
+        if call.group is not None:
+            share = _all_reduced(call.group)
+            if g is None:  # y unused: every gradient is zero, and the processes of the group still meet
+                g = torch.zeros_like(x)
+        elif g is None:  # y unused: every gradient is zero
+            return None, None, None, None, None, None, None, None, None
+        if call.plan.copy:
             x = x.contiguous()
-        import torch.distributed as dist
-
-        def share(local):
-            dist.all_reduce(local, group=call.group)
-            return local
-
+        need = ctx.needs_input_grad
+        # (autograd runs a Function's backward with grad mode off, unless asked for a graph of it,
+        # which the kernels cannot give; each plan's gx has the shape of the x it was given)
         gx, gw, gsl, ggm, gbt = call.backward(x, g, w_raw, slope, gamma, mean, var, need[2], need[3] or need[4],
                                               share, count)
         return None, None, gx, gw, gsl, ggm, gbt, None, None
+
+
+def _all_reduced(group):
+    """``share`` of a synced backward: this process's sums, summed over ``group`` in place."""
+    import torch.distributed as dist
+
+    def share(local):
+        dist.all_reduce(local, group=group)
+        return local
+
+    return share
 
 
 #: ``train_autograd(call, stats, x, w_raw, slope, *bn)``: a :class:`TrainCall` under autograd, as
