@@ -97,12 +97,13 @@ def check_edge_flags(args) -> None:
             raise CLIError("--target executorch needs ExecuTorch, which is not installed: pip install "
                            "'repact[executorch]'")
     if args.quantize and args.runtime == "openvino":
-        from ..deploy.quantize_openvino import openvino_quantize_missing
+        from ..deploy.quantize import QuantizeError
+        from ..deploy.quantize_openvino import require_openvino_quantize
 
-        missing = openvino_quantize_missing()
-        if missing:
-            raise CLIError(f"--target openvino --quantize int8 needs {' and '.join(missing)}, which "
-                           f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'repact[openvino]'")
+        try:
+            require_openvino_quantize("--target openvino --quantize int8")
+        except QuantizeError as exc:
+            raise CLIError(str(exc)) from None
     if args.quantize and not args.calibration_data:
         raise CLIError("--quantize int8 needs --calibration-data DIR (an image folder with train/ and val/)")
     if args.calibration_data and not args.quantize:

@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 
-
-
 def _affine(channels: int, scale: torch.Tensor, shift: torch.Tensor | float = 0.0) -> nn.BatchNorm2d:
     """``scale * x + shift`` per channel as an eval-mode BatchNorm2d (eps 0): one BatchNormalization node."""
     bn = nn.BatchNorm2d(channels, eps=0.0)

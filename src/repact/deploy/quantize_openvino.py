@@ -45,11 +45,12 @@ def openvino_quantize_missing() -> list[str]:
     return missing
 
 
-def require_openvino_quantize() -> None:
-    """:class:`QuantizeError` (one line, naming what to install) when OpenVINO or NNCF is missing."""
+def require_openvino_quantize(what: str = "INT8 quantization for OpenVINO") -> None:
+    """:class:`QuantizeError` (one line: ``what`` needs ..., naming what to install) when OpenVINO or NNCF
+    is missing."""
     missing = openvino_quantize_missing()
     if missing:
-        raise QuantizeError(f"INT8 quantization for OpenVINO needs {' and '.join(missing)}, which "
+        raise QuantizeError(f"{what} needs {' and '.join(missing)}, which "
                             f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'repact[openvino]'")
 
 
